@@ -1,0 +1,1 @@
+"""The cim client library."""

@@ -1,0 +1,354 @@
+"""The async client library: what the console, bots and UIs use.
+
+Theory of operation: ``start()`` registers (if needed), logs in at a route and
+opens one Chat stream to the chat server the route picked. Sends go over that
+stream; each gets its result back on it, matched by a correlation id. Pushed
+messages go to ``messages()`` and to the ``on_message`` callback. If the stream
+breaks (server gone, network, idle eviction, drain), the client logs in again
+through a route after a jittered back-off, up to a retry limit, and carries
+on; a stream taken over by another login is not reconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import grpc
+
+from cim.client.route import RouteClient
+from cim.config import ClientConfig
+from cim.core.liveness import HeartbeatPolicy
+from cim.errors import (
+    CimError,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    error_for_number,
+)
+from cim.grpcutil import insecure_channel
+from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2, route_pb2
+
+log = logging.getLogger(__name__)
+
+
+class EventKind(StrEnum):
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    RECONNECTING = "reconnecting"
+    KICKED = "kicked"
+    GAVE_UP = "gave_up"
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    kind: EventKind
+    text: str
+
+
+MessageCallback = Callable[[common_pb2.ChatMessage], None]
+EventCallback = Callable[[ClientEvent], None]
+
+
+class _Connection:
+    """One Chat stream and its channel."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = insecure_channel(address)
+        self.call = chat_pb2_grpc.ChatStub(self.channel).Connect()
+        self.write_lock = asyncio.Lock()
+        self.last_sent = time.monotonic()
+
+    async def write(self, frame: chat_pb2.ClientFrame) -> None:
+        async with self.write_lock:
+            await self.call.write(frame)
+            self.last_sent = time.monotonic()
+
+    async def aclose(self) -> None:
+        self.call.cancel()
+        await self.channel.close()
+
+
+class CimClient:
+    def __init__(
+        self,
+        user_name: str,
+        password: str,
+        config: ClientConfig | None = None,
+        *,
+        on_message: MessageCallback | None = None,
+        on_event: EventCallback | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or ClientConfig()
+        self.user_name = user_name
+        self._password = password
+        self.route = RouteClient(self.config.routes, self.config.rpc_timeout)
+        self.on_message = on_message
+        self.on_event = on_event
+        self._rng = rng or random.Random()
+        self.user_id = 0
+        self.server: route_pb2.ServerAddress | None = None
+        self._conn: _Connection | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._gave_up = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reconnector: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[route_pb2.SendResponse]] = {}
+        self._correlation = itertools.count(1)
+        self._inbox: asyncio.Queue[common_pb2.ChatMessage | None] = asyncio.Queue()
+        self._heartbeat = HeartbeatPolicy(ping_interval=self.config.ping_interval,
+                                          idle_timeout=self.config.ping_interval * 3)
+
+    # --- lifecycle ----------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def register(self) -> bool:
+        """Creates the account (or confirms it exists with this password);
+        True if it was created."""
+        reply = await self.route.register(self.user_name, self._password)
+        self.user_id = reply.user_id
+        return reply.created
+
+    async def login(self) -> route_pb2.LoginResponse:
+        reply = await self.route.login(
+            self.user_name, self._password, self.user_id, self.config.device_id
+        )
+        self.user_id = reply.user_id
+        self.server = reply.server
+        return reply
+
+    async def start(self, *, register: bool = True) -> None:
+        """Register (optional), log in and connect: ready to chat when it returns."""
+        if register:
+            await self.register()
+        await self.login()
+        await self.connect()
+
+    async def connect(self) -> None:
+        """Opens the Chat stream to the server of the last login."""
+        if self.server is None or not self.route.token:
+            raise FailedPrecondition("log in before connecting")
+        conn = _Connection(self.server.address)
+        try:
+            await conn.write(
+                chat_pb2.ClientFrame(
+                    login=chat_pb2.LoginFrame(
+                        user_id=self.user_id,
+                        session_token=self.route.token,
+                        device_id=self.config.device_id,
+                    )
+                )
+            )
+            first = await asyncio.wait_for(conn.call.read(), self.config.rpc_timeout)
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            await conn.aclose()
+            raise Unavailable(f"chat server {self.server.address} unreachable: {exc}") from None
+        if first is grpc.aio.EOF or first.WhichOneof("frame") != "login_ok":
+            await conn.aclose()
+            if first is not grpc.aio.EOF and first.WhichOneof("frame") == "notice":
+                raise error_for_number(first.notice.code, first.notice.text)
+            raise Unavailable("chat server closed the stream during login")
+        ok = first.login_ok
+        if ok.heartbeat_interval_ms > 0:
+            interval = min(self.config.ping_interval, ok.heartbeat_interval_ms / 1000)
+            self._heartbeat = HeartbeatPolicy(interval, max(ok.idle_timeout_ms / 1000,
+                                                            interval * 2))
+        self._conn = conn
+        self._connected.set()
+        self._spawn(self._read(conn))
+        self._spawn(self._keep_alive(conn))
+        self._event(EventKind.CONNECTED, f"connected to {ok.server_id} ({conn.address})")
+
+    async def close(self) -> None:
+        """Logs out at the route and closes the stream."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._reconnector is not None:
+            self._reconnector.cancel()
+        if self.route.token:
+            with contextlib.suppress(CimError):
+                await self.route.logout()
+        conn, self._conn = self._conn, None
+        self._connected.clear()
+        if conn is not None:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await conn.call.done_writing()
+            await conn.aclose()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_pending(Unavailable("client closed"))
+        self._inbox.put_nowait(None)
+        await self.route.aclose()
+
+    async def __aenter__(self) -> CimClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- chatting -----------------------------------------------------------
+    async def send_private(
+        self, receiver_id: int, text: str, client_msg_id: str = ""
+    ) -> route_pb2.SendResponse:
+        """Sends over the stream; returns the message id and whether it was
+        delivered or stored for an offline receiver."""
+        frame = chat_pb2.SendFrame(
+            private=route_pb2.SendPrivateRequest(
+                receiver_id=receiver_id, text=text, client_msg_id=client_msg_id
+            )
+        )
+        return await self._send(frame)
+
+    async def send_group(self, text: str, client_msg_id: str = "") -> route_pb2.SendResponse:
+        frame = chat_pb2.SendFrame(
+            group=route_pb2.SendGroupRequest(text=text, client_msg_id=client_msg_id)
+        )
+        return await self._send(frame)
+
+    async def list_online(self, name_prefix: str = "") -> list[common_pb2.UserInfo]:
+        return await self.route.list_online(name_prefix)
+
+    async def fetch_offline(self, limit: int = 0) -> route_pb2.FetchOfflineResponse:
+        return await self.route.fetch_offline(limit)
+
+    async def messages(self) -> AsyncIterator[common_pb2.ChatMessage]:
+        """Pushed messages in arrival order; ends when the client closes or gives up."""
+        while (message := await self._inbox.get()) is not None:
+            yield message
+
+    async def _send(self, frame: chat_pb2.SendFrame) -> route_pb2.SendResponse:
+        if self._closing or self._gave_up:
+            raise FailedPrecondition("client is closed")
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.config.rpc_timeout)
+        except TimeoutError:
+            raise Unavailable("not connected to a chat server") from None
+        conn = self._conn
+        if conn is None:
+            raise Unavailable("not connected to a chat server")
+        frame.correlation_id = next(self._correlation)
+        future: asyncio.Future[route_pb2.SendResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending[frame.correlation_id] = future
+        try:
+            await conn.write(chat_pb2.ClientFrame(send=frame))
+            return await asyncio.wait_for(future, self.config.rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"connection lost while sending: {exc.details()}") from None
+        except TimeoutError:
+            raise Unavailable("no result for the message in time; it may not be sent") from None
+        finally:
+            self._pending.pop(frame.correlation_id, None)
+
+    # --- the stream ---------------------------------------------------------
+    async def _read(self, conn: _Connection) -> None:
+        reconnect, why = True, "connection lost"
+        try:
+            while True:
+                frame = await conn.call.read()
+                if frame is grpc.aio.EOF:
+                    break
+                kind = frame.WhichOneof("frame")
+                if kind == "message":
+                    self._inbox.put_nowait(frame.message)
+                    if self.on_message is not None:
+                        self.on_message(frame.message)
+                elif kind == "send_result":
+                    self._on_result(frame.send_result)
+                elif kind == "notice":
+                    why = frame.notice.text
+                    if frame.notice.kind == chat_pb2.Notice.KIND_KICKED:
+                        reconnect = False
+        except grpc.aio.AioRpcError as exc:
+            why = exc.details() or exc.code().name
+        if conn is self._conn and not self._closing:
+            await self._lost(conn, why, reconnect)
+
+    def _on_result(self, result: chat_pb2.SendResultFrame) -> None:
+        future = self._pending.get(result.correlation_id)
+        if future is None or future.done():
+            return
+        if result.WhichOneof("outcome") == "ok":
+            future.set_result(result.ok)
+        else:
+            future.set_exception(error_for_number(result.error.code, result.error.message))
+
+    async def _keep_alive(self, conn: _Connection) -> None:
+        while conn is self._conn:
+            now = time.monotonic()
+            if self._heartbeat.ping_due(conn.last_sent, now):
+                ping = chat_pb2.ClientFrame(ping=chat_pb2.Ping(client_time_ms=time.time_ns() // 10**6))
+                try:
+                    await conn.write(ping)
+                except grpc.aio.AioRpcError:
+                    return  # the reader notices the broken stream
+                now = time.monotonic()
+            await asyncio.sleep(max(0.05, self._heartbeat.next_ping_at(conn.last_sent) - now))
+
+    async def _lost(self, conn: _Connection, why: str, reconnect: bool) -> None:
+        self._conn = None
+        self._connected.clear()
+        await conn.aclose()
+        self._fail_pending(Unavailable(f"connection lost ({why}); the message may not be sent"))
+        if not reconnect:
+            self._event(EventKind.KICKED, why)
+            self._give_up()
+            return
+        self._event(EventKind.DISCONNECTED, why)
+        self._reconnector = asyncio.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        # As CIM: log out (the old session is dead), back off, log in again
+        # (perhaps to another server), reconnect; give up after the limit.
+        with contextlib.suppress(CimError):
+            await self.route.logout()
+        for attempt, delay in enumerate(self.config.backoff.delays(self._rng), start=1):
+            self._event(EventKind.RECONNECTING, f"reconnecting in {delay:.1f} s (try {attempt})")
+            await asyncio.sleep(delay)
+            try:
+                await self.login()
+                await self.connect()
+                return
+            except (NotFound, PermissionDenied) as exc:
+                self._event(EventKind.GAVE_UP, f"cannot log in again: {exc.message}")
+                self._give_up()
+                return
+            except CimError as exc:
+                log.info("reconnect attempt %d failed: %s", attempt, exc.message)
+        self._event(EventKind.GAVE_UP, "gave up reconnecting")
+        self._give_up()
+
+    def _give_up(self) -> None:
+        self._gave_up = True
+        self._inbox.put_nowait(None)
+
+    def _fail_pending(self, error: CimError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def _event(self, kind: EventKind, text: str) -> None:
+        log.info("%s: %s", kind.value, text)
+        if self.on_event is not None:
+            self.on_event(ClientEvent(kind, text))
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

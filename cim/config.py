@@ -1,0 +1,113 @@
+"""Settings of each process, as frozen dataclasses (the CLI fills them from
+flags and ``CIM_*`` environment variables; tests build them directly)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from cim.core.liveness import Backoff, HeartbeatPolicy
+from cim.core.passwords import ScryptParams
+
+DEFAULT_ROUTE_PORT = 7100
+DEFAULT_SERVER_PORTS = (7201, 7202)
+DEFAULT_ROUTE_ADDRESS = f"127.0.0.1:{DEFAULT_ROUTE_PORT}"
+DEFAULT_MAX_TEXT_BYTES = 4096
+
+DUPLICATE_LOGIN_POLICIES = ("reject", "kick-old")
+
+
+def random_secret() -> str:
+    """A fresh secret for embedded mode, where every part lives in one process."""
+    return secrets.token_urlsafe(32)
+
+
+def parse_token_keys(spec: str) -> tuple[dict[str, bytes], str]:
+    """``"kid1:secret1,kid2:secret2"`` -> keys and the current (first) key id.
+
+    A bare secret without ``kid:`` gets the id ``k1``.
+    """
+    keys: dict[str, bytes] = {}
+    current = ""
+    for index, part in enumerate(p.strip() for p in spec.split(",") if p.strip()):
+        key_id, sep, secret = part.partition(":")
+        if not sep:
+            key_id, secret = f"k{index + 1}", part
+        if len(secret) < 16:
+            raise ValueError(f"token key {key_id!r} is shorter than 16 characters")
+        keys[key_id] = secret.encode()
+        current = current or key_id
+    if not keys:
+        raise ValueError("no token key given")
+    return keys, current
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    cluster_secret: str
+    token_keys: dict[str, bytes]
+    token_key_id: str
+    route_id: str = "route-1"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_ROUTE_PORT
+    advertise_host: str | None = None
+    token_ttl: float = 24 * 3600.0
+    routing: str = "consistent-hash"
+    duplicate_login: str = "reject"
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    # Login state of a live stream expires this long after its last refresh.
+    session_ttl: float = 30.0
+    # A login whose client never opens its stream is forgotten after this long.
+    connect_grace: float = 30.0
+    deliver_timeout: float = 5.0
+    probe_timeout: float = 1.0
+    offline_batch: int = 100
+    scrypt: ScryptParams = field(default_factory=ScryptParams)
+
+    def __post_init__(self) -> None:
+        if not self.cluster_secret:
+            raise ValueError("a cluster secret is required")
+        if self.duplicate_login not in DUPLICATE_LOGIN_POLICIES:
+            raise ValueError(
+                f"duplicate-login policy must be one of {', '.join(DUPLICATE_LOGIN_POLICIES)}"
+            )
+        if self.max_text_bytes <= 0:
+            raise ValueError("max text size must be positive")
+
+    @property
+    def advertised_address(self) -> str:
+        return f"{self.advertise_host or self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    cluster_secret: str
+    server_id: str = "server-1"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_SERVER_PORTS[0]
+    advertise_host: str | None = None
+    heartbeat: HeartbeatPolicy = field(default_factory=HeartbeatPolicy)
+    # How often live sessions are refreshed at a route (well under its session_ttl).
+    refresh_interval: float = 10.0
+    # Frames waiting for a client that reads slowly; past this it is disconnected.
+    outbound_queue: int = 1024
+    route_timeout: float = 5.0
+    drain_grace: float = 5.0
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+
+    def __post_init__(self) -> None:
+        if not self.cluster_secret:
+            raise ValueError("a cluster secret is required")
+
+    @property
+    def advertised_address(self) -> str:
+        return f"{self.advertise_host or self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    routes: tuple[str, ...] = (DEFAULT_ROUTE_ADDRESS,)
+    ping_interval: float = 10.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=3.0, cap=9.0, retries=10))
+    rpc_timeout: float = 10.0
+    device_id: str = ""

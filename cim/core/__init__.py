@@ -1,0 +1,1 @@
+"""Pure logic with no I/O: routing algorithms, tokens, ids, deadlines, parsing."""

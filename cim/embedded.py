@@ -1,0 +1,70 @@
+"""Embedded mode: a route and chat servers in one process, with the in-memory
+store and the in-process registry (``cim dev`` and ``cim.testing``)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Sequence
+from dataclasses import replace
+
+from cim.config import RouteConfig, ServerConfig, random_secret
+from cim.registry.inprocess import InProcessRegistry
+from cim.route.app import RouteApp
+from cim.server.app import ChatServerApp
+from cim.store.memory import MemoryStore
+
+
+class EmbeddedCluster:
+    """Start with ``await start()``, stop with ``await stop()``. The secrets are
+    random per process: nothing outside it needs them."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        route_port: int = 0,
+        server_ports: Sequence[int] = (0, 0),
+        route_config: RouteConfig | None = None,
+        server_config: ServerConfig | None = None,
+    ) -> None:
+        secret = random_secret()
+        self.registry = InProcessRegistry()
+        self.store = MemoryStore()
+        base_route = route_config or RouteConfig(
+            cluster_secret=secret,
+            token_keys={"dev": secrets.token_bytes(32)},
+            token_key_id="dev",
+        )
+        self.route = RouteApp(
+            replace(base_route, cluster_secret=secret, host=host, port=route_port),
+            self.store,
+            self.registry,
+        )
+        base_server = server_config or ServerConfig(cluster_secret=secret)
+        self.servers = [
+            ChatServerApp(
+                replace(
+                    base_server,
+                    cluster_secret=secret,
+                    server_id=f"server-{index + 1}",
+                    host=host,
+                    port=port,
+                ),
+                self.registry,
+            )
+            for index, port in enumerate(server_ports)
+        ]
+
+    @property
+    def route_address(self) -> str:
+        return self.route.address
+
+    async def start(self) -> None:
+        await self.route.start()
+        for server in self.servers:
+            await server.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(server.stop(0.5) for server in self.servers))
+        await self.route.stop(0.5)
+        await self.store.aclose()

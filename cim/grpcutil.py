@@ -1,0 +1,150 @@
+"""The gRPC edge shared by every cim process: options, auth metadata, errors,
+health and reflection."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cim.errors import CimError, PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+AUTHORIZATION = "authorization"
+CLUSTER_SECRET = "x-cim-cluster-secret"
+
+# Keepalive for chat: dead peers are noticed in under a minute, and the
+# server tolerates client pings as often as the client's keepalive sends them.
+KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    *KEEPALIVE_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+    # A second process must never bind the same port silently.
+    ("grpc.so_reuseport", 0),
+    # Bursts of new streams beyond the default 1,000 pending calls fail opaquely.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 30_000),
+]
+CHANNEL_OPTIONS: list[tuple[str, int]] = [*KEEPALIVE_OPTIONS]
+
+
+def insecure_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def new_server() -> grpc.aio.Server:
+    return grpc.aio.server(options=SERVER_OPTIONS)
+
+
+def bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Binds host:port (port 0 picks a free one) and returns the port bound."""
+    bound: int = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}: address in use or not available")
+    return bound
+
+
+def add_standard_services(server: grpc.aio.Server, service_names: Sequence[str]) -> Any:
+    """Health (serving, per service and overall) and reflection; returns the
+    health servicer so the caller can mark it NOT_SERVING when it drains."""
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            *service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    return health_servicer
+
+
+async def set_serving(health_servicer: Any, service_names: Sequence[str], serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ["", *service_names]:
+        await health_servicer.set(name, status)
+
+
+def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for item_key, value in context.invocation_metadata() or ():
+        if item_key == key:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+def bearer_token(context: grpc.aio.ServicerContext) -> str:
+    """The session token of the call; Unauthenticated if there is none."""
+    header = metadata_value(context, AUTHORIZATION)
+    if not header:
+        raise Unauthenticated(
+            "missing session token: log in and send 'authorization: Bearer <token>'"
+        )
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("malformed authorization header: expected 'Bearer <token>'")
+    return token.strip()
+
+
+class SecretCheck:
+    """Internal RPCs are for cluster members: they present a shared secret."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        self._secrets = [s.encode() for s in secrets if s]
+        if not self._secrets:
+            raise ValueError("a cluster secret is required")
+
+    def require(self, context: grpc.aio.ServicerContext) -> None:
+        given = (metadata_value(context, CLUSTER_SECRET) or "").encode()
+        if not any(hmac.compare_digest(given, secret) for secret in self._secrets):
+            raise PermissionDenied("internal RPC: cluster members only")
+
+
+def secret_metadata(secret: str) -> tuple[tuple[str, str], ...]:
+    return ((CLUSTER_SECRET, secret),)
+
+
+def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return ((AUTHORIZATION, f"Bearer {token}"),)
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def unary_edge(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Turns cim errors raised by a unary servicer method into their status;
+    anything else is logged and becomes INTERNAL without leaking details."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except CimError as exc:
+            await context.abort(exc.code, exc.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__qualname__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper

@@ -1,0 +1,1 @@
+"""The route: accounts, login, and the one place that routes, stores and pushes messages."""

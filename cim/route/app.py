@@ -1,0 +1,97 @@
+"""A running route: its gRPC server, registry membership and background work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+
+from cim.config import RouteConfig
+from cim.core.members import Member, MemberKind
+from cim.core.tokens import TokenSigner
+from cim.grpcutil import SecretCheck, add_standard_services, bind, new_server, set_serving
+from cim.proto.v1 import route_pb2, route_pb2_grpc
+from cim.registry.base import Registry
+from cim.route.messages import MessageRouter
+from cim.route.servers import ServerDirectory
+from cim.route.service import RouteInternalService, RouteService
+from cim.route.sessions import SessionManager
+from cim.store.base import Store
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = tuple(
+    route_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("Route", "RouteInternal")
+)
+PROBE_INTERVAL = 2.0
+
+
+class RouteApp:
+    """Start with ``await start()``, stop with ``await stop()``; ``port`` is the bound port."""
+
+    def __init__(self, config: RouteConfig, store: Store, registry: Registry) -> None:
+        self.config = config
+        self.store = store
+        self.registry = registry
+        self.port = config.port
+        self.servers = ServerDirectory(
+            registry, config.cluster_secret, config.deliver_timeout, config.probe_timeout
+        )
+        signer = TokenSigner(config.token_keys, config.token_key_id, config.token_ttl)
+        self.sessions = SessionManager(config, store, self.servers, signer)
+        self.router = MessageRouter(config, store, self.servers, self.sessions)
+        self._server: grpc.aio.Server | None = None
+        self._health: object = None
+        self._member: Member | None = None
+        self._prober: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.advertise_host or self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        server = new_server()
+        route_pb2_grpc.add_RouteServicer_to_server(RouteService(self.sessions, self.router), server)
+        route_pb2_grpc.add_RouteInternalServicer_to_server(
+            RouteInternalService(
+                self.sessions, self.router, SecretCheck([self.config.cluster_secret])
+            ),
+            server,
+        )
+        self._health = add_standard_services(server, SERVICE_NAMES)
+        self.port = bind(server, self.config.host, self.config.port)
+        await server.start()
+        self._server = server
+        await set_serving(self._health, SERVICE_NAMES, True)
+        self._member = Member(MemberKind.ROUTE, self.config.route_id, self.address)
+        await self.registry.register(self._member)
+        self._prober = asyncio.create_task(self._probe_suspects())
+        log.info("route %s listening on %s", self.config.route_id, self.address)
+
+    async def _probe_suspects(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                await self.servers.probe_suspects()
+            except Exception:
+                log.exception("probing suspect chat servers failed")
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+        if self._member is not None:
+            await self.registry.deregister(self._member)
+        if self._health is not None:
+            await set_serving(self._health, SERVICE_NAMES, False)
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.router.aclose()
+        await self.servers.aclose()
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

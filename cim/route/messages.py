@@ -1,0 +1,241 @@
+"""Routing of messages: private and group sends, offline storage and its push.
+
+Both send paths end here: the unary Route RPCs and the batches chat servers
+submit for messages sent on Chat streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+from cim.config import RouteConfig
+from cim.core import validation
+from cim.core.ids import MessageIdGenerator, new_trace_id
+from cim.errors import CimError, InvalidArgument
+from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
+from cim.route.servers import ServerDirectory
+from cim.route.sessions import SessionManager
+from cim.store.base import OfflineEntry, Store
+
+log = logging.getLogger(__name__)
+
+DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
+STORED = common_pb2.DELIVERY_STATUS_STORED
+
+
+class MessageRouter:
+    def __init__(
+        self,
+        config: RouteConfig,
+        store: Store,
+        servers: ServerDirectory,
+        sessions: SessionManager,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._servers = servers
+        self._sessions = sessions
+        self._ids = MessageIdGenerator()
+        # One offline push per user at a time, so a quick reconnect cannot push
+        # twice; a push asked for meanwhile reruns on the newest server.
+        self._pushing: set[int] = set()
+        self._push_again: dict[int, str] = {}
+        self._background: set[asyncio.Task[int]] = set()
+
+    def _new_message(
+        self, sender_id: int, sender_name: str, text: str, client_msg_id: str
+    ) -> common_pb2.ChatMessage:
+        validation.check_text(text, self._config.max_text_bytes)
+        validation.check_client_msg_id(client_msg_id)
+        return common_pb2.ChatMessage(
+            message_id=self._ids.next(),
+            sender_id=sender_id,
+            sender_name=sender_name,
+            text=text,
+            server_time_ms=time.time_ns() // 1_000_000,
+            trace_id=new_trace_id(),
+            client_msg_id=client_msg_id,
+        )
+
+    # --- private ----------------------------------------------------------
+    async def send_private(
+        self, sender_id: int, sender_name: str, request: route_pb2.SendPrivateRequest
+    ) -> route_pb2.SendResponse:
+        message = self._new_message(sender_id, sender_name, request.text, request.client_msg_id)
+        message.kind = common_pb2.MESSAGE_KIND_PRIVATE
+        message.receiver_id = request.receiver_id
+        await self._sessions.require_user(request.receiver_id)
+        session = await self._store.get_session(request.receiver_id)
+        delivered = False
+        if session is not None and session.connected:
+            parcel = [chat_pb2.Delivery(receiver_id=request.receiver_id, message=message)]
+            delivered = (await self._servers.deliver(session.server_id, parcel))[0]
+        if not delivered:
+            await self._store_offline(request.receiver_id, message)
+        log.debug(
+            "private %s %s -> %s: %s",
+            message.message_id,
+            sender_id,
+            request.receiver_id,
+            "delivered" if delivered else "stored",
+        )
+        return route_pb2.SendResponse(
+            message_id=message.message_id,
+            status=DELIVERED if delivered else STORED,
+            recipients=1 if delivered else 0,
+            server_time_ms=message.server_time_ms,
+        )
+
+    # --- group ------------------------------------------------------------
+    async def send_group(
+        self, sender_id: int, sender_name: str, request: route_pb2.SendGroupRequest
+    ) -> route_pb2.SendResponse:
+        message = self._new_message(sender_id, sender_name, request.text, request.client_msg_id)
+        message.kind = common_pb2.MESSAGE_KIND_GROUP
+        message.group_id = validation.check_group(request.group_id)
+        by_server: dict[str, list[int]] = defaultdict(list)
+        async for session in self._store.online_sessions():
+            if session.user_id != sender_id:
+                by_server[session.server_id].append(session.user_id)
+        # One Deliver per chat server, all servers at once.
+        outcomes = await asyncio.gather(
+            *(
+                self._servers.deliver(
+                    server_id,
+                    [chat_pb2.Delivery(receiver_id=uid, message=message) for uid in user_ids],
+                )
+                for server_id, user_ids in by_server.items()
+            )
+        )
+        reached = 0
+        for user_ids, flags in zip(by_server.values(), outcomes, strict=True):
+            for user_id, delivered in zip(user_ids, flags, strict=True):
+                if delivered:
+                    reached += 1
+                else:  # went offline while we sent: keep it for them
+                    await self._store_offline(user_id, message)
+        return route_pb2.SendResponse(
+            message_id=message.message_id,
+            status=DELIVERED,
+            recipients=reached,
+            server_time_ms=message.server_time_ms,
+        )
+
+    # --- offline ----------------------------------------------------------
+    async def _store_offline(self, user_id: int, message: common_pb2.ChatMessage) -> None:
+        stored = common_pb2.ChatMessage()
+        stored.CopyFrom(message)
+        stored.stored = True
+        stored.receiver_id = message.receiver_id
+        await self._store.store_offline(
+            user_id, OfflineEntry(message.message_id, stored.SerializeToString())
+        )
+        # The receiver may have connected between our look-up and the store:
+        # then nobody would push this until their next login.
+        session = await self._store.get_session(user_id)
+        if session is not None and session.connected:
+            self.schedule_offline_push(user_id, session.server_id)
+
+    def schedule_offline_push(self, user_id: int, server_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.push_offline(user_id, server_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def push_offline(self, user_id: int, server_id: str) -> int:
+        """Pushes the user's stored messages to their stream, oldest first, in
+        batches; each is removed only once the server says it reached the stream."""
+        if user_id in self._pushing:
+            self._push_again[user_id] = server_id
+            return 0
+        self._pushing.add(user_id)
+        pushed = 0
+        try:
+            while True:
+                pushed += await self._push_pass(user_id, server_id)
+                if user_id not in self._push_again:
+                    break
+                server_id = self._push_again.pop(user_id)
+        except CimError as exc:
+            log.warning("offline push to user %s failed: %s", user_id, exc.message)
+        finally:
+            self._pushing.discard(user_id)
+            self._push_again.pop(user_id, None)
+        if pushed:
+            log.info("pushed %d stored messages to user %s", pushed, user_id)
+        return pushed
+
+    async def _push_pass(self, user_id: int, server_id: str) -> int:
+        pushed = 0
+        while True:
+            entries = await self._store.peek_offline(user_id, self._config.offline_batch)
+            if not entries:
+                return pushed
+            parcel = [
+                chat_pb2.Delivery(
+                    receiver_id=user_id,
+                    message=common_pb2.ChatMessage.FromString(entry.payload),
+                )
+                for entry in entries
+            ]
+            flags = await self._servers.deliver(server_id, parcel)
+            done = [entry.entry_id for entry, ok in zip(entries, flags, strict=True) if ok]
+            if done:
+                await self._store.remove_offline(user_id, done)
+                pushed += len(done)
+            if len(done) < len(entries):
+                return pushed  # the stream went away; the rest waits for the next login
+
+    async def fetch_offline(
+        self, user_id: int, limit: int
+    ) -> tuple[list[common_pb2.ChatMessage], bool]:
+        limit = limit or self._config.offline_batch
+        if limit < 0 or limit > 1000:
+            raise InvalidArgument("limit must be between 1 and 1000 (0: default)")
+        entries = await self._store.peek_offline(user_id, limit + 1)
+        taken = entries[:limit]
+        if taken:
+            await self._store.remove_offline(user_id, [entry.entry_id for entry in taken])
+        messages = [common_pb2.ChatMessage.FromString(entry.payload) for entry in taken]
+        return messages, len(entries) > limit
+
+    # --- batches from chat servers ----------------------------------------
+    async def submit_batch(
+        self, items: Sequence[route_pb2.SubmittedMessage]
+    ) -> list[route_pb2.SubmitResult]:
+        """Routes each item; items of one sender in order, senders concurrently."""
+        results: list[route_pb2.SubmitResult | None] = [None] * len(items)
+        chains: dict[int, list[int]] = defaultdict(list)
+        for index, item in enumerate(items):
+            chains[item.sender_id].append(index)
+
+        async def run_chain(indexes: list[int]) -> None:
+            for index in indexes:
+                results[index] = await self._submit_one(items[index])
+
+        await asyncio.gather(*(run_chain(indexes) for indexes in chains.values()))
+        return [result or route_pb2.SubmitResult() for result in results]
+
+    async def _submit_one(self, item: route_pb2.SubmittedMessage) -> route_pb2.SubmitResult:
+        try:
+            target = item.WhichOneof("target")
+            if target == "private":
+                response = await self.send_private(item.sender_id, item.sender_name, item.private)
+            elif target == "group":
+                response = await self.send_group(item.sender_id, item.sender_name, item.group)
+            else:
+                raise InvalidArgument("message has neither a private nor a group target")
+        except CimError as exc:
+            return route_pb2.SubmitResult(
+                error=route_pb2.ItemError(code=exc.code.value[0], message=exc.message)
+            )
+        return route_pb2.SubmitResult(ok=response)
+
+    async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

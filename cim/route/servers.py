@@ -1,0 +1,195 @@
+"""The route's view of the chat servers: who is alive, who is suspect, and one
+reused channel per server through which deliveries are coalesced."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import grpc
+
+from cim.core.coalesce import Coalescer
+from cim.core.members import Member, MemberKind
+from cim.errors import Unavailable
+from cim.grpcutil import insecure_channel, secret_metadata
+from cim.proto.v1 import chat_pb2, chat_pb2_grpc, route_pb2
+from cim.registry.base import Registry
+
+log = logging.getLogger(__name__)
+
+Parcel = list[chat_pb2.Delivery]
+
+
+class ServerLink:
+    """One chat server: its channel, and a coalescer that merges concurrent
+    deliveries into one Deliver call while another is in flight."""
+
+    def __init__(self, member: Member, secret: str, timeout: float) -> None:
+        self.member = member
+        self._metadata = secret_metadata(secret)
+        self._timeout = timeout
+        self._channel = insecure_channel(member.address)
+        self.stub = chat_pb2_grpc.ChatStub(self._channel)
+        self._deliveries: Coalescer[Parcel, list[bool]] = Coalescer(self._send_parcels)
+
+    async def deliver(self, parcel: Parcel) -> list[bool]:
+        return await self._deliveries.submit(parcel)
+
+    async def _send_parcels(self, parcels: list[Parcel]) -> list[list[bool]]:
+        request = chat_pb2.DeliverRequest(
+            deliveries=[delivery for parcel in parcels for delivery in parcel]
+        )
+        reply = await self.stub.Deliver(request, metadata=self._metadata, timeout=self._timeout)
+        flags = list(reply.delivered)
+        if len(flags) != len(request.deliveries):
+            raise Unavailable(f"chat server {self.member.member_id} answered a malformed batch")
+        results, start = [], 0
+        for parcel in parcels:
+            results.append(flags[start : start + len(parcel)])
+            start += len(parcel)
+        return results
+
+    async def kick(self, kicks: Sequence[chat_pb2.Kick]) -> None:
+        await self.stub.Deliver(
+            chat_pb2.DeliverRequest(kicks=kicks), metadata=self._metadata, timeout=self._timeout
+        )
+
+    async def presence(self, refs: Sequence[route_pb2.SessionRef], deadline: float) -> list[bool]:
+        reply = await self.stub.Presence(
+            chat_pb2.PresenceRequest(sessions=refs), metadata=self._metadata, timeout=deadline
+        )
+        return list(reply.live)
+
+    async def aclose(self) -> None:
+        await self._deliveries.aclose()
+        await self._channel.close()
+
+
+class ServerDirectory:
+    """Chat servers as the registry sees them, minus those that just failed."""
+
+    def __init__(self, registry: Registry, secret: str, timeout: float, probe_timeout: float):
+        self._registry = registry
+        self._secret = secret
+        self._timeout = timeout
+        self._probe_timeout = probe_timeout
+        self._links: dict[str, ServerLink] = {}
+        self._suspect: set[str] = set()
+        self._unsubscribe = registry.subscribe(MemberKind.SERVER, self._on_servers)
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _on_servers(self, members: list[Member]) -> None:
+        alive = {member.member_id: member for member in members}
+        for server_id in list(self._links):
+            link = self._links[server_id]
+            if server_id not in alive or alive[server_id].address != link.member.address:
+                self._drop(server_id)
+        self._suspect &= set(alive)
+
+    def _drop(self, server_id: str) -> None:
+        link = self._links.pop(server_id, None)
+        if link is not None:
+            task = asyncio.get_running_loop().create_task(link.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def servers(self) -> list[Member]:
+        return self._registry.members(MemberKind.SERVER)
+
+    def candidates(self) -> list[Member]:
+        """Servers a login may be sent to: registered and not suspect."""
+        return [member for member in self.servers() if member.member_id not in self._suspect]
+
+    def find(self, server_id: str) -> Member | None:
+        for member in self.servers():
+            if member.member_id == server_id:
+                return member
+        return None
+
+    def is_suspect(self, server_id: str) -> bool:
+        return server_id in self._suspect
+
+    def mark_suspect(self, server_id: str, why: str) -> None:
+        if server_id not in self._suspect:
+            log.warning("chat server %s is suspect: %s", server_id, why)
+            self._suspect.add(server_id)
+
+    def link(self, server_id: str) -> ServerLink | None:
+        """The link to a registered server; None if it is not registered."""
+        link = self._links.get(server_id)
+        if link is not None:
+            return link
+        member = self.find(server_id)
+        if member is None:
+            return None
+        link = ServerLink(member, self._secret, self._timeout)
+        self._links[server_id] = link
+        return link
+
+    async def deliver(self, server_id: str, parcel: Parcel) -> list[bool]:
+        """Pushes the parcel; each flag says whether it reached a live stream.
+        A server that cannot be reached is marked suspect and gets all False."""
+        link = self.link(server_id)
+        if link is None:
+            return [False] * len(parcel)
+        try:
+            flags = await link.deliver(parcel)
+        except (grpc.aio.AioRpcError, Unavailable) as exc:
+            self.mark_suspect(server_id, f"Deliver failed: {_describe(exc)}")
+            return [False] * len(parcel)
+        self._suspect.discard(server_id)
+        return flags
+
+    async def kick(self, server_id: str, user_id: int, session_id: str, reason: str) -> None:
+        link = self.link(server_id)
+        if link is None:
+            return
+        try:
+            await link.kick([chat_pb2.Kick(user_id=user_id, session_id=session_id, reason=reason)])
+        except grpc.aio.AioRpcError as exc:
+            log.warning("kick of user %s on %s failed: %s", user_id, server_id, _describe(exc))
+
+    async def is_live(self, server_id: str, user_id: int, session_id: str) -> bool:
+        """Whether the server holds a live stream for that session. A server
+        that does not answer in time counts as not holding it (and is suspect)."""
+        link = self.link(server_id)
+        if link is None:
+            return False
+        try:
+            flags = await link.presence(
+                [route_pb2.SessionRef(user_id=user_id, session_id=session_id)],
+                self._probe_timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            self.mark_suspect(server_id, f"Presence failed: {_describe(exc)}")
+            return False
+        self._suspect.discard(server_id)
+        return bool(flags and flags[0])
+
+    async def probe_suspects(self) -> None:
+        """Asks each suspect server whether it answers again."""
+        for server_id in list(self._suspect):
+            link = self.link(server_id)
+            if link is None:
+                self._suspect.discard(server_id)
+                continue
+            try:
+                await link.presence([], self._probe_timeout)
+            except grpc.aio.AioRpcError:
+                continue
+            log.info("chat server %s answers again", server_id)
+            self._suspect.discard(server_id)
+
+    async def aclose(self) -> None:
+        self._unsubscribe()
+        for server_id in list(self._links):
+            self._drop(server_id)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)

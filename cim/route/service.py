@@ -1,0 +1,141 @@
+"""The Route and RouteInternal gRPC servicers: authorization and translation
+only; the work is in ``sessions`` and ``messages``."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import grpc
+
+from cim.core.tokens import TokenClaims
+from cim.grpcutil import SecretCheck, bearer_token, unary_edge
+from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
+from cim.route.messages import MessageRouter
+from cim.route.sessions import SessionManager
+
+Context: TypeAlias = grpc.aio.ServicerContext
+
+
+class RouteService(route_pb2_grpc.RouteServicer):
+    def __init__(self, sessions: SessionManager, router: MessageRouter) -> None:
+        self._sessions = sessions
+        self._router = router
+
+    def _caller(self, context: Context) -> TokenClaims:
+        return self._sessions.authenticate(bearer_token(context))
+
+    @unary_edge
+    async def Register(
+        self, request: route_pb2.RegisterRequest, context: Context
+    ) -> route_pb2.RegisterResponse:
+        account, created = await self._sessions.register(request.user_name, request.password)
+        return route_pb2.RegisterResponse(
+            user_id=account.user_id, user_name=account.user_name, created=created
+        )
+
+    @unary_edge
+    async def Login(
+        self, request: route_pb2.LoginRequest, context: Context
+    ) -> route_pb2.LoginResponse:
+        result = await self._sessions.login(
+            request.user_name, request.password, request.user_id, request.device_id
+        )
+        return route_pb2.LoginResponse(
+            user_id=result.account.user_id,
+            user_name=result.account.user_name,
+            server=route_pb2.ServerAddress(
+                server_id=result.server.member_id, address=result.server.address
+            ),
+            session_token=result.token,
+            token_expires_ms=result.expires_ms,
+            session_id=result.session_id,
+        )
+
+    @unary_edge
+    async def Logout(
+        self, request: route_pb2.LogoutRequest, context: Context
+    ) -> route_pb2.LogoutResponse:
+        await self._sessions.logout(self._caller(context))
+        return route_pb2.LogoutResponse()
+
+    @unary_edge
+    async def ListOnlineUsers(
+        self, request: route_pb2.ListOnlineUsersRequest, context: Context
+    ) -> route_pb2.ListOnlineUsersResponse:
+        self._caller(context)
+        accounts = await self._sessions.online_users(request.name_prefix)
+        return route_pb2.ListOnlineUsersResponse(
+            users=[common_pb2.UserInfo(user_id=a.user_id, user_name=a.user_name) for a in accounts]
+        )
+
+    @unary_edge
+    async def SendPrivate(
+        self, request: route_pb2.SendPrivateRequest, context: Context
+    ) -> route_pb2.SendResponse:
+        caller = self._caller(context)
+        return await self._router.send_private(caller.user_id, caller.user_name, request)
+
+    @unary_edge
+    async def SendGroup(
+        self, request: route_pb2.SendGroupRequest, context: Context
+    ) -> route_pb2.SendResponse:
+        caller = self._caller(context)
+        return await self._router.send_group(caller.user_id, caller.user_name, request)
+
+    @unary_edge
+    async def FetchOffline(
+        self, request: route_pb2.FetchOfflineRequest, context: Context
+    ) -> route_pb2.FetchOfflineResponse:
+        caller = self._caller(context)
+        messages, more = await self._router.fetch_offline(caller.user_id, request.limit)
+        return route_pb2.FetchOfflineResponse(messages=messages, more=more)
+
+
+class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
+    def __init__(
+        self, sessions: SessionManager, router: MessageRouter, secret: SecretCheck
+    ) -> None:
+        self._sessions = sessions
+        self._router = router
+        self._secret = secret
+
+    @unary_edge
+    async def SubmitBatch(
+        self, request: route_pb2.SubmitBatchRequest, context: Context
+    ) -> route_pb2.SubmitBatchResponse:
+        self._secret.require(context)
+        results = await self._router.submit_batch(request.messages)
+        return route_pb2.SubmitBatchResponse(results=results)
+
+    @unary_edge
+    async def SessionConnected(
+        self, request: route_pb2.SessionConnectedRequest, context: Context
+    ) -> route_pb2.SessionConnectedResponse:
+        self._secret.require(context)
+        claims, record = await self._sessions.connected(
+            request.server_id, request.user_id, request.session_token
+        )
+        # Stored messages follow the login; the server queues them behind its LoginOk.
+        self._router.schedule_offline_push(record.user_id, record.server_id)
+        return route_pb2.SessionConnectedResponse(
+            user_id=claims.user_id, user_name=claims.user_name, session_id=claims.session_id
+        )
+
+    @unary_edge
+    async def SessionDisconnected(
+        self, request: route_pb2.SessionDisconnectedRequest, context: Context
+    ) -> route_pb2.SessionDisconnectedResponse:
+        self._secret.require(context)
+        cleared = await self._sessions.disconnected(request.user_id, request.session_id)
+        return route_pb2.SessionDisconnectedResponse(cleared=cleared)
+
+    @unary_edge
+    async def RefreshSessions(
+        self, request: route_pb2.RefreshSessionsRequest, context: Context
+    ) -> route_pb2.RefreshSessionsResponse:
+        self._secret.require(context)
+        refs = list(request.sessions)
+        valid = await self._sessions.refresh([(ref.user_id, ref.session_id) for ref in refs])
+        return route_pb2.RefreshSessionsResponse(
+            invalid=[ref for ref, ok in zip(refs, valid, strict=True) if not ok]
+        )

@@ -1,0 +1,175 @@
+"""Accounts and sessions: register, login (with server choice), logout, and the
+session events chat servers report."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from cim.config import RouteConfig
+from cim.core import validation
+from cim.core.ids import new_session_id
+from cim.core.members import Member
+from cim.core.passwords import hash_password, verify_password
+from cim.core.routing import ServerChooser, make_chooser
+from cim.core.tokens import TokenClaims, TokenSigner
+from cim.errors import AlreadyExists, NotFound, PermissionDenied, Unauthenticated
+from cim.route.servers import ServerDirectory
+from cim.store.base import Account, SessionRecord, Store
+
+log = logging.getLogger(__name__)
+
+# One message for every credential failure, so answers never tell which part was wrong.
+BAD_CREDENTIALS = "user name, user id or password is wrong"
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    account: Account
+    server: Member
+    session_id: str
+    token: str
+    expires_ms: int
+
+
+class SessionManager:
+    def __init__(
+        self,
+        config: RouteConfig,
+        store: Store,
+        servers: ServerDirectory,
+        signer: TokenSigner,
+        chooser: ServerChooser | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._servers = servers
+        self._signer = signer
+        self._chooser = chooser or make_chooser(config.routing)
+
+    # --- accounts ---------------------------------------------------------
+    async def register(self, user_name: str, password: str) -> tuple[Account, bool]:
+        validation.check_user_name(user_name)
+        validation.check_password(password)
+        existing = await self._store.get_account_by_name(user_name)
+        if existing is not None:
+            return await self._existing(existing, password), False
+        password_hash = await asyncio.to_thread(hash_password, password, self._config.scrypt)
+        account, created = await self._store.create_account(user_name, password_hash)
+        if not created:  # another register of the same name won the race
+            return await self._existing(account, password), False
+        log.info("registered user %s (%s)", account.user_id, user_name)
+        return account, True
+
+    async def _existing(self, account: Account, password: str) -> Account:
+        if not await asyncio.to_thread(verify_password, password, account.password_hash):
+            raise AlreadyExists(f"user name {account.user_name!r} is taken")
+        return account
+
+    # --- login / logout ---------------------------------------------------
+    async def login(
+        self, user_name: str, password: str, user_id: int = 0, device_id: str = ""
+    ) -> LoginResult:
+        validation.check_user_name(user_name)
+        validation.check_password(password)
+        if user_id < 0:
+            raise PermissionDenied(BAD_CREDENTIALS)
+        account = await self._store.get_account_by_name(user_name)
+        if account is None:
+            raise NotFound(f"no user named {user_name!r}: register first")
+        if not await asyncio.to_thread(verify_password, password, account.password_hash):
+            raise PermissionDenied(BAD_CREDENTIALS)
+        if user_id and user_id != account.user_id:
+            raise PermissionDenied(BAD_CREDENTIALS)
+
+        # The server is chosen before any login state is written.
+        server = self._chooser.choose(account.user_id, self._servers.candidates())
+        record = SessionRecord(account.user_id, new_session_id(), server.member_id, device_id)
+        await self._claim(record)
+        token = self._signer.issue(account.user_id, account.user_name, record.session_id, device_id)
+        claims = self._signer.verify(token)
+        log.info(
+            "user %s logged in, session %s on %s",
+            account.user_id,
+            record.session_id,
+            server.member_id,
+        )
+        return LoginResult(account, server, record.session_id, token, claims.expires_at_ms)
+
+    async def _claim(self, record: SessionRecord) -> None:
+        ttl = self._config.connect_grace
+        current = await self._store.claim_session(record, ttl)
+        if current is None:
+            return
+        if await self._holds_live_stream(current):
+            if self._config.duplicate_login == "reject":
+                raise AlreadyExists("already logged in from another client; log out there first")
+            await self._servers.kick(
+                current.server_id,
+                current.user_id,
+                current.session_id,
+                "logged in from another client",
+            )
+        else:
+            log.info("user %s: taking over dead session %s", record.user_id, current.session_id)
+        if await self._store.claim_session(record, ttl, current.session_id) is not None:
+            raise AlreadyExists("another login for this user is in progress; try again")
+
+    async def _holds_live_stream(self, session: SessionRecord) -> bool:
+        """A session is alive only while a registered chat server holds its stream."""
+        if not session.connected or self._servers.find(session.server_id) is None:
+            return False
+        return await self._servers.is_live(session.server_id, session.user_id, session.session_id)
+
+    async def logout(self, claims: TokenClaims) -> None:
+        current = await self._store.get_session(claims.user_id)
+        if current is None or current.session_id != claims.session_id:
+            return  # already gone: logout is idempotent
+        if await self._store.release_session(claims.user_id, claims.session_id):
+            log.info("user %s logged out", claims.user_id)
+            if current.connected:
+                await self._servers.kick(
+                    current.server_id, claims.user_id, claims.session_id, "logged out"
+                )
+
+    def authenticate(self, token: str) -> TokenClaims:
+        return self._signer.verify(token)
+
+    # --- events from chat servers ----------------------------------------
+    async def connected(
+        self, server_id: str, user_id: int, token: str
+    ) -> tuple[TokenClaims, SessionRecord]:
+        claims = self._signer.verify(token)
+        if claims.user_id != user_id:
+            raise Unauthenticated("session token belongs to another user")
+        record = await self._store.mark_connected(
+            user_id, claims.session_id, server_id, self._config.session_ttl
+        )
+        if record is None:
+            raise Unauthenticated(
+                "session is over (logged out, expired or replaced by a newer login): log in again"
+            )
+        return claims, record
+
+    async def disconnected(self, user_id: int, session_id: str) -> bool:
+        return await self._store.release_session(user_id, session_id)
+
+    async def refresh(self, sessions: list[tuple[int, str]]) -> list[bool]:
+        if not sessions:
+            return []
+        return await self._store.refresh_sessions(sessions, self._config.session_ttl)
+
+    async def online_users(self, name_prefix: str = "") -> list[Account]:
+        user_ids = [record.user_id async for record in self._store.online_sessions()]
+        accounts = await self._store.get_accounts(user_ids)
+        found = [
+            account for account in accounts.values() if account.user_name.startswith(name_prefix)
+        ]
+        return sorted(found, key=lambda account: account.user_id)
+
+    async def require_user(self, user_id: int) -> Account:
+        account = await self._store.get_account(validation.check_user_id(user_id, "receiver id"))
+        if account is None:
+            raise NotFound(f"no user with id {user_id}")
+        return account

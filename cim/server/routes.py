@@ -1,0 +1,81 @@
+"""The chat server's way to the routes: found in the registry, one channel each,
+tried in turn when one is unreachable."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from cim.core.coalesce import Coalescer
+from cim.core.members import Member, MemberKind
+from cim.errors import CimError, Unavailable, from_rpc_error
+from cim.grpcutil import insecure_channel, secret_metadata
+from cim.proto.v1 import route_pb2, route_pb2_grpc
+from cim.registry.base import Registry
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Call = Callable[[route_pb2_grpc.RouteInternalStub], Awaitable[T]]
+
+# Codes after which another route may well succeed.
+_FAILOVER = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+class RouteLinks:
+    def __init__(self, registry: Registry, server_id: str, secret: str, timeout: float) -> None:
+        self._registry = registry
+        self._server_id = server_id
+        self.metadata = secret_metadata(secret)
+        self.timeout = timeout
+        self._channels: dict[str, tuple[grpc.aio.Channel, route_pb2_grpc.RouteInternalStub]] = {}
+        self._turn = itertools.count()
+        self.submissions: Coalescer[route_pb2.SubmittedMessage, route_pb2.SubmitResult] = Coalescer(
+            self._submit_batch
+        )
+
+    def _stub(self, member: Member) -> route_pb2_grpc.RouteInternalStub:
+        entry = self._channels.get(member.address)
+        if entry is None:
+            channel = insecure_channel(member.address)
+            entry = (channel, route_pb2_grpc.RouteInternalStub(channel))
+            self._channels[member.address] = entry
+        return entry[1]
+
+    async def call(self, what: str, call: Call[T]) -> T:
+        """Runs ``call`` against a route, trying the next one when a route is unreachable."""
+        routes = sorted(self._registry.members(MemberKind.ROUTE), key=lambda m: m.member_id)
+        if not routes:
+            raise Unavailable(f"{what}: no route is registered")
+        start = next(self._turn)
+        last: CimError | None = None
+        for offset in range(len(routes)):
+            member = routes[(start + offset) % len(routes)]
+            try:
+                return await call(self._stub(member))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _FAILOVER:
+                    raise from_rpc_error(exc) from exc
+                log.warning("%s at route %s failed: %s", what, member.member_id, exc.details())
+                last = from_rpc_error(exc)
+        raise Unavailable(f"{what}: no route answered ({last.message if last else 'unknown'})")
+
+    async def _submit_batch(
+        self, items: list[route_pb2.SubmittedMessage]
+    ) -> list[route_pb2.SubmitResult]:
+        request = route_pb2.SubmitBatchRequest(server_id=self._server_id, messages=items)
+        reply = await self.call(
+            "SubmitBatch",
+            lambda stub: stub.SubmitBatch(request, metadata=self.metadata, timeout=self.timeout),
+        )
+        return list(reply.results)
+
+    async def aclose(self) -> None:
+        await self.submissions.aclose()
+        for channel, _ in self._channels.values():
+            await channel.close()
+        self._channels.clear()

@@ -1,0 +1,280 @@
+"""The Chat servicer: the client stream (Connect) and the route-facing pushes
+(Deliver, Presence)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeAlias
+
+import grpc
+
+from cim.config import ServerConfig
+from cim.errors import (
+    CimError,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from cim.grpcutil import SecretCheck, unary_edge
+from cim.proto.v1 import chat_pb2, chat_pb2_grpc, route_pb2
+from cim.server.routes import RouteLinks
+from cim.server.streams import ClientStream, StreamTable, notice
+
+log = logging.getLogger(__name__)
+
+Context: TypeAlias = grpc.aio.ServicerContext
+LOGIN_TIMEOUT = 10.0
+# How long a delivery waits for a login of its receiver that is being checked.
+CHECK_WAIT = 5.0
+MAX_OUTSTANDING_SENDS = 256
+KICKED = chat_pb2.Notice.KIND_KICKED
+ERROR = chat_pb2.Notice.KIND_ERROR
+
+
+def _error_notice(exc: CimError) -> chat_pb2.ServerFrame:
+    return notice(ERROR, exc.message, exc.code.value[0])
+
+
+class ChatService(chat_pb2_grpc.ChatServicer):
+    def __init__(
+        self, config: ServerConfig, streams: StreamTable, routes: RouteLinks, secret: SecretCheck
+    ) -> None:
+        self._config = config
+        self._streams = streams
+        self._routes = routes
+        self._secret = secret
+        self._background: set[asyncio.Task[None]] = set()
+        self.accepting = True
+
+    # --- the client stream -------------------------------------------------
+    async def Connect(
+        self, request_iterator: AsyncIterator[chat_pb2.ClientFrame], context: Context
+    ) -> AsyncIterator[chat_pb2.ServerFrame]:
+        try:
+            stream = await self._login(request_iterator)
+        except CimError as exc:
+            yield _error_notice(exc)
+            return
+        reader = asyncio.create_task(self._read(stream, request_iterator))
+        try:
+            while (frame := await stream.next_frame()) is not None:
+                yield frame
+        finally:
+            reader.cancel()
+            stream.close(None, stream.close_reason or "disconnected")
+            if self._streams.remove(stream):
+                self._spawn(self._disconnected(stream))
+            log.info("user %s left (%s)", stream.user_id, stream.close_reason)
+
+    async def _login(self, request_iterator: AsyncIterator[chat_pb2.ClientFrame]) -> ClientStream:
+        if not self.accepting:
+            raise Unavailable("this chat server is shutting down: log in again through a route")
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), LOGIN_TIMEOUT)
+        except (StopAsyncIteration, TimeoutError):
+            raise Unauthenticated("no login frame: the first frame must be a login") from None
+        if first.WhichOneof("frame") != "login":
+            raise Unauthenticated("the first frame must be a login")
+        login = first.login
+        if login.user_id <= 0 or not login.session_token:
+            raise Unauthenticated("login needs a user id and a session token")
+        stream = ClientStream(login.user_id, login.device_id, self._config.outbound_queue)
+        check = self._streams.begin_check(login.user_id)
+        try:
+            request = route_pb2.SessionConnectedRequest(
+                server_id=self._config.server_id,
+                user_id=login.user_id,
+                session_token=login.session_token,
+                device_id=login.device_id,
+                last_seq=login.last_seq,
+            )
+            reply = await self._routes.call(
+                "SessionConnected",
+                lambda stub: stub.SessionConnected(
+                    request, metadata=self._routes.metadata, timeout=self._routes.timeout
+                ),
+            )
+            stream.session_id = reply.session_id
+            stream.user_name = reply.user_name
+            replaced = self._streams.add(stream)
+        finally:
+            self._streams.end_check(login.user_id, check)
+        if replaced is not None:
+            replaced.close(notice(KICKED, "logged in from another client"), "replaced")
+        stream.push(
+            chat_pb2.ServerFrame(
+                login_ok=chat_pb2.LoginOk(
+                    user_id=stream.user_id,
+                    user_name=stream.user_name,
+                    server_id=self._config.server_id,
+                    heartbeat_interval_ms=int(self._config.heartbeat.ping_interval * 1000),
+                    idle_timeout_ms=int(self._config.heartbeat.idle_timeout * 1000),
+                )
+            )
+        )
+        log.info("user %s (%s) connected", stream.user_id, stream.user_name)
+        return stream
+
+    async def _read(
+        self, stream: ClientStream, request_iterator: AsyncIterator[chat_pb2.ClientFrame]
+    ) -> None:
+        try:
+            async for frame in request_iterator:
+                stream.heard()
+                kind = frame.WhichOneof("frame")
+                if kind == "ping":
+                    stream.push(
+                        chat_pb2.ServerFrame(
+                            pong=chat_pb2.Pong(
+                                client_time_ms=frame.ping.client_time_ms,
+                                server_time_ms=_now_ms(),
+                            )
+                        )
+                    )
+                elif kind == "send":
+                    self._send(stream, frame.send)
+                elif kind == "ack":
+                    pass  # sequences and acks arrive with the delivery guarantees
+                else:
+                    stream.close(
+                        _error_notice(InvalidArgument(f"unexpected {kind or 'empty'} frame")),
+                        "protocol error",
+                    )
+                    return
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        stream.close(None, stream.close_reason or "client closed the stream")
+
+    def _send(self, stream: ClientStream, send: chat_pb2.SendFrame) -> None:
+        correlation_id = send.correlation_id
+        target = send.WhichOneof("target")
+        item = route_pb2.SubmittedMessage(
+            sender_id=stream.user_id, session_id=stream.session_id, sender_name=stream.user_name
+        )
+        try:
+            if target == "private":
+                item.private.CopyFrom(send.private)
+                text = send.private.text
+            elif target == "group":
+                item.group.CopyFrom(send.group)
+                text = send.group.text
+            else:
+                raise InvalidArgument("send frame has neither a private nor a group target")
+            if len(text.encode()) > self._config.max_text_bytes:
+                raise InvalidArgument(
+                    f"message text is over the limit of {self._config.max_text_bytes} bytes"
+                )
+            if stream.outstanding_sends >= MAX_OUTSTANDING_SENDS:
+                raise ResourceExhausted(
+                    f"more than {MAX_OUTSTANDING_SENDS} sends await their result: slow down"
+                )
+        except CimError as exc:
+            stream.push(_send_error(correlation_id, exc))
+            return
+        stream.outstanding_sends += 1
+        future = self._routes.submissions.enqueue(item)
+
+        def answer(done: asyncio.Future[route_pb2.SubmitResult]) -> None:
+            stream.outstanding_sends -= 1
+            if done.cancelled():
+                return
+            exc = done.exception()
+            if isinstance(exc, CimError):
+                stream.push(_send_error(correlation_id, exc))
+                return
+            if exc is not None:
+                log.error("submitting a message failed", exc_info=exc)
+                stream.push(
+                    _send_error(
+                        correlation_id,
+                        Internal("internal error while sending; see the chat server log"),
+                    )
+                )
+                return
+            result = done.result()
+            frame = chat_pb2.SendResultFrame(correlation_id=correlation_id)
+            if result.WhichOneof("outcome") == "ok":
+                frame.ok.CopyFrom(result.ok)
+            else:
+                frame.error.CopyFrom(result.error)
+            stream.push(chat_pb2.ServerFrame(send_result=frame))
+
+        future.add_done_callback(answer)
+
+    async def _disconnected(self, stream: ClientStream) -> None:
+        request = route_pb2.SessionDisconnectedRequest(
+            server_id=self._config.server_id,
+            user_id=stream.user_id,
+            session_id=stream.session_id,
+            reason=stream.close_reason,
+        )
+        try:
+            await self._routes.call(
+                "SessionDisconnected",
+                lambda stub: stub.SessionDisconnected(
+                    request, metadata=self._routes.metadata, timeout=self._routes.timeout
+                ),
+            )
+        except CimError as exc:
+            # The login state then expires by itself (no refresh keeps it).
+            log.warning("could not report user %s leaving: %s", stream.user_id, exc.message)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def wait_background(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # --- route-facing -----------------------------------------------------
+    @unary_edge
+    async def Deliver(
+        self, request: chat_pb2.DeliverRequest, context: Context
+    ) -> chat_pb2.DeliverResponse:
+        self._secret.require(context)
+        for kick in request.kicks:
+            stream = self._streams.get(kick.user_id)
+            if stream is not None and stream.session_id == kick.session_id:
+                stream.close(notice(KICKED, kick.reason or "session ended"), "kicked")
+        delivered = []
+        for delivery in request.deliveries:
+            stream = self._streams.get(delivery.receiver_id)
+            if stream is None:
+                stream = await self._streams.find(delivery.receiver_id, CHECK_WAIT)
+            delivered.append(
+                stream is not None and stream.push(chat_pb2.ServerFrame(message=delivery.message))
+            )
+        return chat_pb2.DeliverResponse(delivered=delivered)
+
+    @unary_edge
+    async def Presence(
+        self, request: chat_pb2.PresenceRequest, context: Context
+    ) -> chat_pb2.PresenceResponse:
+        self._secret.require(context)
+        live = []
+        for ref in request.sessions:
+            stream = self._streams.get(ref.user_id)
+            live.append(
+                stream is not None and not stream.closed and stream.session_id == ref.session_id
+            )
+        return chat_pb2.PresenceResponse(live=live)
+
+
+def _send_error(correlation_id: int, exc: CimError) -> chat_pb2.ServerFrame:
+    return chat_pb2.ServerFrame(
+        send_result=chat_pb2.SendResultFrame(
+            correlation_id=correlation_id,
+            error=route_pb2.ItemError(code=exc.code.value[0], message=exc.message),
+        )
+    )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

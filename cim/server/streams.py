@@ -1,0 +1,133 @@
+"""Client streams held by a chat server, and the table that finds them by user.
+
+Each stream has one bounded outbound buffer and a single writer (the Connect
+handler); every other task only appends. A client that stops reading fills
+its buffer and is disconnected (it catches up through a new login) instead
+of growing memory without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from cim.proto.v1 import chat_pb2
+
+
+class ClientStream:
+    def __init__(self, user_id: int, device_id: str, max_buffered: int) -> None:
+        self.user_id = user_id
+        self.device_id = device_id
+        self.session_id = ""
+        self.user_name = ""
+        self.last_heard = time.monotonic()
+        self.outstanding_sends = 0
+        self._max_buffered = max_buffered
+        self._frames: deque[chat_pb2.ServerFrame] = deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+        self.close_reason = ""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def push(self, frame: chat_pb2.ServerFrame) -> bool:
+        """Queues a frame; False if the stream is closed or too far behind
+        (then it is closed with an error notice)."""
+        if self._closed:
+            return False
+        if len(self._frames) >= self._max_buffered:
+            self.close(
+                notice(chat_pb2.Notice.KIND_ERROR, "too slow: messages are waiting unread", 8),
+                "slow consumer",
+            )
+            return False
+        self._frames.append(frame)
+        self._ready.set()
+        return True
+
+    def close(self, final: chat_pb2.ServerFrame | None, reason: str) -> None:
+        """Ends the stream after what is queued (and ``final``, past the bound)."""
+        if self._closed:
+            return
+        if final is not None:
+            self._frames.append(final)
+        self._closed = True
+        self.close_reason = reason
+        self._ready.set()
+
+    async def next_frame(self) -> chat_pb2.ServerFrame | None:
+        """The next frame to write; None once closed and drained."""
+        while not self._frames:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        return self._frames.popleft()
+
+
+def notice(kind: chat_pb2.Notice.Kind.ValueType, text: str, code: int = 0) -> chat_pb2.ServerFrame:
+    return chat_pb2.ServerFrame(notice=chat_pb2.Notice(kind=kind, text=text, code=code))
+
+
+class StreamTable:
+    """Confirmed streams by user id, plus logins still being checked.
+
+    One stream per user: a newer confirmed session replaces an older one
+    (the route already decided it may). Deliveries for a user whose login is
+    still being checked wait for that check, so stored messages pushed right
+    after the route accepts the login are not lost in between.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[int, ClientStream] = {}
+        self._checking: dict[int, set[asyncio.Future[None]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def streams(self) -> list[ClientStream]:
+        return list(self._streams.values())
+
+    def get(self, user_id: int) -> ClientStream | None:
+        return self._streams.get(user_id)
+
+    def begin_check(self, user_id: int) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._checking.setdefault(user_id, set()).add(future)
+        return future
+
+    def end_check(self, user_id: int, future: asyncio.Future[None]) -> None:
+        if not future.done():
+            future.set_result(None)
+        waiting = self._checking.get(user_id)
+        if waiting is not None:
+            waiting.discard(future)
+            if not waiting:
+                del self._checking[user_id]
+
+    async def find(self, user_id: int, wait: float) -> ClientStream | None:
+        """The user's stream, waiting up to ``wait`` seconds for logins being checked."""
+        stream = self._streams.get(user_id)
+        if stream is None and user_id in self._checking:
+            await asyncio.wait(self._checking[user_id], timeout=wait)
+            stream = self._streams.get(user_id)
+        return stream
+
+    def add(self, stream: ClientStream) -> ClientStream | None:
+        """Adds a confirmed stream; returns the stream it replaced, if any."""
+        old = self._streams.get(stream.user_id)
+        self._streams[stream.user_id] = stream
+        return old if old is not stream else None
+
+    def remove(self, stream: ClientStream) -> bool:
+        """Removes the stream if it is still the user's current one."""
+        if self._streams.get(stream.user_id) is stream:
+            del self._streams[stream.user_id]
+            return True
+        return False

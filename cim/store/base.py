@@ -1,0 +1,93 @@
+"""The ``Store`` protocol: the only persistent state of cim, used by routes only.
+
+Every method is atomic on its own. Sessions are compare-and-set by session
+id, so one login never clears or refreshes another's state, and they expire
+unless refreshed (a crashed chat server cannot lock its users out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Account:
+    user_id: int
+    user_name: str
+    password_hash: str
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A user's login state and route: which chat server holds (or will hold) them."""
+
+    user_id: int
+    session_id: str
+    server_id: str
+    device_id: str = ""
+    # False between login and the stream's arrival at the chat server.
+    connected: bool = False
+
+    def connected_to(self, server_id: str) -> SessionRecord:
+        return replace(self, server_id=server_id, connected=True)
+
+
+@dataclass(frozen=True)
+class OfflineEntry:
+    entry_id: str
+    payload: bytes
+
+
+class Store(Protocol):
+    # --- accounts ---------------------------------------------------------
+    async def create_account(self, user_name: str, password_hash: str) -> tuple[Account, bool]:
+        """Creates the account, or returns the existing one with that name.
+
+        The boolean says whether it was created. Names are unique.
+        """
+
+    async def get_account(self, user_id: int) -> Account | None: ...
+
+    async def get_account_by_name(self, user_name: str) -> Account | None: ...
+
+    async def get_accounts(self, user_ids: Sequence[int]) -> dict[int, Account]: ...
+
+    # --- sessions (login state + route) -----------------------------------
+    async def claim_session(
+        self, record: SessionRecord, ttl: float, replace_session_id: str | None = None
+    ) -> SessionRecord | None:
+        """Stores ``record`` if the user has no session (or exactly the session
+        ``replace_session_id``). Returns None on success, else the session in the way."""
+
+    async def get_session(self, user_id: int) -> SessionRecord | None: ...
+
+    async def get_sessions(self, user_ids: Sequence[int]) -> dict[int, SessionRecord]: ...
+
+    async def mark_connected(
+        self, user_id: int, session_id: str, server_id: str, ttl: float
+    ) -> SessionRecord | None:
+        """Records that the session's stream is live on ``server_id``; None if
+        the session is no longer the user's current one."""
+
+    async def refresh_sessions(self, sessions: Sequence[tuple[int, str]], ttl: float) -> list[bool]:
+        """Extends each (user id, session id) still current; False for the others."""
+
+    async def release_session(self, user_id: int, session_id: str) -> bool:
+        """Deletes the session if it is still this one; True if it was."""
+
+    def online_sessions(self) -> AsyncIterator[SessionRecord]:
+        """Every connected session, walked without blocking the store."""
+
+    # --- offline messages -------------------------------------------------
+    async def store_offline(self, user_id: int, entry: OfflineEntry) -> None: ...
+
+    async def peek_offline(self, user_id: int, limit: int) -> list[OfflineEntry]:
+        """The oldest ``limit`` stored entries, oldest first, left in place."""
+
+    async def remove_offline(self, user_id: int, entry_ids: Sequence[str]) -> None: ...
+
+    async def count_offline(self, user_id: int) -> int: ...
+
+    async def aclose(self) -> None: ...

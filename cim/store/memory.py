@@ -1,0 +1,134 @@
+"""The in-memory store: complete (expiry included), for embedded mode and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from itertools import count
+
+from cim.store.base import Account, OfflineEntry, SessionRecord
+
+
+class MemoryStore:
+    """A ``Store`` in process memory. Expired sessions vanish lazily on read
+    and in a sweep every time the session table is walked."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._ids = count(1)
+        self._accounts: dict[int, Account] = {}
+        self._by_name: dict[str, int] = {}
+        self._sessions: dict[int, tuple[SessionRecord, float]] = {}
+        self._offline: dict[int, deque[OfflineEntry]] = {}
+
+    async def create_account(self, user_name: str, password_hash: str) -> tuple[Account, bool]:
+        existing = self._by_name.get(user_name)
+        if existing is not None:
+            return self._accounts[existing], False
+        account = Account(next(self._ids), user_name, password_hash)
+        self._accounts[account.user_id] = account
+        self._by_name[user_name] = account.user_id
+        return account, True
+
+    async def get_account(self, user_id: int) -> Account | None:
+        return self._accounts.get(user_id)
+
+    async def get_account_by_name(self, user_name: str) -> Account | None:
+        user_id = self._by_name.get(user_name)
+        return None if user_id is None else self._accounts[user_id]
+
+    async def get_accounts(self, user_ids: Sequence[int]) -> dict[int, Account]:
+        return {uid: self._accounts[uid] for uid in user_ids if uid in self._accounts}
+
+    def _live_session(self, user_id: int) -> SessionRecord | None:
+        entry = self._sessions.get(user_id)
+        if entry is None:
+            return None
+        record, expires_at = entry
+        if expires_at <= self._clock():
+            del self._sessions[user_id]
+            return None
+        return record
+
+    async def claim_session(
+        self, record: SessionRecord, ttl: float, replace_session_id: str | None = None
+    ) -> SessionRecord | None:
+        current = self._live_session(record.user_id)
+        if current is not None and current.session_id != replace_session_id:
+            return current
+        self._sessions[record.user_id] = (record, self._clock() + ttl)
+        return None
+
+    async def get_session(self, user_id: int) -> SessionRecord | None:
+        return self._live_session(user_id)
+
+    async def get_sessions(self, user_ids: Sequence[int]) -> dict[int, SessionRecord]:
+        found = {uid: self._live_session(uid) for uid in user_ids}
+        return {uid: record for uid, record in found.items() if record is not None}
+
+    async def mark_connected(
+        self, user_id: int, session_id: str, server_id: str, ttl: float
+    ) -> SessionRecord | None:
+        current = self._live_session(user_id)
+        if current is None or current.session_id != session_id:
+            return None
+        record = current.connected_to(server_id)
+        self._sessions[user_id] = (record, self._clock() + ttl)
+        return record
+
+    async def refresh_sessions(self, sessions: Sequence[tuple[int, str]], ttl: float) -> list[bool]:
+        expires_at = self._clock() + ttl
+        results = []
+        for user_id, session_id in sessions:
+            current = self._live_session(user_id)
+            ok = current is not None and current.session_id == session_id
+            if current is not None and ok:
+                self._sessions[user_id] = (current, expires_at)
+            results.append(ok)
+        return results
+
+    async def release_session(self, user_id: int, session_id: str) -> bool:
+        current = self._live_session(user_id)
+        if current is None or current.session_id != session_id:
+            return False
+        del self._sessions[user_id]
+        return True
+
+    async def online_sessions(self) -> AsyncIterator[SessionRecord]:
+        # Walk a snapshot in slices, yielding to the loop between them, as a
+        # SCAN would: a huge table never stalls other requests.
+        user_ids = list(self._sessions)
+        for start in range(0, len(user_ids), 1000):
+            for user_id in user_ids[start : start + 1000]:
+                record = self._live_session(user_id)
+                if record is not None and record.connected:
+                    yield record
+            await asyncio.sleep(0)
+
+    async def store_offline(self, user_id: int, entry: OfflineEntry) -> None:
+        self._offline.setdefault(user_id, deque()).append(entry)
+
+    async def peek_offline(self, user_id: int, limit: int) -> list[OfflineEntry]:
+        queue = self._offline.get(user_id)
+        if not queue:
+            return []
+        return [queue[i] for i in range(min(limit, len(queue)))]
+
+    async def remove_offline(self, user_id: int, entry_ids: Sequence[str]) -> None:
+        queue = self._offline.get(user_id)
+        if not queue:
+            return
+        doomed = set(entry_ids)
+        kept = deque(entry for entry in queue if entry.entry_id not in doomed)
+        if kept:
+            self._offline[user_id] = kept
+        else:
+            del self._offline[user_id]
+
+    async def count_offline(self, user_id: int) -> int:
+        return len(self._offline.get(user_id, ()))
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import pytest
+
+from cim.core.commands import (
+    COMMANDS,
+    CommandError,
+    DelayedMessage,
+    GroupMessage,
+    ListOnline,
+    PrivateMessage,
+    Quit,
+    SearchLog,
+    ShowEmoji,
+    ShowHelp,
+    ShowInfo,
+    parse,
+)
+
+
+@pytest.mark.parametrize("line", ["", "   ", "\t\n"])
+def test_blank_line_is_nothing(line: str) -> None:
+    assert parse(line) is None
+
+
+def test_plain_text_is_group_message_stripped() -> None:
+    assert parse("  hello world \n") == GroupMessage("hello world")
+
+
+def test_private_message() -> None:
+    assert parse("42;;hi there") == PrivateMessage(receiver_id=42, text="hi there")
+
+
+def test_private_message_text_is_stripped_and_may_contain_separator() -> None:
+    assert parse("7;;  a;;b  ") == PrivateMessage(receiver_id=7, text="a;;b")
+
+
+@pytest.mark.parametrize("line", ["42;;", "42;;   "])
+def test_private_message_without_text_is_error(line: str) -> None:
+    with pytest.raises(CommandError, match="empty"):
+        parse(line)
+
+
+def test_private_message_to_zero_is_error() -> None:
+    with pytest.raises(CommandError, match="positive"):
+        parse("0;;hi")
+
+
+@pytest.mark.parametrize("line", ["abc;;hi", "-3;;hi", "4 2;;hi", ";;hi"])
+def test_non_numeric_receiver_is_group_message(line: str) -> None:
+    assert parse(line) == GroupMessage(line)
+
+
+@pytest.mark.parametrize("line", [":all", ":help", "  :help  ", ":ALL"])
+def test_help(line: str) -> None:
+    assert parse(line) == ShowHelp()
+
+
+def test_online_users() -> None:
+    assert parse(":olu") == ListOnline(prefix="")
+
+
+def test_online_users_with_argument_points_to_pu() -> None:
+    with pytest.raises(CommandError, match=":pu"):
+        parse(":olu bob")
+
+
+def test_prefix_users() -> None:
+    assert parse(":pu  bo ") == ListOnline(prefix="bo")
+
+
+def test_prefix_users_tab_separated() -> None:
+    assert parse(":pu\tbo") == ListOnline(prefix="bo")
+
+
+def test_prefix_users_requires_prefix() -> None:
+    with pytest.raises(CommandError, match=r"usage: :pu <name prefix>"):
+        parse(":pu")
+
+
+def test_info() -> None:
+    assert parse(":info") == ShowInfo()
+
+
+def test_info_with_arguments_is_error() -> None:
+    with pytest.raises(CommandError, match="no arguments"):
+        parse(":info me")
+
+
+def test_quit() -> None:
+    assert parse(":q!") == Quit()
+
+
+def test_search_takes_rest_of_line() -> None:
+    assert parse(":q  hello   world ") == SearchLog(keyword="hello   world")
+
+
+def test_search_without_keyword_mentions_quit() -> None:
+    with pytest.raises(CommandError) as info:
+        parse(":q")
+    assert ":q!" in str(info.value)
+    assert "usage" in str(info.value)
+
+
+def test_emoji_default_page() -> None:
+    assert parse(":emoji") == ShowEmoji(page=1)
+
+
+def test_emoji_page() -> None:
+    assert parse(":emoji 3") == ShowEmoji(page=3)
+
+
+@pytest.mark.parametrize("line", [":emoji 0", ":emoji -1", ":emoji two", ":emoji 1 2"])
+def test_emoji_bad_page(line: str) -> None:
+    with pytest.raises(CommandError, match="usage: :emoji"):
+        parse(line)
+
+
+def test_delay_group_message() -> None:
+    assert parse(":delay hello world 5") == DelayedMessage(GroupMessage("hello world"), 5.0)
+
+
+def test_delay_private_message() -> None:
+    assert parse(":delay 42;;hi 5") == DelayedMessage(PrivateMessage(42, "hi"), 5.0)
+
+
+def test_delay_fractional_seconds() -> None:
+    assert parse(":delay hi 0.5") == DelayedMessage(GroupMessage("hi"), 0.5)
+
+
+def test_delay_maximum() -> None:
+    assert parse(":delay hi 86400") == DelayedMessage(GroupMessage("hi"), 86400.0)
+
+
+def test_delay_text_starting_with_colon_is_a_message() -> None:
+    assert parse(":delay :smile: 1") == DelayedMessage(GroupMessage(":smile:"), 1.0)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [":delay", ":delay 5", ":delay hi", ":delay hi 0", ":delay hi -1", ":delay hi 86401"],
+)
+def test_delay_bad_input(line: str) -> None:
+    with pytest.raises(CommandError, match=r"usage: :delay <text> <seconds>"):
+        parse(line)
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-inf"])
+def test_delay_non_finite_seconds(seconds: str) -> None:
+    with pytest.raises(CommandError, match="usage: :delay"):
+        parse(f":delay hi {seconds}")
+
+
+def test_delay_empty_private_text_is_error() -> None:
+    with pytest.raises(CommandError, match="empty"):
+        parse(":delay 42;; 5")
+
+
+@pytest.mark.parametrize("line", [":nope", ":", ":q!x", ":olux"])
+def test_unknown_command(line: str) -> None:
+    with pytest.raises(CommandError) as info:
+        parse(line)
+    message = str(info.value)
+    assert "unknown command" in message
+    assert ":all" in message
+
+
+def test_command_error_is_value_error() -> None:
+    assert issubclass(CommandError, ValueError)
+
+
+def test_help_rows_cover_every_command() -> None:
+    syntaxes = [syntax for syntax, _ in COMMANDS]
+    for expected in ("text", "userId;;text", ":all", ":olu", ":info", ":q!"):
+        assert expected in syntaxes
+    for prefix in (":pu", ":q <", ":emoji", ":delay"):
+        assert any(s.startswith(prefix) for s in syntaxes)
+    assert all(description for _, description in COMMANDS)
