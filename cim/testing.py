@@ -58,7 +58,11 @@ class TestCluster:
         return replace(config, **overrides)  # type: ignore[arg-type]
 
     async def client(
-        self, name: str, password: str = "secret-pw", *, connect: bool = True,
+        self,
+        name: str,
+        password: str = "secret-pw",
+        *,
+        connect: bool = True,
         config: ClientConfig | None = None,
     ) -> CimClient:
         """A registered client; logged in and connected unless ``connect=False``."""

@@ -107,8 +107,9 @@ class CimClient:
         self._pending: dict[int, asyncio.Future[route_pb2.SendResponse]] = {}
         self._correlation = itertools.count(1)
         self._inbox: asyncio.Queue[common_pb2.ChatMessage | None] = asyncio.Queue()
-        self._heartbeat = HeartbeatPolicy(ping_interval=self.config.ping_interval,
-                                          idle_timeout=self.config.ping_interval * 3)
+        self._heartbeat = HeartbeatPolicy(
+            ping_interval=self.config.ping_interval, idle_timeout=self.config.ping_interval * 3
+        )
 
     # --- lifecycle ----------------------------------------------------------
     @property
@@ -164,8 +165,9 @@ class CimClient:
         ok = first.login_ok
         if ok.heartbeat_interval_ms > 0:
             interval = min(self.config.ping_interval, ok.heartbeat_interval_ms / 1000)
-            self._heartbeat = HeartbeatPolicy(interval, max(ok.idle_timeout_ms / 1000,
-                                                            interval * 2))
+            self._heartbeat = HeartbeatPolicy(
+                interval, max(ok.idle_timeout_ms / 1000, interval * 2)
+            )
         self._conn = conn
         self._connected.set()
         self._spawn(self._read(conn))
@@ -242,9 +244,7 @@ class CimClient:
         if conn is None:
             raise Unavailable("not connected to a chat server")
         frame.correlation_id = next(self._correlation)
-        future: asyncio.Future[route_pb2.SendResponse] = (
-            asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[route_pb2.SendResponse] = asyncio.get_running_loop().create_future()
         self._pending[frame.correlation_id] = future
         try:
             await conn.write(chat_pb2.ClientFrame(send=frame))
@@ -293,7 +293,9 @@ class CimClient:
         while conn is self._conn:
             now = time.monotonic()
             if self._heartbeat.ping_due(conn.last_sent, now):
-                ping = chat_pb2.ClientFrame(ping=chat_pb2.Ping(client_time_ms=time.time_ns() // 10**6))
+                ping = chat_pb2.ClientFrame(
+                    ping=chat_pb2.Ping(client_time_ms=time.time_ns() // 10**6)
+                )
                 try:
                     await conn.write(ping)
                 except grpc.aio.AioRpcError:

@@ -33,9 +33,7 @@ class RouteClient:
         self._preferred = 0
         self.token = ""
 
-    async def _call(
-        self, what: str, call: Callable[[route_pb2_grpc.RouteStub], Awaitable[T]]
-    ) -> T:
+    async def _call(self, what: str, call: Callable[[route_pb2_grpc.RouteStub], Awaitable[T]]) -> T:
         last: CimError | None = None
         for offset in range(len(self._stubs)):
             index = (self._preferred + offset) % len(self._stubs)
@@ -69,7 +67,9 @@ class RouteClient:
         request = route_pb2.LoginRequest(
             user_name=user_name, password=password, user_id=user_id, device_id=device_id
         )
-        reply = await self._call("login", lambda stub: stub.Login(request, timeout=self._timeout))
+        reply: route_pb2.LoginResponse = await self._call(
+            "login", lambda stub: stub.Login(request, timeout=self._timeout)
+        )
         self.token = reply.session_token
         return reply
 

@@ -1,0 +1,440 @@
+"""The ``cim`` command: dev (embedded cluster), route, server, client.
+
+A thin click layer: it reads flags and ``CIM_*`` variables, sets up logging,
+and runs the library's apps. Errors are printed as one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cim.config import (
+    DEFAULT_ROUTE_ADDRESS,
+    DEFAULT_ROUTE_PORT,
+    DEFAULT_SERVER_PORTS,
+    DUPLICATE_LOGIN_POLICIES,
+    ClientConfig,
+    RouteConfig,
+    ServerConfig,
+    parse_token_keys,
+)
+from cim.core.liveness import HeartbeatPolicy
+from cim.core.members import MemberKind
+from cim.core.routing import ALGORITHMS
+from cim.errors import CimError
+
+log = logging.getLogger("cim")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Runs on uvloop when installed (measurably faster for grpc.aio)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=loop_factory) as runner,
+    ):
+        runner.run(main)
+
+
+async def _until_signalled(stop: Callable[[], Awaitable[None]], wait: Awaitable[None]) -> None:
+    """Waits for SIGINT/SIGTERM (or ``wait`` ending), then runs ``stop``."""
+    loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, signalled.set)
+    waiter = asyncio.ensure_future(wait)
+    signal_task = asyncio.ensure_future(signalled.wait())
+    await asyncio.wait([waiter, signal_task], return_when=asyncio.FIRST_COMPLETED)
+    signal_task.cancel()
+    log.info("shutting down")
+    await stop()
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiter
+
+
+def _split_addresses(values: tuple[str, ...]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+log_level_option = click.option(
+    "--log-level",
+    envvar="CIM_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="cim")
+def main() -> None:
+    """cim: a distributed instant-messaging system on gRPC."""
+
+
+# --- cim dev -------------------------------------------------------------------
+@main.command()
+@click.option("--host", envvar="CIM_HOST", default="127.0.0.1", help="Address to listen on.")
+@click.option("--route-port", envvar="CIM_ROUTE_PORT", default=DEFAULT_ROUTE_PORT, type=int)
+@click.option(
+    "--server-ports",
+    envvar="CIM_SERVER_PORTS",
+    default=",".join(map(str, DEFAULT_SERVER_PORTS)),
+    help="Comma-separated chat server ports.",
+)
+@click.option(
+    "--routing", envvar="CIM_ROUTING", default="consistent-hash", type=click.Choice(ALGORITHMS)
+)
+@click.option(
+    "--duplicate-login",
+    envvar="CIM_DUPLICATE_LOGIN",
+    default="reject",
+    type=click.Choice(DUPLICATE_LOGIN_POLICIES),
+)
+@log_level_option
+def dev(
+    host: str,
+    route_port: int,
+    server_ports: str,
+    routing: str,
+    duplicate_login: str,
+    log_level: str,
+) -> None:
+    """Run a route and chat servers in one process (in-memory store, in-process registry)."""
+    from cim.embedded import EmbeddedCluster
+
+    _setup_logging(log_level)
+    try:
+        ports = [int(port) for port in server_ports.split(",") if port.strip()]
+    except ValueError:
+        raise click.BadParameter("ports must be numbers", param_hint="--server-ports") from None
+    if not ports:
+        raise click.BadParameter("at least one chat server port", param_hint="--server-ports")
+
+    async def run() -> None:
+        import secrets
+
+        from cim.config import random_secret
+
+        cluster = EmbeddedCluster(
+            host=host,
+            route_port=route_port,
+            server_ports=ports,
+            route_config=RouteConfig(
+                cluster_secret=random_secret(),
+                token_keys={"dev": secrets.token_bytes(32)},
+                token_key_id="dev",
+                routing=routing,
+                duplicate_login=duplicate_login,
+            ),
+        )
+        try:
+            await cluster.start()
+        except OSError as exc:
+            await cluster.stop()
+            raise click.ClickException(str(exc)) from None
+        click.echo(
+            f"cim dev: route on {cluster.route_address}; chat servers on "
+            + ", ".join(server.address for server in cluster.servers)
+        )
+        click.echo("Connect a client in another terminal:  make client NAME=alice")
+        click.echo(f"  (or: cim client --user alice --route {cluster.route_address})")
+        click.echo("Press Ctrl-C to stop.", nl=True)
+        sys.stdout.flush()
+        await _until_signalled(cluster.stop, cluster.route.wait())
+
+    _run(run())
+
+
+# --- cim route -----------------------------------------------------------------
+@main.command()
+@click.option("--host", envvar="CIM_HOST", default="127.0.0.1")
+@click.option("--port", envvar="CIM_ROUTE_PORT", default=DEFAULT_ROUTE_PORT, type=int)
+@click.option(
+    "--advertise-host",
+    envvar="CIM_ADVERTISE_HOST",
+    default=None,
+    help="Host others use to reach this route (default: --host).",
+)
+@click.option(
+    "--route-id",
+    envvar="CIM_ROUTE_ID",
+    default=None,
+    help="Unique name of this route (default: its address).",
+)
+@click.option(
+    "--cluster-secret",
+    envvar="CIM_CLUSTER_SECRET",
+    required=True,
+    help="Shared secret of the cluster's internal RPCs.",
+)
+@click.option(
+    "--token-keys",
+    envvar="CIM_TOKEN_KEYS",
+    required=True,
+    help="Session token keys 'kid:secret[,kid:secret]'; the first signs.",
+)
+@click.option(
+    "--server",
+    "servers",
+    envvar="CIM_SERVERS",
+    multiple=True,
+    help="Chat server address HOST:PORT (repeat, or comma-separate).",
+)
+@click.option(
+    "--routing", envvar="CIM_ROUTING", default="consistent-hash", type=click.Choice(ALGORITHMS)
+)
+@click.option(
+    "--duplicate-login",
+    envvar="CIM_DUPLICATE_LOGIN",
+    default="reject",
+    type=click.Choice(DUPLICATE_LOGIN_POLICIES),
+)
+@click.option("--max-text-bytes", envvar="CIM_MAX_TEXT_BYTES", default=4096, type=int)
+@click.option(
+    "--session-ttl",
+    envvar="CIM_SESSION_TTL",
+    default=30.0,
+    type=float,
+    help="Seconds login state lives without a refresh from a live stream.",
+)
+@log_level_option
+def route(
+    host: str,
+    port: int,
+    advertise_host: str | None,
+    route_id: str | None,
+    cluster_secret: str,
+    token_keys: str,
+    servers: tuple[str, ...],
+    routing: str,
+    duplicate_login: str,
+    max_text_bytes: int,
+    session_ttl: float,
+    log_level: str,
+) -> None:
+    """Run a route (in-memory store; chat servers given by --server)."""
+    from cim.registry.static import StaticRegistry
+    from cim.route.app import RouteApp
+    from cim.store.memory import MemoryStore
+
+    _setup_logging(log_level)
+    try:
+        keys, current = parse_token_keys(token_keys)
+        config = RouteConfig(
+            cluster_secret=cluster_secret,
+            token_keys=keys,
+            token_key_id=current,
+            host=host,
+            port=port,
+            advertise_host=advertise_host,
+            route_id=route_id or f"{advertise_host or host}:{port}",
+            routing=routing,
+            duplicate_login=duplicate_login,
+            max_text_bytes=max_text_bytes,
+            session_ttl=session_ttl,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    addresses = _split_addresses(servers)
+    if not addresses:
+        raise click.ClickException("give the chat servers with --server HOST:PORT")
+
+    async def run() -> None:
+        app = RouteApp(
+            config, MemoryStore(), StaticRegistry.from_addresses(MemberKind.SERVER, addresses)
+        )
+        try:
+            await app.start()
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(
+            f"cim route {config.route_id} on {app.address}; chat servers: " + ", ".join(addresses)
+        )
+        await _until_signalled(app.stop, app.wait())
+
+    _run(run())
+
+
+# --- cim server ----------------------------------------------------------------
+@main.command()
+@click.option("--host", envvar="CIM_HOST", default="127.0.0.1")
+@click.option("--port", envvar="CIM_SERVER_PORT", default=DEFAULT_SERVER_PORTS[0], type=int)
+@click.option(
+    "--advertise-host",
+    envvar="CIM_ADVERTISE_HOST",
+    default=None,
+    help="Host clients use to reach this server (default: --host).",
+)
+@click.option(
+    "--server-id",
+    envvar="CIM_SERVER_ID",
+    default=None,
+    help="Unique name of this server (default: its advertised address).",
+)
+@click.option("--cluster-secret", envvar="CIM_CLUSTER_SECRET", required=True)
+@click.option(
+    "--route",
+    "routes",
+    envvar="CIM_ROUTES",
+    multiple=True,
+    help="Route address HOST:PORT (repeat, or comma-separate).",
+)
+@click.option(
+    "--heartbeat-interval",
+    envvar="CIM_HEARTBEAT_INTERVAL",
+    default=10.0,
+    type=float,
+    help="Seconds of client silence after which it should ping.",
+)
+@click.option(
+    "--idle-timeout",
+    envvar="CIM_IDLE_TIMEOUT",
+    default=30.0,
+    type=float,
+    help="Seconds of silence after which a stream is evicted.",
+)
+@click.option("--drain-grace", envvar="CIM_DRAIN_GRACE", default=5.0, type=float)
+@log_level_option
+def server(
+    host: str,
+    port: int,
+    advertise_host: str | None,
+    server_id: str | None,
+    cluster_secret: str,
+    routes: tuple[str, ...],
+    heartbeat_interval: float,
+    idle_timeout: float,
+    drain_grace: float,
+    log_level: str,
+) -> None:
+    """Run a chat server (routes given by --route); drains on SIGTERM."""
+    from cim.registry.static import StaticRegistry
+    from cim.server.app import ChatServerApp
+
+    _setup_logging(log_level)
+    addresses = _split_addresses(routes) or [DEFAULT_ROUTE_ADDRESS]
+    try:
+        config = ServerConfig(
+            cluster_secret=cluster_secret,
+            server_id=server_id or f"{advertise_host or host}:{port}",
+            host=host,
+            port=port,
+            advertise_host=advertise_host,
+            heartbeat=HeartbeatPolicy(heartbeat_interval, idle_timeout),
+            drain_grace=drain_grace,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def run() -> None:
+        app = ChatServerApp(config, StaticRegistry.from_addresses(MemberKind.ROUTE, addresses))
+        try:
+            await app.start()
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(
+            f"cim server {config.server_id} on {app.address}; routes: " + ", ".join(addresses)
+        )
+        await _until_signalled(app.drain, app.wait())
+
+    _run(run())
+
+
+# --- cim client ----------------------------------------------------------------
+@main.command()
+@click.option("--user", "user_name", envvar="CIM_USER", required=True, help="Your user name.")
+@click.option(
+    "--password", envvar="CIM_PASSWORD", default=None, help="Asked for (hidden) when not given."
+)
+@click.option(
+    "--route",
+    "routes",
+    envvar="CIM_ROUTE",
+    default=DEFAULT_ROUTE_ADDRESS,
+    help="Route address(es) HOST:PORT[,HOST:PORT].",
+)
+@click.option(
+    "--log-dir",
+    envvar="CIM_CHAT_LOG_DIR",
+    default=str(Path.home() / ".cim" / "chatlog"),
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Local chat log folder.",
+)
+@click.option("--heartbeat-interval", envvar="CIM_HEARTBEAT_INTERVAL", default=10.0, type=float)
+@click.option(
+    "--log-level",
+    envvar="CIM_LOG_LEVEL",
+    default="warning",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+def client(
+    user_name: str,
+    password: str | None,
+    routes: str,
+    log_dir: Path,
+    heartbeat_interval: float,
+    log_level: str,
+) -> None:
+    """Chat in the console: register if needed, log in, connect."""
+    from cim.client.chatlog import ChatLog
+    from cim.client.client import CimClient
+    from cim.client.console import Console
+
+    _setup_logging(log_level)
+    if password is None:
+        password = click.prompt(f"password for {user_name}", hide_input=True)
+    addresses = tuple(_split_addresses((routes,)))
+    if not addresses:
+        raise click.ClickException("give a route with --route HOST:PORT")
+    config = ClientConfig(routes=addresses, ping_interval=heartbeat_interval)
+
+    async def run() -> None:
+        cim_client = CimClient(user_name, password or "", config)
+        try:
+            created = await cim_client.register()
+            if created:
+                click.echo(f"* registered {user_name} as user {cim_client.user_id}")
+            await cim_client.login()
+            await cim_client.connect()
+        except CimError as exc:
+            await cim_client.close()
+            raise click.ClickException(_explain(exc)) from None
+        console = Console(cim_client, ChatLog(log_dir, user_name), interactive=sys.stdin.isatty())
+        await console.run()
+
+    _run(run())
+
+
+def _explain(exc: CimError) -> str:
+    from cim.errors import AlreadyExists
+
+    if isinstance(exc, AlreadyExists) and "taken" in exc.message:
+        return f"{exc.message} (wrong password?)"
+    return exc.message
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,202 @@
+"""The interactive console of ``cim client``: CIM's commands over the client library.
+
+In a terminal it uses prompt_toolkit, so pushed messages print above the line
+being typed instead of garbling it. Without a terminal (a pipe) it reads lines
+from stdin and prints plainly, which keeps it scriptable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.shortcuts import print_formatted_text
+from prompt_toolkit.styles import Style
+
+from cim.client.chatlog import ChatLog, highlight
+from cim.client.client import CimClient, ClientEvent, EventKind
+from cim.core import commands, emoji
+from cim.errors import CimError
+from cim.proto.v1 import common_pb2
+
+STYLE = Style.from_dict(
+    {
+        "time": "#888888",
+        "sender": "bold #00aa00",
+        "private": "bold #aa00aa",
+        "system": "italic #0088cc",
+        "error": "bold #cc0000",
+        "highlight": "reverse bold",
+        "prompt": "bold",
+    }
+)
+
+Fragments = list[tuple[str, str]]
+
+
+class Console:
+    def __init__(self, client: CimClient, chatlog: ChatLog, *, interactive: bool) -> None:
+        self.client = client
+        self.chatlog = chatlog
+        self.interactive = interactive
+        self._delayed: set[asyncio.Task[None]] = set()
+        self._ended = asyncio.Event()
+        client.on_message = self.show_message
+        client.on_event = self.show_event
+
+    # --- output ---------------------------------------------------------------
+    def _print(self, fragments: Fragments) -> None:
+        if self.interactive:
+            print_formatted_text(FormattedText(fragments), style=STYLE)
+        else:
+            print("".join(text for _, text in fragments), flush=True)
+
+    def system(self, text: str) -> None:
+        self._print([("class:system", f"* {text}")])
+
+    def error(self, text: str) -> None:
+        self._print([("class:error", f"! {text}")])
+
+    def show_message(self, message: common_pb2.ChatMessage) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(message.server_time_ms / 1000))
+        private = message.kind == common_pb2.MESSAGE_KIND_PRIVATE
+        tags = (" (private)" if private else "") + (" (stored)" if message.stored else "")
+        fragments: Fragments = [
+            ("class:time", f"[{stamp}] "),
+            (
+                "class:private" if private else "class:sender",
+                f"{message.sender_name}#{message.sender_id}{tags}",
+            ),
+            ("", f": {message.text}"),
+        ]
+        self._print(fragments)
+        self.chatlog.append(f"{message.sender_name}#{message.sender_id}{tags}: {message.text}")
+
+    def show_event(self, event: ClientEvent) -> None:
+        self.system(event.text)
+        if event.kind in (EventKind.KICKED, EventKind.GAVE_UP):
+            self.error("disconnected for good; type :q! to quit")
+
+    # --- input ----------------------------------------------------------------
+    async def run(self) -> None:
+        self.system(
+            f"logged in as {self.client.user_name} (id {self.client.user_id}); "
+            "type :all for commands, :q! to quit"
+        )
+        if self.interactive:
+            session: PromptSession[str] = PromptSession()
+            with patch_stdout(raw=True):
+                await self._loop(
+                    lambda: session.prompt_async(
+                        [("class:prompt", f"{self.client.user_name}> ")], style=STYLE
+                    )
+                )
+        else:
+            await self._loop(self._read_stdin_line)
+
+    async def _read_stdin_line(self) -> str:
+        line: str = await asyncio.to_thread(sys.stdin.readline)
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+
+    async def _loop(self, read: Callable[[], Awaitable[str]]) -> None:
+        while True:
+            try:
+                line = await read()
+            except (EOFError, KeyboardInterrupt):
+                break
+            try:
+                command = commands.parse(str(line))
+            except commands.CommandError as exc:
+                self.error(str(exc))
+                continue
+            if command is None:
+                continue
+            if isinstance(command, commands.Quit):
+                break
+            try:
+                await self.execute(command)
+            except CimError as exc:
+                self.error(exc.message)
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        for task in self._delayed:
+            task.cancel()
+        await asyncio.gather(*self._delayed, return_exceptions=True)
+        await self.client.close()
+        self.system("bye")
+
+    async def execute(self, command: commands.Command) -> None:
+        match command:
+            case commands.GroupMessage() | commands.PrivateMessage():
+                await self.send(command)
+            case commands.ShowHelp():
+                width = max(len(syntax) for syntax, _ in commands.COMMANDS)
+                for syntax, description in commands.COMMANDS:
+                    self._print([("class:sender", syntax.ljust(width + 2)), ("", description)])
+            case commands.ListOnline(prefix=prefix):
+                users = await self.client.list_online(prefix)
+                label = f" whose name starts with {prefix!r}" if prefix else ""
+                self.system(f"{len(users)} user(s) online{label}:")
+                for user in users:
+                    self._print([("", f"  {user.user_id}  {user.user_name}")])
+            case commands.ShowInfo():
+                server = self.client.server
+                where = f"{server.server_id} ({server.address})" if server else "no server"
+                state = "connected" if self.client.connected else "not connected"
+                self.system(
+                    f"user {self.client.user_name} (id {self.client.user_id}), {state} to "
+                    f"{where}, routes {', '.join(self.client.route.addresses)}, "
+                    f"chat log {self.chatlog.user_dir}"
+                )
+            case commands.SearchLog(keyword=keyword):
+                found = self.chatlog.search(keyword)
+                self.system(f"{len(found)} line(s) in the chat log contain {keyword!r}")
+                for day, line in found:
+                    self._print([("class:time", f"{day} "), *highlight(line, keyword)])
+            case commands.ShowEmoji(page=number):
+                rows = emoji.page(number)
+                self.system(f"emoji page {number} of {emoji.page_count()}:")
+                for alias, char in rows:
+                    self._print([("", f"  {char}  :{alias}:")])
+            case commands.DelayedMessage(message=message, seconds=seconds):
+                task = asyncio.create_task(self._send_later(message, seconds))
+                self._delayed.add(task)
+                task.add_done_callback(self._delayed.discard)
+                self.system(f"will send in {seconds:g} s")
+            case _:
+                self.error(f"cannot run {command!r}")
+
+    async def send(self, message: commands.GroupMessage | commands.PrivateMessage) -> None:
+        text = emoji.emojize(message.text)
+        if isinstance(message, commands.PrivateMessage):
+            result = await self.client.send_private(message.receiver_id, text)
+            outcome = (
+                "delivered"
+                if result.status == common_pb2.DELIVERY_STATUS_DELIVERED
+                else "stored: the user is offline and gets it on their next login"
+            )
+            self.chatlog.append(f"me -> #{message.receiver_id}: {text}")
+            self.system(f"to #{message.receiver_id}: {outcome}")
+        else:
+            result = await self.client.send_group(text)
+            self.chatlog.append(f"me -> all: {text}")
+            self.system(f"sent to {result.recipients} online user(s)")
+
+    async def _send_later(
+        self, message: commands.GroupMessage | commands.PrivateMessage, seconds: float
+    ) -> None:
+        await asyncio.sleep(seconds)
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                await self.send(message)
+            except CimError as exc:
+                self.error(f"delayed message not sent: {exc.message}")

@@ -1,0 +1,98 @@
+"""Register: creating accounts, idempotent re-registration, name conflicts, validation."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from cim.errors import AlreadyExists, InvalidArgument
+from cim.proto.v1 import route_pb2
+
+
+async def test_register_creates_an_account(rr, raw):
+    reply = await raw.route(rr).Register(
+        route_pb2.RegisterRequest(user_name="alice", password="pw-1"), timeout=5
+    )
+    assert reply.created is True
+    assert reply.user_id > 0
+    assert reply.user_name == "alice"
+
+
+async def test_register_gives_each_user_its_own_id(rr):
+    alice = await rr.client("alice", connect=False)
+    bob = await rr.client("bob", connect=False)
+    assert alice.user_id > 0
+    assert bob.user_id > 0
+    assert alice.user_id != bob.user_id
+
+
+async def test_register_again_with_same_password_returns_same_account(rr, raw):
+    stub = raw.route(rr)
+    first = await stub.Register(route_pb2.RegisterRequest(user_name="alice", password="pw-1"))
+    again = await stub.Register(route_pb2.RegisterRequest(user_name="alice", password="pw-1"))
+    assert first.created is True
+    assert again.created is False
+    assert again.user_id == first.user_id
+    assert again.user_name == "alice"
+
+
+async def test_register_again_through_client_library_reports_not_created(rr):
+    alice = await rr.client("alice", connect=False)
+    assert await alice.register() is False
+
+
+async def test_register_taken_name_with_other_password_is_already_exists(rr, raw, fails):
+    stub = raw.route(rr)
+    await stub.Register(route_pb2.RegisterRequest(user_name="alice", password="pw-1"))
+    err = await fails(stub.Register(route_pb2.RegisterRequest(user_name="alice", password="pw-2")))
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "alice" in err.details()
+
+
+async def test_register_taken_name_raises_already_exists_in_client_library(rr):
+    await rr.client("alice", "pw-1", connect=False)
+    with pytest.raises(AlreadyExists):
+        await rr.client("alice", "pw-2", connect=False)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "has space", "bad/slash", "semi;colon", "x" * 33, "emoji-\U0001f600"],
+    ids=["empty", "space", "slash", "semicolon", "too-long", "emoji"],
+)
+async def test_register_invalid_user_name_is_invalid_argument(rr, raw, fails, name):
+    err = await fails(
+        raw.route(rr).Register(route_pb2.RegisterRequest(user_name=name, password="pw"))
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "user name" in err.details()
+
+
+async def test_register_accepts_longest_allowed_name(rr, raw):
+    reply = await raw.route(rr).Register(
+        route_pb2.RegisterRequest(user_name="a" * 32, password="pw")
+    )
+    assert reply.created is True
+
+
+async def test_register_empty_password_is_invalid_argument(rr, raw, fails):
+    err = await fails(
+        raw.route(rr).Register(route_pb2.RegisterRequest(user_name="alice", password=""))
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "password" in err.details()
+
+
+async def test_register_invalid_input_raises_invalid_argument_in_client_library(rr):
+    with pytest.raises(InvalidArgument):
+        await rr.client("no spaces allowed", connect=False)
+    with pytest.raises(InvalidArgument):
+        await rr.client("alice", "", connect=False)
+
+
+async def test_failed_register_creates_nothing(rr, raw):
+    stub = raw.route(rr)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Register(route_pb2.RegisterRequest(user_name="alice", password=""))
+    reply = await stub.Register(route_pb2.RegisterRequest(user_name="alice", password="pw"))
+    assert reply.created is True
