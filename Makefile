@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+.PHONY: setup run client test test-unit test-integration test-e2e lint format proto clean
+
+VENV := .venv
+PY := $(VENV)/bin/python
+NAME ?= alice
+ROUTE ?= 127.0.0.1:7100
+
+setup:
+	@./scripts/bootstrap.sh
+
+run: setup  ## the embedded cluster (route + 2 chat servers) in the foreground
+	$(VENV)/bin/cim dev
+
+client: setup  ## a console client: make client NAME=bob
+	$(VENV)/bin/cim client --user $(NAME) --route $(ROUTE)
+
+test: setup  ## every test: unit, integration, e2e
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+test-integration: setup
+	$(PY) -m pytest -q tests/integration
+
+test-e2e: setup
+	$(PY) -m pytest -q tests/e2e
+
+lint: setup
+	$(VENV)/bin/ruff check cim tests
+	$(VENV)/bin/ruff format --check cim tests
+	$(VENV)/bin/mypy cim
+
+format: setup
+	$(VENV)/bin/ruff check --fix cim tests
+	$(VENV)/bin/ruff format cim tests
+
+proto: setup
+	./scripts/gen_protos.sh
+
+clean:
+	rm -rf $(VENV) cim/proto/v1/*_pb2*.py cim/proto/v1/*_pb2*.pyi .pytest_cache .mypy_cache .ruff_cache
