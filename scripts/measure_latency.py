@@ -1,0 +1,73 @@
+"""Login and message round-trip times in embedded mode (numbers for docs/benchmarks.md).
+
+Runs a route and two chat servers in this process (uvloop when installed) and
+measures, with the real client library over loopback gRPC:
+  * login: Route.Login + opening the Chat stream (until LoginOk);
+  * private round trip: alice sends to bob on her stream, bob's reply to alice
+    arrives on hers (two one-way trips, timed at alice);
+  * send result: time from alice's send until its result frame comes back;
+  * unary send: Route.SendPrivate until bob has the message.
+Usage: .venv/bin/python scripts/measure_latency.py [rounds]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+
+from cim import testing
+from cim.core.passwords import ScryptParams
+
+
+def summary(name: str, samples: list[float]) -> str:
+    ms = sorted(s * 1000 for s in samples)
+    p = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
+    return (f"{name:<28} n={len(ms):<5} p50={p(0.5):6.2f} ms  p90={p(0.9):6.2f} ms  "
+            f"p99={p(0.99):6.2f} ms  mean={statistics.fmean(ms):6.2f} ms")
+
+
+async def main(rounds: int) -> None:
+    config = testing.test_route_config(scrypt=ScryptParams(), routing="round-robin")
+    async with testing.cluster(route_config=config) as c:
+        logins = []
+        for i in range(min(rounds, 100)):
+            client = await c.client(f"user{i}", connect=False)
+            started = time.perf_counter()
+            await client.login()
+            await client.connect()
+            logins.append(time.perf_counter() - started)
+            await client.close()
+        alice, bob = await c.client("alice"), await c.client("bob")
+        assert alice.server and bob.server and alice.server.server_id != bob.server.server_id
+        bob_inbox = bob.messages().__aiter__()
+        alice_inbox = alice.messages().__aiter__()
+        round_trips, results, unary = [], [], []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            await alice.send_private(bob.user_id, "ping")
+            results.append(time.perf_counter() - started)
+            await anext(bob_inbox)
+            await bob.send_private(alice.user_id, "pong")
+            await anext(alice_inbox)
+            round_trips.append(time.perf_counter() - started)
+        for _ in range(rounds):
+            started = time.perf_counter()
+            await alice.route.send_private(bob.user_id, "unary")
+            await anext(bob_inbox)
+            unary.append(time.perf_counter() - started)
+        print(summary("login (scrypt n=2^14) + connect", logins))
+        print(summary("stream send -> result", results))
+        print(summary("private round trip (2 hops)", round_trips))
+        print(summary("unary send -> received", unary))
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+        factory = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 500))
