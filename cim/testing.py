@@ -24,10 +24,10 @@ from cim.core.passwords import ScryptParams
 from cim.embedded import EmbeddedCluster
 from cim.proto.v1 import common_pb2
 
-__all__ = ["TestCluster", "cluster", "test_route_config"]
+__all__ = ["TestCluster", "cluster", "fast_route_config"]
 
 
-def test_route_config(**overrides: object) -> RouteConfig:
+def fast_route_config(**overrides: object) -> RouteConfig:
     """A route config with cheap password hashing, for fast test suites."""
     config = RouteConfig(
         cluster_secret=random_secret(),
@@ -97,7 +97,7 @@ async def cluster(
     """A route and ``servers`` chat servers on loopback, for the duration of the block."""
     embedded = EmbeddedCluster(
         server_ports=[0] * servers,
-        route_config=route_config or test_route_config(),
+        route_config=route_config or fast_route_config(),
         server_config=server_config,
     )
     await embedded.start()

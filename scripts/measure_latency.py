@@ -29,7 +29,7 @@ def summary(name: str, samples: list[float]) -> str:
 
 
 async def main(rounds: int) -> None:
-    config = testing.test_route_config(scrypt=ScryptParams(), routing="round-robin")
+    config = testing.fast_route_config(scrypt=ScryptParams(), routing="round-robin")
     async with testing.cluster(route_config=config) as c:
         logins = []
         for i in range(min(rounds, 100)):

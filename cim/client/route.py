@@ -35,6 +35,7 @@ class RouteClient:
 
     async def _call(self, what: str, call: Callable[[route_pb2_grpc.RouteStub], Awaitable[T]]) -> T:
         last: CimError | None = None
+        last_address = ""
         for offset in range(len(self._stubs)):
             index = (self._preferred + offset) % len(self._stubs)
             try:
@@ -44,13 +45,14 @@ class RouteClient:
                 if exc.code() not in _FAILOVER:
                     raise error from exc
                 log.debug("%s: route %s unavailable: %s", what, self.addresses[index], exc)
-                last = error
+                last, last_address = error, self.addresses[index]
                 continue
             self._preferred = index  # stick to a route that answers
             return result
-        addresses = ", ".join(self.addresses)
+        # UNAVAILABLE is both "route unreachable" and "route up, no chat server":
+        # the route's own words say which.
         detail = last.message if last else "no answer"
-        raise Unavailable(f"no route reachable at {addresses} ({detail})")
+        raise Unavailable(f"route {last_address}: {detail}")
 
     def _auth(self) -> tuple[tuple[str, str], ...]:
         return token_metadata(self.token) if self.token else ()

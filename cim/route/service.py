@@ -126,7 +126,9 @@ class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
         self, request: route_pb2.SessionDisconnectedRequest, context: Context
     ) -> route_pb2.SessionDisconnectedResponse:
         self._secret.require(context)
-        cleared = await self._sessions.disconnected(request.user_id, request.session_id)
+        cleared = await self._sessions.disconnected(
+            request.server_id, request.user_id, request.session_id
+        )
         return route_pb2.SessionDisconnectedResponse(cleared=cleared)
 
     @unary_edge

@@ -143,6 +143,7 @@ class SessionManager:
         claims = self._signer.verify(token)
         if claims.user_id != user_id:
             raise Unauthenticated("session token belongs to another user")
+        previous = await self._store.get_session(user_id)
         record = await self._store.mark_connected(
             user_id, claims.session_id, server_id, self._config.session_ttl
         )
@@ -150,10 +151,20 @@ class SessionManager:
             raise Unauthenticated(
                 "session is over (logged out, expired or replaced by a newer login): log in again"
             )
+        if (
+            previous is not None
+            and previous.session_id == record.session_id
+            and previous.connected
+            and previous.server_id != server_id
+        ):  # the same session reconnected elsewhere: one session, one stream
+            await self._servers.kick(
+                previous.server_id, user_id, record.session_id, "session moved to another server"
+            )
         return claims, record
 
-    async def disconnected(self, user_id: int, session_id: str) -> bool:
-        return await self._store.release_session(user_id, session_id)
+    async def disconnected(self, server_id: str, user_id: int, session_id: str) -> bool:
+        """A server's stream ended: clears the session only if it still lives there."""
+        return await self._store.release_session(user_id, session_id, server_id)
 
     async def refresh(self, sessions: list[tuple[int, str]]) -> list[bool]:
         if not sessions:

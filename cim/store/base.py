@@ -74,8 +74,11 @@ class Store(Protocol):
     async def refresh_sessions(self, sessions: Sequence[tuple[int, str]], ttl: float) -> list[bool]:
         """Extends each (user id, session id) still current; False for the others."""
 
-    async def release_session(self, user_id: int, session_id: str) -> bool:
-        """Deletes the session if it is still this one; True if it was."""
+    async def release_session(
+        self, user_id: int, session_id: str, server_id: str | None = None
+    ) -> bool:
+        """Deletes the session if it is still this one (and, when ``server_id``
+        is given, still recorded on that server); True if it was deleted."""
 
     def online_sessions(self) -> AsyncIterator[SessionRecord]:
         """Every connected session, walked without blocking the store."""

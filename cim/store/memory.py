@@ -89,9 +89,13 @@ class MemoryStore:
             results.append(ok)
         return results
 
-    async def release_session(self, user_id: int, session_id: str) -> bool:
+    async def release_session(
+        self, user_id: int, session_id: str, server_id: str | None = None
+    ) -> bool:
         current = self._live_session(user_id)
         if current is None or current.session_id != session_id:
+            return False
+        if server_id is not None and current.server_id != server_id:
             return False
         del self._sessions[user_id]
         return True

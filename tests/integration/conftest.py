@@ -4,7 +4,7 @@ Every test here runs a real route and real chat servers over loopback gRPC
 (``cim.testing.cluster``). Raw stubs are used where the exact status code,
 status message or frame sequence is what the test checks.
 
-Note: ``cim.testing.test_route_config`` is imported under another name in the
+Note: ``cim.testing.fast_route_config`` is imported under another name in the
 test modules; under its own name pytest would collect it as a test.
 """
 
@@ -21,7 +21,7 @@ import pytest
 from cim.grpcutil import secret_metadata, token_metadata
 from cim.proto.v1 import chat_pb2, chat_pb2_grpc, route_pb2, route_pb2_grpc
 from cim.testing import TestCluster, cluster
-from cim.testing import test_route_config as route_config
+from cim.testing import fast_route_config as route_config
 
 READ_TIMEOUT = 5.0
 
@@ -175,4 +175,3 @@ async def rpc_error(awaitable: Awaitable[Any]) -> grpc.aio.AioRpcError:
 def fails() -> Callable[[Awaitable[Any]], Awaitable[grpc.aio.AioRpcError]]:
     """``err = await fails(stub.Method(request))``: the call's AioRpcError."""
     return rpc_error
-

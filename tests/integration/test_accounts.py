@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -75,9 +77,10 @@ async def test_register_accepts_longest_allowed_name(rr, raw):
     assert reply.created is True
 
 
-async def test_register_empty_password_is_invalid_argument(rr, raw, fails):
+@pytest.mark.parametrize("password", ["", "p" * 1025], ids=["empty", "too-long"])
+async def test_register_bad_password_is_invalid_argument(rr, raw, fails, password):
     err = await fails(
-        raw.route(rr).Register(route_pb2.RegisterRequest(user_name="alice", password=""))
+        raw.route(rr).Register(route_pb2.RegisterRequest(user_name="alice", password=password))
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "password" in err.details()
@@ -96,3 +99,27 @@ async def test_failed_register_creates_nothing(rr, raw):
         await stub.Register(route_pb2.RegisterRequest(user_name="alice", password=""))
     reply = await stub.Register(route_pb2.RegisterRequest(user_name="alice", password="pw"))
     assert reply.created is True
+
+
+async def test_concurrent_registers_of_one_name_create_one_account(rr, raw):
+    stub = raw.route(rr)
+    request = route_pb2.RegisterRequest(user_name="alice", password="pw")
+    replies = await asyncio.gather(*(stub.Register(request) for _ in range(5)))
+    assert sum(reply.created for reply in replies) == 1
+    assert len({reply.user_id for reply in replies}) == 1
+
+
+async def test_concurrent_registers_with_different_passwords_let_one_win(rr, raw):
+    stub = raw.route(rr)
+    replies = await asyncio.gather(
+        *(
+            stub.Register(route_pb2.RegisterRequest(user_name="alice", password=f"pw-{i}"))
+            for i in range(5)
+        ),
+        return_exceptions=True,
+    )
+    created = [r for r in replies if isinstance(r, route_pb2.RegisterResponse)]
+    refused = [r for r in replies if not isinstance(r, route_pb2.RegisterResponse)]
+    assert len(created) == 1
+    assert created[0].created is True
+    assert all(err.code() == grpc.StatusCode.ALREADY_EXISTS for err in refused)

@@ -9,10 +9,10 @@ import grpc
 import pytest
 
 from cim.client.client import ClientEvent, EventKind
-from cim.errors import AlreadyExists, NotFound, PermissionDenied, Unavailable
+from cim.errors import AlreadyExists, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 from cim.testing import cluster
-from cim.testing import test_route_config as route_config
+from cim.testing import fast_route_config as route_config
 
 
 def _login(name: str, password: str = "secret-pw", user_id: int = 0) -> route_pb2.LoginRequest:
@@ -48,12 +48,24 @@ async def test_wrong_password_and_id_mismatch_are_denied_with_the_same_message(r
     wrong_password = await fails(stub.Login(_login("alice", "not-her-password")))
     wrong_id = await fails(stub.Login(_login("alice", user_id=bob_id)))
     unknown_id = await fails(stub.Login(_login("alice", user_id=alice_id + 1000)))
+    negative_id = await fails(stub.Login(_login("alice", user_id=-1)))
 
-    for err in (wrong_password, wrong_id, unknown_id):
+    for err in (wrong_password, wrong_id, unknown_id, negative_id):
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     # One message for every credential failure: the answer never tells which part was wrong.
-    assert wrong_password.details() == wrong_id.details() == unknown_id.details()
+    assert len({e.details() for e in (wrong_password, wrong_id, unknown_id, negative_id)}) == 1
     assert wrong_password.details()
+
+
+@pytest.mark.parametrize(
+    ("name", "password"),
+    [("", "pw"), ("bad name", "pw"), ("alice", "")],
+    ids=["empty-name", "bad-name", "empty-password"],
+)
+async def test_login_with_invalid_input_is_invalid_argument(rr, raw, fails, name, password):
+    await raw.register(rr, "alice")
+    err = await fails(raw.route(rr).Login(_login(name, password)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_wrong_password_raises_permission_denied_in_client_library(rr):
@@ -162,6 +174,73 @@ async def test_login_takes_over_session_on_a_stopped_server(rr, raw):
     assert ok.user_id == login.user_id
 
 
+async def test_login_takes_over_session_of_a_server_that_died_without_reporting(
+    rr, raw, monkeypatch
+):
+    """The chat server goes away without telling the route the stream ended (a
+    crash): the route still holds alice's session as connected, on a server that
+    is no longer registered. It is dead, so a new login takes it over."""
+    login = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+    await raw.connect(login)
+    server = next(s for s in rr.embedded.servers if s.server_id == login.server.server_id)
+
+    async def lost_report(stream) -> None:  # the crash loses the SessionDisconnected call
+        return None
+
+    monkeypatch.setattr(server.service, "_disconnected", lost_report)
+    await server.stop(0)
+
+    # Meanwhile a message for her cannot be delivered: it is kept.
+    result = await raw.route(rr).SendPrivate(
+        route_pb2.SendPrivateRequest(receiver_id=login.user_id, text="while you were gone"),
+        metadata=raw.auth(bob.session_token),
+    )
+    assert result.status == common_pb2.DELIVERY_STATUS_STORED
+
+    again = await raw.route(rr).Login(_login("alice"))
+    assert again.session_id != login.session_id
+    assert again.server.server_id != server.server_id
+    stream, _ = await raw.connect(again)
+    message = (await stream.read()).message
+    assert (message.text, message.stored) == ("while you were gone", True)
+
+
+async def test_login_takes_over_session_of_an_unreachable_registered_server(rr, raw, monkeypatch):
+    """As above, but the dead server is still in the registry (its entry has not
+    expired yet): the route probes it, finds it unreachable, and moves on."""
+    login = await raw.login(rr, "alice")
+    await raw.connect(login)
+    server = next(s for s in rr.embedded.servers if s.server_id == login.server.server_id)
+
+    async def nothing(*args: object) -> None:
+        return None
+
+    monkeypatch.setattr(server.service, "_disconnected", nothing)
+    monkeypatch.setattr(rr.embedded.registry, "deregister", nothing)
+    await server.stop(0)
+    assert server.server_id in {m.member_id for m in rr.embedded.route.servers.servers()}
+
+    again = await raw.route(rr).Login(_login("alice"))
+    assert again.session_id != login.session_id
+    assert again.server.server_id != server.server_id  # the unreachable server is avoided
+    _, ok = await raw.connect(again)
+    assert ok.user_id == login.user_id
+    # Later logins avoid it too.
+    for name in ("u1", "u2"):
+        assert (await raw.login(rr, name)).server.server_id != server.server_id
+
+
+async def test_client_whose_login_was_taken_over_cannot_connect(rr):
+    first = await rr.client("alice", connect=False)
+    await first.login()
+    second = await rr.client("alice")  # first never connected: its session is taken over
+    assert second.connected
+    with pytest.raises(Unauthenticated):
+        await first.connect()
+    assert not first.connected
+
+
 async def test_login_takes_over_a_session_that_never_connected(rr, raw):
     first = await raw.login(rr, "alice")
     second = await raw.route(rr).Login(_login("alice"))
@@ -178,6 +257,47 @@ async def test_login_takes_over_a_session_that_never_connected(rr, raw):
     assert len(frames) == 1
     assert frames[0].notice.kind == chat_pb2.Notice.KIND_ERROR
     assert frames[0].notice.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
+
+
+async def test_concurrent_logins_leave_exactly_one_usable_session(rr, raw):
+    await raw.register(rr, "alice")
+    replies = await asyncio.gather(
+        *(raw.route(rr).Login(_login("alice")) for _ in range(4)), return_exceptions=True
+    )
+    logins = [r for r in replies if isinstance(r, route_pb2.LoginResponse)]
+    assert logins, replies
+    for reply in replies:
+        if not isinstance(reply, route_pb2.LoginResponse):
+            assert reply.code() == grpc.StatusCode.ALREADY_EXISTS
+    usable = []
+    for login in logins:
+        stream = raw.open_stream(login.server.address)
+        await stream.login(login.user_id, login.session_token)
+        first = await stream.read()
+        if first.WhichOneof("frame") == "login_ok":
+            usable.append(login.session_id)
+        else:
+            assert first.notice.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    assert len(usable) == 1
+
+
+async def test_kick_old_policy_on_a_single_server():
+    config = route_config(duplicate_login="kick-old")
+    async with cluster(servers=1, route_config=config) as c:
+        first = await c.client("alice")
+        kicked = asyncio.Event()
+        first.on_event = lambda event: kicked.set() if event.kind == EventKind.KICKED else None
+
+        second = await c.client("alice")
+        async with asyncio.timeout(5):
+            await kicked.wait()
+        assert not first.connected
+        assert second.connected
+
+        bob = await c.client("bob")
+        await bob.send_private(second.user_id, "same server")
+        assert (await c.next_message(second)).text == "same server"
+        assert [u.user_name for u in await bob.list_online()] == ["alice", "bob"]
 
 
 async def test_kick_old_policy_replaces_the_connected_client():
@@ -214,6 +334,12 @@ async def test_kick_old_policy_replaces_the_connected_client():
         message = await c.next_message(second)
         assert message.text == "to the new client"
         assert [u.user_name for u in await bob.list_online()].count("alice") == 1
+
+        # Closing the kicked client (it logs out with its old token) leaves the new one be.
+        await first.close()
+        assert [u.user_name for u in await bob.list_online()] == ["alice", "bob"]
+        await bob.send_private(second.user_id, "after the old one closed")
+        assert (await c.next_message(second)).text == "after the old one closed"
 
 
 # --- logout and online state -----------------------------------------------------------------
@@ -300,4 +426,3 @@ async def test_list_online_users_with_raw_stub(rr, raw):
         route_pb2.ListOnlineUsersRequest(name_prefix="b"), metadata=raw.auth(alice.session_token)
     )
     assert [(u.user_id, u.user_name) for u in reply.users] == [(bob.user_id, "bob")]
-

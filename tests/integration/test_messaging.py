@@ -9,6 +9,7 @@ from collections import Counter
 import grpc
 import pytest
 
+from cim.errors import FailedPrecondition
 from cim.proto.v1 import common_pb2, route_pb2
 from cim.route.servers import ServerLink
 
@@ -218,3 +219,10 @@ async def test_group_message_makes_one_deliver_call_per_chat_server(rr, monkeypa
         assert (await rr.next_message(user)).text == "one call per server"
     assert calls == {"server-1": 1, "server-2": 1}
     assert deliveries == {"server-1": 2, "server-2": 2}  # the sender is left out
+
+
+async def test_closed_client_refuses_to_send(rr):
+    alice, bob = await _pair(rr)
+    await alice.close()
+    with pytest.raises(FailedPrecondition):
+        await alice.send_private(bob.user_id, "too late")

@@ -6,6 +6,8 @@ import grpc
 import pytest
 
 from cim.proto.v1 import common_pb2, route_pb2
+from cim.testing import cluster
+from cim.testing import fast_route_config as route_config
 
 STORED = common_pb2.DELIVERY_STATUS_STORED
 DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
@@ -177,3 +179,31 @@ async def test_fetch_offline_limit_out_of_range_is_invalid_argument(rr, raw, fai
         )
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_many_stored_messages_are_pushed_in_batches_and_in_order():
+    async with cluster(servers=2, route_config=route_config(offline_batch=3)) as c:
+        alice = await c.client("alice")
+        bob = await c.client("bob", connect=False)
+        texts = [f"n{i}" for i in range(10)]
+        for text in texts:
+            assert (await alice.send_private(bob.user_id, text)).status == STORED
+
+        await bob.start(register=False)
+        received = await _drain(c, bob, len(texts))
+        assert [m.text for m in received] == texts
+        assert all(m.stored for m in received)
+        assert await _nothing_arrives(c, bob)
+
+
+async def test_fetch_offline_default_limit_is_the_route_batch():
+    async with cluster(servers=1, route_config=route_config(offline_batch=3)) as c:
+        alice = await c.client("alice")
+        bob = await c.client("bob", connect=False)
+        await bob.login()
+        for i in range(4):
+            await alice.route.send_private(bob.user_id, f"d{i}")
+        first = await bob.fetch_offline()
+        assert ([m.text for m in first.messages], first.more) == (["d0", "d1", "d2"], True)
+        rest = await bob.fetch_offline()
+        assert ([m.text for m in rest.messages], rest.more) == (["d3"], False)

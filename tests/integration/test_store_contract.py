@@ -91,3 +91,11 @@ async def test_offline_messages_are_kept_in_order_until_removed(store: Store) ->
     await store.remove_offline(7, ["m2", "m3", "m4", "unknown"])
     assert await store.peek_offline(7, 10) == []
     assert await store.count_offline(8) == 0
+
+
+async def test_release_can_require_the_recorded_server(store: Store) -> None:
+    await store.claim_session(SessionRecord(1, "s1", "a"), ttl=10)
+    await store.mark_connected(1, "s1", "b", ttl=10)
+    assert not await store.release_session(1, "s1", server_id="a")  # a stale server's report
+    assert await store.get_session(1) is not None
+    assert await store.release_session(1, "s1", server_id="b")

@@ -9,7 +9,7 @@ from cim.config import ServerConfig
 from cim.errors import InvalidArgument, NotFound
 from cim.proto.v1 import common_pb2, route_pb2
 from cim.testing import cluster
-from cim.testing import test_route_config as route_config
+from cim.testing import fast_route_config as route_config
 
 LIMIT = 64
 PATHS = ["stream", "unary"]
@@ -87,9 +87,7 @@ async def test_text_of_exactly_the_limit_is_accepted(small, pair, path):
     assert (await small.next_message(bob)).text == text
 
 
-@pytest.mark.parametrize(
-    "text", ["", "x" * (LIMIT + 1)], ids=["empty", "over-limit"]
-)
+@pytest.mark.parametrize("text", ["", "x" * (LIMIT + 1)], ids=["empty", "over-limit"])
 async def test_bad_text_status_on_the_unary_path(small, raw, fails, text):
     alice = await raw.login(small, "alice")
     bob_id = await raw.register(small, "bob")

@@ -1,0 +1,99 @@
+"""Standard services: gRPC health checking and server reflection on every process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+HEALTH = "grpc.health.v1.Health"
+REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
+
+
+async def _check(raw, address: str, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(raw.channel(address))
+    reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return reply.status
+
+
+async def _list_services(raw, address: str) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(raw.channel(address))
+    call = stub.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    await call.done_writing()
+    reply = await call.read()
+    assert reply is not grpc.aio.EOF
+    assert reply.WhichOneof("message_response") == "list_services_response", reply
+    return {service.name for service in reply.list_services_response.service}
+
+
+async def _file_containing(
+    raw, address: str, symbol: str
+) -> reflection_pb2.ServerReflectionResponse:
+    stub = reflection_pb2_grpc.ServerReflectionStub(raw.channel(address))
+    call = stub.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+    await call.done_writing()
+    return await call.read()
+
+
+@pytest.mark.parametrize("service", ["", "cim.v1.Route", "cim.v1.RouteInternal"])
+async def test_route_reports_serving(rr, raw, service):
+    assert await _check(raw, rr.route_address, service) == SERVING
+
+
+@pytest.mark.parametrize("service", ["", "cim.v1.Chat"])
+async def test_chat_servers_report_serving(rr, raw, service):
+    for server in rr.embedded.servers:
+        assert await _check(raw, server.address, service) == SERVING
+
+
+async def test_health_of_an_unknown_service_is_not_found(rr, raw, fails):
+    stub = health_pb2_grpc.HealthStub(raw.channel(rr.route_address))
+    err = await fails(stub.Check(health_pb2.HealthCheckRequest(service="cim.v1.Nope")))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_route_reflection_lists_its_services(rr, raw):
+    services = await _list_services(raw, rr.route_address)
+    assert {"cim.v1.Route", "cim.v1.RouteInternal", HEALTH, REFLECTION} <= services
+    assert "cim.v1.Chat" not in services
+
+
+async def test_chat_server_reflection_lists_its_services(rr, raw):
+    for server in rr.embedded.servers:
+        services = await _list_services(raw, server.address)
+        assert {"cim.v1.Chat", HEALTH, REFLECTION} <= services
+        assert "cim.v1.Route" not in services
+
+
+@pytest.mark.parametrize(
+    ("target", "symbol"),
+    [("route", "cim.v1.Route"), ("route", "cim.v1.RouteInternal"), ("server", "cim.v1.Chat")],
+)
+async def test_reflection_serves_the_service_descriptors(rr, raw, target, symbol):
+    address = rr.route_address if target == "route" else rr.embedded.servers[0].address
+    reply = await _file_containing(raw, address, symbol)
+    assert reply.WhichOneof("message_response") == "file_descriptor_response", reply
+    assert reply.file_descriptor_response.file_descriptor_proto
+
+
+async def test_draining_server_turns_not_serving(rr, raw):
+    server = rr.embedded.servers[0]
+    stub = health_pb2_grpc.HealthStub(raw.channel(server.address))
+    watch = stub.Watch(health_pb2.HealthCheckRequest(service="cim.v1.Chat"))
+    try:
+        async with asyncio.timeout(5):
+            assert (await watch.read()).status == SERVING
+            drain = asyncio.create_task(server.drain(0.2))
+            assert (await watch.read()).status == NOT_SERVING
+            await drain
+    finally:
+        watch.cancel()
+    # The other server keeps serving.
+    assert await _check(raw, rr.embedded.servers[1].address, "cim.v1.Chat") == SERVING

@@ -1,0 +1,163 @@
+"""Heartbeats: silent streams are evicted (and their login cleared), pinging ones live."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from cim.client.client import ClientEvent
+from cim.config import ServerConfig
+from cim.core.liveness import HeartbeatPolicy
+from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
+from cim.testing import cluster
+from cim.testing import fast_route_config as route_config
+
+PING_INTERVAL = 0.2
+IDLE_TIMEOUT = 0.6
+
+
+@pytest.fixture
+async def fast():
+    """One chat server that expects a ping every 0.2 s and evicts after 0.6 s of silence."""
+    async with cluster(
+        servers=1,
+        route_config=route_config(),
+        server_config=ServerConfig(
+            cluster_secret="x",
+            heartbeat=HeartbeatPolicy(ping_interval=PING_INTERVAL, idle_timeout=IDLE_TIMEOUT),
+        ),
+    ) as c:
+        yield c
+
+
+async def _online(raw, c, token: str) -> list[str]:
+    reply = await raw.route(c).ListOnlineUsers(
+        route_pb2.ListOnlineUsersRequest(), metadata=raw.auth(token)
+    )
+    return [user.user_name for user in reply.users]
+
+
+async def test_login_ok_announces_the_heartbeat_policy(fast, raw):
+    login = await raw.login(fast, "alice")
+    _, ok = await raw.connect(login)
+    assert ok.heartbeat_interval_ms == int(PING_INTERVAL * 1000)
+    assert ok.idle_timeout_ms == int(IDLE_TIMEOUT * 1000)
+
+
+async def test_silent_stream_is_evicted_and_login_state_cleared(fast, raw, eventually):
+    login = await raw.login(fast, "alice")
+    stream, _ = await raw.connect(login)
+    assert await _online(raw, fast, login.session_token) == ["alice"]
+    started = time.monotonic()
+
+    frames = await stream.read_until_end(timeout=3.0)
+
+    elapsed = time.monotonic() - started
+    assert len(frames) == 1, frames
+    notice = frames[0].notice
+    assert notice.kind == chat_pb2.Notice.KIND_ERROR
+    assert notice.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert notice.text
+    assert IDLE_TIMEOUT <= elapsed < IDLE_TIMEOUT * 2 + 0.5
+
+    async def offline() -> bool:
+        return "alice" not in await _online(raw, fast, login.session_token)
+
+    await eventually(offline, timeout=2.0)
+    # The login state is gone: a new login is not a duplicate.
+    again = await raw.route(fast).Login(
+        route_pb2.LoginRequest(user_name="alice", password="secret-pw")
+    )
+    assert again.session_id != login.session_id
+
+
+async def test_evicted_users_messages_are_stored(fast, raw, eventually):
+    alice = await raw.login(fast, "alice")
+    bob = await raw.login(fast, "bob")
+    stream, _ = await raw.connect(bob)
+    await stream.read_until_end(timeout=3.0)
+
+    async def bob_offline() -> bool:
+        return "bob" not in await _online(raw, fast, alice.session_token)
+
+    await eventually(bob_offline, timeout=2.0)
+    result = await raw.route(fast).SendPrivate(
+        route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="are you there?"),
+        metadata=raw.auth(alice.session_token),
+    )
+    assert result.status == common_pb2.DELIVERY_STATUS_STORED
+
+
+async def test_pinging_stream_outlives_the_idle_timeout(fast, raw):
+    login = await raw.login(fast, "alice")
+    stream, _ = await raw.connect(login)
+    pongs = 0
+    deadline = time.monotonic() + IDLE_TIMEOUT * 2
+    while time.monotonic() < deadline:
+        await stream.ping(pongs)
+        frame = await stream.read(timeout=1.0)
+        assert frame is not grpc.aio.EOF
+        assert frame.WhichOneof("frame") == "pong", frame
+        pongs += 1
+        await asyncio.sleep(PING_INTERVAL * 0.75)
+
+    assert pongs >= 5
+    assert await _online(raw, fast, login.session_token) == ["alice"]
+    presence = await raw.chat(login.server.address).Presence(
+        chat_pb2.PresenceRequest(
+            sessions=[route_pb2.SessionRef(user_id=login.user_id, session_id=login.session_id)]
+        ),
+        metadata=raw.secret(fast),
+    )
+    assert list(presence.live) == [True]
+
+
+async def test_sending_messages_also_counts_as_traffic(fast, raw):
+    login = await raw.login(fast, "alice")
+    stream, _ = await raw.connect(login)
+    deadline = time.monotonic() + IDLE_TIMEOUT * 2
+    correlation = 0
+    while time.monotonic() < deadline:
+        correlation += 1
+        await stream.write(
+            chat_pb2.ClientFrame(
+                send=chat_pb2.SendFrame(
+                    correlation_id=correlation,
+                    private=route_pb2.SendPrivateRequest(receiver_id=login.user_id, text="me"),
+                )
+            )
+        )
+        kinds = {(await stream.read(timeout=1.0)).WhichOneof("frame") for _ in range(2)}
+        assert kinds == {"send_result", "message"}
+        await asyncio.sleep(PING_INTERVAL * 0.75)
+    assert await _online(raw, fast, login.session_token) == ["alice"]
+
+
+async def test_ping_gets_a_pong(fast, raw):
+    login = await raw.login(fast, "alice")
+    stream, _ = await raw.connect(login)
+    before_ms = time.time() * 1000
+
+    await stream.ping(123456789)
+    frame = await stream.read()
+
+    assert frame.WhichOneof("frame") == "pong"
+    assert frame.pong.client_time_ms == 123456789
+    assert before_ms - 1000 <= frame.pong.server_time_ms <= time.time() * 1000 + 1000
+
+
+async def test_library_client_keeps_its_stream_alive(fast):
+    alice = await fast.client("alice")
+    bob = await fast.client("bob")
+    events: list[ClientEvent] = []
+    alice.on_event = events.append
+
+    await asyncio.sleep(IDLE_TIMEOUT * 2)
+
+    assert alice.connected
+    assert [e.kind for e in events] == []  # no disconnect, no reconnect
+    await bob.send_private(alice.user_id, "still here")
+    assert (await fast.next_message(alice)).text == "still here"

@@ -1,0 +1,462 @@
+"""Authentication of clients (session tokens) and of cluster members (the shared secret)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import grpc
+import pytest
+
+from cim.core.tokens import TokenSigner
+from cim.errors import Unauthenticated
+from cim.grpcutil import AUTHORIZATION, CLUSTER_SECRET
+from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
+from cim.testing import cluster
+from cim.testing import fast_route_config as route_config
+
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.value[0]
+
+# Every Route RPC that needs a session token, with a request that would be valid.
+AUTHENTICATED_RPCS = {
+    "Logout": lambda ids: route_pb2.LogoutRequest(),
+    "ListOnlineUsers": lambda ids: route_pb2.ListOnlineUsersRequest(),
+    "SendPrivate": lambda ids: route_pb2.SendPrivateRequest(receiver_id=ids["bob"], text="hi"),
+    "SendGroup": lambda ids: route_pb2.SendGroupRequest(text="hi"),
+    "FetchOffline": lambda ids: route_pb2.FetchOfflineRequest(),
+}
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _signer(c, **kwargs) -> TokenSigner:
+    config = c.embedded.route.config
+    kwargs.setdefault("ttl_seconds", 60.0)
+    return TokenSigner(config.token_keys, config.token_key_id, **kwargs)
+
+
+def _bad_credentials(kind: str, c, login: route_pb2.LoginResponse) -> tuple[tuple[str, str], ...]:
+    """Authorization metadata of the given kind of bad credentials."""
+    token = login.session_token
+    key_id, body, signature = token.split(".")
+    if kind == "missing":
+        return ()
+    if kind == "garbage":
+        token = "not-a-token"
+    elif kind == "tampered-signature":
+        token = f"{key_id}.{body}.{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}"
+    elif kind == "tampered-claims":
+        claims = json.loads(_unb64(body))
+        claims["uid"] = claims["uid"] + 1
+        forged_body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+        token = f"{key_id}.{forged_body}.{signature}"
+    elif kind == "other-key":
+        other = TokenSigner({key_id: b"some-other-key-0123456789"}, key_id, 60.0)
+        token = other.issue(login.user_id, login.user_name, login.session_id)
+    elif kind == "unknown-key-id":
+        token = f"nokey.{body}.{signature}"
+    elif kind == "expired":
+        token = _signer(c, clock=lambda: time.time() - 3600).issue(
+            login.user_id, login.user_name, login.session_id
+        )
+    elif kind == "not-bearer":
+        return ((AUTHORIZATION, f"Basic {token}"),)
+    elif kind == "empty-bearer":
+        return ((AUTHORIZATION, "Bearer "),)
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    return ((AUTHORIZATION, f"Bearer {token}"),)
+
+
+BAD_CREDENTIALS = [
+    "missing",
+    "garbage",
+    "tampered-signature",
+    "tampered-claims",
+    "other-key",
+    "unknown-key-id",
+    "expired",
+    "not-bearer",
+    "empty-bearer",
+]
+
+
+# --- Route: session tokens -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("credentials", BAD_CREDENTIALS)
+@pytest.mark.parametrize("rpc", AUTHENTICATED_RPCS)
+async def test_route_rpc_with_bad_credentials_is_unauthenticated(rr, raw, fails, rpc, credentials):
+    login = await raw.login(rr, "alice")
+    ids = {"bob": await raw.register(rr, "bob")}
+    metadata = _bad_credentials(credentials, rr, login)
+
+    err = await fails(getattr(raw.route(rr), rpc)(AUTHENTICATED_RPCS[rpc](ids), metadata=metadata))
+
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err.details()
+    assert err.details()
+
+
+@pytest.mark.parametrize("rpc", AUTHENTICATED_RPCS)
+async def test_route_rpc_with_valid_token_is_accepted(rr, raw, rpc):
+    login = await raw.login(rr, "alice")
+    ids = {"bob": await raw.register(rr, "bob")}
+    await getattr(raw.route(rr), rpc)(
+        AUTHENTICATED_RPCS[rpc](ids), metadata=raw.auth(login.session_token)
+    )
+
+
+async def test_token_signed_with_the_route_key_but_a_past_clock_is_expired(rr, raw, fails):
+    login = await raw.login(rr, "alice")
+    expired = _signer(rr, clock=lambda: time.time() - 120).issue(
+        login.user_id, "alice", login.session_id
+    )
+    fresh = _signer(rr).issue(login.user_id, "alice", login.session_id)
+    stub = raw.route(rr)
+
+    err = await fails(
+        stub.ListOnlineUsers(route_pb2.ListOnlineUsersRequest(), metadata=raw.auth(expired))
+    )
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "expired" in err.details()
+    # The same signer with the current clock makes an accepted token: only the expiry differs.
+    await stub.ListOnlineUsers(route_pb2.ListOnlineUsersRequest(), metadata=raw.auth(fresh))
+
+
+async def test_tokens_expire_after_the_configured_ttl(raw, fails):
+    async with cluster(servers=1, route_config=route_config(token_ttl=0.5)) as c:
+        login = await raw.login(c, "alice")
+        stub = raw.route(c)
+        await stub.ListOnlineUsers(
+            route_pb2.ListOnlineUsersRequest(), metadata=raw.auth(login.session_token)
+        )
+        assert login.token_expires_ms <= time.time() * 1000 + 600
+
+        await asyncio.sleep(0.6)
+
+        err = await fails(
+            stub.FetchOffline(
+                route_pb2.FetchOfflineRequest(), metadata=raw.auth(login.session_token)
+            )
+        )
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        # A chat server refuses the expired token too.
+        stream = raw.open_stream(login.server.address)
+        await stream.login(login.user_id, login.session_token)
+        frames = await stream.read_until_end()
+        assert [f.notice.code for f in frames] == [UNAUTHENTICATED]
+
+
+async def test_client_library_raises_unauthenticated_for_a_bad_token(rr):
+    alice = await rr.client("alice", connect=False)
+    await alice.login()
+    alice.route.token = "garbage"
+    with pytest.raises(Unauthenticated):
+        await alice.list_online()
+
+
+async def test_identity_comes_from_the_token_only(rr, raw):
+    """A valid token of alice sends as alice, whatever else the request says."""
+    alice = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+    stream, _ = await raw.connect(bob)
+    await raw.route(rr).SendPrivate(
+        route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="from alice"),
+        metadata=raw.auth(alice.session_token),
+    )
+    frame = await stream.read()
+    assert (frame.message.sender_id, frame.message.sender_name) == (alice.user_id, "alice")
+
+
+# --- Chat.Connect: the login frame ---------------------------------------------------------------
+
+
+async def _refused(stream) -> chat_pb2.Notice:
+    """The stream sends exactly one error notice and ends."""
+    frames = await stream.read_until_end()
+    assert len(frames) == 1, frames
+    assert frames[0].WhichOneof("frame") == "notice"
+    notice = frames[0].notice
+    assert notice.kind == chat_pb2.Notice.KIND_ERROR
+    return notice
+
+
+async def test_connect_with_another_users_token_is_refused(rr, raw):
+    alice = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+    stream = raw.open_stream(alice.server.address)
+
+    await stream.login(bob.user_id, alice.session_token)
+
+    notice = await _refused(stream)
+    assert notice.code == UNAUTHENTICATED
+    assert notice.text
+    # Neither user became online by it.
+    reply = await raw.route(rr).ListOnlineUsers(
+        route_pb2.ListOnlineUsersRequest(), metadata=raw.auth(alice.session_token)
+    )
+    assert list(reply.users) == []
+    # Alice's token still works for alice.
+    _, ok = await raw.connect(alice)
+    assert ok.user_id == alice.user_id
+
+
+@pytest.mark.parametrize("token", ["garbage", ""], ids=["garbage", "empty"])
+async def test_connect_with_a_bad_token_is_refused(rr, raw, token):
+    alice = await raw.login(rr, "alice")
+    stream = raw.open_stream(alice.server.address)
+    await stream.login(alice.user_id, token)
+    assert (await _refused(stream)).code == UNAUTHENTICATED
+
+
+async def test_connect_with_a_forged_token_is_refused(rr, raw):
+    alice = await raw.login(rr, "alice")
+    key_id, body, signature = alice.session_token.split(".")
+    stream = raw.open_stream(alice.server.address)
+    await stream.login(alice.user_id, f"{key_id}.{body}.{signature[::-1]}")
+    assert (await _refused(stream)).code == UNAUTHENTICATED
+
+
+async def test_connect_without_a_login_frame_first_is_refused(rr, raw):
+    alice = await raw.login(rr, "alice")
+    stream = raw.open_stream(alice.server.address)
+    await stream.ping(1)
+    assert (await _refused(stream)).code == UNAUTHENTICATED
+
+
+async def test_connect_with_user_id_zero_is_refused(rr, raw):
+    alice = await raw.login(rr, "alice")
+    stream = raw.open_stream(alice.server.address)
+    await stream.login(0, alice.session_token)
+    assert (await _refused(stream)).code == UNAUTHENTICATED
+
+
+# --- cluster secret ------------------------------------------------------------------------------
+
+WRONG_SECRETS = {
+    "missing": (),
+    "wrong": ((CLUSTER_SECRET, "not-the-secret"),),
+    "empty": ((CLUSTER_SECRET, ""),),
+}
+
+INTERNAL_RPCS = {
+    "SubmitBatch": route_pb2.SubmitBatchRequest(server_id="server-1"),
+    "SessionConnected": route_pb2.SessionConnectedRequest(server_id="server-1", user_id=1),
+    "SessionDisconnected": route_pb2.SessionDisconnectedRequest(server_id="server-1", user_id=1),
+    "RefreshSessions": route_pb2.RefreshSessionsRequest(server_id="server-1"),
+}
+
+CHAT_INTERNAL_RPCS = {
+    "Deliver": chat_pb2.DeliverRequest(),
+    "Presence": chat_pb2.PresenceRequest(),
+}
+
+
+@pytest.mark.parametrize("secret", WRONG_SECRETS.values(), ids=WRONG_SECRETS.keys())
+@pytest.mark.parametrize("rpc", INTERNAL_RPCS)
+async def test_route_internal_without_the_secret_is_permission_denied(rr, raw, fails, rpc, secret):
+    err = await fails(getattr(raw.route_internal(rr), rpc)(INTERNAL_RPCS[rpc], metadata=secret))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("rpc", INTERNAL_RPCS)
+async def test_route_internal_does_not_accept_a_session_token(rr, raw, fails, rpc):
+    login = await raw.login(rr, "alice")
+    err = await fails(
+        getattr(raw.route_internal(rr), rpc)(
+            INTERNAL_RPCS[rpc], metadata=raw.auth(login.session_token)
+        )
+    )
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("secret", WRONG_SECRETS.values(), ids=WRONG_SECRETS.keys())
+@pytest.mark.parametrize("rpc", CHAT_INTERNAL_RPCS)
+@pytest.mark.parametrize("server", [0, 1])
+async def test_chat_internal_without_the_secret_is_permission_denied(
+    rr, raw, fails, rpc, secret, server
+):
+    stub = raw.chat(rr.embedded.servers[server].address)
+    err = await fails(getattr(stub, rpc)(CHAT_INTERNAL_RPCS[rpc], metadata=secret))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_deliver_without_the_secret_pushes_nothing(rr, raw, fails):
+    bob = await raw.login(rr, "bob")
+    stream, _ = await raw.connect(bob)
+    fake = chat_pb2.DeliverRequest(
+        deliveries=[
+            chat_pb2.Delivery(
+                receiver_id=bob.user_id,
+                message=common_pb2.ChatMessage(sender_name="mallory", text="fake"),
+            )
+        ],
+        kicks=[chat_pb2.Kick(user_id=bob.user_id, session_id=bob.session_id)],
+    )
+    await fails(raw.chat(bob.server.address).Deliver(fake, metadata=WRONG_SECRETS["wrong"]))
+    await stream.ping(7)
+    frame = await stream.read()
+    assert frame.WhichOneof("frame") == "pong"  # no fake message, no kick
+
+
+async def test_route_internal_with_the_secret_works(rr, raw):
+    stub, secret = raw.route_internal(rr), raw.secret(rr)
+    alice = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+    bob_stream, _ = await raw.connect(bob)
+
+    refreshed = await stub.RefreshSessions(
+        route_pb2.RefreshSessionsRequest(
+            server_id=bob.server.server_id,
+            sessions=[
+                route_pb2.SessionRef(user_id=bob.user_id, session_id=bob.session_id),
+                route_pb2.SessionRef(user_id=bob.user_id, session_id="not-a-session"),
+            ],
+        ),
+        metadata=secret,
+    )
+    assert [(r.user_id, r.session_id) for r in refreshed.invalid] == [
+        (bob.user_id, "not-a-session")
+    ]
+
+    submitted = await stub.SubmitBatch(
+        route_pb2.SubmitBatchRequest(
+            server_id=alice.server.server_id,
+            messages=[
+                route_pb2.SubmittedMessage(
+                    sender_id=alice.user_id,
+                    session_id=alice.session_id,
+                    sender_name="alice",
+                    private=route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="batch"),
+                ),
+                route_pb2.SubmittedMessage(
+                    sender_id=alice.user_id,
+                    sender_name="alice",
+                    private=route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=""),
+                ),
+            ],
+        ),
+        metadata=secret,
+    )
+    assert [r.WhichOneof("outcome") for r in submitted.results] == ["ok", "error"]
+    assert submitted.results[0].ok.status == common_pb2.DELIVERY_STATUS_DELIVERED
+    assert submitted.results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    frame = await bob_stream.read()
+    assert (frame.message.text, frame.message.sender_id) == ("batch", alice.user_id)
+
+    disconnected = await stub.SessionDisconnected(
+        route_pb2.SessionDisconnectedRequest(
+            server_id=bob.server.server_id, user_id=bob.user_id, session_id="not-a-session"
+        ),
+        metadata=secret,
+    )
+    assert disconnected.cleared is False
+
+    connected = await stub.SessionConnected(
+        route_pb2.SessionConnectedRequest(
+            server_id=alice.server.server_id,
+            user_id=alice.user_id,
+            session_token=alice.session_token,
+        ),
+        metadata=secret,
+    )
+    assert (connected.user_id, connected.user_name, connected.session_id) == (
+        alice.user_id,
+        "alice",
+        alice.session_id,
+    )
+
+
+async def test_session_connected_with_the_secret_still_checks_the_token(rr, raw, fails):
+    alice = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+    err = await fails(
+        raw.route_internal(rr).SessionConnected(
+            route_pb2.SessionConnectedRequest(
+                server_id=alice.server.server_id,
+                user_id=bob.user_id,
+                session_token=alice.session_token,
+            ),
+            metadata=raw.secret(rr),
+        )
+    )
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_chat_internal_with_the_secret_works(rr, raw):
+    bob = await raw.login(rr, "bob")
+    stream, _ = await raw.connect(bob)
+    chat, secret = raw.chat(bob.server.address), raw.secret(rr)
+
+    presence = await chat.Presence(
+        chat_pb2.PresenceRequest(
+            sessions=[
+                route_pb2.SessionRef(user_id=bob.user_id, session_id=bob.session_id),
+                route_pb2.SessionRef(user_id=bob.user_id, session_id="other"),
+                route_pb2.SessionRef(user_id=bob.user_id + 100, session_id=bob.session_id),
+            ]
+        ),
+        metadata=secret,
+    )
+    assert list(presence.live) == [True, False, False]
+
+    delivered = await chat.Deliver(
+        chat_pb2.DeliverRequest(
+            deliveries=[
+                chat_pb2.Delivery(
+                    receiver_id=bob.user_id,
+                    message=common_pb2.ChatMessage(message_id="m-1", text="pushed"),
+                )
+            ]
+        ),
+        metadata=secret,
+    )
+    assert list(delivered.delivered) == [True]
+    frame = await stream.read()
+    assert frame.message.text == "pushed"
+
+    # The other server does not hold bob.
+    other = next(s for s in rr.embedded.servers if s.server_id != bob.server.server_id)
+    elsewhere = await raw.chat(other.address).Presence(
+        chat_pb2.PresenceRequest(
+            sessions=[route_pb2.SessionRef(user_id=bob.user_id, session_id=bob.session_id)]
+        ),
+        metadata=secret,
+    )
+    assert list(elsewhere.live) == [False]
+
+
+async def test_deliver_kick_with_the_secret_ends_only_that_session(rr, raw):
+    alice = await raw.login(rr, "alice")
+    stream, _ = await raw.connect(alice)
+    chat, secret = raw.chat(alice.server.address), raw.secret(rr)
+
+    # A kick naming another session of the user is ignored ...
+    await chat.Deliver(
+        chat_pb2.DeliverRequest(
+            kicks=[chat_pb2.Kick(user_id=alice.user_id, session_id="other", reason="no")]
+        ),
+        metadata=secret,
+    )
+    await stream.ping(1)
+    assert (await stream.read()).WhichOneof("frame") == "pong"
+
+    # ... the one naming this session ends the stream with a KICKED notice.
+    await chat.Deliver(
+        chat_pb2.DeliverRequest(
+            kicks=[chat_pb2.Kick(user_id=alice.user_id, session_id=alice.session_id, reason="bye")]
+        ),
+        metadata=secret,
+    )
+    frames = await stream.read_until_end()
+    assert [(f.notice.kind, f.notice.text) for f in frames] == [
+        (chat_pb2.Notice.KIND_KICKED, "bye")
+    ]
