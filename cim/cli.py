@@ -31,6 +31,7 @@ from cim.core.liveness import HeartbeatPolicy
 from cim.core.members import MemberKind
 from cim.core.routing import ALGORITHMS
 from cim.errors import CimError
+from cim.registry.base import Registry
 
 log = logging.getLogger("cim")
 
@@ -77,6 +78,49 @@ async def _until_signalled(stop: Callable[[], Awaitable[None]], wait: Awaitable[
 
 def _split_addresses(values: tuple[str, ...]) -> list[str]:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def zookeeper_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--zk and friends, shared by route and server."""
+    for option in reversed(
+        [
+            click.option("--zk", envvar="CIM_ZK", default=None,
+                         help="ZooKeeper connect string HOST:PORT[,HOST:PORT...]."),
+            click.option("--zk-root", envvar="CIM_ZK_ROOT", default="/cim",
+                         help="ZooKeeper path under which cim registers."),
+            click.option("--zk-session-timeout", envvar="CIM_ZK_SESSION_TIMEOUT", default=10.0,
+                         type=float, help="Seconds before a silent member is dropped."),
+            click.option("--zk-connect-timeout", envvar="CIM_ZK_CONNECT_TIMEOUT", default=15.0,
+                         type=float, help="Seconds to wait for ZooKeeper at start-up."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+async def _open_registry(
+    zk: str | None,
+    zk_root: str,
+    session_timeout: float,
+    connect_timeout: float,
+    static_kind: MemberKind,
+    static_addresses: list[str],
+) -> Registry:
+    """ZooKeeper when --zk is given, else the static addresses from flags."""
+    registry: Registry
+    if zk:
+        from cim.registry.zookeeper import ZooKeeperRegistry
+
+        registry = ZooKeeperRegistry(zk, zk_root, session_timeout, connect_timeout)
+    else:
+        from cim.registry.static import StaticRegistry
+
+        registry = StaticRegistry.from_addresses(static_kind, static_addresses)
+    try:
+        await registry.start()
+    except CimError as exc:
+        raise click.ClickException(exc.message) from None
+    return registry
 
 
 log_level_option = click.option(
@@ -201,8 +245,14 @@ def dev(
     "servers",
     envvar="CIM_SERVERS",
     multiple=True,
-    help="Chat server address HOST:PORT (repeat, or comma-separate).",
+    help="Chat server address HOST:PORT (repeat, or comma-separate); without --zk.",
 )
+@zookeeper_options
+@click.option("--redis", "redis_url", envvar="CIM_REDIS", default=None,
+              help="Store URL: redis://HOST:PORT/DB, redis+cluster://HOST:PORT "
+                   "(default: in memory, for a single route).")
+@click.option("--redis-prefix", envvar="CIM_REDIS_PREFIX", default="cim:",
+              help="Prefix of every key, so several clusters can share a Redis.")
 @click.option(
     "--routing", envvar="CIM_ROUTING", default="consistent-hash", type=click.Choice(ALGORITHMS)
 )
@@ -233,12 +283,18 @@ def route(
     duplicate_login: str,
     max_text_bytes: int,
     session_ttl: float,
+    zk: str | None,
+    zk_root: str,
+    zk_session_timeout: float,
+    zk_connect_timeout: float,
+    redis_url: str | None,
+    redis_prefix: str,
     log_level: str,
 ) -> None:
-    """Run a route (in-memory store; chat servers given by --server)."""
-    from cim.registry.static import StaticRegistry
+    """Run a route: Redis store (--redis) and ZooKeeper (--zk) for a cluster;
+    in-memory store and --server addresses for a single route."""
     from cim.route.app import RouteApp
-    from cim.store.memory import MemoryStore
+    from cim.store.factory import open_store
 
     _setup_logging(log_level)
     try:
@@ -259,21 +315,35 @@ def route(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     addresses = _split_addresses(servers)
-    if not addresses:
-        raise click.ClickException("give the chat servers with --server HOST:PORT")
+    if not addresses and not zk:
+        raise click.ClickException(
+            "give ZooKeeper with --zk HOST:PORT, or the chat servers with --server HOST:PORT"
+        )
+    try:
+        store = open_store(redis_url, redis_prefix)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
     async def run() -> None:
-        app = RouteApp(
-            config, MemoryStore(), StaticRegistry.from_addresses(MemberKind.SERVER, addresses)
+        registry = await _open_registry(
+            zk, zk_root, zk_session_timeout, zk_connect_timeout, MemberKind.SERVER, addresses
         )
+        app = RouteApp(config, store, registry)
+
+        async def stop() -> None:
+            await app.stop()
+            await registry.aclose()
+            await store.aclose()
+
         try:
             await app.start()
-        except OSError as exc:
+        except (OSError, CimError) as exc:
+            await registry.aclose()
             raise click.ClickException(str(exc)) from None
-        click.echo(
-            f"cim route {config.route_id} on {app.address}; chat servers: " + ", ".join(addresses)
-        )
-        await _until_signalled(app.stop, app.wait())
+        where = f"ZooKeeper {zk}{zk_root}" if zk else "chat servers " + ", ".join(addresses)
+        click.echo(f"cim route {config.route_id} on {app.address}; {where}; "
+                   f"store {redis_url or 'in memory'}")
+        await _until_signalled(stop, app.wait())
 
     _run(run())
 
@@ -300,8 +370,9 @@ def route(
     "routes",
     envvar="CIM_ROUTES",
     multiple=True,
-    help="Route address HOST:PORT (repeat, or comma-separate).",
+    help="Route address HOST:PORT (repeat, or comma-separate); without --zk.",
 )
+@zookeeper_options
 @click.option(
     "--heartbeat-interval",
     envvar="CIM_HEARTBEAT_INTERVAL",
@@ -328,10 +399,14 @@ def server(
     heartbeat_interval: float,
     idle_timeout: float,
     drain_grace: float,
+    zk: str | None,
+    zk_root: str,
+    zk_session_timeout: float,
+    zk_connect_timeout: float,
     log_level: str,
 ) -> None:
-    """Run a chat server (routes given by --route); drains on SIGTERM."""
-    from cim.registry.static import StaticRegistry
+    """Run a chat server; it finds routes in ZooKeeper (--zk) or at --route.
+    Drains on SIGTERM: clients are told to reconnect elsewhere."""
     from cim.server.app import ChatServerApp
 
     _setup_logging(log_level)
@@ -350,15 +425,23 @@ def server(
         raise click.ClickException(str(exc)) from None
 
     async def run() -> None:
-        app = ChatServerApp(config, StaticRegistry.from_addresses(MemberKind.ROUTE, addresses))
+        registry = await _open_registry(
+            zk, zk_root, zk_session_timeout, zk_connect_timeout, MemberKind.ROUTE, addresses
+        )
+        app = ChatServerApp(config, registry)
+
+        async def drain() -> None:
+            await app.drain()
+            await registry.aclose()
+
         try:
             await app.start()
-        except OSError as exc:
+        except (OSError, CimError) as exc:
+            await registry.aclose()
             raise click.ClickException(str(exc)) from None
-        click.echo(
-            f"cim server {config.server_id} on {app.address}; routes: " + ", ".join(addresses)
-        )
-        await _until_signalled(app.drain, app.wait())
+        where = f"ZooKeeper {zk}{zk_root}" if zk else "routes " + ", ".join(addresses)
+        click.echo(f"cim server {config.server_id} on {app.address}; {where}")
+        await _until_signalled(drain, app.wait())
 
     _run(run())
 

@@ -57,8 +57,9 @@ class RouteConfig:
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     # Login state of a live stream expires this long after its last refresh.
     session_ttl: float = 30.0
-    # A login whose client never opens its stream is forgotten after this long.
-    connect_grace: float = 30.0
+    # A login whose client never opens its stream blocks other logins of the
+    # user for at most this long, then is forgotten.
+    connect_grace: float = 10.0
     deliver_timeout: float = 5.0
     probe_timeout: float = 1.0
     offline_batch: int = 100

@@ -9,15 +9,20 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from cim.config import RouteConfig, ServerConfig, random_secret
+from cim.registry.base import Registry
 from cim.registry.inprocess import InProcessRegistry
 from cim.route.app import RouteApp
 from cim.server.app import ChatServerApp
+from cim.store.base import Store
 from cim.store.memory import MemoryStore
 
 
 class EmbeddedCluster:
     """Start with ``await start()``, stop with ``await stop()``. The secrets are
-    random per process: nothing outside it needs them."""
+    random per process: nothing outside it needs them. ``store`` and
+    ``registry`` default to the in-memory ones; tests pass Redis and ZooKeeper
+    ones to run the same behaviour against the distributed backends (the
+    caller then owns and closes them)."""
 
     def __init__(
         self,
@@ -26,10 +31,12 @@ class EmbeddedCluster:
         server_ports: Sequence[int] = (0, 0),
         route_config: RouteConfig | None = None,
         server_config: ServerConfig | None = None,
+        store: Store | None = None,
+        registry: Registry | None = None,
     ) -> None:
         secret = random_secret()
-        self.registry = InProcessRegistry()
-        self.store = MemoryStore()
+        self.registry: Registry = registry or InProcessRegistry()
+        self.store: Store = store or MemoryStore()
         base_route = route_config or RouteConfig(
             cluster_secret=secret,
             token_keys={"dev": secrets.token_bytes(32)},
@@ -67,4 +74,3 @@ class EmbeddedCluster:
     async def stop(self) -> None:
         await asyncio.gather(*(server.stop(0.5) for server in self.servers))
         await self.route.stop(0.5)
-        await self.store.aclose()

@@ -23,6 +23,8 @@ from cim.core.liveness import Backoff
 from cim.core.passwords import ScryptParams
 from cim.embedded import EmbeddedCluster
 from cim.proto.v1 import common_pb2
+from cim.registry.base import Registry
+from cim.store.base import Store
 
 __all__ = ["TestCluster", "cluster", "fast_route_config"]
 
@@ -93,12 +95,18 @@ async def cluster(
     servers: int = 2,
     route_config: RouteConfig | None = None,
     server_config: ServerConfig | None = None,
+    store: Store | None = None,
+    registry: Registry | None = None,
 ) -> AsyncIterator[TestCluster]:
-    """A route and ``servers`` chat servers on loopback, for the duration of the block."""
+    """A route and ``servers`` chat servers on loopback, for the duration of the
+    block; in-memory store and registry unless others are given (and closed by
+    the caller)."""
     embedded = EmbeddedCluster(
         server_ports=[0] * servers,
         route_config=route_config or fast_route_config(),
         server_config=server_config,
+        store=store,
+        registry=registry,
     )
     await embedded.start()
     test_cluster = TestCluster(embedded)

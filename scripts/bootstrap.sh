@@ -45,3 +45,25 @@ gen=cim/proto/v1/chat_pb2.py
 if [ ! -f "$gen" ] || [ -n "$(find protos -name '*.proto' -newer "$gen")" ]; then
   ./scripts/gen_protos.sh
 fi
+
+# `bootstrap.sh test`: also what the test suite runs for real (Redis, ZooKeeper
+# with a JRE, the Node.js example's modules).
+if [ "${1:-}" = test ]; then
+  missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
+  command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
+  fi
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    # Debian's npm package conflicts with an installed Node.js: never install it here.
+    echo "bootstrap: the Node.js example's tests need node and npm (Node.js >= 18 from nodejs.org or your distribution's nodejs + npm)" >&2
+    exit 1
+  fi
+  lock=examples/node/package-lock.json
+  if [ -f "$lock" ] && { [ ! -d examples/node/node_modules ] || [ "$lock" -nt examples/node/node_modules ]; }; then
+    (cd examples/node && npm ci --no-audit --no-fund --loglevel=error)
+    touch examples/node/node_modules
+  fi
+fi

@@ -318,9 +318,10 @@ class CimClient:
     async def _reconnect(self) -> None:
         # As CIM: log out (the old session is dead), back off, log in again
         # (perhaps to another server), reconnect; give up after the limit.
-        with contextlib.suppress(CimError):
-            await self.route.logout()
         for attempt, delay in enumerate(self.config.backoff.delays(self._rng), start=1):
+            if self.route.token:  # our own unfinished login would block the next one
+                with contextlib.suppress(CimError):
+                    await self.route.logout()
             self._event(EventKind.RECONNECTING, f"reconnecting in {delay:.1f} s (try {attempt})")
             await asyncio.sleep(delay)
             try:

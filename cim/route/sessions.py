@@ -117,9 +117,14 @@ class SessionManager:
             raise AlreadyExists("another login for this user is in progress; try again")
 
     async def _holds_live_stream(self, session: SessionRecord) -> bool:
-        """A session is alive only while a registered chat server holds its stream."""
-        if not session.connected or self._servers.find(session.server_id) is None:
+        """Whether a recorded session still counts. A login whose stream has not
+        arrived yet counts while its server is registered (its record expires
+        after connect_grace); a connected one only while a registered chat
+        server confirms it holds the stream."""
+        if self._servers.find(session.server_id) is None:
             return False
+        if not session.connected:
+            return True
         return await self._servers.is_live(session.server_id, session.user_id, session.session_id)
 
     async def logout(self, claims: TokenClaims) -> None:

@@ -231,41 +231,53 @@ async def test_login_takes_over_session_of_an_unreachable_registered_server(rr, 
         assert (await raw.login(rr, name)).server.server_id != server.server_id
 
 
-async def test_client_whose_login_was_taken_over_cannot_connect(rr):
-    first = await rr.client("alice", connect=False)
-    await first.login()
-    second = await rr.client("alice")  # first never connected: its session is taken over
-    assert second.connected
-    with pytest.raises(Unauthenticated):
-        await first.connect()
-    assert not first.connected
-
-
-async def test_login_takes_over_a_session_that_never_connected(rr, raw):
-    first = await raw.login(rr, "alice")
-    second = await raw.route(rr).Login(_login("alice"))
-    assert second.session_id != first.session_id
-    assert second.session_token != first.session_token
-
-    # The newer login owns the session: its token connects ...
-    _, ok = await raw.connect(second)
+async def test_a_login_waiting_for_its_stream_blocks_a_second_login(rr, raw, fails):
+    first = await raw.login(rr, "alice")  # stream not opened yet
+    err = await fails(raw.route(rr).Login(_login("alice")))
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    _, ok = await raw.connect(first)  # the first client still gets in
     assert ok.user_id == first.user_id
-    # ... and the replaced one is refused.
-    stale = raw.open_stream(first.server.address)
-    await stale.login(first.user_id, first.session_token)
-    frames = await stale.read_until_end()
-    assert len(frames) == 1
-    assert frames[0].notice.kind == chat_pb2.Notice.KIND_ERROR
-    assert frames[0].notice.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
 
 
-async def test_concurrent_logins_leave_exactly_one_usable_session(rr, raw):
+async def test_client_whose_login_was_taken_over_after_the_grace_cannot_connect():
+    async with cluster(servers=2, route_config=route_config(connect_grace=0.3)) as c:
+        first = await c.client("alice", connect=False)
+        await first.login()
+        await asyncio.sleep(0.5)  # first never connected within the grace
+        second = await c.client("alice")
+        assert second.connected
+        with pytest.raises(Unauthenticated):
+            await first.connect()
+        assert not first.connected
+
+
+async def test_login_takes_over_a_session_that_never_connected(raw):
+    async with cluster(servers=2, route_config=route_config(connect_grace=0.3)) as c:
+        first = await raw.login(c, "alice")
+        await asyncio.sleep(0.5)
+        second = await raw.route(c).Login(_login("alice"))
+        assert second.session_id != first.session_id
+        assert second.session_token != first.session_token
+
+        # The newer login owns the session: its token connects ...
+        _, ok = await raw.connect(second)
+        assert ok.user_id == first.user_id
+        # ... and the replaced one is refused.
+        stale = raw.open_stream(first.server.address)
+        await stale.login(first.user_id, first.session_token)
+        frames = await stale.read_until_end()
+        assert len(frames) == 1
+        assert frames[0].notice.kind == chat_pb2.Notice.KIND_ERROR
+        assert frames[0].notice.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
+
+
+async def test_concurrent_logins_exactly_one_wins(rr, raw):
     await raw.register(rr, "alice")
     replies = await asyncio.gather(
         *(raw.route(rr).Login(_login("alice")) for _ in range(4)), return_exceptions=True
     )
     logins = [r for r in replies if isinstance(r, route_pb2.LoginResponse)]
-    assert logins, replies
+    assert len(logins) == 1, replies
     for reply in replies:
         if not isinstance(reply, route_pb2.LoginResponse):
             assert reply.code() == grpc.StatusCode.ALREADY_EXISTS

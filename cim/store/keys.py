@@ -1,0 +1,94 @@
+"""The Redis key layout of the store, in one place.
+
+Every key starts with a configurable prefix, so several clusters can share one
+Redis. Per-user keys carry a hash tag on the user id (``cim:{u:42}:session``):
+all of one user's keys live in one slot of a Redis Cluster, so a Lua script
+can change them together. Global keys (id counter, name index, online index)
+each live in their own slot and are never touched by the same script as a
+per-user key.
+
+    {prefix}user_ids                  string  last user id handed out (INCR)
+    {prefix}name:<user name>          string  user id owning the name
+    {prefix}online                    zset    user id -> session expiry (ms), a hint
+    {prefix}{u:<id>}:account          hash    name, password_hash
+    {prefix}{u:<id>}:session          hash    sid, server, device, connected, exp (PEXPIRE)
+    {prefix}{u:<id>}:offline          list    offline entry ids, oldest first
+    {prefix}{u:<id>}:offline:payloads hash    entry id -> payload
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "cim:"
+
+# Account hash fields.
+ACCOUNT_NAME = "name"
+ACCOUNT_PASSWORD_HASH = "password_hash"
+
+# Session hash fields.
+SESSION_ID = "sid"
+SESSION_SERVER = "server"
+SESSION_DEVICE = "device"
+SESSION_CONNECTED = "connected"  # "1" or "0"
+# The expiry (ms since the epoch) last written to the online index for this
+# session; a release removes the index entry only while it still holds this value.
+SESSION_INDEXED_EXPIRY = "exp"
+SESSION_FIELDS = (
+    SESSION_ID,
+    SESSION_SERVER,
+    SESSION_DEVICE,
+    SESSION_CONNECTED,
+    SESSION_INDEXED_EXPIRY,
+)
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """Builds every key of the store under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        # A brace in the prefix would become the hash tag of every key and put
+        # the whole store in one cluster slot (or split a user's keys apart).
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(f"key prefix {self.prefix!r} must not contain '{{' or '}}'")
+
+    # --- global keys ------------------------------------------------------
+    @property
+    def user_id_counter(self) -> str:
+        return f"{self.prefix}user_ids"
+
+    def name(self, user_name: str) -> str:
+        return f"{self.prefix}name:{user_name}"
+
+    @property
+    def online(self) -> str:
+        return f"{self.prefix}online"
+
+    # --- per-user keys (one hash tag, one slot) ---------------------------
+    @staticmethod
+    def user_tag(user_id: int) -> str:
+        return f"{{u:{user_id}}}"
+
+    def account(self, user_id: int) -> str:
+        return f"{self.prefix}{self.user_tag(user_id)}:account"
+
+    def session(self, user_id: int) -> str:
+        return f"{self.prefix}{self.user_tag(user_id)}:session"
+
+    def offline(self, user_id: int) -> str:
+        return f"{self.prefix}{self.user_tag(user_id)}:offline"
+
+    def offline_payloads(self, user_id: int) -> str:
+        return f"{self.prefix}{self.user_tag(user_id)}:offline:payloads"
+
+    def user_keys(self, user_id: int) -> tuple[str, ...]:
+        """Every per-user key of ``user_id`` (all in one cluster slot)."""
+        return (
+            self.account(user_id),
+            self.session(user_id),
+            self.offline(user_id),
+            self.offline_payloads(user_id),
+        )

@@ -1,0 +1,429 @@
+#!/usr/bin/env node
+// A small cim client in Node.js: register, log in at a route, open the Chat
+// stream to the chat server the route picked, send, receive, log out.
+//
+//   node client.js --route 127.0.0.1:7100 --user NAME --password PW \
+//       [--send-to ID --text TEXT] [--group TEXT] [--wait-for N] [--timeout S]
+//
+// Everything that happens is one JSON object per line on stdout; a failure is
+// one "cim-node: error: ..." line on stderr and exit status 1.
+//
+// The protos are loaded at run time from ../../protos. They import each other
+// as "cim/proto/v1/common.proto" (protoc runs with -Icim/proto=protos), so
+// proto-loader gets proto-root/ as its include directory, where the committed
+// symlink proto-root/cim/proto -> ../../../../protos makes those names resolve.
+'use strict';
+
+const path = require('node:path');
+const { parseArgs } = require('node:util');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const PROTO_ROOT = path.join(__dirname, 'proto-root');
+const PING_INTERVAL_MS = 10_000; // ping after this much silence (or the server's hint, if lower)
+const RPC_TIMEOUT_MS = 5_000; // deadline of every unary call and of the stream login
+
+const USAGE = `usage: node client.js --route HOST:PORT --user NAME --password PW
+                      [--send-to ID --text TEXT] [--group TEXT]
+                      [--wait-for N] [--timeout S]
+
+  --route      route address (default 127.0.0.1:7100, or CIM_ROUTE)
+  --user       user name (registered on first use)
+  --password   password (or CIM_PASSWORD)
+  --send-to    user id to send --text to privately
+  --text       the private message's text
+  --group      text of a group message (everyone online but you)
+  --wait-for   exit after receiving this many messages (default 0: after sending)
+  --timeout    give up after this many seconds (default 30)`;
+
+// --- output ---------------------------------------------------------------
+
+function emit(event) {
+  process.stdout.write(`${JSON.stringify(event)}\n`);
+}
+
+class CliError extends Error {}
+
+// "MESSAGE_KIND_PRIVATE" -> "private", "DELIVERY_STATUS_STORED" -> "stored"
+function shortEnum(value, prefix) {
+  return typeof value === 'string' && value.startsWith(prefix)
+    ? value.slice(prefix.length).toLowerCase()
+    : value;
+}
+
+// int64 fields arrive as strings (longs: String); ids fit in a double.
+function id(value) {
+  const n = Number(value);
+  return Number.isSafeInteger(n) ? n : value;
+}
+
+function describeGrpcError(err) {
+  const code = grpc.status[err.code] ?? err.code;
+  return `${code}: ${err.details || err.message}`;
+}
+
+// --- arguments ------------------------------------------------------------
+
+function parseCli(argv) {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        route: { type: 'string', default: process.env.CIM_ROUTE || '127.0.0.1:7100' },
+        user: { type: 'string' },
+        password: { type: 'string', default: process.env.CIM_PASSWORD },
+        'send-to': { type: 'string' },
+        text: { type: 'string' },
+        group: { type: 'string' },
+        'wait-for': { type: 'string', default: '0' },
+        timeout: { type: 'string', default: '30' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    throw new CliError(`${err.message}\n${USAGE}`);
+  }
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    process.exit(0);
+  }
+  if (!values.user) throw new CliError(`--user is required\n${USAGE}`);
+  if (values.password === undefined) throw new CliError(`--password is required\n${USAGE}`);
+  if ((values['send-to'] === undefined) !== (values.text === undefined)) {
+    throw new CliError('--send-to and --text go together');
+  }
+  const sendTo = values['send-to'] === undefined ? null : values['send-to'];
+  if (sendTo !== null && !/^[1-9][0-9]*$/.test(sendTo)) {
+    throw new CliError(`--send-to must be a user id (a positive integer), not ${JSON.stringify(sendTo)}`);
+  }
+  const waitFor = Number(values['wait-for']);
+  if (!Number.isInteger(waitFor) || waitFor < 0) throw new CliError('--wait-for must be an integer >= 0');
+  const timeout = Number(values.timeout);
+  if (!(timeout > 0)) throw new CliError('--timeout must be a positive number of seconds');
+  return {
+    route: values.route,
+    user: values.user,
+    password: values.password,
+    sendTo,
+    text: values.text,
+    group: values.group,
+    waitFor,
+    timeoutMs: timeout * 1000,
+  };
+}
+
+// --- protos ---------------------------------------------------------------
+
+function loadProtos() {
+  const definition = protoLoader.loadSync(
+    ['cim/proto/v1/route.proto', 'cim/proto/v1/chat.proto'],
+    {
+      includeDirs: [PROTO_ROOT],
+      keepCase: true, // field names as in the .proto files: user_id, session_token, ...
+      longs: String, // int64 / uint64 as decimal strings
+      enums: String, // enum values by name
+      defaults: true,
+      oneofs: true, // sets e.g. frame: "login_ok" on every ServerFrame
+    },
+  );
+  return grpc.loadPackageDefinition(definition).cim.v1;
+}
+
+// --- the client -----------------------------------------------------------
+
+class NodeCimClient {
+  constructor(proto, opts) {
+    this.proto = proto;
+    this.opts = opts;
+    this.route = new proto.Route(opts.route, grpc.credentials.createInsecure());
+    this.chat = null;
+    this.call = null;
+    this.token = '';
+    this.userId = 0;
+    this.closing = false;
+    this.lastSent = 0;
+    this.pingTimer = null;
+    this.nextCorrelation = 1;
+    this.pending = new Map(); // correlation id -> {resolve, reject}
+    this.received = 0;
+    this.sendsDone = false;
+    this.loginWaiter = null;
+    // Settled by the stream: resolves when the work is done, rejects on failure.
+    this.finished = new Promise((resolve, reject) => {
+      this.finish = resolve;
+      this.fail = reject;
+    });
+  }
+
+  unary(method, request, withToken = true) {
+    const metadata = new grpc.Metadata();
+    if (withToken) metadata.set('authorization', `Bearer ${this.token}`);
+    const deadline = new Date(Date.now() + RPC_TIMEOUT_MS);
+    return new Promise((resolve, reject) => {
+      this.route[method](request, metadata, { deadline }, (err, reply) => {
+        if (err) reject(new CliError(`${method} at ${this.opts.route} failed: ${describeGrpcError(err)}`));
+        else resolve(reply);
+      });
+    });
+  }
+
+  async register() {
+    const reply = await this.unary('Register', { user_name: this.opts.user, password: this.opts.password }, false);
+    this.userId = reply.user_id;
+    emit({ event: 'registered', user_id: id(reply.user_id), user_name: reply.user_name, created: reply.created });
+  }
+
+  async login() {
+    const reply = await this.unary(
+      'Login',
+      { user_name: this.opts.user, password: this.opts.password, user_id: this.userId },
+      false,
+    );
+    this.userId = reply.user_id;
+    this.token = reply.session_token;
+    if (!reply.server || !reply.server.address) throw new CliError('Login returned no chat server');
+    return reply.server;
+  }
+
+  async logout() {
+    if (!this.token) return; // never logged in
+    try {
+      await this.unary('Logout', {});
+      emit({ event: 'logged_out' });
+    } catch (err) {
+      process.stderr.write(`cim-node: warning: ${err.message}\n`);
+    } finally {
+      this.token = '';
+    }
+  }
+
+  // Opens the Chat stream and waits for LoginOk.
+  connect(server) {
+    this.chat = new this.proto.Chat(server.address, grpc.credentials.createInsecure());
+    const call = this.chat.Connect();
+    this.call = call;
+    const loggedIn = new Promise((resolve, reject) => {
+      this.loginWaiter = { resolve, reject };
+    });
+    const loginTimer = setTimeout(() => {
+      this.loginFailed(new CliError(`no LoginOk from chat server ${server.address} within ${RPC_TIMEOUT_MS} ms`));
+    }, RPC_TIMEOUT_MS);
+    call.on('data', (frame) => this.onFrame(frame));
+    call.on('error', (err) => {
+      if (this.closing) return;
+      const error = new CliError(`chat stream to ${server.address} failed: ${describeGrpcError(err)}`);
+      this.loginFailed(error);
+      this.streamFailed(error);
+    });
+    call.on('end', () => {
+      if (this.closing) return;
+      const error = new CliError(`chat server ${server.address} ended the stream`);
+      this.loginFailed(error);
+      this.streamFailed(error);
+    });
+    this.write({ login: { user_id: this.userId, session_token: this.token } });
+    return loggedIn.finally(() => clearTimeout(loginTimer)).then((ok) => {
+      const hint = Number(ok.heartbeat_interval_ms);
+      const interval = hint > 0 ? Math.min(PING_INTERVAL_MS, hint) : PING_INTERVAL_MS;
+      this.startKeepAlive(interval);
+      emit({
+        event: 'logged_in',
+        user_id: id(ok.user_id),
+        user_name: ok.user_name,
+        server: ok.server_id,
+        address: server.address,
+      });
+      return ok;
+    });
+  }
+
+  loginFailed(error) {
+    if (this.loginWaiter) {
+      const { reject } = this.loginWaiter;
+      this.loginWaiter = null;
+      reject(error);
+    }
+  }
+
+  streamFailed(error) {
+    for (const { reject } of this.pending.values()) reject(error);
+    this.pending.clear();
+    this.fail(error);
+  }
+
+  write(frame) {
+    this.lastSent = Date.now();
+    this.call.write(frame);
+  }
+
+  startKeepAlive(interval) {
+    // Checks often, pings only after `interval` ms without sending anything.
+    this.pingTimer = setInterval(() => {
+      if (this.closing || Date.now() - this.lastSent < interval) return;
+      this.write({ ping: { client_time_ms: String(Date.now()) } });
+      emit({ event: 'ping' });
+    }, Math.min(1000, interval));
+  }
+
+  onFrame(frame) {
+    switch (frame.frame) {
+      case 'login_ok':
+        if (this.loginWaiter) {
+          const { resolve } = this.loginWaiter;
+          this.loginWaiter = null;
+          resolve(frame.login_ok);
+        }
+        break;
+      case 'pong':
+        break;
+      case 'send_result': {
+        const result = frame.send_result;
+        const waiter = this.pending.get(String(result.correlation_id));
+        if (!waiter) break;
+        this.pending.delete(String(result.correlation_id));
+        if (result.outcome === 'ok') waiter.resolve(result.ok);
+        else {
+          const code = grpc.status[result.error.code] ?? result.error.code;
+          waiter.reject(new CliError(`message refused: ${code}: ${result.error.message}`));
+        }
+        break;
+      }
+      case 'message': {
+        const m = frame.message;
+        emit({
+          event: 'message',
+          sender_id: id(m.sender_id),
+          sender_name: m.sender_name,
+          text: m.text,
+          kind: shortEnum(m.kind, 'MESSAGE_KIND_'),
+          receiver_id: id(m.receiver_id),
+          group_id: m.group_id,
+          message_id: m.message_id,
+          stored: m.stored,
+        });
+        this.received += 1;
+        this.checkDone();
+        break;
+      }
+      case 'notice': {
+        const n = frame.notice;
+        if (this.closing) break; // logging out: the server says so ("kicked")
+        const kind = shortEnum(n.kind, 'KIND_');
+        emit({ event: 'notice', kind, text: n.text, code: n.code });
+        const error = new CliError(`chat server notice (${kind}): ${n.text}`);
+        this.loginFailed(error); // a refused login arrives as a notice
+        this.streamFailed(error); // kicked, draining or error: this simple client stops
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  send(target) {
+    const correlationId = String(this.nextCorrelation++);
+    return new Promise((resolve, reject) => {
+      this.pending.set(correlationId, { resolve, reject });
+      this.write({ send: { correlation_id: correlationId, ...target } });
+    });
+  }
+
+  async sendAll() {
+    const sends = [];
+    if (this.opts.sendTo !== null) {
+      sends.push({ private: { receiver_id: this.opts.sendTo, text: this.opts.text } });
+    }
+    if (this.opts.group !== undefined) sends.push({ group: { text: this.opts.group } });
+    for (const target of sends) {
+      const ok = await this.send(target);
+      emit({
+        event: 'sent',
+        message_id: ok.message_id,
+        status: shortEnum(ok.status, 'DELIVERY_STATUS_'),
+        recipients: ok.recipients,
+        kind: target.private ? 'private' : 'group',
+      });
+    }
+    this.sendsDone = true;
+    this.checkDone();
+  }
+
+  checkDone() {
+    if (this.sendsDone && this.received >= this.opts.waitFor) this.finish();
+  }
+
+  async run() {
+    await this.register();
+    const server = await this.login();
+    await this.connect(server);
+    // A stream failure while sending rejects both; whichever comes first wins.
+    await Promise.race([this.sendAll(), this.finished]);
+    await this.finished;
+  }
+
+  // Logs out at the route, then closes the stream and the channels.
+  async close() {
+    if (this.closing) return;
+    this.closing = true;
+    clearInterval(this.pingTimer);
+    await this.logout();
+    if (this.call) {
+      this.call.end();
+      this.call.cancel();
+    }
+    if (this.chat) this.chat.close();
+    this.route.close();
+  }
+}
+
+// --- main -----------------------------------------------------------------
+
+async function main() {
+  let opts;
+  try {
+    opts = parseCli(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`cim-node: error: ${err.message}\n`);
+    return 1;
+  }
+  const client = new NodeCimClient(loadProtos(), opts);
+  client.finished.catch(() => {}); // handled through run()
+
+  let timer;
+  const timedOut = new Promise((_, reject) => {
+    timer = setTimeout(() => {
+      const wanted = opts.waitFor > 0 ? `, received ${client.received} of ${opts.waitFor} messages` : '';
+      reject(new CliError(`timed out after ${opts.timeoutMs / 1000} s${wanted}`));
+    }, opts.timeoutMs);
+  });
+  const interrupted = new Promise((_, reject) => {
+    const stop = (signal) => reject(new CliError(`interrupted by ${signal}`));
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+
+  let code = 0;
+  try {
+    await Promise.race([client.run(), timedOut, interrupted]);
+  } catch (err) {
+    const message = err instanceof CliError ? err.message : err.stack || String(err);
+    process.stderr.write(`cim-node: error: ${message}\n`);
+    code = 1;
+  } finally {
+    clearTimeout(timer);
+  }
+  await client.close();
+  return code;
+}
+
+main().then((code) => {
+  process.exitCode = code;
+  // Everything is closed, so Node exits once stdout is flushed; this is only a
+  // backstop in case a handle lingers.
+  setTimeout(() => process.exit(code), 2000).unref();
+  process.removeAllListeners('SIGINT');
+  process.removeAllListeners('SIGTERM');
+});

@@ -1,0 +1,1 @@
+"""End-to-end tests: the real ``cim`` processes, driven as a user would."""
