@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -51,7 +52,10 @@ def new_server() -> grpc.aio.Server:
 
 def bind(server: grpc.aio.Server, host: str, port: int) -> int:
     """Binds host:port (port 0 picks a free one) and returns the port bound."""
-    bound: int = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound: int = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpcio >= 1.6x raises where older ones returned 0
+        bound = 0
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}: address in use or not available")
     return bound
@@ -69,8 +73,37 @@ def add_standard_services(server: grpc.aio.Server, service_names: Sequence[str])
             reflection.SERVICE_NAME,
         ],
         server,
+        pool=_MethodResolvingPool(descriptor_pool.Default()),
     )
     return health_servicer
+
+
+class _MethodResolvingPool:
+    """The default descriptor pool, plus look-up of files by method name.
+
+    The upb protobuf runtime cannot find the file of a method symbol
+    ("cim.v1.Route.Login"), so `grpcurl describe` of a method failed
+    (grpc/grpc#34743); resolve it through the method's service.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def FindFileContainingSymbol(self, symbol: str) -> Any:  # noqa: N802 - protobuf's API
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service_name, _, method = symbol.rpartition(".")
+            try:
+                service = self._pool.FindServiceByName(service_name)
+            except KeyError:
+                raise KeyError(symbol) from None
+            if method not in service.methods_by_name:
+                raise KeyError(symbol) from None
+            return service.file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
 
 
 async def set_serving(health_servicer: Any, service_names: Sequence[str], serving: bool) -> None:

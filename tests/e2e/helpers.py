@@ -121,8 +121,9 @@ class Proc:
             self.eof = True
 
     def expect(self, pattern: str, timeout: float = EXPECT_TIMEOUT) -> re.Match[str]:
-        """Waits for ``pattern`` (a regex) in the output after the last match."""
-        regex = re.compile(pattern)
+        """Waits for ``pattern`` (a regex, ``^`` and ``$`` at line ends) in the output
+        after the last match."""
+        regex = re.compile(pattern, re.MULTILINE)
         deadline = time.monotonic() + timeout
         while True:
             match = regex.search(self.output, self.pos)
@@ -173,8 +174,7 @@ class Proc:
         while self.alive():
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"{self.name} still running {timeout:g} s later; output:\n"
-                    f"{self.output[-4000:]}"
+                    f"{self.name} still running {timeout:g} s later; output:\n{self.output[-4000:]}"
                 )
             self._pump(0.05)
         # Read what is left (the exit message may still be in the pipe).
@@ -220,52 +220,48 @@ class Proc:
 P = TypeVar("P", bound=Proc)
 
 
+def tty_child(args: Sequence[str], env: dict[str, str] | None = None) -> pexpect.spawn:
+    return pexpect.spawn(
+        CIM,
+        list(args),
+        env=env or cim_env(),
+        encoding="utf-8",
+        codec_errors="replace",
+        dimensions=TERMINAL_SIZE,
+        timeout=EXPECT_TIMEOUT,
+    )
+
+
+def piped_child(
+    args: Sequence[str], env: dict[str, str] | None = None
+) -> pexpect.popen_spawn.PopenSpawn:
+    return pexpect.popen_spawn.PopenSpawn(
+        [CIM, *args],
+        env=env or cim_env(),
+        encoding="utf-8",
+        codec_errors="replace",
+        timeout=EXPECT_TIMEOUT,
+    )
+
+
 class Procs:
     """Starts children and ends them all at teardown."""
 
     def __init__(self) -> None:
         self.started: list[Proc] = []
 
-    def tty(
-        self,
-        args: Sequence[str],
-        name: str,
-        env: dict[str, str] | None = None,
-        kind: type[P] = Proc,  # type: ignore[assignment]
-    ) -> P:
-        """A ``cim`` subcommand in a pseudo-terminal (stdin is a tty)."""
-        child = pexpect.spawn(
-            CIM,
-            list(args),
-            env=env or cim_env(),
-            encoding="utf-8",
-            codec_errors="replace",
-            dimensions=TERMINAL_SIZE,
-            timeout=EXPECT_TIMEOUT,
-            echo=False,
-        )
-        proc = kind(child, name)
+    def track(self, proc: P) -> P:
+        """Ends ``proc`` at teardown."""
         self.started.append(proc)
         return proc
 
-    def piped(
-        self,
-        args: Sequence[str],
-        name: str,
-        env: dict[str, str] | None = None,
-        kind: type[P] = Proc,  # type: ignore[assignment]
-    ) -> P:
+    def tty(self, args: Sequence[str], name: str, env: dict[str, str] | None = None) -> Proc:
+        """A ``cim`` subcommand in a pseudo-terminal (stdin is a tty)."""
+        return self.track(Proc(tty_child(args, env), name))
+
+    def piped(self, args: Sequence[str], name: str, env: dict[str, str] | None = None) -> Proc:
         """A ``cim`` subcommand on pipes (stdin is not a tty; stderr joins stdout)."""
-        child = pexpect.popen_spawn.PopenSpawn(
-            [CIM, *args],
-            env=env or cim_env(),
-            encoding="utf-8",
-            codec_errors="replace",
-            timeout=EXPECT_TIMEOUT,
-        )
-        proc = kind(child, name)
-        self.started.append(proc)
-        return proc
+        return self.track(Proc(piped_child(args, env), name))
 
     def stop_all(self) -> None:
         # Clients first, the processes they talk to last.
@@ -313,10 +309,12 @@ def start_dev(procs: Procs) -> Dev:
 
 
 class Client(Proc):
-    """A ``cim client`` console, logged in as ``user_name`` with ``user_id``."""
+    """A ``cim client`` console of ``user_name``; ``user_id`` once logged in."""
 
-    user_name = ""
-    user_id = 0
+    def __init__(self, child: Any, name: str, user_name: str) -> None:
+        super().__init__(child, name)
+        self.user_name = user_name
+        self.user_id = 0
 
 
 StartClient = Callable[..., Client]
@@ -341,9 +339,8 @@ def launch_client(
     leaves CIM_PASSWORD unset, so the client asks for it."""
     extra = {} if password is None else {"CIM_PASSWORD": password}
     args = _client_args(name, route, log_dir)
-    spawn = procs.tty if tty else procs.piped
-    client = spawn(args, f"client {name}", cim_env(**extra), Client)
-    client.user_name = name
+    child = (tty_child if tty else piped_child)(args, cim_env(**extra))
+    client = procs.track(Client(child, f"client {name}", name))
     if wait:
         wait_logged_in(client)
     return client

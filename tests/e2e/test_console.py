@@ -127,7 +127,7 @@ def test_wrong_password_is_a_one_line_error(start_client: StartClient) -> None:
     intruder = start_client("dave", password="wrong-password", wait=False)
     status = intruder.wait_exit()
     output = intruder.output
-    assert status != 0, output
+    assert status == 1, output  # click.ClickException
     assert "Traceback" not in output, output
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1, output

@@ -1,0 +1,641 @@
+"""The Redis store: the ``Store`` protocol on ``redis.asyncio``, standalone or cluster.
+
+Everything that must be atomic for one user is one Lua script over that user's
+keys, which share a hash tag (see :mod:`cim.store.keys`), so the scripts run
+unchanged on a Redis Cluster. Global keys (id counter, name index, online
+index) are never written by the same script as a per-user key; the steps that
+cross slots are ordered so a crash between them leaves nothing that breaks a
+retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from string import Template
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from cim.errors import Unavailable
+from cim.store import keys
+from cim.store.base import Account, OfflineEntry, SessionRecord
+from cim.store.keys import KeyLayout
+
+log = logging.getLogger(__name__)
+
+RedisClient = Redis | RedisCluster
+_Pipe = Pipeline | ClusterPipeline
+
+# Errors that mean "Redis is not there (right now)", not "the store has a bug".
+# MaxConnectionsError, AuthenticationError and BusyLoadingError are ConnectionErrors.
+_DOWN_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+_CAUGHT: tuple[type[Exception], ...] = (*_DOWN_ERRORS, RedisClusterException)
+
+
+def _is_outage(exc: Exception) -> bool:
+    if isinstance(exc, _DOWN_ERRORS):
+        return True
+    # The cluster client raises its generic exception both when no node
+    # answers (caused by a connection error) and for misuse (a bug: let it show).
+    return isinstance(exc, RedisClusterException) and (
+        isinstance(exc.__cause__, _DOWN_ERRORS) or "not covered" in str(exc)
+    )
+
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+# Field names come from cim.store.keys, so the scripts and the module agree.
+_FIELDS = {
+    "sid": keys.SESSION_ID,
+    "server": keys.SESSION_SERVER,
+    "device": keys.SESSION_DEVICE,
+    "connected": keys.SESSION_CONNECTED,
+    "exp": keys.SESSION_INDEXED_EXPIRY,
+}
+
+
+def _lua(source: str) -> str:
+    return Template(source).substitute(_FIELDS)
+
+
+# KEYS: session. ARGV: sid, server, device, connected, ttl_ms, exp ('' if not
+# connected), has_replace ('0'/'1'), replace_sid.
+# Returns nil when stored, else the session in the way (sid, server, device, connected).
+_CLAIM = _lua("""
+local cur = redis.call('HMGET', KEYS[1], '$sid', '$server', '$device', '$connected')
+if cur[1] and (ARGV[7] == '0' or cur[1] ~= ARGV[8]) then
+  return cur
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '$sid', ARGV[1], '$server', ARGV[2], '$device', ARGV[3],
+           '$connected', ARGV[4])
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], '$exp', ARGV[6])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return false
+""")
+
+# KEYS: session. ARGV: sid, server, ttl_ms, exp.
+# Returns nil if the session is not current, else (sid, server, device).
+_MARK_CONNECTED = _lua("""
+local cur = redis.call('HMGET', KEYS[1], '$sid', '$device')
+if cur[1] ~= ARGV[1] then
+  return false
+end
+redis.call('HSET', KEYS[1], '$server', ARGV[2], '$connected', '1', '$exp', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {cur[1], ARGV[2], cur[2] or ''}
+""")
+
+# KEYS: session. ARGV: sid, ttl_ms, exp. Returns 1 if extended, 0 if not current.
+_REFRESH = _lua("""
+if redis.call('HGET', KEYS[1], '$sid') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], '$exp', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+""")
+
+# KEYS: session. ARGV: sid, check_server ('0'/'1'), server.
+# Returns nil if not deleted, else the expiry last written to the online index ('' if none).
+_RELEASE = _lua("""
+local cur = redis.call('HMGET', KEYS[1], '$sid', '$server', '$exp')
+if cur[1] ~= ARGV[1] then
+  return false
+end
+if ARGV[2] == '1' and cur[2] ~= ARGV[3] then
+  return false
+end
+redis.call('DEL', KEYS[1])
+return cur[3] or ''
+""")
+
+# KEYS: online index. ARGV: member1, bound1, member2, bound2, ...
+# Removes each member whose score is still <= its bound: an entry a newer
+# session pushed forward in the meantime survives.
+_DROP_FROM_INDEX = """
+local dropped = 0
+for i = 1, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= tonumber(ARGV[i + 1]) then
+    dropped = dropped + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return dropped
+"""
+
+# KEYS: name index entry. ARGV: user id. Deletes the entry only if it still names that id.
+_DELETE_NAME_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS: offline list, offline payloads. ARGV: entry id, payload.
+# An id already stored is left alone, so a retried store never duplicates.
+_STORE_OFFLINE = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: offline list, offline payloads. ARGV: limit. Returns id1, payload1, id2, ...
+_PEEK_OFFLINE = """
+local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local out = {}
+for first = 1, #ids, 500 do
+  local last = math.min(first + 499, #ids)
+  local payloads = redis.call('HMGET', KEYS[2], unpack(ids, first, last))
+  for i = 1, #payloads do
+    if payloads[i] then
+      out[#out + 1] = ids[first + i - 1]
+      out[#out + 1] = payloads[i]
+    end
+  end
+end
+return out
+"""
+
+# KEYS: offline list, offline payloads. ARGV: entry ids. Returns how many were removed.
+_REMOVE_OFFLINE = """
+local removed = 0
+for i = 1, #ARGV do
+  if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 then
+    redis.call('LREM', KEYS[1], 1, ARGV[i])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _ttl_ms(ttl: float) -> int:
+    # PEXPIRE 0 would delete the key at once; the shortest real TTL is 1 ms.
+    return max(1, math.ceil(ttl * 1000))
+
+
+def _session(user_id: int, fields: Sequence[Any] | None) -> SessionRecord | None:
+    if not fields or fields[0] is None:
+        return None
+    return SessionRecord(
+        user_id=user_id,
+        session_id=_text(fields[0]),
+        server_id=_text(fields[1]),
+        device_id=_text(fields[2]),
+        connected=_text(fields[3]) == "1",
+    )
+
+
+def _account(user_id: int, fields: Sequence[Any] | None) -> Account | None:
+    if not fields or fields[0] is None or fields[1] is None:
+        return None
+    return Account(user_id, _text(fields[0]), _text(fields[1]))
+
+
+class RedisStore:
+    """A ``Store`` on a ``redis.asyncio.Redis`` or ``RedisCluster`` client.
+
+    The client must return bytes (``decode_responses=False``): offline payloads
+    are binary. The store owns the client and closes it in :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        prefix: str = keys.DEFAULT_PREFIX,
+        *,
+        timeout: float = 5.0,
+        chunk_size: int = 1000,
+        max_in_flight: int = 100,
+    ) -> None:
+        if client.get_encoder().decode_responses:
+            raise ValueError("RedisStore needs a client with decode_responses=False")
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        self._client = client
+        self._keys = KeyLayout(prefix)
+        self._timeout = timeout
+        self._chunk_size = chunk_size
+        # redis-py's async cluster client must be initialized before concurrent
+        # use: commands racing its lazy first initialize share a connection.
+        self._cluster_ready = not isinstance(client, RedisCluster)
+        self._init_lock = asyncio.Lock()
+        # Calls beyond the connection pool wait here instead of failing with
+        # "Too many connections": each call holds at most one connection per node.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._claim = client.register_script(_CLAIM)
+        self._mark_connected = client.register_script(_MARK_CONNECTED)
+        self._refresh = client.register_script(_REFRESH)
+        self._release = client.register_script(_RELEASE)
+        self._drop_from_index = client.register_script(_DROP_FROM_INDEX)
+        self._delete_name_if = client.register_script(_DELETE_NAME_IF)
+        self._store_offline = client.register_script(_STORE_OFFLINE)
+        self._peek_offline = client.register_script(_PEEK_OFFLINE)
+        self._remove_offline = client.register_script(_REMOVE_OFFLINE)
+        # Scripts queued in pipelines: redis-py loads them only for direct calls.
+        self._pipelined = (self._claim, self._mark_connected, self._refresh)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        prefix: str = keys.DEFAULT_PREFIX,
+        cluster: bool | None = None,
+        *,
+        timeout: float = 5.0,
+        socket_timeout: float = 2.0,
+        max_connections: int = 100,
+    ) -> RedisStore:
+        """A store on a new client for ``url``: ``redis://``, ``rediss://``, ``unix://``,
+        or ``redis+cluster://`` (``rediss+cluster://``) for a Redis Cluster.
+
+        ``timeout`` bounds each store call, ``socket_timeout`` each connect and
+        read; ``max_connections`` is the pool size (per node on a cluster)."""
+        KeyLayout(prefix)  # a bad prefix fails before a client exists
+        scheme = urlsplit(url).scheme
+        if scheme in CLUSTER_SCHEMES:
+            if cluster is False:
+                raise ValueError(f"{url!r} names a Redis Cluster, but cluster=False was given")
+            url = CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
+            cluster = True
+        if cluster and scheme == "unix":
+            raise ValueError("a Redis Cluster cannot be reached over a unix socket")
+        # Fail fast while Redis is down: one quick retry (it replaces a pooled
+        # connection a Redis restart killed), then the caller gets Unavailable.
+        # The cluster client gets one more, to re-learn the topology after a failover.
+        backoff = ExponentialWithJitterBackoff(base=0.05, cap=0.5)
+        client: RedisClient
+        if cluster:
+            client = RedisCluster.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=Retry(backoff, retries=2),
+                max_connections=max_connections,
+            )
+        else:
+            client = Redis.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=Retry(backoff, retries=1),
+                max_connections=max_connections,
+            )
+        return cls(client, prefix, timeout=timeout, max_in_flight=max_connections)
+
+    @property
+    def client(self) -> RedisClient:
+        return self._client
+
+    @property
+    def keys(self) -> KeyLayout:
+        return self._keys
+
+    # --- the one seam where Redis failures become Unavailable --------------
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._timeout), self._in_flight:
+                if not self._cluster_ready:
+                    await self._initialize_cluster()
+                yield
+        except TimeoutError as exc:  # our deadline, not a socket timeout
+            raise Unavailable(
+                f"store unavailable: no answer from Redis within {self._timeout:g} s"
+            ) from exc
+        except _CAUGHT as exc:
+            if not _is_outage(exc):
+                raise
+            log.debug("redis call failed: %r", exc)
+            if isinstance(self._client, RedisCluster):
+                # The client re-learns the topology on its next call: let one
+                # call do that alone (see _initialize_cluster).
+                self._cluster_ready = False
+            raise Unavailable(f"store unavailable: {exc or type(exc).__name__}") from exc
+
+    async def _initialize_cluster(self) -> None:
+        async with self._init_lock:
+            if not self._cluster_ready and isinstance(self._client, RedisCluster):
+                await self._client.initialize()
+            self._cluster_ready = True
+
+    async def _pipeline(self, build: Callable[[_Pipe], object]) -> list[Any]:
+        """Runs the commands ``build`` queues, non-transactionally, in one round
+        trip per node; reloads the scripts once if Redis lost them (a restart)."""
+        for attempt in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            build(pipe)
+            try:
+                return list(await pipe.execute())
+            except NoScriptError:
+                # Every pipelined script is idempotent, so running the batch again is safe.
+                if attempt:
+                    raise
+                await self._load_scripts()
+        raise AssertionError("unreachable")
+
+    async def _load_scripts(self) -> None:
+        for script in self._pipelined:
+            # On a cluster, SCRIPT LOAD goes to every primary.
+            await self._client.script_load(script.script)
+
+    @staticmethod
+    def _queue(
+        pipe: _Pipe, script: AsyncScript, key_names: Sequence[str], args: Sequence[Any]
+    ) -> None:
+        # The raw command: the cluster pipeline blocks its evalsha() method
+        # (over NOSCRIPT handling; _pipeline deals with that), not EVALSHA itself.
+        pipe.execute_command("EVALSHA", script.sha, len(key_names), *key_names, *args)
+
+    # --- accounts ---------------------------------------------------------
+    async def create_account(self, user_name: str, password_hash: str) -> tuple[Account, bool]:
+        # Allocate id -> write account -> claim the name. Until the name points
+        # at it, an account is unreachable, so a crash before the last step
+        # leaves only an orphan that a retry does not trip over.
+        async with self._guard():
+            for _ in range(3):
+                user_id = int(await self._client.incr(self._keys.user_id_counter))
+                account = Account(user_id, user_name, password_hash)
+                await self._client.hset(
+                    self._keys.account(user_id),
+                    mapping={
+                        keys.ACCOUNT_NAME: user_name,
+                        keys.ACCOUNT_PASSWORD_HASH: password_hash,
+                    },
+                )
+                if await self._client.set(self._keys.name(user_name), user_id, nx=True):
+                    return account, True
+                await self._discard_orphan(user_id)
+                winner = await self._account_by_name(user_name)
+                if winner is not None:
+                    return winner, False
+            raise Unavailable(f"store unavailable: cannot claim user name {user_name!r}")
+
+    async def _discard_orphan(self, user_id: int) -> None:
+        try:
+            await self._client.delete(self._keys.account(user_id))
+        except _DOWN_ERRORS as exc:  # best effort: the orphan is unreachable anyway
+            log.warning("could not delete orphan account %s: %s", user_id, exc)
+
+    async def _account_by_name(self, user_name: str) -> Account | None:
+        """The account the name points at; repairs an entry pointing at nothing."""
+        name_key = self._keys.name(user_name)
+        raw_id = await self._client.get(name_key)
+        if raw_id is None:
+            return None
+        user_id = int(raw_id)
+        account = await self._get_account(user_id)
+        if account is None or account.user_name != user_name:
+            # Only an account deleted behind our back gets here (the name is
+            # claimed after the account is written): free the name.
+            log.warning("name %r points at missing account %s: freeing it", user_name, user_id)
+            await self._delete_name_if(keys=[name_key], args=[user_id])
+            return None
+        return account
+
+    async def _get_account(self, user_id: int) -> Account | None:
+        fields = await self._client.hmget(
+            self._keys.account(user_id), [keys.ACCOUNT_NAME, keys.ACCOUNT_PASSWORD_HASH]
+        )
+        return _account(user_id, fields)
+
+    async def get_account(self, user_id: int) -> Account | None:
+        async with self._guard():
+            return await self._get_account(user_id)
+
+    async def get_account_by_name(self, user_name: str) -> Account | None:
+        async with self._guard():
+            return await self._account_by_name(user_name)
+
+    async def get_accounts(self, user_ids: Sequence[int]) -> dict[int, Account]:
+        wanted = list(dict.fromkeys(user_ids))
+        if not wanted:
+            return {}
+        fields = [keys.ACCOUNT_NAME, keys.ACCOUNT_PASSWORD_HASH]
+
+        def build(pipe: _Pipe) -> None:
+            for user_id in wanted:
+                pipe.hmget(self._keys.account(user_id), fields)
+
+        async with self._guard():
+            results = await self._pipeline(build)
+        found = {uid: _account(uid, row) for uid, row in zip(wanted, results, strict=True)}
+        return {uid: account for uid, account in found.items() if account is not None}
+
+    # --- sessions ---------------------------------------------------------
+    async def claim_session(
+        self, record: SessionRecord, ttl: float, replace_session_id: str | None = None
+    ) -> SessionRecord | None:
+        ttl_ms = _ttl_ms(ttl)
+        expiry = _now_ms() + ttl_ms if record.connected else None
+        args = [
+            record.session_id,
+            record.server_id,
+            record.device_id,
+            "1" if record.connected else "0",
+            ttl_ms,
+            "" if expiry is None else expiry,
+            "0" if replace_session_id is None else "1",
+            replace_session_id or "",
+        ]
+
+        def build(pipe: _Pipe) -> None:
+            self._queue(pipe, self._claim, [self._keys.session(record.user_id)], args)
+            if expiry is not None:
+                pipe.zadd(self._keys.online, {str(record.user_id): expiry}, gt=True)
+
+        async with self._guard():
+            results = await self._pipeline(build)
+        return _session(record.user_id, results[0])
+
+    async def get_session(self, user_id: int) -> SessionRecord | None:
+        async with self._guard():
+            fields = await self._client.hmget(self._keys.session(user_id), keys.SESSION_FIELDS)
+        return _session(user_id, fields)
+
+    async def get_sessions(self, user_ids: Sequence[int]) -> dict[int, SessionRecord]:
+        wanted = list(dict.fromkeys(user_ids))
+        if not wanted:
+            return {}
+        async with self._guard():
+            rows = await self._read_sessions(wanted)
+        return {record.user_id: record for record in rows if record is not None}
+
+    async def _read_sessions(self, user_ids: Sequence[int]) -> list[SessionRecord | None]:
+        def build(pipe: _Pipe) -> None:
+            for user_id in user_ids:
+                pipe.hmget(self._keys.session(user_id), keys.SESSION_FIELDS)
+
+        results = await self._pipeline(build)
+        return [_session(uid, row) for uid, row in zip(user_ids, results, strict=True)]
+
+    async def mark_connected(
+        self, user_id: int, session_id: str, server_id: str, ttl: float
+    ) -> SessionRecord | None:
+        ttl_ms = _ttl_ms(ttl)
+        expiry = _now_ms() + ttl_ms
+
+        def build(pipe: _Pipe) -> None:
+            self._queue(
+                pipe,
+                self._mark_connected,
+                [self._keys.session(user_id)],
+                [session_id, server_id, ttl_ms, expiry],
+            )
+            # Unconditional (one round trip): an entry for a session that lost
+            # the race is harmless, the walk checks the session itself.
+            pipe.zadd(self._keys.online, {str(user_id): expiry}, gt=True)
+
+        async with self._guard():
+            results = await self._pipeline(build)
+        row = results[0]
+        if row is None:
+            return None
+        return SessionRecord(user_id, _text(row[0]), _text(row[1]), _text(row[2]), True)
+
+    async def refresh_sessions(self, sessions: Sequence[tuple[int, str]], ttl: float) -> list[bool]:
+        if not sessions:
+            return []
+        ttl_ms = _ttl_ms(ttl)
+        expiry = _now_ms() + ttl_ms
+
+        def build(pipe: _Pipe) -> None:
+            for user_id, session_id in sessions:
+                self._queue(
+                    pipe, self._refresh, [self._keys.session(user_id)], [session_id, ttl_ms, expiry]
+                )
+            # GT: an index score only grows, so it never falls below the expiry
+            # of a live session, whichever refresh lands last.
+            pipe.zadd(self._keys.online, {str(uid): expiry for uid, _ in sessions}, gt=True)
+
+        async with self._guard():
+            results = await self._pipeline(build)
+        return [bool(flag) for flag in results[: len(sessions)]]
+
+    async def release_session(
+        self, user_id: int, session_id: str, server_id: str | None = None
+    ) -> bool:
+        args = [session_id, "0" if server_id is None else "1", server_id or ""]
+        async with self._guard():
+            indexed = await self._release(keys=[self._keys.session(user_id)], args=args)
+            if indexed is None:
+                return False
+            if indexed:
+                # Only while the entry still holds this session's expiry: a
+                # newer session of the user has pushed it forward.
+                await self._drop_from_index(
+                    keys=[self._keys.online], args=[str(user_id), _text(indexed)]
+                )
+        return True
+
+    async def online_sessions(self) -> AsyncIterator[SessionRecord]:
+        # ZSCAN walks the index a chunk at a time (it may repeat a member while
+        # the set is rehashed: `seen` keeps each user once). The session key is
+        # the truth, the index only says where to look; entries that point at
+        # nothing are dropped on the way, each only while its score is still
+        # the one seen (a newer session of the user raises it).
+        seen: set[int] = set()
+        cursor = 0
+        while True:
+            async with self._guard():
+                cursor, entries = await self._client.zscan(
+                    self._keys.online, cursor, count=self._chunk_size
+                )
+            now = _now_ms()
+            stale: list[tuple[int, float]] = []
+            candidates: list[tuple[int, float]] = []
+            for member, raw_score in entries:
+                user_id, score = int(member), float(raw_score)
+                if score < now:  # past the expiry of every session that wrote it
+                    stale.append((user_id, score))
+                elif user_id not in seen:
+                    seen.add(user_id)
+                    candidates.append((user_id, score))
+            connected: list[SessionRecord] = []
+            if candidates:
+                async with self._guard():
+                    records = await self._read_sessions([uid for uid, _ in candidates])
+                for (user_id, score), record in zip(candidates, records, strict=True):
+                    if record is not None and record.connected:
+                        connected.append(record)
+                    else:
+                        stale.append((user_id, score))
+            if stale:
+                args = [str(part) for user_id, score in stale for part in (user_id, int(score))]
+                async with self._guard():
+                    await self._drop_from_index(keys=[self._keys.online], args=args)
+            for record in connected:
+                yield record
+            if cursor == 0:
+                return
+
+    # --- offline messages -------------------------------------------------
+    def _offline_keys(self, user_id: int) -> list[str]:
+        return [self._keys.offline(user_id), self._keys.offline_payloads(user_id)]
+
+    async def store_offline(self, user_id: int, entry: OfflineEntry) -> None:
+        async with self._guard():
+            await self._store_offline(
+                keys=self._offline_keys(user_id), args=[entry.entry_id, entry.payload]
+            )
+
+    async def peek_offline(self, user_id: int, limit: int) -> list[OfflineEntry]:
+        if limit <= 0:
+            return []
+        async with self._guard():
+            flat = await self._peek_offline(keys=self._offline_keys(user_id), args=[limit])
+        return [OfflineEntry(_text(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def remove_offline(self, user_id: int, entry_ids: Sequence[str]) -> None:
+        if not entry_ids:
+            return
+        async with self._guard():
+            await self._remove_offline(keys=self._offline_keys(user_id), args=list(entry_ids))
+
+    async def count_offline(self, user_id: int) -> int:
+        async with self._guard():
+            return int(await self._client.llen(self._keys.offline(user_id)))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

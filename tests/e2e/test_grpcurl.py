@@ -1,0 +1,130 @@
+"""``grpcurl`` against ``cim dev``: reflection, health and a unary session.
+
+This is how an operator pokes at a running cluster without a cim client, so
+server reflection must describe the API and the Route service must be usable
+with nothing but JSON and an authorization header.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import pytest
+
+from .helpers import GRPCURL, Dev
+
+pytestmark = pytest.mark.e2e
+
+REFLECTION = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
+
+
+def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    """``grpcurl -plaintext ARGS...`` (its exit status is left to the caller)."""
+    return subprocess.run(
+        [GRPCURL, "-plaintext", "-max-time", "10", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def grpcurl_ok(*args: str) -> str:
+    result = grpcurl(*args)
+    assert result.returncode == 0, f"grpcurl {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result.stdout
+
+
+def grpcurl_json(*args: str) -> Any:
+    return json.loads(grpcurl_ok(*args))
+
+
+def listed(address: str) -> set[str]:
+    return {line.strip() for line in grpcurl_ok(address, "list").splitlines() if line.strip()}
+
+
+def test_route_lists_its_services(dev: Dev) -> None:
+    services = listed(dev.route_address)
+    assert {"cim.v1.Route", "cim.v1.RouteInternal", "grpc.health.v1.Health"} <= services
+    assert services & set(REFLECTION), services
+    assert "cim.v1.Chat" not in services
+
+
+def test_chat_servers_list_the_chat_service(dev: Dev) -> None:
+    for index in range(len(dev.server_ports)):
+        services = listed(dev.server_address(index))
+        assert {"cim.v1.Chat", "grpc.health.v1.Health"} <= services
+        assert services & set(REFLECTION), services
+        assert "cim.v1.Route" not in services
+
+
+def test_describe_the_route_service(dev: Dev) -> None:
+    out = grpcurl_ok(dev.route_address, "describe", "cim.v1.Route")
+    assert "cim.v1.Route is a service:" in out
+    assert "rpc Login ( .cim.v1.LoginRequest ) returns ( .cim.v1.LoginResponse );" in out
+    out = grpcurl_ok(dev.route_address, "describe", "cim.v1.LoginRequest")
+    assert "cim.v1.LoginRequest is a message:" in out
+    assert "string user_name = 1;" in out
+
+
+def test_describe_a_method(dev: Dev) -> None:
+    out = grpcurl_ok(dev.route_address, "describe", "cim.v1.Route.Login")
+    assert "cim.v1.Route.Login is a method:" in out
+    assert "rpc Login ( .cim.v1.LoginRequest ) returns ( .cim.v1.LoginResponse );" in out
+
+
+def test_unary_session_with_grpcurl(dev: Dev) -> None:
+    route = dev.route_address
+    credentials = json.dumps({"user_name": "gina", "password": "pw"})
+
+    registered = grpcurl_json("-d", credentials, route, "cim.v1.Route/Register")
+    assert registered["user_name"] == "gina"
+    assert registered["created"] is True
+    user_id = registered["user_id"]  # int64: a JSON string
+
+    login = grpcurl_json("-d", credentials, route, "cim.v1.Route/Login")
+    assert login["user_id"] == user_id
+    assert login["server"]["address"] in {dev.server_address(i) for i in range(2)}
+    token = login["session_token"]
+    assert token
+
+    auth = f"authorization: Bearer {token}"
+    sent = grpcurl_json(
+        "-H", auth, "-d", json.dumps({"text": "hi from grpcurl"}), route, "cim.v1.Route/SendGroup"
+    )
+    assert sent["message_id"]
+    assert int(sent["server_time_ms"]) > 0
+
+    online = grpcurl_json("-H", auth, "-d", "{}", route, "cim.v1.Route/ListOnlineUsers")
+    assert isinstance(online.get("users", []), list)
+
+    # Without the token every Route RPC but Register and Login is refused.
+    refused = grpcurl("-d", "{}", route, "cim.v1.Route/ListOnlineUsers")
+    assert refused.returncode != 0
+    assert "Unauthenticated" in refused.stdout + refused.stderr
+    refused = grpcurl(
+        "-H", "authorization: Bearer not-a-token", "-d", "{}", route, "cim.v1.Route/SendGroup"
+    )
+    assert refused.returncode != 0
+    assert "Unauthenticated" in refused.stdout + refused.stderr
+
+    grpcurl_ok("-H", auth, "-d", "{}", route, "cim.v1.Route/Logout")
+
+
+def test_health_checks_say_serving(dev: Dev) -> None:
+    assert grpcurl_json(dev.route_address, "grpc.health.v1.Health/Check") == {"status": "SERVING"}
+    for service in ("cim.v1.Route", "cim.v1.RouteInternal"):
+        reply = grpcurl_json(
+            "-d", json.dumps({"service": service}), dev.route_address, "grpc.health.v1.Health/Check"
+        )
+        assert reply == {"status": "SERVING"}, service
+    for index in range(len(dev.server_ports)):
+        reply = grpcurl_json(
+            "-d",
+            json.dumps({"service": "cim.v1.Chat"}),
+            dev.server_address(index),
+            "grpc.health.v1.Health/Check",
+        )
+        assert reply == {"status": "SERVING"}
