@@ -339,6 +339,7 @@ def route(
             await app.start()
         except (OSError, CimError) as exc:
             await registry.aclose()
+            await store.aclose()
             raise click.ClickException(str(exc)) from None
         where = f"ZooKeeper {zk}{zk_root}" if zk else "chat servers " + ", ".join(addresses)
         click.echo(f"cim route {config.route_id} on {app.address}; {where}; "

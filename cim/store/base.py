@@ -84,7 +84,8 @@ class Store(Protocol):
         """Every connected session, walked without blocking the store."""
 
     # --- offline messages -------------------------------------------------
-    async def store_offline(self, user_id: int, entry: OfflineEntry) -> None: ...
+    async def store_offline(self, user_id: int, entry: OfflineEntry) -> None:
+        """Appends the entry; an entry id already stored is ignored (retries are safe)."""
 
     async def peek_offline(self, user_id: int, limit: int) -> list[OfflineEntry]:
         """The oldest ``limit`` stored entries, oldest first, left in place."""

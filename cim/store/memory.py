@@ -22,6 +22,7 @@ class MemoryStore:
         self._by_name: dict[str, int] = {}
         self._sessions: dict[int, tuple[SessionRecord, float]] = {}
         self._offline: dict[int, deque[OfflineEntry]] = {}
+        self._offline_ids: dict[int, set[str]] = {}
 
     async def create_account(self, user_name: str, password_hash: str) -> tuple[Account, bool]:
         existing = self._by_name.get(user_name)
@@ -112,6 +113,10 @@ class MemoryStore:
             await asyncio.sleep(0)
 
     async def store_offline(self, user_id: int, entry: OfflineEntry) -> None:
+        ids = self._offline_ids.setdefault(user_id, set())
+        if entry.entry_id in ids:
+            return  # a retried store never duplicates
+        ids.add(entry.entry_id)
         self._offline.setdefault(user_id, deque()).append(entry)
 
     async def peek_offline(self, user_id: int, limit: int) -> list[OfflineEntry]:
@@ -128,8 +133,10 @@ class MemoryStore:
         kept = deque(entry for entry in queue if entry.entry_id not in doomed)
         if kept:
             self._offline[user_id] = kept
+            self._offline_ids[user_id] -= doomed
         else:
             del self._offline[user_id]
+            del self._offline_ids[user_id]
 
     async def count_offline(self, user_id: int) -> int:
         return len(self._offline.get(user_id, ()))

@@ -1,21 +1,43 @@
-"""The behaviour every Store must have. Runs against each implementation."""
+"""The behaviour every Store must have. Runs against each implementation:
+in memory, on a standalone Redis and on a Redis Cluster (real servers, see
+``tests/fixtures/redis_server.py``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Iterable
 
 import pytest
 
 from cim.store import MemoryStore, SessionRecord, Store
 from cim.store.base import OfflineEntry
+from cim.store.redis import RedisStore
 
 
-@pytest.fixture(params=["memory"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    implementation: Store = MemoryStore()
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+async def store(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Store]:
+    implementation: Store
+    if request.param == "memory":
+        implementation = MemoryStore()
+    else:
+        # Only the Redis variants start (or reuse) a server.
+        server = request.getfixturevalue(
+            "redis_server" if request.param == "redis" else "redis_cluster"
+        )
+        implementation = RedisStore.from_url(server.url, key_prefix)
     yield implementation
     await implementation.aclose()
+
+
+async def in_batches(calls: Iterable[Awaitable[object]], size: int = 50) -> None:
+    """Awaits many calls, ``size`` at a time (bounded connections to Redis)."""
+    pending = list(calls)
+    for start in range(0, len(pending), size):
+        await asyncio.gather(*pending[start : start + size])
+
+
+async def online(store: Store) -> list[SessionRecord]:
+    return [record async for record in store.online_sessions()]
 
 
 async def test_accounts_get_unique_ids_and_names(store: Store) -> None:
@@ -99,3 +121,174 @@ async def test_release_can_require_the_recorded_server(store: Store) -> None:
     assert not await store.release_session(1, "s1", server_id="a")  # a stale server's report
     assert await store.get_session(1) is not None
     assert await store.release_session(1, "s1", server_id="b")
+
+
+# --- added with the Redis store -----------------------------------------------
+
+
+async def test_concurrent_claims_of_one_user_let_exactly_one_win(store: Store) -> None:
+    records = [SessionRecord(5, f"s{n}", f"server-{n}") for n in range(20)]
+    results = await asyncio.gather(*(store.claim_session(r, ttl=10) for r in records))
+    winners = [record for record, result in zip(records, results, strict=True) if result is None]
+    assert len(winners) == 1
+    assert await store.get_session(5) == winners[0]
+    # every loser was shown the winner
+    assert all(result in (None, winners[0]) for result in results)
+
+
+async def test_concurrent_takeovers_of_one_session_let_exactly_one_win(store: Store) -> None:
+    await store.claim_session(SessionRecord(5, "old", "a"), ttl=10)
+    records = [SessionRecord(5, f"new{n}", "b") for n in range(10)]
+    results = await asyncio.gather(
+        *(store.claim_session(r, ttl=10, replace_session_id="old") for r in records)
+    )
+    assert sum(result is None for result in results) == 1
+
+
+async def test_claim_keeps_every_field_and_may_store_a_connected_record(store: Store) -> None:
+    record = SessionRecord(3, "s1", "server-a", device_id="phone-1", connected=True)
+    assert await store.claim_session(record, ttl=10) is None
+    assert await store.get_session(3) == record
+    assert await online(store) == [record]
+    marked = await store.mark_connected(3, "s1", "server-b", ttl=10)
+    assert marked == SessionRecord(3, "s1", "server-b", "phone-1", True)
+    assert await store.get_session(3) == marked
+
+
+async def test_mark_connected_fails_for_missing_and_released_sessions(store: Store) -> None:
+    assert await store.mark_connected(4, "s1", "a", ttl=10) is None
+    await store.claim_session(SessionRecord(4, "s1", "a"), ttl=10)
+    assert await store.release_session(4, "s1")
+    assert await store.mark_connected(4, "s1", "a", ttl=10) is None
+    assert await store.get_session(4) is None
+    assert await online(store) == []
+
+
+async def test_release_takes_a_user_offline_and_a_new_login_brings_them_back(store: Store) -> None:
+    await store.claim_session(SessionRecord(1, "s1", "a"), ttl=10)
+    await store.mark_connected(1, "s1", "a", ttl=10)
+    assert [s.user_id for s in await online(store)] == [1]
+    assert await store.release_session(1, "s1", server_id="a")
+    assert await online(store) == []
+    assert not await store.release_session(1, "s1")  # already gone
+    await store.claim_session(SessionRecord(1, "s2", "b"), ttl=10)
+    await store.mark_connected(1, "s2", "b", ttl=10)
+    assert [(s.session_id, s.server_id) for s in await online(store)] == [("s2", "b")]
+
+
+async def test_a_stale_release_leaves_the_new_session_online(store: Store) -> None:
+    await store.claim_session(SessionRecord(1, "s1", "a"), ttl=10)
+    await store.mark_connected(1, "s1", "a", ttl=10)
+    await store.claim_session(SessionRecord(1, "s2", "b"), ttl=10, replace_session_id="s1")
+    await store.mark_connected(1, "s2", "b", ttl=10)
+    assert not await store.release_session(1, "s1", server_id="a")
+    assert [s.session_id for s in await online(store)] == ["s2"]
+
+
+async def test_replacing_a_connected_session_hides_it_until_the_new_one_connects(
+    store: Store,
+) -> None:
+    await store.claim_session(SessionRecord(1, "s1", "a"), ttl=10)
+    await store.mark_connected(1, "s1", "a", ttl=10)
+    await store.claim_session(SessionRecord(1, "s2", "b"), ttl=10, replace_session_id="s1")
+    assert await online(store) == []  # logged in again, not yet connected
+    assert await store.refresh_sessions([(1, "s1")], ttl=10) == [False]
+    assert await online(store) == []
+
+
+async def test_online_sessions_walks_many_users_each_exactly_once(store: Store) -> None:
+    users = range(1, 2501)  # more than one chunk of every implementation
+    await in_batches(store.claim_session(SessionRecord(u, f"s{u}", "a"), ttl=30) for u in users)
+    connected = [u for u in users if u % 5 != 0]  # every fifth only logged in
+    await in_batches(store.mark_connected(u, f"s{u}", f"srv{u % 3}", ttl=30) for u in connected)
+    released = connected[::7]
+    await in_batches(store.release_session(u, f"s{u}") for u in released)
+    records = await online(store)
+    user_ids = [record.user_id for record in records]
+    assert len(user_ids) == len(set(user_ids))
+    assert set(user_ids) == set(connected) - set(released)
+    assert all(r.server_id == f"srv{r.user_id % 3}" and r.connected for r in records)
+
+
+async def test_expired_sessions_drop_out_of_online_sessions(store: Store) -> None:
+    for user_id in (1, 2, 3):
+        await store.claim_session(SessionRecord(user_id, f"s{user_id}", "a"), ttl=10)
+        await store.mark_connected(user_id, f"s{user_id}", "a", ttl=0.3)
+    await store.refresh_sessions([(2, "s2")], ttl=10)
+    await asyncio.sleep(0.45)
+    assert [s.user_id for s in await online(store)] == [2]
+    assert await store.get_sessions([1, 2, 3]) == {2: SessionRecord(2, "s2", "a", "", True)}
+    # a second walk after the lazy clean-up sees the same
+    assert [s.user_id for s in await online(store)] == [2]
+
+
+async def test_refresh_keeps_a_user_online_past_the_first_ttl(store: Store) -> None:
+    await store.claim_session(SessionRecord(1, "s1", "a"), ttl=10)
+    await store.mark_connected(1, "s1", "a", ttl=0.3)
+    for _ in range(3):
+        await asyncio.sleep(0.15)
+        assert await store.refresh_sessions([(1, "s1")], ttl=0.3) == [True]
+    assert [s.user_id for s in await online(store)] == [1]
+
+
+async def test_refresh_of_many_sessions_answers_in_order(store: Store) -> None:
+    for user_id in range(1, 11):
+        await store.claim_session(SessionRecord(user_id, f"s{user_id}", "a"), ttl=10)
+    asked = [(u, f"s{u}" if u % 2 else "stale") for u in range(1, 13)]
+    assert await store.refresh_sessions(asked, ttl=10) == [
+        u % 2 == 1 and u <= 10 for u in range(1, 13)
+    ]
+    assert await store.refresh_sessions([], ttl=10) == []
+
+
+async def test_reads_of_many_accounts_and_sessions(store: Store) -> None:
+    accounts = [(await store.create_account(f"user{n}", f"hash{n}"))[0] for n in range(30)]
+    ids = [account.user_id for account in accounts]
+    assert await store.get_accounts([*ids, 10_000, ids[0]]) == {a.user_id: a for a in accounts}
+    assert await store.get_accounts([]) == {}
+    for user_id in ids[:10]:
+        await store.claim_session(SessionRecord(user_id, "s", "a"), ttl=10)
+    assert (await store.get_sessions([*ids, 10_000])).keys() == set(ids[:10])
+    assert await store.get_sessions([]) == {}
+
+
+async def test_names_and_hashes_are_kept_exactly(store: Store) -> None:
+    name = "Zoë 李 :{x}*?"
+    account, created = await store.create_account(name, "$scrypt$n=16384$abc")
+    assert created
+    assert await store.get_account_by_name(name) == account
+    assert await store.get_account_by_name(name.lower()) is None
+    assert await store.get_account(account.user_id) == account
+
+
+async def test_offline_payloads_are_binary_safe_and_per_user(store: Store) -> None:
+    payload = bytes(range(256)) * 4
+    await store.store_offline(7, OfflineEntry("m1", payload))
+    await store.store_offline(7, OfflineEntry("m2", b""))
+    await store.store_offline(8, OfflineEntry("m1", b"other"))
+    assert await store.peek_offline(7, 10) == [OfflineEntry("m1", payload), OfflineEntry("m2", b"")]
+    assert await store.peek_offline(7, 0) == []
+    assert await store.peek_offline(7, 1) == [OfflineEntry("m1", payload)]
+    await store.remove_offline(7, [])
+    await store.remove_offline(7, ["m1"])
+    assert await store.count_offline(7) == 1
+    assert await store.peek_offline(8, 10) == [OfflineEntry("m1", b"other")]
+
+
+async def test_offline_removal_out_of_order_keeps_the_rest_in_order(store: Store) -> None:
+    for n in range(1200):
+        await store.store_offline(9, OfflineEntry(f"m{n}", str(n).encode()))
+    await store.remove_offline(9, [f"m{n}" for n in range(0, 1200, 2)])
+    left = await store.peek_offline(9, 1000)
+    assert [e.entry_id for e in left] == [f"m{n}" for n in range(1, 1200, 2)]
+    assert await store.count_offline(9) == 600
+
+
+async def test_storing_an_offline_entry_twice_keeps_one(store: Store) -> None:
+    entry = OfflineEntry("m1", b"once")
+    await store.store_offline(5, entry)
+    await store.store_offline(5, entry)  # a retry after a lost reply
+    assert [e.entry_id for e in await store.peek_offline(5, 10)] == ["m1"]
+    await store.remove_offline(5, ["m1"])
+    await store.store_offline(5, entry)  # removed ids may come again
+    assert await store.count_offline(5) == 1

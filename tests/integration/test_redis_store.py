@@ -1,0 +1,318 @@
+"""Behaviour only the Redis store has: key layout, no KEYS, outages, orphans, scripts.
+
+The contract every store shares is in ``test_store_contract.py``; these tests
+look at Redis itself through a raw client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis, RedisCluster
+from redis.crc import key_slot
+
+from cim.errors import Unavailable
+from cim.store.base import OfflineEntry, SessionRecord
+from cim.store.factory import open_store
+from cim.store.keys import KeyLayout
+from cim.store.memory import MemoryStore
+from cim.store.redis import RedisStore
+from tests.fixtures.redis_server import RedisClusterServers, RedisServer, free_port
+
+# The standalone tests that list every key use a database nobody else uses.
+PRIVATE_DB = 15
+
+
+@dataclass
+class Target:
+    """A store and a raw client on the same Redis (standalone or cluster)."""
+
+    store: RedisStore
+    raw: Redis | RedisCluster
+    prefix: str
+    cluster: bool
+
+    async def all_keys(self) -> set[str]:
+        if self.cluster:  # shared: only this test's keys
+            found = [key async for key in self.raw.scan_iter(match=f"{self.prefix}*")]
+        else:  # a private, flushed database: every key there
+            found = [key async for key in self.raw.scan_iter()]
+        return {key.decode() for key in found}
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+async def target(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Target]:
+    raw: Redis | RedisCluster
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url = f"{server.url}/{PRIVATE_DB}"
+        raw = Redis.from_url(url)
+        await raw.flushdb()
+        store = RedisStore.from_url(url, key_prefix)
+    else:
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        raw = RedisCluster.from_url(cluster.url.replace("redis+cluster://", "redis://"))
+        await raw.initialize()
+        store = RedisStore.from_url(cluster.url, key_prefix)
+    yield Target(store, raw, key_prefix, request.param == "redis-cluster")
+    await store.aclose()
+    await raw.aclose()
+
+
+async def raw_standalone(server: RedisServer) -> Redis:
+    return Redis.from_url(server.url)
+
+
+async def test_every_key_has_the_prefix_and_a_users_keys_share_one_slot(target: Target) -> None:
+    store, layout = target.store, KeyLayout(target.prefix)
+    alice, _ = await store.create_account("alice", "hash")
+    uid = alice.user_id
+    await store.claim_session(SessionRecord(uid, "s1", "server-a", "phone"), ttl=30)
+    await store.mark_connected(uid, "s1", "server-a", ttl=30)
+    await store.store_offline(uid, OfflineEntry("m1", b"payload"))
+    assert [s.user_id async for s in store.online_sessions()] == [uid]
+
+    expected = {
+        f"{target.prefix}user_ids",
+        f"{target.prefix}name:alice",
+        f"{target.prefix}online",
+        f"{target.prefix}{{u:{uid}}}:account",
+        f"{target.prefix}{{u:{uid}}}:session",
+        f"{target.prefix}{{u:{uid}}}:offline",
+        f"{target.prefix}{{u:{uid}}}:offline:payloads",
+    }
+    assert expected == {
+        layout.user_id_counter,
+        layout.name("alice"),
+        layout.online,
+        *layout.user_keys(uid),
+    }
+    keys = await target.all_keys()
+    assert keys == expected
+    assert all(key.startswith(target.prefix) for key in keys)
+
+    user_keys = layout.user_keys(uid)
+    assert len({key_slot(key.encode()) for key in user_keys}) == 1
+    if target.cluster:
+        assert isinstance(target.raw, RedisCluster)
+        slots = {await target.raw.cluster_keyslot(key) for key in user_keys}
+        assert slots == {key_slot(user_keys[0].encode())}
+    # different users (normally) land in different slots: the tag is the user id
+    assert key_slot(layout.session(uid).encode()) != key_slot(layout.session(uid + 1).encode())
+
+
+def test_a_prefix_with_braces_is_refused() -> None:
+    with pytest.raises(ValueError, match="must not contain"):
+        KeyLayout("cim{x}:")
+    with pytest.raises(ValueError, match="must not contain"):
+        open_store("redis://127.0.0.1:1", prefix="a{")
+
+
+async def test_the_online_walk_uses_chunks_of_zscan_and_never_keys(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    store = RedisStore.from_url(redis_server.url, key_prefix)
+    raw = await raw_standalone(redis_server)
+    try:
+        users = range(1, 2501)
+        for start in range(0, len(users), 250):
+            await asyncio.gather(
+                *(
+                    store.claim_session(SessionRecord(u, f"s{u}", "a", connected=True), ttl=30)
+                    for u in users[start : start + 250]
+                )
+            )
+        before: dict[str, Any] = await raw.info("commandstats")
+        walked = [record.user_id async for record in store.online_sessions()]
+        after: dict[str, Any] = await raw.info("commandstats")
+    finally:
+        await store.aclose()
+        await raw.aclose()
+
+    assert sorted(walked) == list(users)
+
+    def calls(stats: dict[str, Any], command: str) -> int:
+        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    assert calls(after, "keys") == calls(before, "keys") == 0
+    assert calls(after, "zscan") - calls(before, "zscan") >= 3  # 2,500 users, chunks of 1,000
+    for whole_set in ("zrange", "zrangebyscore", "zrevrange", "smembers", "hgetall"):
+        assert calls(after, whole_set) == calls(before, whole_set)
+
+
+async def test_outage_raises_unavailable_quickly_and_the_store_recovers(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    store = RedisStore.from_url(redis_server.url, key_prefix)
+    try:
+        account, _ = await store.create_account("before", "hash")
+        redis_server.stop()
+        try:
+            calls: dict[str, Callable[[], Awaitable[object]]] = {
+                "get_account": lambda: store.get_account(account.user_id),
+                "create_account": lambda: store.create_account("during", "hash"),
+                "claim_session": lambda: store.claim_session(SessionRecord(1, "s", "a"), ttl=5),
+                "refresh_sessions": lambda: store.refresh_sessions([(1, "s")], ttl=5),
+                "release_session": lambda: store.release_session(1, "s"),
+                "get_sessions": lambda: store.get_sessions([1, 2]),
+                "store_offline": lambda: store.store_offline(1, OfflineEntry("m", b"x")),
+                "peek_offline": lambda: store.peek_offline(1, 10),
+                "online_sessions": lambda: anext(aiter(store.online_sessions()), None),
+            }
+            for name, call in calls.items():
+                started = time.monotonic()
+                with pytest.raises(Unavailable) as info:
+                    await call()
+                elapsed = time.monotonic() - started
+                assert elapsed < 3.0, f"{name} took {elapsed:.1f} s to fail"
+                assert info.value.message.startswith("store unavailable: "), info.value.message
+                assert "connect" in info.value.message.lower(), info.value.message
+        finally:
+            redis_server.start()
+
+        # the same store object works again; Redis kept its data, lost its scripts
+        assert await store.get_account(account.user_id) == account
+        again, created = await store.create_account("after", "hash")
+        assert created
+        assert await store.claim_session(SessionRecord(again.user_id, "s1", "a"), ttl=5) is None
+        assert await store.mark_connected(again.user_id, "s1", "a", ttl=5) is not None
+        assert await store.refresh_sessions([(again.user_id, "s1")], ttl=5) == [True]
+        assert [s.user_id async for s in store.online_sessions()] == [again.user_id]
+        assert await store.release_session(again.user_id, "s1")
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+async def test_an_unreachable_redis_raises_unavailable(scheme: str) -> None:
+    store = open_store(f"{scheme}://127.0.0.1:{free_port()}", "x:")
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match=r"^store unavailable: "):
+            await store.get_account(1)
+        with pytest.raises(Unavailable):
+            await store.refresh_sessions([(1, "s")], ttl=5)
+        assert time.monotonic() - started < 3.0
+    finally:
+        await store.aclose()
+
+
+async def test_an_orphan_account_does_not_break_registering_its_name(target: Target) -> None:
+    layout = KeyLayout(target.prefix)
+    # A register that crashed after writing the account, before claiming the name.
+    orphan_id = int(await target.raw.incr(layout.user_id_counter))
+    await target.raw.hset(
+        layout.account(orphan_id), mapping={"name": "carol", "password_hash": "old"}
+    )
+    assert await target.store.get_account_by_name("carol") is None
+
+    carol, created = await target.store.create_account("carol", "new")
+    assert created and carol.user_id != orphan_id
+    assert await target.store.get_account_by_name("carol") == carol
+    again, created_again = await target.store.create_account("carol", "other")
+    assert again == carol and not created_again
+
+
+async def test_losing_registrations_leave_no_orphans(target: Target) -> None:
+    results = await asyncio.gather(
+        *(target.store.create_account("dup", f"h{n}") for n in range(20))
+    )
+    assert sum(created for _, created in results) == 1
+    accounts = [key async for key in target.raw.scan_iter(match=f"{target.prefix}{{u:*}}:account")]
+    assert len(accounts) == 1
+    assert await target.raw.get(KeyLayout(target.prefix).user_id_counter) == b"20"
+
+
+async def test_a_name_pointing_at_a_missing_account_is_freed(target: Target) -> None:
+    await target.raw.set(KeyLayout(target.prefix).name("dave"), 999)
+    assert await target.store.get_account_by_name("dave") is None
+    dave, created = await target.store.create_account("dave", "hash")
+    assert created and dave.user_id != 999
+    assert await target.store.get_account_by_name("dave") == dave
+
+
+async def test_scripts_are_reloaded_after_redis_forgets_them(target: Target) -> None:
+    store = target.store
+    await store.claim_session(SessionRecord(1, "s1", "a"), ttl=10)
+    await target.raw.script_flush()
+    assert await store.refresh_sessions([(1, "s1"), (2, "x")], ttl=10) == [True, False]
+    await target.raw.script_flush()
+    assert await store.mark_connected(1, "s1", "b", ttl=10) is not None
+    await target.raw.script_flush()
+    assert await store.claim_session(SessionRecord(1, "s2", "c"), ttl=10) is not None
+    await target.raw.script_flush()
+    await store.store_offline(1, OfflineEntry("m1", b"x"))
+    await target.raw.script_flush()
+    assert await store.peek_offline(1, 5) == [OfflineEntry("m1", b"x")]
+    await target.raw.script_flush()
+    assert await store.release_session(1, "s1", server_id="b")
+
+
+async def test_the_online_index_is_cleaned_up(target: Target) -> None:
+    store, online = target.store, KeyLayout(target.prefix).online
+    for user_id in (1, 2, 3):
+        await store.claim_session(SessionRecord(user_id, f"s{user_id}", "a"), ttl=10)
+        await store.mark_connected(user_id, f"s{user_id}", "a", ttl=10)
+    assert await target.raw.zcard(online) == 3
+    # released: gone from the index at once
+    assert await store.release_session(1, "s1")
+    assert await target.raw.zscore(online, "1") is None
+    # a release racing a newer session of the same user leaves the newer entry
+    await store.claim_session(SessionRecord(2, "s2b", "b"), ttl=10, replace_session_id="s2")
+    await store.mark_connected(2, "s2b", "b", ttl=20)
+    assert not await store.release_session(2, "s2")
+    assert await target.raw.zscore(online, "2") is not None
+    # expired: dropped by the next walk
+    await store.mark_connected(3, "s3", "a", ttl=0.2)
+    await asyncio.sleep(0.3)
+    assert [s.user_id async for s in store.online_sessions()] == [2]
+    assert await target.raw.zscore(online, "3") is None
+    assert await target.raw.zcard(online) == 1
+
+
+async def test_session_keys_expire_in_redis_itself(target: Target) -> None:
+    await target.store.claim_session(SessionRecord(1, "s1", "a"), ttl=2.5)
+    ttl_ms = await target.raw.pttl(KeyLayout(target.prefix).session(1))
+    assert 2000 < ttl_ms <= 2500
+    await target.store.refresh_sessions([(1, "s1")], ttl=30)
+    assert await target.raw.pttl(KeyLayout(target.prefix).session(1)) > 25_000
+
+
+async def test_open_store_picks_the_implementation_from_the_url(
+    redis_server: RedisServer, redis_cluster: RedisClusterServers
+) -> None:
+    for url in (None, "", "memory://"):
+        assert isinstance(open_store(url), MemoryStore)
+    stores = [
+        open_store(redis_server.url),
+        open_store(f"unix://{redis_server.directory}/absent.sock"),
+        open_store(redis_cluster.url, "c:"),
+    ]
+    try:
+        plain, unix, cluster = (s for s in stores if isinstance(s, RedisStore))
+        assert isinstance(plain.client, Redis) and isinstance(unix.client, Redis)
+        assert isinstance(cluster.client, RedisCluster)
+        assert cluster.keys.prefix == "c:" and plain.keys.prefix == "cim:"
+        assert await cluster.get_account(10**9) is None  # it reaches the cluster
+    finally:
+        for store in stores:
+            await store.aclose()
+    for bad in ("http://127.0.0.1:6379", "mysql://x", "127.0.0.1:6379"):
+        with pytest.raises(ValueError, match="unsupported store URL"):
+            open_store(bad)
+    with pytest.raises(ValueError, match="cluster=False"):
+        RedisStore.from_url(redis_cluster.url, cluster=False)
+
+
+async def test_a_client_decoding_responses_is_refused(redis_server: RedisServer) -> None:
+    client = Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        with pytest.raises(ValueError, match="decode_responses"):
+            RedisStore(client)
+    finally:
+        await client.aclose()
