@@ -84,14 +84,32 @@ def zookeeper_options(command: Callable[..., None]) -> Callable[..., None]:
     """--zk and friends, shared by route and server."""
     for option in reversed(
         [
-            click.option("--zk", envvar="CIM_ZK", default=None,
-                         help="ZooKeeper connect string HOST:PORT[,HOST:PORT...]."),
-            click.option("--zk-root", envvar="CIM_ZK_ROOT", default="/cim",
-                         help="ZooKeeper path under which cim registers."),
-            click.option("--zk-session-timeout", envvar="CIM_ZK_SESSION_TIMEOUT", default=10.0,
-                         type=float, help="Seconds before a silent member is dropped."),
-            click.option("--zk-connect-timeout", envvar="CIM_ZK_CONNECT_TIMEOUT", default=15.0,
-                         type=float, help="Seconds to wait for ZooKeeper at start-up."),
+            click.option(
+                "--zk",
+                envvar="CIM_ZK",
+                default=None,
+                help="ZooKeeper connect string HOST:PORT[,HOST:PORT...].",
+            ),
+            click.option(
+                "--zk-root",
+                envvar="CIM_ZK_ROOT",
+                default="/cim",
+                help="ZooKeeper path under which cim registers.",
+            ),
+            click.option(
+                "--zk-session-timeout",
+                envvar="CIM_ZK_SESSION_TIMEOUT",
+                default=10.0,
+                type=float,
+                help="Seconds before a silent member is dropped.",
+            ),
+            click.option(
+                "--zk-connect-timeout",
+                envvar="CIM_ZK_CONNECT_TIMEOUT",
+                default=15.0,
+                type=float,
+                help="Seconds to wait for ZooKeeper at start-up.",
+            ),
         ]
     ):
         command = option(command)
@@ -248,11 +266,20 @@ def dev(
     help="Chat server address HOST:PORT (repeat, or comma-separate); without --zk.",
 )
 @zookeeper_options
-@click.option("--redis", "redis_url", envvar="CIM_REDIS", default=None,
-              help="Store URL: redis://HOST:PORT/DB, redis+cluster://HOST:PORT "
-                   "(default: in memory, for a single route).")
-@click.option("--redis-prefix", envvar="CIM_REDIS_PREFIX", default="cim:",
-              help="Prefix of every key, so several clusters can share a Redis.")
+@click.option(
+    "--redis",
+    "redis_url",
+    envvar="CIM_REDIS",
+    default=None,
+    help="Store URL: redis://HOST:PORT/DB, redis+cluster://HOST:PORT "
+    "(default: in memory, for a single route).",
+)
+@click.option(
+    "--redis-prefix",
+    envvar="CIM_REDIS_PREFIX",
+    default="cim:",
+    help="Prefix of every key, so several clusters can share a Redis.",
+)
 @click.option(
     "--routing", envvar="CIM_ROUTING", default="consistent-hash", type=click.Choice(ALGORITHMS)
 )
@@ -342,8 +369,10 @@ def route(
             await store.aclose()
             raise click.ClickException(str(exc)) from None
         where = f"ZooKeeper {zk}{zk_root}" if zk else "chat servers " + ", ".join(addresses)
-        click.echo(f"cim route {config.route_id} on {app.address}; {where}; "
-                   f"store {redis_url or 'in memory'}")
+        click.echo(
+            f"cim route {config.route_id} on {app.address}; {where}; "
+            f"store {redis_url or 'in memory'}"
+        )
         await _until_signalled(stop, app.wait())
 
     _run(run())

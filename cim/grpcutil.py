@@ -89,7 +89,7 @@ class _MethodResolvingPool:
     def __init__(self, pool: Any) -> None:
         self._pool = pool
 
-    def FindFileContainingSymbol(self, symbol: str) -> Any:  # noqa: N802 - protobuf's API
+    def FindFileContainingSymbol(self, symbol: str) -> Any:
         try:
             return self._pool.FindFileContainingSymbol(symbol)
         except KeyError:

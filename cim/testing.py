@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 
 from cim.client.client import CimClient
@@ -26,7 +26,23 @@ from cim.proto.v1 import common_pb2
 from cim.registry.base import Registry
 from cim.store.base import Store
 
-__all__ = ["TestCluster", "cluster", "fast_route_config"]
+__all__ = ["BackendFactory", "TestCluster", "cluster", "fast_route_config", "use_backends"]
+
+BackendFactory = Callable[[], Awaitable[tuple[Store, Registry]]]
+_backend_factory: BackendFactory | None = None
+
+
+@contextlib.contextmanager
+def use_backends(factory: BackendFactory) -> Iterator[None]:
+    """Makes every ``cluster()`` in the block run on the store and registry the
+    factory makes (and closes them after): the same tests then run against
+    Redis and ZooKeeper instead of the in-memory backends."""
+    global _backend_factory
+    previous, _backend_factory = _backend_factory, factory
+    try:
+        yield
+    finally:
+        _backend_factory = previous
 
 
 def fast_route_config(**overrides: object) -> RouteConfig:
@@ -100,7 +116,10 @@ async def cluster(
 ) -> AsyncIterator[TestCluster]:
     """A route and ``servers`` chat servers on loopback, for the duration of the
     block; in-memory store and registry unless others are given (and closed by
-    the caller)."""
+    the caller) or ``use_backends`` is in force."""
+    owned: tuple[Store, Registry] | None = None
+    if store is None and registry is None and _backend_factory is not None:
+        owned = store, registry = await _backend_factory()
     embedded = EmbeddedCluster(
         server_ports=[0] * servers,
         route_config=route_config or fast_route_config(),
@@ -108,9 +127,12 @@ async def cluster(
         store=store,
         registry=registry,
     )
-    await embedded.start()
     test_cluster = TestCluster(embedded)
     try:
+        await embedded.start()
         yield test_cluster
     finally:
         await test_cluster.aclose()
+        if owned is not None:
+            await owned[1].aclose()
+            await owned[0].aclose()

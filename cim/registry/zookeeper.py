@@ -12,6 +12,7 @@ threads (``asyncio.to_thread``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -20,7 +21,15 @@ from functools import partial
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import (
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
@@ -36,6 +45,10 @@ log = logging.getLogger(__name__)
 # client must be back within a session timeout of ZooKeeper's return to keep
 # its session, so attempts stay at most this far apart.
 _RETRY_MAX_DELAY = 1.0
+
+# aclose waits no longer than this for each node deletion on a failing
+# connection: the end of the session removes the nodes anyway.
+_CLOSE_TIMEOUT = 2.0
 
 # A node held by another session is waited for this many session timeouts: the
 # server expires sessions on tick boundaries, and a tick may be up to half a
@@ -63,21 +76,13 @@ class ZooKeeperRegistry:
         self.paths = RegistryPaths(root)
         self.session_timeout = session_timeout
         self.connect_timeout = connect_timeout
-        retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": _RETRY_MAX_DELAY}
-        try:
-            self._client = KazooClient(
-                hosts=hosts,
-                timeout=session_timeout,
-                connection_retry=dict(retry),
-                # Bounded, so that a call made while ZooKeeper is away fails
-                # with a message instead of hanging.
-                command_retry=dict(retry, deadline=connect_timeout),
-            )
-        except ValueError as exc:
-            raise InvalidArgument(f"bad ZooKeeper hosts {hosts!r}: {exc}") from exc
+        # Made by start(), so that a bad connect string is reported there, with
+        # every other start-up problem.
+        self._client: KazooClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._closed = False
+        self._client_live = False  # kazoo's threads run: stop them on close
         # Read by kazoo threads, so not a plain bool on the loop.
         self._stopping = threading.Event()
 
@@ -110,11 +115,27 @@ class ZooKeeperRegistry:
         if self._started or self._closed:
             raise FailedPrecondition("ZooKeeperRegistry.start() may be called once")
         self._loop = asyncio.get_running_loop()
+        # command_retry serves kazoo's watch recipes, which re-read until they
+        # succeed or the client closes; the registry's own calls go through
+        # _call, bounded in time.
+        retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": _RETRY_MAX_DELAY}
+        try:
+            self._client = KazooClient(
+                hosts=self.hosts,
+                timeout=self.session_timeout,
+                connection_retry=dict(retry),
+                command_retry=dict(retry),
+            )
+        except ValueError as exc:
+            self._closed = True
+            raise InvalidArgument(f"bad ZooKeeper hosts {self.hosts!r}: {exc}") from exc
         self._client.add_listener(self._on_state)
+        self._client_live = True
         try:
             await asyncio.to_thread(self._client.start, self.connect_timeout)
         except KazooTimeoutError as exc:
             # kazoo stops the client itself when start times out.
+            self._client_live = False
             self._closed = True
             raise Unavailable(
                 f"could not connect to ZooKeeper at {self.hosts} within "
@@ -132,9 +153,9 @@ class ZooKeeperRegistry:
         log.info("registry connected to ZooKeeper at %s (root %s)", self.hosts, self.paths.root)
 
     def _start_watches(self) -> None:
-        client = self._client
+        client = self._zk
         for kind in MemberKind:
-            client.retry(client.ensure_path, self.paths.kind_dir(kind))
+            self._call(client.ensure_path_async, self.paths.kind_dir(kind))
         for kind in MemberKind:
             # The first call (and the DataWatches it starts) happens here,
             # before start() returns.
@@ -152,28 +173,35 @@ class ZooKeeperRegistry:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if not self._started:
-            return
-        self._client.remove_listener(self._on_state)
-        if self._connected.is_set():
+        if self._client is not None:
+            self._client.remove_listener(self._on_state)
+        if self._started and self._connected.is_set():
             # Closing the session would remove them too; deleting first makes
             # the removal visible before the close handshake.
             for path in [*self._own, *self._stale]:
                 try:
-                    await asyncio.to_thread(self._delete_own, path)
+                    await asyncio.to_thread(self._delete_own, path, _CLOSE_TIMEOUT)
                 except KazooException as exc:
                     log.debug("could not delete %s on close: %r", path, exc)
         self._own.clear()
         self._stale.clear()
-        await asyncio.to_thread(self._shutdown_client)
+        if self._client_live:
+            self._client_live = False
+            await asyncio.to_thread(self._shutdown_client)
 
     def _shutdown_client(self) -> None:
         try:
-            self._client.stop()
+            self._zk.stop()
         except KazooException as exc:
             log.warning("stopping the ZooKeeper client failed: %r", exc)
         finally:
-            self._client.close()
+            self._zk.close()
+
+    @property
+    def _zk(self) -> KazooClient:
+        if self._client is None:
+            raise FailedPrecondition("the ZooKeeper registry is not started")
+        return self._client
 
     # -- own members ------------------------------------------------------
 
@@ -251,21 +279,20 @@ class ZooKeeperRegistry:
                 await self._connected.wait()
         except TimeoutError as exc:
             raise Unavailable(
-                f"{what}: no connection to ZooKeeper at {self.hosts} "
-                f"for {self.connect_timeout:g} s"
+                f"{what}: no connection to ZooKeeper at {self.hosts} for {self.connect_timeout:g} s"
             ) from exc
 
     def _put_own(self, member: Member) -> None:
         """Makes the member's node an ephemeral node of this session holding
         its data (worker thread)."""
-        client = self._client
+        client = self._zk
         path = self.paths.member(member.kind, member.member_id)
         data = member.to_json()
         wait = self.session_timeout * _TAKEOVER_FACTOR
         deadline = time.monotonic() + wait
         while True:
             try:
-                client.retry(client.create, path, data, ephemeral=True, makepath=True)
+                self._call(client.create_async, path, data, ephemeral=True, makepath=True)
                 return
             except NodeExistsError:
                 # Ours (a create that succeeded although its reply was lost,
@@ -273,7 +300,7 @@ class ZooKeeperRegistry:
                 pass
             gone = threading.Event()
             try:
-                current, stat = client.retry(client.get, path, watch=lambda _event: gone.set())
+                current, stat = self._call(client.get_async, path, watch=_setter(gone))
             except NoNodeError:
                 continue
             session = client.client_id
@@ -282,7 +309,7 @@ class ZooKeeperRegistry:
             if stat.ephemeralOwner == session[0]:
                 if current != data:
                     try:
-                        client.retry(client.set, path, data)
+                        self._call(client.set_async, path, data)
                     except NoNodeError:
                         continue
                 return
@@ -303,17 +330,44 @@ class ZooKeeperRegistry:
             )
             gone.wait(remaining)
 
-    def _delete_own(self, path: str) -> None:
+    def _delete_own(self, path: str, timeout: float | None = None) -> None:
         """Deletes ``path`` if this session holds it (worker thread)."""
-        client = self._client
-        stat = client.retry(client.exists, path)
+        client = self._zk
+        stat = self._call(client.exists_async, path, timeout=timeout)
         session = client.client_id
         if stat is None or session is None or stat.ephemeralOwner != session[0]:
             return  # gone, or another process's node now: never delete that
-        try:
-            client.retry(client.delete, path)
-        except NoNodeError:
-            pass
+        with contextlib.suppress(NoNodeError):
+            self._call(client.delete_async, path, timeout=timeout)
+
+    def _call(self, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Runs a kazoo ``*_async`` operation (worker thread), retrying after a
+        lost connection, for at most ``timeout`` (default ``connect_timeout``).
+
+        Not kazoo's blocking calls: a request made while disconnected waits
+        in kazoo's queue until the connection is back, however long that is.
+        """
+        timeout = kwargs.pop("timeout", None)
+        budget = self.connect_timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        delay = 0.1
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return operation(*args, **kwargs).get(timeout=max(remaining, 0.0))
+            except KazooTimeoutError:
+                raise OperationTimeoutError(
+                    f"no answer from ZooKeeper at {self.hosts} within {budget:g} s"
+                ) from None
+            except ConnectionClosedError:
+                raise
+            except (ConnectionLoss, SessionExpiredError):
+                # Lost before an answer: the caller's checks (node owner) make
+                # a repeated create or delete safe.
+                if time.monotonic() + delay >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_DELAY)
 
     async def _resync_own(self, session_lost: bool) -> None:
         """After a reconnection: writes own members' latest data (re-creating
@@ -377,9 +431,7 @@ class ZooKeeperRegistry:
                     self._watched.add(path)
                     new.append(name)
         for name in new:
-            DataWatch(
-                self._client, self.paths.child(kind, name), partial(self._on_data, kind, name)
-            )
+            DataWatch(self._zk, self.paths.child(kind, name), partial(self._on_data, kind, name))
         return None
 
     def _on_data(
@@ -406,10 +458,9 @@ class ZooKeeperRegistry:
         loop = self._loop
         if loop is None or self._stopping.is_set():
             return
-        try:
+        # RuntimeError: the loop closed, nobody is left to tell.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:
-            pass  # the loop closed: nobody is left to tell
 
     def _apply_children(self, kind: MemberKind, names: frozenset[str]) -> None:
         self._children[kind] = set(names)
@@ -492,3 +543,8 @@ def _parse(path: str, kind: MemberKind, data: bytes | None) -> Member | None:
         log.warning("ignoring %s: a %s entry among the %ss", path, member.kind, kind)
         return None
     return member
+
+
+def _setter(event: threading.Event) -> Callable[[Any], None]:
+    """A kazoo watch that sets ``event`` whatever happened to the node."""
+    return lambda _watched: event.set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -20,10 +20,47 @@ import pytest
 
 from cim.grpcutil import secret_metadata, token_metadata
 from cim.proto.v1 import chat_pb2, chat_pb2_grpc, route_pb2, route_pb2_grpc
-from cim.testing import TestCluster, cluster
+from cim.testing import TestCluster, cluster, use_backends
 from cim.testing import fast_route_config as route_config
 
 READ_TIMEOUT = 5.0
+
+# Modules that test one backend directly; every other module is a behaviour
+# suite and runs once per backend.
+SINGLE_BACKEND_MODULES = {"test_store_contract", "test_redis_store", "test_zookeeper_registry"}
+BACKENDS = ["memory", "redis-zk"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if "backend" in metafunc.fixturenames and module not in SINGLE_BACKEND_MODULES:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """In-memory store and registry, or real Redis and ZooKeeper (shared
+    session-wide servers; a key prefix and a ZooKeeper root of its own per
+    test): every ``cluster()`` of the test uses them."""
+    name = getattr(request, "param", "memory")
+    if name == "memory":
+        yield name
+        return
+    from cim.registry.zookeeper import ZooKeeperRegistry
+    from cim.store.redis import RedisStore
+
+    redis_server = request.getfixturevalue("redis_server")
+    zookeeper = request.getfixturevalue("zookeeper")
+    prefix = request.getfixturevalue("key_prefix")
+    root = request.getfixturevalue("zk_root")
+
+    async def make() -> tuple[RedisStore, ZooKeeperRegistry]:
+        registry = ZooKeeperRegistry(zookeeper.hosts, root, session_timeout=4.0)
+        await registry.start()
+        return RedisStore.from_url(redis_server.url, prefix), registry
+
+    with use_backends(make):
+        yield name
 
 
 @pytest.fixture
