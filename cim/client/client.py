@@ -66,7 +66,7 @@ class _Connection:
         self.channel = insecure_channel(address)
         self.call = chat_pb2_grpc.ChatStub(self.channel).Connect()
         self.write_lock = asyncio.Lock()
-        self.last_sent = time.monotonic()
+        self.last_sent = self.last_heard = time.monotonic()
 
     async def write(self, frame: chat_pb2.ClientFrame) -> None:
         async with self.write_lock:
@@ -264,6 +264,7 @@ class CimClient:
                 frame = await conn.call.read()
                 if frame is grpc.aio.EOF:
                     break
+                conn.last_heard = time.monotonic()
                 kind = frame.WhichOneof("frame")
                 if kind == "message":
                     self._inbox.put_nowait(frame.message)
@@ -290,18 +291,29 @@ class CimClient:
             future.set_exception(error_for_number(result.error.code, result.error.message))
 
     async def _keep_alive(self, conn: _Connection) -> None:
+        """Pings after ``ping_interval`` of silence, and gives the stream up when
+        the server has said nothing (not even a pong) for the idle timeout: a
+        silently dropped network is noticed without waiting for TCP."""
         while conn is self._conn:
             now = time.monotonic()
-            if self._heartbeat.ping_due(conn.last_sent, now):
-                ping = chat_pb2.ClientFrame(
-                    ping=chat_pb2.Ping(client_time_ms=time.time_ns() // 10**6)
+            if self._heartbeat.is_idle(conn.last_heard, now):
+                await self._lost(
+                    conn, "no answer from the chat server: connection timed out", reconnect=True
                 )
+                return
+            if self._heartbeat.ping_due(conn.last_sent, now):
+                now_ms = time.time_ns() // 1_000_000
+                ping = chat_pb2.ClientFrame(ping=chat_pb2.Ping(client_time_ms=now_ms))
                 try:
                     await conn.write(ping)
                 except grpc.aio.AioRpcError:
                     return  # the reader notices the broken stream
                 now = time.monotonic()
-            await asyncio.sleep(max(0.05, self._heartbeat.next_ping_at(conn.last_sent) - now))
+            wake = min(
+                self._heartbeat.next_ping_at(conn.last_sent),
+                conn.last_heard + self._heartbeat.idle_timeout + 0.01,
+            )
+            await asyncio.sleep(max(0.05, wake - now))
 
     async def _lost(self, conn: _Connection, why: str, reconnect: bool) -> None:
         self._conn = None

@@ -161,3 +161,35 @@ async def test_library_client_keeps_its_stream_alive(fast):
     assert [e.kind for e in events] == []  # no disconnect, no reconnect
     await bob.send_private(alice.user_id, "still here")
     assert (await fast.next_message(alice)).text == "still here"
+
+
+async def test_client_gives_up_a_stream_whose_server_went_silent_and_reconnects(fast, monkeypatch):
+    from cim.client.client import EventKind
+    from cim.server.streams import ClientStream
+
+    client = await fast.client("alice", config=fast.client_config(ping_interval=PING_INTERVAL))
+    events: list[ClientEvent] = []
+    reconnected = asyncio.Event()
+
+    def on_event(event: ClientEvent) -> None:
+        events.append(event)
+        if event.kind == EventKind.CONNECTED:
+            reconnected.set()
+
+    client.on_event = on_event
+    # The server keeps hearing the client but answers nothing on this stream,
+    # as when the path back is broken while TCP looks fine.
+    stream = fast.embedded.servers[0].streams.get(client.user_id)
+    original_push = ClientStream.push
+    monkeypatch.setattr(
+        ClientStream,
+        "push",
+        lambda self, frame: False if self is stream else original_push(self, frame),
+    )
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        await reconnected.wait()
+    assert time.monotonic() - started >= IDLE_TIMEOUT * 0.9
+    lost = [e for e in events if e.kind == EventKind.DISCONNECTED]
+    assert lost and "no answer" in lost[0].text
+    assert client.connected
