@@ -118,14 +118,14 @@ async def _stop(process: Process) -> None:
             await process.proc.wait()
 
 
-@pytest.fixture
-async def cluster(
-    redis_server: Any, zookeeper: Any, zk_root: str, key_prefix: str, tmp_path: Path
+@contextlib.asynccontextmanager
+async def _running_cluster(
+    redis_url: str, zk_hosts: str, zk_root: str, key_prefix: str, tmp_path: Path
 ) -> AsyncIterator[Cluster]:
     env = cim_env(
         CIM_CLUSTER_SECRET=secrets.token_hex(16),
         CIM_TOKEN_KEYS=f"k1:{secrets.token_hex(16)}",
-        CIM_ZK=zookeeper.hosts,
+        CIM_ZK=zk_hosts,
         CIM_ZK_ROOT=zk_root,
         CIM_ZK_SESSION_TIMEOUT=str(ZK_SESSION_TIMEOUT),
         CIM_LOG_LEVEL="info",
@@ -139,7 +139,7 @@ async def cluster(
                 "--port",
                 str(port),
                 "--redis",
-                redis_server.url,
+                redis_url,
                 "--redis-prefix",
                 key_prefix,
                 "--session-ttl",
@@ -171,11 +171,11 @@ async def cluster(
         )
         for port in server_ports
     ]
-    c = Cluster(routes, servers, redis_server.url, key_prefix)
+    c = Cluster(routes, servers, redis_url, key_prefix)
     try:
         deadline = time.monotonic() + 30
         await asyncio.gather(*(_healthy(p.address, deadline) for p in routes + servers))
-        await _wait_for_members(zookeeper.hosts, zk_root, servers=3, routes=2)
+        await _wait_for_members(zk_hosts, zk_root, servers=3, routes=2)
         yield c
     finally:
         for client in c.clients:  # some were on killed servers: best effort
@@ -185,6 +185,16 @@ async def cluster(
         await asyncio.gather(*(_stop(p) for p in routes))
         for p in routes + servers:
             assert "Traceback" not in p.output(), f"{p.name}:\n{p.output()[-3000:]}"
+
+
+@pytest.fixture
+async def cluster(
+    redis_server: Any, zookeeper: Any, zk_root: str, key_prefix: str, tmp_path: Path
+) -> AsyncIterator[Cluster]:
+    async with _running_cluster(
+        redis_server.url, zookeeper.hosts, zk_root, key_prefix, tmp_path
+    ) as c:
+        yield c
 
 
 async def _wait_for_members(zk_hosts: str, zk_root: str, servers: int, routes: int) -> None:
@@ -375,3 +385,35 @@ async def test_any_route_serves_any_user(cluster: Cluster) -> None:
     await bob.start()
     await bob.send_private(alice.user_id, "via the other route")
     assert (await _next(alice)).text == "via the other route"
+
+
+async def test_losing_one_zookeeper_of_an_ensemble_changes_nothing_for_users(
+    redis_server: Any, zookeeper_ensemble: Any, zk_root: str, key_prefix: str, tmp_path: Path
+) -> None:
+    async with _running_cluster(
+        redis_server.url, zookeeper_ensemble.hosts, zk_root, key_prefix, tmp_path
+    ) as c:
+        alice = await c.client("alice")
+        stopped = zookeeper_ensemble.leader()
+        zookeeper_ensemble.stop_node(stopped)
+        try:
+            bob = await c.client("bob")  # logins still pick live servers
+            await alice.send_private(bob.user_id, "still here")
+            assert (await _next(bob)).text == "still here"
+            await bob.send_group("and the group")
+            assert (await _next(alice)).text == "and the group"
+            # Membership changes still propagate: a drained server leaves the view.
+            drained = c.server(alice.server.server_id)  # type: ignore[union-attr]
+            moved = asyncio.Event()
+            alice.on_event = lambda e: moved.set() if e.kind == EventKind.CONNECTED else None
+            drained.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(drained.proc.wait(), 20) == 0
+            # A route whose ZooKeeper connection was on the stopped node serves
+            # from its last view until kazoo reconnects: moving may take seconds.
+            await asyncio.wait_for(moved.wait(), 30)
+            await alice.send_private(bob.user_id, "after the move")
+            assert (await _next(bob)).text == "after the move"
+            carol = await c.client("carol")
+            assert carol.server and carol.server.server_id != drained.address
+        finally:
+            zookeeper_ensemble.start_node(stopped)
