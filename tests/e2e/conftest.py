@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import Client, Dev, Procs, StartClient, launch_client, start_dev
+from .test_node_client import node_client  # noqa: F401 - shared with test_distributed
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
 from cim.store.factory import open_store
 
 from .helpers import cim_env, free_ports
+from .test_node_client import NodeClient
 
 pytestmark = pytest.mark.e2e
 
@@ -417,3 +418,38 @@ async def test_losing_one_zookeeper_of_an_ensemble_changes_nothing_for_users(
             assert carol.server and carol.server.server_id != drained.address
         finally:
             zookeeper_ensemble.start_node(stopped)
+
+
+async def test_node_and_python_clients_exchange_messages_on_the_cluster(
+    cluster: Cluster, node_client: Path
+) -> None:
+    python_user = await cluster.client("py")
+    node = await NodeClient.start(
+        node_client,
+        cluster.routes[1].address,
+        "--user",
+        "nodeuser",
+        "--password",
+        "pw",
+        "--send-to",
+        str(python_user.user_id),
+        "--text",
+        "from node",
+        "--wait-for",
+        "1",
+        "--timeout",
+        "20",
+    )
+    try:
+        logged_in = await node.wait_for("logged_in")
+        sent = await node.wait_for("sent")
+        assert sent["status"] == "delivered"
+        message = await _next(python_user)
+        assert (message.text, message.sender_name) == ("from node", "nodeuser")
+        await python_user.send_private(int(logged_in["user_id"]), "from python")
+        received = await node.wait_for("message")
+        assert (received["text"], received["sender_id"]) == ("from python", python_user.user_id)
+        status, stderr = await node.finish()
+        assert status == 0, stderr
+    finally:
+        await node.aclose()
