@@ -7,30 +7,59 @@ measures, with the real client library over loopback gRPC:
     arrives on hers (two one-way trips, timed at alice);
   * send result: time from alice's send until its result frame comes back;
   * unary send: Route.SendPrivate until bob has the message.
-Usage: .venv/bin/python scripts/measure_latency.py [rounds]
+Usage: .venv/bin/python scripts/measure_latency.py [rounds] [ROUTE,ROUTE...]
+With route addresses it measures a running cluster (e.g. `make cluster`)
+instead of an embedded one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import secrets
 import statistics
 import sys
 import time
+from typing import Any
 
 from cim import testing
+from cim.client import CimClient
+from cim.config import ClientConfig
 from cim.core.passwords import ScryptParams
 
 
 def summary(name: str, samples: list[float]) -> str:
     ms = sorted(s * 1000 for s in samples)
     p = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
-    return (f"{name:<28} n={len(ms):<5} p50={p(0.5):6.2f} ms  p90={p(0.9):6.2f} ms  "
-            f"p99={p(0.99):6.2f} ms  mean={statistics.fmean(ms):6.2f} ms")
+    return (
+        f"{name:<28} n={len(ms):<5} p50={p(0.5):6.2f} ms  p90={p(0.9):6.2f} ms  "
+        f"p99={p(0.99):6.2f} ms  mean={statistics.fmean(ms):6.2f} ms"
+    )
 
 
-async def main(rounds: int) -> None:
+class External:
+    """A running cluster at the given routes, with the TestCluster calls used here."""
+
+    def __init__(self, routes: tuple[str, ...]) -> None:
+        self.config = ClientConfig(routes=routes)
+        self.tag = secrets.token_hex(3)
+
+    async def client(self, name: str, connect: bool = True) -> CimClient:
+        client = CimClient(f"{name}-{self.tag}", "measure-pw", self.config)
+        await client.register()
+        if connect:
+            await client.login()
+            await client.connect()
+        return client
+
+
+async def main(rounds: int, routes: tuple[str, ...]) -> None:
     config = testing.fast_route_config(scrypt=ScryptParams(), routing="round-robin")
-    async with testing.cluster(route_config=config) as c:
+    async with contextlib.AsyncExitStack() as stack:
+        if routes:
+            c: Any = External(routes)
+        else:
+            c = await stack.enter_async_context(testing.cluster(route_config=config))
         logins = []
         for i in range(min(rounds, 100)):
             client = await c.client(f"user{i}", connect=False)
@@ -40,7 +69,8 @@ async def main(rounds: int) -> None:
             logins.append(time.perf_counter() - started)
             await client.close()
         alice, bob = await c.client("alice"), await c.client("bob")
-        assert alice.server and bob.server and alice.server.server_id != bob.server.server_id
+        assert alice.server and bob.server
+        print(f"alice on {alice.server.server_id}, bob on {bob.server.server_id}")
         bob_inbox = bob.messages().__aiter__()
         alice_inbox = alice.messages().__aiter__()
         round_trips, results, unary = [], [], []
@@ -61,13 +91,19 @@ async def main(rounds: int) -> None:
         print(summary("stream send -> result", results))
         print(summary("private round trip (2 hops)", round_trips))
         print(summary("unary send -> received", unary))
+        if routes:
+            await alice.close()
+            await bob.close()
 
 
 if __name__ == "__main__":
     try:
         import uvloop
+
         factory = uvloop.new_event_loop
     except ImportError:
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 500))
+        rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+        routes = tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ()
+        runner.run(main(rounds, routes))
