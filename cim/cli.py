@@ -350,6 +350,10 @@ def route(
         store = open_store(redis_url, redis_prefix)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if zk and not redis_url:
+        log.warning(
+            "no --redis: this route keeps its state in memory, so it must be the only route"
+        )
 
     async def run() -> None:
         registry = await _open_registry(
