@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from cim.config import RouteConfig
 from cim.core import validation
 from cim.core.ids import MessageIdGenerator, new_trace_id
-from cim.errors import CimError, InvalidArgument
+from cim.errors import CimError, InvalidArgument, NotFound
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 from cim.route.servers import ServerDirectory
 from cim.route.sessions import SessionManager
@@ -23,6 +23,8 @@ from cim.store.base import OfflineEntry, Store
 
 log = logging.getLogger(__name__)
 
+# Accounts are never deleted: a set of known ids this big is cheap and sound.
+KNOWN_USERS_LIMIT = 1_000_000
 DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
 STORED = common_pb2.DELIVERY_STATUS_STORED
 
@@ -45,6 +47,7 @@ class MessageRouter:
         self._pushing: set[int] = set()
         self._push_again: dict[int, str] = {}
         self._background: set[asyncio.Task[int]] = set()
+        self._known_users: set[int] = set()
 
     def _new_message(
         self, sender_id: int, sender_name: str, text: str, client_msg_id: str
@@ -65,30 +68,82 @@ class MessageRouter:
     async def send_private(
         self, sender_id: int, sender_name: str, request: route_pb2.SendPrivateRequest
     ) -> route_pb2.SendResponse:
-        message = self._new_message(sender_id, sender_name, request.text, request.client_msg_id)
-        message.kind = common_pb2.MESSAGE_KIND_PRIVATE
-        message.receiver_id = request.receiver_id
-        await self._sessions.require_user(request.receiver_id)
-        session = await self._store.get_session(request.receiver_id)
-        delivered = False
-        if session is not None and session.connected:
-            parcel = [chat_pb2.Delivery(receiver_id=request.receiver_id, message=message)]
-            delivered = (await self._servers.deliver(session.server_id, parcel))[0]
-        if not delivered:
-            await self._store_offline(request.receiver_id, message)
-        log.debug(
-            "private %s %s -> %s: %s",
-            message.message_id,
-            sender_id,
-            request.receiver_id,
-            "delivered" if delivered else "stored",
+        (outcome,) = await self._route_privates([(sender_id, sender_name, request)])
+        if isinstance(outcome, CimError):
+            raise outcome
+        return outcome
+
+    async def _route_privates(
+        self, batch: Sequence[tuple[int, str, route_pb2.SendPrivateRequest]]
+    ) -> list[route_pb2.SendResponse | CimError]:
+        """Routes private messages together: one store round trip for all their
+        receivers' routes, deliveries queued in order (so each sender's order
+        holds), then offline storage for whatever did not reach a stream."""
+        outcomes: list[route_pb2.SendResponse | CimError] = []
+        messages: list[common_pb2.ChatMessage | None] = []
+        for sender_id, sender_name, request in batch:
+            try:
+                validation.check_user_id(request.receiver_id, "receiver id")
+                message = self._new_message(
+                    sender_id, sender_name, request.text, request.client_msg_id
+                )
+            except CimError as exc:
+                outcomes.append(exc)
+                messages.append(None)
+                continue
+            message.kind = common_pb2.MESSAGE_KIND_PRIVATE
+            message.receiver_id = request.receiver_id
+            outcomes.append(route_pb2.SendResponse())
+            messages.append(message)
+        receivers = [m.receiver_id for m in messages if m is not None]
+        if not receivers:
+            return outcomes
+        missing, sessions = await asyncio.gather(
+            self._unknown_users(receivers), self._store.get_sessions(receivers)
         )
-        return route_pb2.SendResponse(
-            message_id=message.message_id,
-            status=DELIVERED if delivered else STORED,
-            recipients=1 if delivered else 0,
-            server_time_ms=message.server_time_ms,
-        )
+        pending: list[tuple[int, str, list[chat_pb2.Delivery]]] = []
+        for index, queued in enumerate(messages):
+            if queued is None:
+                continue
+            if queued.receiver_id in missing:
+                outcomes[index] = NotFound(f"no user with id {queued.receiver_id}")
+                messages[index] = None
+                continue
+            session = sessions.get(queued.receiver_id)
+            if session is not None and session.connected:
+                parcel = [chat_pb2.Delivery(receiver_id=queued.receiver_id, message=queued)]
+                pending.append((index, session.server_id, parcel))
+        flags = await self._servers.deliver_many([(server, p) for _, server, p in pending])
+        delivered = {index for (index, _, _), ok in zip(pending, flags, strict=True) if ok[0]}
+        for index, routed in enumerate(messages):
+            if routed is None:
+                continue
+            reached = index in delivered
+            if not reached:
+                try:
+                    await self._store_offline(routed.receiver_id, routed)
+                except CimError as exc:
+                    outcomes[index] = exc
+                    continue
+            outcomes[index] = route_pb2.SendResponse(
+                message_id=routed.message_id,
+                status=DELIVERED if reached else STORED,
+                recipients=1 if reached else 0,
+                server_time_ms=routed.server_time_ms,
+            )
+        return outcomes
+
+    async def _unknown_users(self, user_ids: Sequence[int]) -> set[int]:
+        """The ids with no account. Accounts are never deleted, so known ids are
+        remembered and most messages need no account read at all."""
+        unknown = {uid for uid in user_ids if uid not in self._known_users}
+        if not unknown:
+            return set()
+        found = await self._store.get_accounts(list(unknown))
+        if len(self._known_users) > KNOWN_USERS_LIMIT:
+            self._known_users.clear()
+        self._known_users.update(found)
+        return unknown - found.keys()
 
     # --- group ------------------------------------------------------------
     async def send_group(
@@ -206,36 +261,44 @@ class MessageRouter:
     async def submit_batch(
         self, items: Sequence[route_pb2.SubmittedMessage]
     ) -> list[route_pb2.SubmitResult]:
-        """Routes each item; items of one sender in order, senders concurrently."""
-        results: list[route_pb2.SubmitResult | None] = [None] * len(items)
-        chains: dict[int, list[int]] = defaultdict(list)
-        for index, item in enumerate(items):
-            chains[item.sender_id].append(index)
+        """Routes a batch in order: runs of private messages together, group
+        messages one by one between them (so every sender's order holds)."""
+        results: list[route_pb2.SubmitResult] = []
+        run: list[tuple[int, str, route_pb2.SendPrivateRequest]] = []
 
-        async def run_chain(indexes: list[int]) -> None:
-            for index in indexes:
-                results[index] = await self._submit_one(items[index])
+        async def flush() -> None:
+            if run:
+                results.extend(_result(o) for o in await self._route_privates(run))
+                run.clear()
 
-        await asyncio.gather(*(run_chain(indexes) for indexes in chains.values()))
-        return [result or route_pb2.SubmitResult() for result in results]
-
-    async def _submit_one(self, item: route_pb2.SubmittedMessage) -> route_pb2.SubmitResult:
-        try:
+        for item in items:
             target = item.WhichOneof("target")
             if target == "private":
-                response = await self.send_private(item.sender_id, item.sender_name, item.private)
-            elif target == "group":
-                response = await self.send_group(item.sender_id, item.sender_name, item.group)
-            else:
-                raise InvalidArgument("message has neither a private nor a group target")
-        except CimError as exc:
-            return route_pb2.SubmitResult(
-                error=route_pb2.ItemError(code=exc.code.value[0], message=exc.message)
-            )
-        return route_pb2.SubmitResult(ok=response)
+                run.append((item.sender_id, item.sender_name, item.private))
+                continue
+            await flush()
+            try:
+                if target != "group":
+                    raise InvalidArgument("message has neither a private nor a group target")
+                outcome: route_pb2.SendResponse | CimError = await self.send_group(
+                    item.sender_id, item.sender_name, item.group
+                )
+            except CimError as exc:
+                outcome = exc
+            results.append(_result(outcome))
+        await flush()
+        return results
 
     async def aclose(self) -> None:
         for task in list(self._background):
             task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _result(outcome: route_pb2.SendResponse | CimError) -> route_pb2.SubmitResult:
+    if isinstance(outcome, CimError):
+        return route_pb2.SubmitResult(
+            error=route_pb2.ItemError(code=outcome.code.value[0], message=outcome.message)
+        )
+    return route_pb2.SubmitResult(ok=outcome)

@@ -36,6 +36,9 @@ class ServerLink:
     async def deliver(self, parcel: Parcel) -> list[bool]:
         return await self._deliveries.submit(parcel)
 
+    def enqueue(self, parcel: Parcel) -> asyncio.Future[list[bool]]:
+        return self._deliveries.enqueue(parcel)
+
     async def _send_parcels(self, parcels: list[Parcel]) -> list[list[bool]]:
         request = chat_pb2.DeliverRequest(
             deliveries=[delivery for parcel in parcels for delivery in parcel]
@@ -140,6 +143,27 @@ class ServerDirectory:
             return [False] * len(parcel)
         self._suspect.discard(server_id)
         return flags
+
+    async def deliver_many(self, requests: Sequence[tuple[str, Parcel]]) -> list[list[bool]]:
+        """Like ``deliver`` for several parcels: all are queued at once, in
+        order (one Deliver per server carries them), then awaited together."""
+        queued: list[tuple[str, asyncio.Future[list[bool]] | None, int]] = []
+        for server_id, parcel in requests:
+            link = self.link(server_id)
+            queued.append((server_id, link.enqueue(parcel) if link else None, len(parcel)))
+        results: list[list[bool]] = []
+        for server_id, future, size in queued:
+            if future is None:
+                results.append([False] * size)
+                continue
+            try:
+                results.append(await future)
+            except (grpc.aio.AioRpcError, Unavailable) as exc:
+                self.mark_suspect(server_id, f"Deliver failed: {_describe(exc)}")
+                results.append([False] * size)
+            else:
+                self._suspect.discard(server_id)
+        return results
 
     async def kick(self, server_id: str, user_id: int, session_id: str, reason: str) -> None:
         link = self.link(server_id)

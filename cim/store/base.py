@@ -59,7 +59,8 @@ class Store(Protocol):
         self, record: SessionRecord, ttl: float, replace_session_id: str | None = None
     ) -> SessionRecord | None:
         """Stores ``record`` if the user has no session (or exactly the session
-        ``replace_session_id``). Returns None on success, else the session in the way."""
+        ``replace_session_id``, or ``record``'s own: a retry is safe). Returns
+        None on success, else the session in the way."""
 
     async def get_session(self, user_id: int) -> SessionRecord | None: ...
 

@@ -57,7 +57,10 @@ class MemoryStore:
         self, record: SessionRecord, ttl: float, replace_session_id: str | None = None
     ) -> SessionRecord | None:
         current = self._live_session(record.user_id)
-        if current is not None and current.session_id != replace_session_id:
+        if current is not None and current.session_id not in (
+            record.session_id,  # a retried claim succeeds again
+            replace_session_id,
+        ):
             return current
         self._sessions[record.user_id] = (record, self._clock() + ttl)
         return None

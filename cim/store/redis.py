@@ -89,7 +89,8 @@ def _lua(source: str) -> str:
 # Returns nil when stored, else the session in the way (sid, server, device, connected).
 _CLAIM = _lua("""
 local cur = redis.call('HMGET', KEYS[1], '$sid', '$server', '$device', '$connected')
-if cur[1] and (ARGV[7] == '0' or cur[1] ~= ARGV[8]) then
+-- The same session again is a retried claim (a reply lost in transit): it succeeds.
+if cur[1] and cur[1] ~= ARGV[1] and (ARGV[7] == '0' or cur[1] ~= ARGV[8]) then
   return cur
 end
 redis.call('DEL', KEYS[1])

@@ -292,3 +292,11 @@ async def test_storing_an_offline_entry_twice_keeps_one(store: Store) -> None:
     await store.remove_offline(5, ["m1"])
     await store.store_offline(5, entry)  # removed ids may come again
     assert await store.count_offline(5) == 1
+
+
+async def test_a_retried_claim_of_the_same_session_succeeds(store: Store) -> None:
+    record = SessionRecord(3, "s1", "a")
+    assert await store.claim_session(record, ttl=10) is None
+    # The store applied the claim but its reply was lost; the client retries.
+    assert await store.claim_session(record, ttl=10) is None
+    assert await store.claim_session(SessionRecord(3, "s2", "a"), ttl=10) == record
