@@ -31,6 +31,7 @@ from cim.errors import (
     FailedPrecondition,
     NotFound,
     PermissionDenied,
+    Unauthenticated,
     Unavailable,
     error_for_number,
 )
@@ -123,10 +124,22 @@ class CimClient:
         self.user_id = reply.user_id
         return reply.created
 
-    async def login(self) -> route_pb2.LoginResponse:
-        reply = await self.route.login(
-            self.user_name, self._password, self.user_id, self.config.device_id
-        )
+    async def login(self, *, resume: bool = False) -> route_pb2.LoginResponse:
+        """Logs in with the password; with ``resume``, first with the token of
+        the session being replaced (no password hashing at the route), falling
+        back to the password when that session is over."""
+        reply: route_pb2.LoginResponse | None = None
+        if resume and self.route.token:
+            try:
+                reply = await self.route.login(
+                    self.user_name, "", self.user_id, self.config.device_id, self.route.token
+                )
+            except (Unauthenticated, PermissionDenied):
+                reply = None
+        if reply is None:
+            reply = await self.route.login(
+                self.user_name, self._password, self.user_id, self.config.device_id
+            )
         self.user_id = reply.user_id
         self.server = reply.server
         return reply
@@ -328,16 +341,15 @@ class CimClient:
         self._reconnector = asyncio.create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        # As CIM: log out (the old session is dead), back off, log in again
-        # (perhaps to another server), reconnect; give up after the limit.
+        # As CIM: back off, log in again (perhaps to another server), reconnect;
+        # give up after the limit.
         for attempt, delay in enumerate(self.config.backoff.delays(self._rng), start=1):
-            if self.route.token:  # our own unfinished login would block the next one
-                with contextlib.suppress(CimError):
-                    await self.route.logout()
             self._event(EventKind.RECONNECTING, f"reconnecting in {delay:.1f} s (try {attempt})")
             await asyncio.sleep(delay)
             try:
-                await self.login()
+                # Resuming replaces our own session (even one whose stream
+                # still looks alive somewhere), without a password hash.
+                await self.login(resume=True)
                 await self.connect()
                 return
             except (NotFound, PermissionDenied) as exc:

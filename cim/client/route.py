@@ -64,10 +64,21 @@ class RouteClient:
         )
 
     async def login(
-        self, user_name: str, password: str, user_id: int = 0, device_id: str = ""
+        self,
+        user_name: str,
+        password: str,
+        user_id: int = 0,
+        device_id: str = "",
+        resume_token: str = "",
     ) -> route_pb2.LoginResponse:
+        """Logs in with the password, or with ``resume_token`` (the session
+        token of the user's current session) instead of it."""
         request = route_pb2.LoginRequest(
-            user_name=user_name, password=password, user_id=user_id, device_id=device_id
+            user_name=user_name,
+            password=password,
+            user_id=user_id,
+            device_id=device_id,
+            resume_token=resume_token,
         )
         reply: route_pb2.LoginResponse = await self._call(
             "login", lambda stub: stub.Login(request, timeout=self._timeout)

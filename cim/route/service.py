@@ -38,7 +38,11 @@ class RouteService(route_pb2_grpc.RouteServicer):
         self, request: route_pb2.LoginRequest, context: Context
     ) -> route_pb2.LoginResponse:
         result = await self._sessions.login(
-            request.user_name, request.password, request.user_id, request.device_id
+            request.user_name,
+            request.password,
+            request.user_id,
+            request.device_id,
+            request.resume_token,
         )
         return route_pb2.LoginResponse(
             user_id=result.account.user_id,

@@ -69,33 +69,70 @@ class SessionManager:
 
     # --- login / logout ---------------------------------------------------
     async def login(
-        self, user_name: str, password: str, user_id: int = 0, device_id: str = ""
+        self,
+        user_name: str,
+        password: str,
+        user_id: int = 0,
+        device_id: str = "",
+        resume_token: str = "",
     ) -> LoginResult:
         validation.check_user_name(user_name)
-        validation.check_password(password)
         if user_id < 0:
             raise PermissionDenied(BAD_CREDENTIALS)
-        account = await self._store.get_account_by_name(user_name)
-        if account is None:
-            raise NotFound(f"no user named {user_name!r}: register first")
-        if not await asyncio.to_thread(verify_password, password, account.password_hash):
-            raise PermissionDenied(BAD_CREDENTIALS)
+        if resume_token:
+            account, replacing = await self._resumable(user_name, resume_token)
+        else:
+            account, replacing = await self._check_password(user_name, password), None
         if user_id and user_id != account.user_id:
             raise PermissionDenied(BAD_CREDENTIALS)
 
         # The server is chosen before any login state is written.
         server = self._chooser.choose(account.user_id, self._servers.candidates())
         record = SessionRecord(account.user_id, new_session_id(), server.member_id, device_id)
-        await self._claim(record)
+        if replacing is None:
+            await self._claim(record)
+        else:
+            await self._replace(record, replacing)
         token = self._signer.issue(account.user_id, account.user_name, record.session_id, device_id)
         claims = self._signer.verify(token)
         log.info(
-            "user %s logged in, session %s on %s",
+            "user %s %s, session %s on %s",
             account.user_id,
+            "resumed" if replacing else "logged in",
             record.session_id,
             server.member_id,
         )
         return LoginResult(account, server, record.session_id, token, claims.expires_at_ms)
+
+    async def _check_password(self, user_name: str, password: str) -> Account:
+        validation.check_password(password)
+        account = await self._store.get_account_by_name(user_name)
+        if account is None:
+            raise NotFound(f"no user named {user_name!r}: register first")
+        if not await asyncio.to_thread(verify_password, password, account.password_hash):
+            raise PermissionDenied(BAD_CREDENTIALS)
+        return account
+
+    async def _resumable(self, user_name: str, token: str) -> tuple[Account, SessionRecord]:
+        """The account and current session a resume token may replace."""
+        claims = self._signer.verify(token)
+        if claims.user_name != user_name:
+            raise PermissionDenied(BAD_CREDENTIALS)
+        current = await self._store.get_session(claims.user_id)
+        account = await self._store.get_account(claims.user_id)
+        if account is None or current is None or current.session_id != claims.session_id:
+            raise Unauthenticated(
+                "session is over (logged out or expired): log in with the password"
+            )
+        return account, current
+
+    async def _replace(self, record: SessionRecord, old: SessionRecord) -> None:
+        if await self._store.claim_session(record, self._config.connect_grace, old.session_id):
+            raise AlreadyExists("another login for this user is in progress; try again")
+        if old.connected:  # the stream the client lost may still look alive to its server
+            await self._servers.kick(
+                old.server_id, old.user_id, old.session_id, "resumed elsewhere"
+            )
 
     async def _claim(self, record: SessionRecord) -> None:
         ttl = self._config.connect_grace

@@ -438,3 +438,38 @@ async def test_list_online_users_with_raw_stub(rr, raw):
         route_pb2.ListOnlineUsersRequest(name_prefix="b"), metadata=raw.auth(alice.session_token)
     )
     assert [(u.user_id, u.user_name) for u in reply.users] == [(bob.user_id, "bob")]
+
+
+async def test_resume_token_logs_in_again_without_the_password(rr, raw):
+    first = await raw.login(rr, "alice")
+    await raw.connect(first)
+    resumed = await raw.route(rr).Login(
+        route_pb2.LoginRequest(user_name="alice", resume_token=first.session_token)
+    )
+    assert resumed.user_id == first.user_id
+    assert resumed.session_id != first.session_id
+    _, ok = await raw.connect(resumed)  # the replaced stream is kicked, the new one is in
+    assert ok.user_id == first.user_id
+
+
+async def test_resume_after_logout_or_with_a_foreign_token_is_refused(rr, raw, fails):
+    alice = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+    err = await fails(
+        raw.route(rr).Login(
+            route_pb2.LoginRequest(user_name="alice", resume_token=bob.session_token)
+        )
+    )
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    await raw.route(rr).Logout(route_pb2.LogoutRequest(), metadata=raw.auth(alice.session_token))
+    err = await fails(
+        raw.route(rr).Login(
+            route_pb2.LoginRequest(user_name="alice", resume_token=alice.session_token)
+        )
+    )
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "password" in err.details()
+    err = await fails(
+        raw.route(rr).Login(route_pb2.LoginRequest(user_name="alice", resume_token="forged.x.y"))
+    )
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -1,0 +1,488 @@
+"""A real distributed cluster for the benchmarks: ZooKeeper, Redis, ``cim route``
+and ``cim server``, each its own process, on free loopback ports.
+
+    with BenchCluster(workdir) as cluster:
+        cluster.start_backends()
+        deployment = cluster.start_cim(servers=2)
+        ...                                 # deployment.route_address, cluster.pids()
+        cluster.stop_cim()                  # servers (they drain), then routes
+        cluster.start_cim(servers=1)        # a fresh deployment: new ZooKeeper root, key prefix
+    # leaving the block stops everything in reverse order, whatever happened
+
+Every child runs in its own session (a Ctrl-C at the terminal reaches only the
+bench, which then stops the children in order) and is killed by the kernel if
+the bench itself dies without cleaning up (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+JAVA_DIR = Path("/usr/share/java")
+ZK_CLASSPATH = (JAVA_DIR / "zookeeper.jar", JAVA_DIR / "slf4j-nop.jar")
+ZK_MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+# A draining chat server waits up to its drain grace (5 s) for its streams.
+SERVER_STOP_TIMEOUT = 15.0
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ClusterError(RuntimeError):
+    """A process of the cluster did not start or is not healthy."""
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that were free a moment ago."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Runs in the child between fork and exec: SIGKILL when the bench dies."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def spawn(
+    args: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    *,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    stdout: int | IO[bytes] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Starts a child in its own session, stderr (and stdout unless given) to
+    ``log_path``; it is killed if this process dies first."""
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            args,
+            stdin=stdin,
+            stdout=log_file if stdout is None else stdout,
+            stderr=log_file,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def stop_process(popen: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout``; always reaped."""
+    if popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d ignored SIGTERM for %.0f s: killing it", popen.pid, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                popen.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        popen.wait(5.0)
+
+
+@dataclass
+class ManagedProcess:
+    name: str  # "zookeeper", "redis", "route", "server-1", ...
+    role: str  # "zookeeper", "redis", "route" or "server"
+    address: str  # host:port it serves
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    member_id: str = ""  # its id in ZooKeeper (cim processes)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise ClusterError(
+                f"{self.name} exited with status {self.popen.returncode}; "
+                f"log {self.log_path}:\n{log_tail(self.log_path)}"
+            )
+
+
+@dataclass
+class Deployment:
+    """One set of cim processes on the shared ZooKeeper and Redis."""
+
+    zk_root: str
+    redis_prefix: str
+    routing: str
+    routes: list[ManagedProcess] = field(default_factory=list)
+    servers: list[ManagedProcess] = field(default_factory=list)
+
+    @property
+    def route_address(self) -> str:
+        return self.routes[0].address
+
+    @property
+    def route_addresses(self) -> list[str]:
+        return [route.address for route in self.routes]
+
+    def server_names(self) -> dict[str, str]:
+        """Chat server address -> process name."""
+        return {server.address: server.name for server in self.servers}
+
+
+class BenchCluster:
+    """ZooKeeper, Redis and cim processes for one benchmark run (see the module doc)."""
+
+    def __init__(self, workdir: Path, *, log_level: str = "info") -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_level = log_level
+        self.cluster_secret = secrets.token_hex(32)
+        self.token_keys = f"bench:{secrets.token_hex(32)}"
+        self.zookeeper: ManagedProcess | None = None
+        self.redis: ManagedProcess | None = None
+        self.deployment: Deployment | None = None
+        self._deployments = 0
+
+    # --- addresses ------------------------------------------------------------
+    @property
+    def zk_hosts(self) -> str:
+        if self.zookeeper is None:
+            raise ClusterError("ZooKeeper is not running")
+        return self.zookeeper.address
+
+    @property
+    def redis_url(self) -> str:
+        if self.redis is None:
+            raise ClusterError("Redis is not running")
+        return f"redis://{self.redis.address}/0"
+
+    def processes(self) -> list[ManagedProcess]:
+        """Every running process of the cluster, backends first."""
+        found = [p for p in (self.zookeeper, self.redis) if p is not None]
+        if self.deployment is not None:
+            found += self.deployment.routes + self.deployment.servers
+        return found
+
+    def pids(self) -> dict[str, int]:
+        return {p.name: p.pid for p in self.processes() if p.alive()}
+
+    # --- ZooKeeper and Redis ---------------------------------------------------
+    def start_backends(self) -> None:
+        """Starts ZooKeeper and Redis (if not running) and waits until both answer."""
+        if self.zookeeper is None:
+            self.zookeeper = self._start_zookeeper()
+        if self.redis is None:
+            self.redis = self._start_redis()
+        redis, zookeeper = self.redis, self.zookeeper
+        _wait_until(lambda: _redis_ping(redis.port), redis, START_TIMEOUT, "answer PING")
+        _wait_until(lambda: _zk_serving(zookeeper.port), zookeeper, START_TIMEOUT, "serve")
+        log.info("backends up: ZooKeeper %s, Redis %s", self.zk_hosts, self.redis_url)
+
+    def _start_zookeeper(self) -> ManagedProcess:
+        java = shutil.which("java")
+        missing = [str(jar) for jar in ZK_CLASSPATH if not jar.exists()]
+        if java is None or missing:
+            raise ClusterError(
+                "the benchmark needs Java and Debian's zookeeper package "
+                f"(apt-get install zookeeper default-jre-headless); missing: "
+                f"{'java' if java is None else ', '.join(missing)}"
+            )
+        (port,) = free_ports(1)
+        data = self.workdir / "zookeeper"
+        data.mkdir(exist_ok=True)
+        args = [
+            java,
+            "-cp",
+            ":".join(str(jar) for jar in ZK_CLASSPATH),
+            "-Xms32m",
+            "-Xmx256m",
+            "-XX:+UseSerialGC",
+            "-Dzookeeper.admin.enableServer=false",
+            ZK_MAIN,
+            str(port),
+            str(data),
+        ]
+        path = self.workdir / "zookeeper.log"
+        return ManagedProcess(
+            "zookeeper", "zookeeper", f"127.0.0.1:{port}", spawn(args, path), path
+        )
+
+    def _start_redis(self) -> ManagedProcess:
+        redis_server = shutil.which("redis-server")
+        if redis_server is None:
+            raise ClusterError("the benchmark needs redis-server (apt-get install redis-server)")
+        (port,) = free_ports(1)
+        data = self.workdir / "redis"
+        data.mkdir(exist_ok=True)
+        args = [
+            redis_server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data),
+            "--daemonize",
+            "no",
+        ]
+        path = self.workdir / "redis.log"
+        return ManagedProcess("redis", "redis", f"127.0.0.1:{port}", spawn(args, path), path)
+
+    # --- cim ------------------------------------------------------------------
+    def child_env(self) -> dict[str, str]:
+        """The environment of a cim child: no inherited CIM_* settings, the secrets."""
+        env = {key: value for key, value in os.environ.items() if not key.startswith("CIM_")}
+        env.update(
+            CIM_CLUSTER_SECRET=self.cluster_secret,
+            CIM_TOKEN_KEYS=self.token_keys,
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def start_cim(
+        self, servers: int = 2, routes: int = 1, routing: str = "round-robin"
+    ) -> Deployment:
+        """Starts routes and chat servers under a fresh ZooKeeper root and Redis
+        key prefix; returns once each is SERVING and registered in ZooKeeper."""
+        if self.deployment is not None:
+            raise ClusterError("stop the running cim processes first (stop_cim)")
+        self.start_backends()
+        self._deployments += 1
+        n = self._deployments
+        deployment = Deployment(f"/bench{n}", f"bench{n}:", routing)
+        self.deployment = deployment
+        ports = free_ports(routes + servers)
+        common = [
+            "--zk",
+            self.zk_hosts,
+            "--zk-root",
+            deployment.zk_root,
+            "--log-level",
+            self.log_level,
+        ]
+        for i, port in enumerate(ports[:routes], start=1):
+            name = f"route-{i}" if routes > 1 else "route"
+            args = [
+                *_cim_command("route"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--route-id",
+                f"bench-{name}",
+                "--redis",
+                self.redis_url,
+                "--redis-prefix",
+                deployment.redis_prefix,
+                "--routing",
+                routing,
+                *common,
+            ]
+            deployment.routes.append(self._start_cim_process(name, "route", port, args, n))
+        for i, port in enumerate(ports[routes:], start=1):
+            name = f"server-{i}"
+            args = [
+                *_cim_command("server"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--server-id",
+                f"bench-{name}",
+                *common,
+            ]
+            deployment.servers.append(self._start_cim_process(name, "server", port, args, n))
+        members = deployment.routes + deployment.servers
+        for process in members:
+            _wait_until(partial(_grpc_serving, process.address), process, START_TIMEOUT, "serve")
+        self._wait_registered(deployment)
+        log.info(
+            "cim up: routes %s, chat servers %s",
+            ", ".join(deployment.route_addresses),
+            ", ".join(s.address for s in deployment.servers),
+        )
+        return deployment
+
+    def _start_cim_process(
+        self, name: str, role: str, port: int, args: list[str], n: int
+    ) -> ManagedProcess:
+        path = self.workdir / f"{name}.{n}.log"
+        popen = spawn(args, path, self.child_env())
+        return ManagedProcess(name, role, f"127.0.0.1:{port}", popen, path, f"bench-{name}")
+
+    def _wait_registered(self, deployment: Deployment) -> None:
+        """Until every route and chat server has its node in ZooKeeper."""
+        from kazoo.client import KazooClient
+
+        from cim.registry.paths import RegistryPaths, node_name
+
+        paths = RegistryPaths(deployment.zk_root)
+        wanted = {
+            paths.routes: {node_name(p.member_id) for p in deployment.routes},
+            paths.servers: {node_name(p.member_id) for p in deployment.servers},
+        }
+        zk = KazooClient(hosts=self.zk_hosts, timeout=5.0)
+        zk.start(timeout=10.0)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while True:
+                missing = []
+                for path, names in wanted.items():
+                    present = set(zk.get_children(path)) if zk.exists(path) else set()
+                    missing += sorted(names - present)
+                if not missing:
+                    return
+                for process in deployment.routes + deployment.servers:
+                    process.check_alive()
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"not registered in ZooKeeper: {', '.join(missing)}")
+                time.sleep(0.05)
+        finally:
+            zk.stop()
+            zk.close()
+
+    def stop_cim(self) -> None:
+        """Stops the chat servers (SIGTERM: they drain), then the routes."""
+        deployment, self.deployment = self.deployment, None
+        if deployment is None:
+            return
+        _stop_all(deployment.servers, SERVER_STOP_TIMEOUT)
+        _stop_all(deployment.routes, STOP_TIMEOUT)
+
+    # --- the whole cluster -----------------------------------------------------
+    def close(self) -> None:
+        """Stops everything in reverse order: chat servers, routes, Redis, ZooKeeper."""
+        try:
+            self.stop_cim()
+        finally:
+            redis, self.redis = self.redis, None
+            zookeeper, self.zookeeper = self.zookeeper, None
+            _stop_all([p for p in (redis,) if p is not None], STOP_TIMEOUT)
+            _stop_all([p for p in (zookeeper,) if p is not None], STOP_TIMEOUT)
+
+    def __enter__(self) -> BenchCluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _cim_command(command: str) -> list[str]:
+    return [sys.executable, "-m", "cim.cli", command]
+
+
+def _stop_all(processes: list[ManagedProcess], timeout: float) -> None:
+    """SIGTERM to all of them at once, then wait (SIGKILL after ``timeout``).
+    Survives a second Ctrl-C: every process is ended before it returns."""
+    for process in processes:
+        if process.alive():
+            with contextlib.suppress(ProcessLookupError):
+                process.popen.send_signal(signal.SIGTERM)
+    pending = list(processes)
+    while pending:
+        try:
+            stop_process(pending[0].popen, timeout)
+        except KeyboardInterrupt:
+            with contextlib.suppress(ProcessLookupError):
+                pending[0].popen.kill()
+            continue
+        pending.pop(0)
+
+
+def _wait_until(
+    ready: Callable[[], bool], process: ManagedProcess, timeout: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        process.check_alive()
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"{process.name} did not {what} within {timeout:.0f} s; "
+                f"log {process.log_path}:\n{log_tail(process.log_path)}"
+            )
+        time.sleep(0.05)
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _zk_serving(port: int) -> bool:
+    """ZooKeeper answers the ``srvr`` four-letter word (allowed by default)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"srvr")
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+    except OSError:
+        return False
+    return b"Mode:" in reply
+
+
+def _grpc_serving(address: str) -> bool:
+    """The standard health service says SERVING (overall)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,349 @@
+"""The cim scenarios: each runs load processes (``cim.bench.load``) against a
+running :class:`~cim.bench.cluster.BenchCluster` and records, per phase, the CPU
+time and peak memory of every process (route, chat servers, load, Redis,
+ZooKeeper) next to the load's own figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cim.bench import procstats
+from cim.bench.cluster import BenchCluster, Deployment, log_tail, spawn, stop_process
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+Result = dict[str, Any]
+
+# Connections one load process holds at most (each is a socket of its own).
+CONNECTIONS_PER_LOAD = 2500
+# Users of the private and group scenarios share TCP connections as the relay
+# ceiling's do (cim.bench.ceiling.RELAY_STREAMS_PER_CHANNEL), so the ratio
+# compares like with like; each still has its own Chat stream.
+STREAMS_PER_CHANNEL = 50
+
+
+class ScenarioError(RuntimeError):
+    """A load process failed or gave no result."""
+
+
+@dataclass
+class Context:
+    cluster: BenchCluster
+    deployment: Deployment
+    workdir: Path
+    use_uvloop: bool
+    progress: Progress
+
+    def base_params(self) -> Result:
+        return {
+            "route": self.deployment.route_address,
+            "redis_url": self.cluster.redis_url,
+            "redis_prefix": self.deployment.redis_prefix,
+            "uvloop": self.use_uvloop,
+            "interactive": True,
+        }
+
+    def pids(self) -> dict[str, int]:
+        return self.cluster.pids()
+
+
+# --- CPU and memory of the processes ----------------------------------------------------
+def _machine_busy_seconds() -> float:
+    """CPU time (all cores, everything but idle and iowait) since boot."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(value) for value in fields[:8]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class StatsWatch:
+    """CPU seconds, peak and current RSS of a set of processes over one phase.
+
+    ``other_cpu_s`` is CPU time the machine spent outside these processes: when
+    it is high, something else competed with the benchmark."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = dict(pids)
+        self._before: dict[str, procstats.ProcStats] = {}
+        self._started = 0.0
+        self._busy = 0.0
+
+    def start(self) -> StatsWatch:
+        for name, pid in self.pids.items():
+            procstats.reset_peak(pid)
+            with contextlib.suppress(OSError):
+                self._before[name] = procstats.read(pid)
+        self._started = time.perf_counter()
+        self._busy = _machine_busy_seconds()
+        return self
+
+    def stop(self) -> Result:
+        wall = time.perf_counter() - self._started
+        processes: Result = {}
+        for name, pid in self.pids.items():
+            before = self._before.get(name)
+            try:
+                after = procstats.read(pid)
+            except OSError:
+                continue
+            if before is None:
+                continue
+            cpu = after.cpu_seconds - before.cpu_seconds
+            processes[name] = {
+                "cpu_s": round(cpu, 3),
+                "cpu_percent": round(100 * cpu / wall, 1) if wall > 0 else 0.0,
+                "peak_rss_kb": after.peak_rss_kb,
+                "rss_kb_before": before.rss_kb,
+                "rss_kb_after": after.rss_kb,
+            }
+        busy = _machine_busy_seconds() - self._busy
+        ours = sum(p["cpu_s"] for p in processes.values())
+        return {
+            "wall_s": round(wall, 3),
+            "processes": processes,
+            "machine_cpu_s": round(busy, 2),
+            "other_cpu_s": round(max(0.0, busy - ours), 2),
+        }
+
+
+# --- one load process -------------------------------------------------------------------
+class LoadProcess:
+    """``python -m cim.bench.load`` with the line protocol described there."""
+
+    def __init__(self, ctx: Context, scenario: str, params: Result, name: str = "load") -> None:
+        self.name = name
+        self.log_path = ctx.workdir / f"{name}-{scenario}.log"
+        args = [sys.executable, "-m", "cim.bench.load", scenario, "--params", json.dumps(params)]
+        self.popen = spawn(args, self.log_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._buffer = b""
+        self._selector = selectors.DefaultSelector()
+        assert self.popen.stdout is not None
+        os.set_blocking(self.popen.stdout.fileno(), False)
+        self._selector.register(self.popen.stdout, selectors.EVENT_READ)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def next_event(self, deadline: float) -> Result:
+        """The next protocol line; ScenarioError if it ends or ``deadline`` passes."""
+        assert self.popen.stdout is not None
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ScenarioError(f"{self.name}: no answer in time; log:\n{self._tail()}")
+            if self._selector.select(min(remaining, 1.0)):
+                chunk = self.popen.stdout.read(65536)
+                if not chunk:
+                    self.popen.wait(5.0)
+                    raise ScenarioError(
+                        f"{self.name} ended (status {self.popen.returncode}) without a "
+                        f"result; log:\n{self._tail()}"
+                    )
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        try:
+            event: Result = json.loads(line)
+        except ValueError:
+            raise ScenarioError(f"{self.name}: unreadable line {line[:200]!r}") from None
+        return event
+
+    def go(self) -> None:
+        """Lets the load process carry on after a phase or ready line."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(b"go\n")
+        self.popen.stdin.flush()
+
+    def _tail(self) -> str:
+        return log_tail(self.log_path)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.popen.stdin is not None:
+                self.popen.stdin.close()
+        stop_process(self.popen, 5.0)
+        self._selector.close()
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+
+def run_load(ctx: Context, scenario: str, params: Result, timeout: float) -> Result:
+    """Runs one load process to its end; each of its phases gets the CPU and
+    memory figures of every process (``phases``)."""
+    deadline = time.monotonic() + timeout
+    load = LoadProcess(ctx, scenario, params)
+    phases: Result = {}
+    watch: StatsWatch | None = None
+    try:
+        while True:
+            event = load.next_event(deadline)
+            kind = event.get("event")
+            if kind == "result":
+                result: Result = event["result"]
+                result["phases"] = phases
+                return result
+            if kind == "phase" and event["state"] == "start":
+                ctx.progress(f"{scenario}: {event['name']}")
+                watch = StatsWatch({**ctx.pids(), "load": load.pid}).start()
+            elif kind == "phase" and watch is not None:
+                phases[event["name"]] = watch.stop()
+                watch = None
+            load.go()
+    finally:
+        load.close()
+
+
+# --- the scenarios ------------------------------------------------------------------------
+def private(
+    ctx: Context, users: int, duration: float, rate: float, payload_bytes: int = 64
+) -> Result:
+    """N users, each sending to random others with one message in flight; then a
+    fixed total rate; over the Chat stream and over Route.SendPrivate."""
+    params = {
+        **ctx.base_params(),
+        "users": users,
+        "duration": duration,
+        "rate": rate,
+        "payload_bytes": payload_bytes,
+        "streams_per_channel": STREAMS_PER_CHANNEL,
+    }
+    setup = 30.0 + users / 50
+    return run_load(ctx, "private", params, timeout=setup + 4 * (duration + 1) + 60)
+
+
+def group(ctx: Context, users: int, repeats: int = 5) -> Result:
+    """M users online over the chat servers; one sends a group message R times."""
+    params = {
+        **ctx.base_params(),
+        "users": users,
+        "repeats": repeats,
+        "streams_per_channel": STREAMS_PER_CHANNEL,
+    }
+    return run_load(ctx, "group", params, timeout=60.0 + users / 20 + 30 * repeats)
+
+
+def login(ctx: Context, logins: int, concurrency: int = 64) -> Result:
+    """L logins from C concurrent callers: accounts with cim's scrypt parameters,
+    then (for comparison) accounts hashed with the test suites' cheap ones."""
+    params = {**ctx.base_params(), "logins": logins, "concurrency": concurrency}
+    # Each default login costs one scrypt n=2^14 (~0.1 s of one core).
+    return run_load(ctx, "login", params, timeout=60.0 + logins * 0.2)
+
+
+def connections(ctx: Context, count: int, in_flight: int = 200) -> Result:
+    """K clients connect and log in to the (single) chat server of the
+    deployment, spread over load processes, ``in_flight`` joins at a time in
+    all; they heartbeat while held. The server's RSS before and after, divided
+    by the streams still open, gives its memory per connection."""
+    if len(ctx.deployment.servers) != 1:
+        raise ScenarioError("the connections scenario needs a deployment with one chat server")
+    server = ctx.deployment.servers[0]
+    processes = max(1, math.ceil(count / CONNECTIONS_PER_LOAD))
+    shares = [count // processes + (1 if i < count % processes else 0) for i in range(processes)]
+    # Every join is a Login at the one route: more in flight only lengthens its queue.
+    batch = max(1, math.ceil(in_flight / processes))
+    deadline = time.monotonic() + 60.0 + count / 20
+    time.sleep(0.5)  # let the fresh server settle before its baseline
+    rss_before = procstats.read(server.pid).rss_kb
+    loads = [
+        LoadProcess(
+            ctx,
+            "connections",
+            {**ctx.base_params(), "users": share, "index": i, "batch": batch},
+            name=f"load-{i + 1}",
+        )
+        for i, share in enumerate(shares)
+    ]
+    try:
+        ctx.progress(f"connections: seeding {count} accounts")
+        _expect_all(loads, "phase", deadline)  # each has seeded its accounts
+        ctx.progress(f"connections: {count} clients connecting")
+        watch = StatsWatch({**ctx.pids(), **{load.name: load.pid for load in loads}}).start()
+        for load in loads:
+            load.go()
+        _expect_all(loads, "phase", deadline)  # each has connected its share
+        connect_phase = watch.stop()
+        for load in loads:
+            load.go()
+        ready = _expect_all(loads, "ready", deadline)
+        time.sleep(1.0)  # the server finishes its bookkeeping (session refreshes, logs)
+        held = procstats.read(server.pid)
+        alive = sum(int(event["alive"]) for event in ready)
+        ctx.progress("connections: closing")
+        for load in loads:
+            load.go()
+        parts = [_expect_result(load, deadline) for load in loads]
+    finally:
+        for load in loads:
+            load.close()
+    connected = sum(part["users"] for part in parts)
+    span = max(part["end"] for part in parts) - min(part["start"] for part in parts)
+    return {
+        "connections": count,
+        "connected": connected,
+        # Streams open when the server's memory was read (a stream evicted
+        # meanwhile, e.g. for a missed heartbeat, does not count).
+        "alive_at_measurement": alive,
+        "alive_after_hold": sum(part["alive_after_hold"] for part in parts),
+        "in_flight": batch * processes,
+        "load_processes": processes,
+        "errors": sum(part["errors"] for part in parts),
+        "error_kinds": _merge_counts(part["error_kinds"] for part in parts),
+        "connect_per_s": connected / span if span > 0 else 0.0,
+        "connect_seconds": span,
+        "connect_latency_ms_worst_process": max(
+            (part["connect_latency_ms"] for part in parts), key=lambda p: float(p["p99"])
+        ),
+        "server_rss_kb_before": rss_before,
+        "server_rss_kb_after": held.rss_kb,
+        "server_peak_rss_kb": held.peak_rss_kb,
+        "rss_per_connection_kb": (held.rss_kb - rss_before) / alive if alive else 0.0,
+        "pings": sum(part["pings"] for part in parts),
+        "pongs": sum(part["pongs"] for part in parts),
+        "notices": _merge_counts(part["notices"] for part in parts),
+        "parts": parts,
+        "phases": {"connect": connect_phase},
+    }
+
+
+def _expect_all(loads: list[LoadProcess], kind: str, deadline: float) -> list[Result]:
+    events = []
+    for load in loads:
+        event = load.next_event(deadline)
+        if event.get("event") != kind:
+            raise ScenarioError(f"{load.name}: expected a {kind} line, got {event}")
+        events.append(event)
+    return events
+
+
+def _expect_result(load: LoadProcess, deadline: float) -> Result:
+    event = load.next_event(deadline)
+    if event.get("event") != "result":
+        raise ScenarioError(f"{load.name}: expected its result, got {event}")
+    result: Result = event["result"]
+    return result
+
+
+def _merge_counts(counts: Any) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for part in counts:
+        for key, value in part.items():
+            merged[key] = merged.get(key, 0) + int(value)
+    return merged
