@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine: `make run` and `make test`.
 .PHONY: setup setup-test run client test test-unit test-integration test-e2e lint format proto \
-	cluster cluster-down cluster-status clean
+	cluster cluster-down cluster-status clean bench
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -54,3 +54,6 @@ proto: setup
 
 clean:
 	rm -rf $(VENV) .cluster cim/proto/v1/*_pb2*.py cim/proto/v1/*_pb2*.pyi .pytest_cache .mypy_cache .ruff_cache
+
+bench: setup-test  ## benchmark: a real local cluster against bare gRPC ceilings (~3 min)
+	$(VENV)/bin/cim bench

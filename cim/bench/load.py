@@ -10,7 +10,7 @@ set-up does not pay a password hash per user (see ``hash`` in the params).
 
 Protocol with the runner: JSON lines on stdout.
     {"event": "phase", "name": ..., "state": "start"|"end"}   then waits for a line on stdin
-    {"event": "ready", ...}                                     then waits for a line on stdin
+    {"event": "ready", "alive": N, ...}  (connections: all joined) then waits for a line on stdin
     {"event": "result", "result": {...}}                        the last line
 Without ``"interactive": true`` in the params it does not wait (for use by hand).
 Logs go to stderr.

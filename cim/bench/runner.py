@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -58,7 +58,6 @@ class BenchOptions:
     # Logs and data of the run's processes (default: a temporary directory, removed after).
     workdir: Path | None = None
     cim_log_level: str = "info"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.scenarios) - set(ALL_SCENARIOS)

@@ -94,7 +94,9 @@ class StatsWatch:
         self._busy = _machine_busy_seconds()
         return self
 
-    def stop(self) -> Result:
+    def stop(self, phases: Result | None = None) -> Result:
+        """The figures since ``start``. A peak is reset when a phase starts, so
+        the peaks of ``phases`` within this span (if given) count too."""
         wall = time.perf_counter() - self._started
         processes: Result = {}
         for name, pid in self.pids.items():
@@ -106,10 +108,18 @@ class StatsWatch:
             if before is None:
                 continue
             cpu = after.cpu_seconds - before.cpu_seconds
+            peak = max(
+                [after.peak_rss_kb]
+                + [
+                    int(phase["processes"][name]["peak_rss_kb"])
+                    for phase in (phases or {}).values()
+                    if name in phase.get("processes", {})
+                ]
+            )
             processes[name] = {
                 "cpu_s": round(cpu, 3),
                 "cpu_percent": round(100 * cpu / wall, 1) if wall > 0 else 0.0,
-                "peak_rss_kb": after.peak_rss_kb,
+                "peak_rss_kb": peak,
                 "rss_kb_before": before.rss_kb,
                 "rss_kb_after": after.rss_kb,
             }
@@ -188,6 +198,7 @@ def run_load(ctx: Context, scenario: str, params: Result, timeout: float) -> Res
     """Runs one load process to its end; each of its phases gets the CPU and
     memory figures of every process (``phases``)."""
     deadline = time.monotonic() + timeout
+    whole = StatsWatch(ctx.pids()).start()
     load = LoadProcess(ctx, scenario, params)
     phases: Result = {}
     watch: StatsWatch | None = None
@@ -198,6 +209,7 @@ def run_load(ctx: Context, scenario: str, params: Result, timeout: float) -> Res
             if kind == "result":
                 result: Result = event["result"]
                 result["phases"] = phases
+                result["processes"] = _with_load(whole.stop(phases), result)
                 return result
             if kind == "phase" and event["state"] == "start":
                 ctx.progress(f"{scenario}: {event['name']}")
@@ -262,6 +274,7 @@ def connections(ctx: Context, count: int, in_flight: int = 200) -> Result:
     deadline = time.monotonic() + 60.0 + count / 20
     time.sleep(0.5)  # let the fresh server settle before its baseline
     rss_before = procstats.read(server.pid).rss_kb
+    whole = StatsWatch(ctx.pids()).start()
     loads = [
         LoadProcess(
             ctx,
@@ -293,6 +306,10 @@ def connections(ctx: Context, count: int, in_flight: int = 200) -> Result:
     finally:
         for load in loads:
             load.close()
+    phases = {"connect": connect_phase}
+    totals = whole.stop(phases)
+    for i, part in enumerate(parts):
+        totals["processes"][f"load-{i + 1}"] = _load_totals(part)
     connected = sum(part["users"] for part in parts)
     span = max(part["end"] for part in parts) - min(part["start"] for part in parts)
     return {
@@ -319,8 +336,24 @@ def connections(ctx: Context, count: int, in_flight: int = 200) -> Result:
         "pongs": sum(part["pongs"] for part in parts),
         "notices": _merge_counts(part["notices"] for part in parts),
         "parts": parts,
-        "phases": {"connect": connect_phase},
+        "phases": phases,
+        "processes": totals,
     }
+
+
+def _load_totals(result: Result) -> Result:
+    """The load process's own figures for its whole life (it reports them last)."""
+    own = result.get("load_process") or {}
+    return {
+        "cpu_s": own.get("cpu_seconds"),
+        "peak_rss_kb": own.get("peak_rss_kb"),
+        "note": "whole process life, start-up included",
+    }
+
+
+def _with_load(totals: Result, result: Result) -> Result:
+    totals["processes"]["load"] = _load_totals(result)
+    return totals
 
 
 def _expect_all(loads: list[LoadProcess], kind: str, deadline: float) -> list[Result]:
