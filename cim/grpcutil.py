@@ -3,10 +3,12 @@ health and reflection."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -181,3 +183,16 @@ def unary_edge(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         raise AssertionError("unreachable: abort raises")
 
     return wrapper
+
+
+async def refuse_stream(
+    context: grpc.aio.ServicerContext, requests: AsyncIterator[Any], error: CimError
+) -> None:
+    """Ends a streaming call with the error's status. The peer's first message
+    is read (briefly) first: ending a stream while that message is still in
+    flight can reach the peer as INTERNAL instead of the status."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await anext(aiter(requests), None)
+    context.set_code(error.code)
+    context.set_details(error.message)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from cim.batchcall import BatchStream
 from cim.core.coalesce import Coalescer
 from cim.core.members import Member, MemberKind
 from cim.errors import Unavailable
@@ -31,6 +32,11 @@ class ServerLink:
         self._timeout = timeout
         self._channel = insecure_channel(member.address)
         self.stub = chat_pb2_grpc.ChatStub(self._channel)
+        self._stream: BatchStream[chat_pb2.DeliverRequest, chat_pb2.DeliverResponse] = BatchStream(
+            lambda: self.stub.DeliverStream(metadata=self._metadata),
+            timeout,
+            f"Deliver to {member.member_id}",
+        )
         self._deliveries: Coalescer[Parcel, list[bool]] = Coalescer(self._send_parcels)
 
     async def deliver(self, parcel: Parcel) -> list[bool]:
@@ -43,7 +49,7 @@ class ServerLink:
         request = chat_pb2.DeliverRequest(
             deliveries=[delivery for parcel in parcels for delivery in parcel]
         )
-        reply = await self.stub.Deliver(request, metadata=self._metadata, timeout=self._timeout)
+        reply = await self._stream.call(request)
         flags = list(reply.delivered)
         if len(flags) != len(request.deliveries):
             raise Unavailable(f"chat server {self.member.member_id} answered a malformed batch")
@@ -66,6 +72,7 @@ class ServerLink:
 
     async def aclose(self) -> None:
         await self._deliveries.aclose()
+        await self._stream.aclose()
         await self._channel.close()
 
 

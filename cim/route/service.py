@@ -3,12 +3,14 @@ only; the work is in ``sessions`` and ``messages``."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TypeAlias
 
 import grpc
 
 from cim.core.tokens import TokenClaims
-from cim.grpcutil import SecretCheck, bearer_token, unary_edge
+from cim.errors import CimError
+from cim.grpcutil import SecretCheck, bearer_token, refuse_stream, unary_edge
 from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
 from cim.route.messages import MessageRouter
 from cim.route.sessions import SessionManager
@@ -110,6 +112,18 @@ class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
         self._secret.require(context)
         results = await self._router.submit_batch(request.messages)
         return route_pb2.SubmitBatchResponse(results=results)
+
+    async def SubmitStream(
+        self, request_iterator: AsyncIterator[route_pb2.SubmitBatchRequest], context: Context
+    ) -> AsyncIterator[route_pb2.SubmitBatchResponse]:
+        try:
+            self._secret.require(context)
+        except CimError as exc:
+            await refuse_stream(context, request_iterator, exc)
+            return
+        async for request in request_iterator:  # in order: each sender's order holds
+            results = await self._router.submit_batch(request.messages)
+            yield route_pb2.SubmitBatchResponse(results=results)
 
     @unary_edge
     async def SessionConnected(

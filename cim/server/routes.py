@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import grpc
 
+from cim.batchcall import BatchStream
 from cim.core.coalesce import Coalescer
 from cim.core.members import Member, MemberKind
 from cim.errors import CimError, Unavailable, from_rpc_error
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Call = Callable[[route_pb2_grpc.RouteInternalStub], Awaitable[T]]
 
+SubmitStream = BatchStream[route_pb2.SubmitBatchRequest, route_pb2.SubmitBatchResponse]
+
 # Codes after which another route may well succeed.
 _FAILOVER = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
@@ -33,6 +36,7 @@ class RouteLinks:
         self.metadata = secret_metadata(secret)
         self.timeout = timeout
         self._channels: dict[str, tuple[grpc.aio.Channel, route_pb2_grpc.RouteInternalStub]] = {}
+        self._streams: dict[str, SubmitStream] = {}
         self._turn = itertools.count()
         self.submissions: Coalescer[route_pb2.SubmittedMessage, route_pb2.SubmitResult] = Coalescer(
             self._submit_batch
@@ -67,15 +71,41 @@ class RouteLinks:
     async def _submit_batch(
         self, items: list[route_pb2.SubmittedMessage]
     ) -> list[route_pb2.SubmitResult]:
+        """One batch over a route's submit stream, trying the next route when a
+        route is unreachable."""
         request = route_pb2.SubmitBatchRequest(server_id=self._server_id, messages=items)
-        reply = await self.call(
-            "SubmitBatch",
-            lambda stub: stub.SubmitBatch(request, metadata=self.metadata, timeout=self.timeout),
-        )
-        return list(reply.results)
+        routes = sorted(self._registry.members(MemberKind.ROUTE), key=lambda m: m.member_id)
+        if not routes:
+            raise Unavailable("SubmitBatch: no route is registered")
+        start = next(self._turn)
+        last: CimError | None = None
+        for offset in range(len(routes)):
+            member = routes[(start + offset) % len(routes)]
+            try:
+                reply = await self._submit_stream(member).call(request)
+            except Unavailable as exc:
+                last = exc
+                continue
+            return list(reply.results)
+        raise Unavailable(f"SubmitBatch: no route answered ({last.message if last else ''})")
+
+    def _submit_stream(self, member: Member) -> SubmitStream:
+        stream = self._streams.get(member.address)
+        if stream is None:
+            stub = self._stub(member)
+            stream = BatchStream(
+                lambda: stub.SubmitStream(metadata=self.metadata),
+                self.timeout,
+                f"SubmitBatch to {member.member_id}",
+            )
+            self._streams[member.address] = stream
+        return stream
 
     async def aclose(self) -> None:
         await self.submissions.aclose()
+        for stream in self._streams.values():
+            await stream.aclose()
+        self._streams.clear()
         for channel, _ in self._channels.values():
             await channel.close()
         self._channels.clear()

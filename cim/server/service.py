@@ -20,7 +20,7 @@ from cim.errors import (
     Unauthenticated,
     Unavailable,
 )
-from cim.grpcutil import SecretCheck, unary_edge
+from cim.grpcutil import SecretCheck, refuse_stream, unary_edge
 from cim.proto.v1 import chat_pb2, chat_pb2_grpc, route_pb2
 from cim.server.routes import RouteLinks
 from cim.server.streams import ClientStream, StreamTable, notice
@@ -239,6 +239,20 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self, request: chat_pb2.DeliverRequest, context: Context
     ) -> chat_pb2.DeliverResponse:
         self._secret.require(context)
+        return await self._deliver(request)
+
+    async def DeliverStream(
+        self, request_iterator: AsyncIterator[chat_pb2.DeliverRequest], context: Context
+    ) -> AsyncIterator[chat_pb2.DeliverResponse]:
+        try:
+            self._secret.require(context)
+        except CimError as exc:
+            await refuse_stream(context, request_iterator, exc)
+            return
+        async for request in request_iterator:  # in order: pushes keep their order
+            yield await self._deliver(request)
+
+    async def _deliver(self, request: chat_pb2.DeliverRequest) -> chat_pb2.DeliverResponse:
         for kick in request.kicks:
             stream = self._streams.get(kick.user_id)
             if stream is not None and stream.session_id == kick.session_id:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -460,3 +462,48 @@ async def test_deliver_kick_with_the_secret_ends_only_that_session(rr, raw):
     assert [(f.notice.kind, f.notice.text) for f in frames] == [
         (chat_pb2.Notice.KIND_KICKED, "bye")
     ]
+
+
+async def _stream_status(call: Any, request: Any) -> grpc.StatusCode:
+    """The final status of a stream the server ends (the write may race the end)."""
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        await call.write(request)
+    code: grpc.StatusCode = await call.code()
+    return code
+
+
+@pytest.mark.parametrize("secret", list(WRONG_SECRETS), ids=list(WRONG_SECRETS))
+async def test_internal_streams_without_the_secret_are_permission_denied(rr, raw, secret):
+    chat = raw.chat(rr.embedded.servers[0].address)
+    code = await _stream_status(
+        chat.DeliverStream(metadata=WRONG_SECRETS[secret]), chat_pb2.DeliverRequest()
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    internal = raw.route_internal(rr)
+    code = await _stream_status(
+        internal.SubmitStream(metadata=WRONG_SECRETS[secret]), route_pb2.SubmitBatchRequest()
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_internal_streams_with_the_secret_answer_each_batch_in_order(rr, raw):
+    alice = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+    stream, _ = await raw.connect(bob)
+    submit = raw.route_internal(rr).SubmitStream(metadata=raw.secret(rr))
+    for text in ("one", "two"):
+        await submit.write(
+            route_pb2.SubmitBatchRequest(
+                messages=[
+                    route_pb2.SubmittedMessage(
+                        sender_id=alice.user_id,
+                        sender_name="alice",
+                        private=route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=text),
+                    )
+                ]
+            )
+        )
+    replies = [await submit.read(), await submit.read()]
+    assert [r.results[0].ok.status for r in replies] == [common_pb2.DELIVERY_STATUS_DELIVERED] * 2
+    assert [(await stream.read()).message.text for _ in range(2)] == ["one", "two"]
+    submit.cancel()
