@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from cim.config import RouteConfig, ServerConfig, random_secret
+from cim.core.members import MemberKind
 from cim.registry.base import Registry
 from cim.registry.inprocess import InProcessRegistry
 from cim.route.app import RouteApp
@@ -66,10 +67,33 @@ class EmbeddedCluster:
     def route_address(self) -> str:
         return self.route.address
 
-    async def start(self) -> None:
+    async def start(self, ready_timeout: float = 10.0) -> None:
+        """Starts everything; returns once the route sees every chat server
+        (registries notify asynchronously, ZooKeeper through watches)."""
         await self.route.start()
         for server in self.servers:
             await server.start()
+        changed = asyncio.Event()
+        unsubscribe = [
+            self.registry.subscribe(kind, lambda _view: changed.set()) for kind in MemberKind
+        ]
+        try:
+            async with asyncio.timeout(ready_timeout):
+                while True:
+                    changed.clear()  # before looking, so no change slips between
+                    if self._ready():
+                        return
+                    await changed.wait()
+        finally:
+            for stop_listening in unsubscribe:
+                stop_listening()
+
+    def _ready(self) -> bool:
+        servers = {m.member_id for m in self.route.servers.servers()}
+        routes = {m.member_id for m in self.registry.members(MemberKind.ROUTE)}
+        return {s.server_id for s in self.servers} <= servers and (
+            self.route.config.route_id in routes
+        )
 
     async def stop(self) -> None:
         await asyncio.gather(*(server.stop(0.5) for server in self.servers))
