@@ -63,6 +63,9 @@ class RouteConfig:
     deliver_timeout: float = 5.0
     probe_timeout: float = 1.0
     offline_batch: int = 100
+    # A send retried with the same client_msg_id within this window gets the
+    # first attempt's result and is not delivered again.
+    send_dedup_window: float = 600.0
     scrypt: ScryptParams = field(default_factory=ScryptParams)
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ import itertools
 import logging
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -54,6 +55,9 @@ class ClientEvent:
     kind: EventKind
     text: str
 
+
+# Pause before a send is retried (same client_msg_id) after a lost stream.
+SEND_RETRY_PAUSE = 0.1
 
 MessageCallback = Callable[[common_pb2.ChatMessage], None]
 EventCallback = Callable[[ClientEvent], None]
@@ -247,10 +251,28 @@ class CimClient:
             yield message
 
     async def _send(self, frame: chat_pb2.SendFrame) -> route_pb2.SendResponse:
+        """Sends, retrying with the same client_msg_id while the stream is
+        down or the result is lost: the route answers a retry with the first
+        attempt's result, so a message is never delivered twice."""
         if self._closing or self._gave_up:
             raise FailedPrecondition("client is closed")
+        request = frame.private if frame.WhichOneof("target") == "private" else frame.group
+        if not request.client_msg_id:
+            request.client_msg_id = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.rpc_timeout
+        while True:
+            try:
+                return await self._send_once(frame, deadline - loop.time())
+            except Unavailable:
+                if self._closing or self._gave_up or deadline - loop.time() < SEND_RETRY_PAUSE:
+                    raise
+            await asyncio.sleep(SEND_RETRY_PAUSE)
+
+    async def _send_once(self, frame: chat_pb2.SendFrame, timeout: float) -> route_pb2.SendResponse:
         try:
-            await asyncio.wait_for(self._connected.wait(), self.config.rpc_timeout)
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
         except TimeoutError:
             raise Unavailable("not connected to a chat server") from None
         conn = self._conn
@@ -261,7 +283,8 @@ class CimClient:
         self._pending[frame.correlation_id] = future
         try:
             await conn.write(chat_pb2.ClientFrame(send=frame))
-            return await asyncio.wait_for(future, self.config.rpc_timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(f"connection lost while sending: {exc.details()}") from None
         except TimeoutError:

@@ -11,11 +11,12 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 from cim.config import RouteConfig
 from cim.core import validation
 from cim.core.ids import MessageIdGenerator, new_trace_id
-from cim.errors import CimError, InvalidArgument, NotFound
+from cim.errors import CimError, InvalidArgument, NotFound, Unavailable
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 from cim.route.servers import ServerDirectory
 from cim.route.sessions import SessionManager
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 # Accounts are never deleted: a set of known ids this big is cheap and sound.
 KNOWN_USERS_LIMIT = 1_000_000
 DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
+# What a retried send gets instead of being routed again (None: route it).
+Replay = route_pb2.SendResponse | CimError | None
 STORED = common_pb2.DELIVERY_STATUS_STORED
 
 
@@ -81,7 +84,14 @@ class MessageRouter:
         holds), then offline storage for whatever did not reach a stream."""
         outcomes: list[route_pb2.SendResponse | CimError] = []
         messages: list[common_pb2.ChatMessage | None] = []
-        for sender_id, sender_name, request in batch:
+        replays = await self._replays(
+            [(sender_id, request.client_msg_id) for sender_id, _, request in batch]
+        )
+        for (sender_id, sender_name, request), replay in zip(batch, replays, strict=True):
+            if replay is not None:  # a retry of a send already made (or being made)
+                outcomes.append(replay)
+                messages.append(None)
+                continue
             try:
                 validation.check_user_id(request.receiver_id, "receiver id")
                 message = self._new_message(
@@ -95,9 +105,20 @@ class MessageRouter:
             message.receiver_id = request.receiver_id
             outcomes.append(route_pb2.SendResponse())
             messages.append(message)
+        try:
+            await self._route_messages(messages, outcomes)
+        finally:
+            await self._remember(batch, replays, outcomes)
+        return outcomes
+
+    async def _route_messages(
+        self,
+        messages: list[common_pb2.ChatMessage | None],
+        outcomes: list[route_pb2.SendResponse | CimError],
+    ) -> None:
         receivers = [m.receiver_id for m in messages if m is not None]
         if not receivers:
-            return outcomes
+            return
         missing, sessions = await asyncio.gather(
             self._unknown_users(receivers), self._store.get_sessions(receivers)
         )
@@ -131,7 +152,58 @@ class MessageRouter:
                 recipients=1 if reached else 0,
                 server_time_ms=routed.server_time_ms,
             )
-        return outcomes
+
+    # --- idempotent sends ---------------------------------------------------
+    async def _replays(self, sends: Sequence[tuple[int, str]]) -> list[Replay]:
+        """For each (sender, client_msg_id): None if it may go ahead (claimed
+        now, or no id given), else what a retry of it gets."""
+        window = self._config.send_dedup_window
+
+        async def check(
+            sender_id: int, client_msg_id: str
+        ) -> route_pb2.SendResponse | CimError | None:
+            if not client_msg_id:
+                return None
+            try:
+                validation.check_client_msg_id(client_msg_id)
+                found = await self._store.claim_send(sender_id, client_msg_id, window)
+            except CimError as exc:
+                return exc
+            if found is None:
+                return None
+            if not found:
+                return Unavailable("a send with this client_msg_id is still in progress: retry")
+            return route_pb2.SendResponse.FromString(found)
+
+        return list(await asyncio.gather(*(check(s, c) for s, c in sends)))
+
+    async def _remember(
+        self,
+        batch: Sequence[tuple[int, str, Any]],
+        replays: Sequence[Replay],
+        outcomes: Sequence[route_pb2.SendResponse | CimError],
+    ) -> None:
+        """Stores the result of each first attempt that had an id (or frees the
+        id when the attempt failed, so that a retry can go ahead)."""
+        window = self._config.send_dedup_window
+        work = []
+        for (sender_id, _, request), replay, outcome in zip(batch, replays, outcomes, strict=True):
+            client_msg_id = request.client_msg_id
+            if not client_msg_id or replay is not None:
+                continue
+            if isinstance(outcome, route_pb2.SendResponse) and outcome.message_id:
+                work.append(
+                    self._store.finish_send(
+                        sender_id, client_msg_id, outcome.SerializeToString(), window
+                    )
+                )
+            else:
+                work.append(self._store.forget_send(sender_id, client_msg_id))
+        if work:
+            results = await asyncio.gather(*work, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    log.warning("could not remember a send's result: %s", result)
 
     async def _unknown_users(self, user_ids: Sequence[int]) -> set[int]:
         """The ids with no account. Accounts are never deleted, so known ids are
@@ -147,6 +219,25 @@ class MessageRouter:
 
     # --- group ------------------------------------------------------------
     async def send_group(
+        self, sender_id: int, sender_name: str, request: route_pb2.SendGroupRequest
+    ) -> route_pb2.SendResponse:
+        batch = [(sender_id, sender_name, request)]
+        (replay,) = await self._replays([(sender_id, request.client_msg_id)])
+        if isinstance(replay, CimError):
+            raise replay
+        if replay is not None:
+            return replay
+        outcome: route_pb2.SendResponse | CimError = route_pb2.SendResponse()
+        try:
+            outcome = await self._send_group(sender_id, sender_name, request)
+            return outcome
+        except CimError as exc:
+            outcome = exc
+            raise
+        finally:
+            await self._remember(batch, [None], [outcome])
+
+    async def _send_group(
         self, sender_id: int, sender_name: str, request: route_pb2.SendGroupRequest
     ) -> route_pb2.SendResponse:
         message = self._new_message(sender_id, sender_name, request.text, request.client_msg_id)

@@ -95,4 +95,18 @@ class Store(Protocol):
 
     async def count_offline(self, user_id: int) -> int: ...
 
+    # --- idempotent sends -------------------------------------------------
+    async def claim_send(self, sender_id: int, client_msg_id: str, ttl: float) -> bytes | None:
+        """Marks a send as in progress for ``ttl`` seconds. None: the first
+        attempt (go ahead); else the remembered result, or b"" while the first
+        attempt is still in progress."""
+
+    async def finish_send(
+        self, sender_id: int, client_msg_id: str, result: bytes, ttl: float
+    ) -> None:
+        """Remembers a send's result for ``ttl`` seconds."""
+
+    async def forget_send(self, sender_id: int, client_msg_id: str) -> None:
+        """Drops a claim whose attempt failed, so a retry can go ahead."""
+
     async def aclose(self) -> None: ...

@@ -84,6 +84,10 @@ class KeyLayout:
     def offline_payloads(self, user_id: int) -> str:
         return f"{self.prefix}{self.user_tag(user_id)}:offline:payloads"
 
+    def sent(self, user_id: int, client_msg_id: str) -> str:
+        """The remembered result of one of the user's sends (idempotency window)."""
+        return f"{self.prefix}{self.user_tag(user_id)}:sent:{client_msg_id}"
+
     def user_keys(self, user_id: int) -> tuple[str, ...]:
         """Every per-user key of ``user_id`` (all in one cluster slot)."""
         return (

@@ -23,6 +23,7 @@ class MemoryStore:
         self._sessions: dict[int, tuple[SessionRecord, float]] = {}
         self._offline: dict[int, deque[OfflineEntry]] = {}
         self._offline_ids: dict[int, set[str]] = {}
+        self._sent: dict[tuple[int, str], tuple[bytes, float]] = {}
 
     async def create_account(self, user_name: str, password_hash: str) -> tuple[Account, bool]:
         existing = self._by_name.get(user_name)
@@ -143,6 +144,25 @@ class MemoryStore:
 
     async def count_offline(self, user_id: int) -> int:
         return len(self._offline.get(user_id, ()))
+
+    async def claim_send(self, sender_id: int, client_msg_id: str, ttl: float) -> bytes | None:
+        key = (sender_id, client_msg_id)
+        now = self._clock()
+        entry = self._sent.get(key)
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        if len(self._sent) > 100_000:  # keep the window bounded: drop what expired
+            self._sent = {k: v for k, v in self._sent.items() if v[1] > now}
+        self._sent[key] = (b"", now + ttl)
+        return None
+
+    async def finish_send(
+        self, sender_id: int, client_msg_id: str, result: bytes, ttl: float
+    ) -> None:
+        self._sent[(sender_id, client_msg_id)] = (result, self._clock() + ttl)
+
+    async def forget_send(self, sender_id: int, client_msg_id: str) -> None:
+        self._sent.pop((sender_id, client_msg_id), None)
 
     async def aclose(self) -> None:
         return None

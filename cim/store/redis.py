@@ -638,5 +638,24 @@ class RedisStore:
         async with self._guard():
             return int(await self._client.llen(self._keys.offline(user_id)))
 
+    async def claim_send(self, sender_id: int, client_msg_id: str, ttl: float) -> bytes | None:
+        key = self._keys.sent(sender_id, client_msg_id)
+        async with self._guard():
+            if await self._client.set(key, b"", nx=True, px=max(1, int(ttl * 1000))):
+                return None
+            found = await self._client.get(key)
+        return b"" if found is None else found if isinstance(found, bytes) else found.encode()
+
+    async def finish_send(
+        self, sender_id: int, client_msg_id: str, result: bytes, ttl: float
+    ) -> None:
+        key = self._keys.sent(sender_id, client_msg_id)
+        async with self._guard():
+            await self._client.set(key, result, px=max(1, int(ttl * 1000)))
+
+    async def forget_send(self, sender_id: int, client_msg_id: str) -> None:
+        async with self._guard():
+            await self._client.delete(self._keys.sent(sender_id, client_msg_id))
+
     async def aclose(self) -> None:
         await self._client.aclose()

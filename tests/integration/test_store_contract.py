@@ -300,3 +300,20 @@ async def test_a_retried_claim_of_the_same_session_succeeds(store: Store) -> Non
     # The store applied the claim but its reply was lost; the client retries.
     assert await store.claim_session(record, ttl=10) is None
     assert await store.claim_session(SessionRecord(3, "s2", "a"), ttl=10) == record
+
+
+async def test_a_send_is_claimed_once_and_its_result_remembered(store: Store) -> None:
+    assert await store.claim_send(1, "c1", ttl=10) is None  # first attempt goes ahead
+    assert await store.claim_send(1, "c1", ttl=10) == b""  # a retry while in progress
+    assert await store.claim_send(2, "c1", ttl=10) is None  # ids are per sender
+    await store.finish_send(1, "c1", b"result", ttl=10)
+    assert await store.claim_send(1, "c1", ttl=10) == b"result"
+    await store.forget_send(2, "c1")  # a failed attempt lets the retry go ahead
+    assert await store.claim_send(2, "c1", ttl=10) is None
+
+
+async def test_remembered_sends_expire(store: Store) -> None:
+    assert await store.claim_send(1, "c2", ttl=0.2) is None
+    await store.finish_send(1, "c2", b"r", ttl=0.2)
+    await asyncio.sleep(0.3)
+    assert await store.claim_send(1, "c2", ttl=10) is None
