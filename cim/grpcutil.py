@@ -21,6 +21,9 @@ from cim.errors import CimError, PermissionDenied, Unauthenticated
 log = logging.getLogger(__name__)
 
 AUTHORIZATION = "authorization"
+# A refused stream reads at most this much of what its peer sent (see refuse_stream).
+REFUSE_DRAIN_SECONDS = 1.0
+REFUSE_DRAIN_MESSAGES = 100
 CLUSTER_SECRET = "x-cim-cluster-secret"
 
 # Keepalive for chat: dead peers are noticed in under a minute, and the
@@ -188,11 +191,16 @@ def unary_edge(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
 async def refuse_stream(
     context: grpc.aio.ServicerContext, requests: AsyncIterator[Any], error: CimError
 ) -> None:
-    """Ends a streaming call with the error's status. The peer's first message
-    is read (briefly) first: ending a stream while that message is still in
-    flight can reach the peer as INTERNAL instead of the status."""
+    """Ends a streaming call with the error's status. What the peer already
+    sent is read first (briefly, and boundedly): ending a stream while the
+    peer's messages are still in flight can reach it as INTERNAL instead of
+    the status (grpc/grpc#36066)."""
     with contextlib.suppress(Exception):
-        async with asyncio.timeout(1.0):
-            await anext(aiter(requests), None)
+        async with asyncio.timeout(REFUSE_DRAIN_SECONDS):
+            count = 0
+            async for _ in requests:
+                count += 1
+                if count >= REFUSE_DRAIN_MESSAGES:
+                    break
     context.set_code(error.code)
     context.set_details(error.message)

@@ -83,14 +83,14 @@ class TokenSigner:
             if not isinstance(raw, dict):
                 raise TypeError("claims must be an object")
             claims = TokenClaims(
-                user_id=int(raw["uid"]),
+                user_id=_int64(raw["uid"]),
                 user_name=str(raw["name"]),
                 session_id=str(raw["sid"]),
                 device_id=str(raw.get("dev", "")),
-                issued_at_ms=int(raw["iat"]),
-                expires_at_ms=int(raw["exp"]),
+                issued_at_ms=_int64(raw["iat"]),
+                expires_at_ms=_int64(raw["exp"]),
             )
-        except (ValueError, KeyError, TypeError, binascii.Error):
+        except (ValueError, KeyError, TypeError, OverflowError, binascii.Error):
             raise Unauthenticated("malformed session token") from None
         if claims.expires_at_ms <= int(self._clock() * 1000):
             raise Unauthenticated("session token expired: log in again")
@@ -106,3 +106,10 @@ def _b64(raw: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _int64(value: object) -> int:
+    """A claim that must be an integer in protobuf's int64 range."""
+    if not isinstance(value, int) or isinstance(value, bool) or not -(2**63) <= value < 2**63:
+        raise ValueError("claim is not an int64")
+    return value

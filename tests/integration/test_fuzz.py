@@ -1,0 +1,872 @@
+"""Fuzzing of every RPC surface: thousands of random and malformed requests.
+
+Hypothesis draws batches of hostile but well-typed requests (empty, huge,
+control characters, odd Unicode planes, extreme int64 ids, forged, truncated
+and tampered tokens, missing oneofs) and throws each batch concurrently at a
+real cluster. After every batch:
+
+* no call returned INTERNAL, UNKNOWN or any code outside the expected set,
+  and every error carries a message (so do per-item errors and notices);
+* the route and the chat server still answer health checks with SERVING,
+  and a normal private message still reaches a live stream;
+* the store is consistent: accounts read the same by name and by id, and
+  every user ListOnlineUsers shows holds a live stream (chat server Presence).
+
+pytest-asyncio runs each Hypothesis example of an async ``@given`` test in the
+test's event loop; the cluster (a fixture) lives across the examples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import string
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2, route_pb2, route_pb2_grpc
+from cim.testing import TestCluster, cluster
+
+EXPECTED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+EXPECTED_NUMBERS = {code.value[0] for code in EXPECTED}
+CALL_TIMEOUT = 10.0
+PASSWORD = "secret-pw"
+POOL = ("alice", "bob", "dave")  # users whose credentials and tokens the fuzz may use
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Generating overly large repr"),
+    # The ZooKeeper client's own threads use `random` (retry jitter) while
+    # Hypothesis generates; that is not a strategy using it.
+    pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies"),
+]
+
+# Requests generated per surface (printed at the end of each test; run with -s).
+COUNTS: collections.Counter[str] = collections.Counter()
+
+
+def fuzz_settings(examples: int) -> Any:
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        # Shrinking against a live cluster is slow and its state makes it
+        # unreliable; the assertion messages name the failing request instead.
+        phases=[Phase.explicit, Phase.generate],
+        report_multiple_bugs=False,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
+    )
+
+
+# --- hostile values -----------------------------------------------------------
+
+_odd_planes = st.characters(
+    min_codepoint=0x10000, max_codepoint=0x10FFFF, exclude_categories=("Cs",)
+)
+_controls = st.characters(min_codepoint=0, max_codepoint=0x1F) | st.sampled_from(
+    ["\x7f", "\x85", "\u2028", "\u2029", "\u200b", "\u202e", "\ufeff", "\ufffd"]
+)
+_huge = st.builds(
+    lambda n, ch: ch * n,
+    st.integers(100_000, 2_000_000),
+    st.sampled_from(["x", " ", "\x00", "é", "😀", "all"]),
+)
+_small = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\t\n ",
+            "\x00",
+            "all",
+            "ALL",
+            "a" * 32,
+            "a" * 33,
+            "alice",
+            "bob",
+            "dave",
+            "nobody",
+            PASSWORD,
+            "../../etc/passwd",
+            "' OR 1=1 --",
+            "%s%n%x",
+            "{}",
+            "null",
+            "名字",
+            "\uff21\uff4c\uff49\uff43\uff45"  # fullwidth "Alice",
+            "a.b-c_d",
+        ]
+    ),
+    st.text(max_size=40),
+    st.text(alphabet=_controls, max_size=20),
+    st.text(alphabet=_odd_planes, max_size=20),
+    st.from_regex(r"[\w.\-]{1,32}", fullmatch=True),
+)
+# About one string in twelve is huge (100 KB - 2 MB, up to 8 MB as UTF-8).
+hostile_text = st.one_of(*([_small] * 11), _huge)
+int64 = st.one_of(
+    st.sampled_from([0, 1, -1, 2, INT64_MAX, INT64_MIN, 2**31, -(2**31), 2**32]),
+    st.integers(0, 30),  # ids real accounts hold
+    st.integers(INT64_MIN, INT64_MAX),
+)
+uint64 = st.one_of(st.sampled_from([0, 1, 2**64 - 1, 2**63]), st.integers(0, 2**64 - 1))
+int32 = st.one_of(
+    st.sampled_from([0, 1, -1, 1000, 1001, 2**31 - 1, -(2**31)]),
+    st.integers(-(2**31), 2**31 - 1),
+)
+client_msg_id = st.one_of(st.just(""), hostile_text)
+ascii_garbage = st.text(alphabet=string.ascii_letters + string.digits + "-._~+/=", max_size=300)
+
+# How a call authenticates; resolved against the live tokens at run time.
+AUTH_MODES = (
+    "none",
+    "valid",
+    "valid",
+    "garbage",
+    "tampered",
+    "truncated",
+    "no-scheme",
+    "basic",
+    "empty-bearer",
+    "other-key",
+    "logged-out",
+)
+auth = st.tuples(st.sampled_from(AUTH_MODES), st.sampled_from(POOL), ascii_garbage)
+
+
+def pool_name() -> Any:
+    return st.one_of(st.sampled_from(POOL), hostile_text)
+
+
+# --- the cluster and its bystanders -------------------------------------------
+
+
+@dataclass
+class Fuzz:
+    c: TestCluster
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+    ids: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    dead_token: str = ""
+    carol_token: str = ""
+    erin_id: int = 0
+    erin_call: Any = None
+    erin_inbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    registered: dict[str, int] = field(default_factory=dict)  # by the fuzz, this example
+    seq: itertools.count[int] = field(default_factory=itertools.count)
+    reader: asyncio.Task[None] | None = None
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(address)
+        self.channels.append(channel)
+        return channel
+
+    @property
+    def server_address(self) -> str:
+        return self.c.embedded.servers[0].address
+
+    @property
+    def secret(self) -> tuple[tuple[str, str], ...]:
+        return (("x-cim-cluster-secret", self.c.embedded.route.config.cluster_secret),)
+
+    def route(self) -> route_pb2_grpc.RouteStub:
+        return route_pb2_grpc.RouteStub(self._route_channel)
+
+    def internal(self) -> route_pb2_grpc.RouteInternalStub:
+        return route_pb2_grpc.RouteInternalStub(self._route_channel)
+
+    def chat(self) -> chat_pb2_grpc.ChatStub:
+        return chat_pb2_grpc.ChatStub(self._chat_channel)
+
+    async def start(self) -> None:
+        self._route_channel = self.channel(self.c.route_address)
+        self._chat_channel = self.channel(self.server_address)
+        route = self.route()
+        for name in (*POOL, "carol", "erin", "ghost"):
+            reply = await route.Register(
+                route_pb2.RegisterRequest(user_name=name, password=PASSWORD), timeout=5
+            )
+            self.ids[name] = reply.user_id
+        for name in POOL:
+            self.tokens[name] = await self.login(name)
+        self.carol_token = await self.login("carol")
+        self.dead_token = await self.login("ghost")
+        await route.Logout(route_pb2.LogoutRequest(), metadata=bearer(self.dead_token), timeout=5)
+        erin_token = await self.login("erin")
+        self.erin_id = self.ids["erin"]
+        self.erin_call = self.chat().Connect()
+        await self.erin_call.write(
+            chat_pb2.ClientFrame(
+                login=chat_pb2.LoginFrame(user_id=self.erin_id, session_token=erin_token)
+            )
+        )
+        first = await asyncio.wait_for(self.erin_call.read(), 5)
+        assert first.WhichOneof("frame") == "login_ok", first
+        self.reader = asyncio.create_task(self._drain_erin())
+
+    async def login(self, name: str) -> str:
+        reply = await self.route().Login(
+            route_pb2.LoginRequest(user_name=name, password=PASSWORD), timeout=5
+        )
+        return str(reply.session_token)
+
+    async def _drain_erin(self) -> None:
+        while (frame := await self.erin_call.read()) is not grpc.aio.EOF:
+            await self.erin_inbox.put(frame)
+        await self.erin_inbox.put(None)
+
+    def metadata(self, mode: tuple[str, str, str]) -> tuple[tuple[str, str], ...] | None:
+        kind, user, garbage = mode
+        token = self.tokens[user]
+        if kind == "none":
+            return None
+        if kind == "valid":
+            return bearer(token)
+        if kind == "garbage":
+            return bearer(garbage) if garbage.strip() else bearer("x")
+        if kind == "tampered":
+            index = len(garbage) % len(token)
+            flipped = "A" if token[index] != "A" else "B"
+            return bearer(token[:index] + flipped + token[index + 1 :])
+        if kind == "truncated":
+            return bearer(token[: max(1, len(garbage) % len(token))])
+        if kind == "no-scheme":
+            return (("authorization", token),)
+        if kind == "basic":
+            return (("authorization", f"Basic {token}"),)
+        if kind == "empty-bearer":
+            return (("authorization", "Bearer    "),)
+        if kind == "other-key":
+            _, _, rest = token.partition(".")
+            return bearer(f"other.{rest}")
+        if kind == "logged-out":
+            return bearer(self.dead_token)
+        raise AssertionError(kind)
+
+    # --- after every batch: health, a normal message, consistency ---------------
+    async def assert_healthy(self) -> None:
+        for address in (self.c.route_address, self.server_address):
+            health = health_pb2_grpc.HealthStub(self.channel(address))
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, address
+        await self.erin_call.write(chat_pb2.ClientFrame(ping=chat_pb2.Ping(client_time_ms=1)))
+        text = f"health check {next(self.seq)} {time.monotonic()}"
+        reply = await self.route().SendPrivate(
+            route_pb2.SendPrivateRequest(receiver_id=self.erin_id, text=text),
+            metadata=bearer(self.carol_token),
+            timeout=5,
+        )
+        assert reply.status == common_pb2.DELIVERY_STATUS_DELIVERED, reply
+        async with asyncio.timeout(5):
+            while True:
+                frame = await self.erin_inbox.get()
+                assert frame is not None, "erin's stream ended during the fuzz"
+                if frame.WhichOneof("frame") == "notice":
+                    assert frame.notice.kind != chat_pb2.Notice.KIND_KICKED, frame
+                if frame.WhichOneof("frame") == "message" and frame.message.text == text:
+                    break
+        await self.assert_consistent()
+
+    async def assert_consistent(self) -> None:
+        store = self.c.embedded.store
+        for name, user_id in self.registered.items():
+            by_name = await store.get_account_by_name(name)
+            by_id = await store.get_account(user_id)
+            assert by_name is not None and by_name.user_id == user_id, (name, by_name)
+            assert by_id is not None and by_id.user_name == name, (user_id, by_id)
+        self.registered.clear()
+        deadline = time.monotonic() + 5
+        while True:  # a stream's end reaches the route a moment after the stream
+            problems = await self._online_without_stream()
+            if not problems or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert not problems, f"listed online without a live stream: {problems}"
+
+    async def _online_without_stream(self) -> list[Any]:
+        online = await self.route().ListOnlineUsers(
+            route_pb2.ListOnlineUsersRequest(), metadata=bearer(self.carol_token), timeout=5
+        )
+        listed = {user.user_id for user in online.users}
+        assert self.erin_id in listed, "erin has a live stream but is not listed"
+        problems = []
+        store = self.c.embedded.store
+        secret = self.secret
+        for user in online.users:
+            account = await store.get_account(user.user_id)
+            if account is None or account.user_name != user.user_name:
+                problems.append(("account", user, account))
+                continue
+            session = await store.get_session(user.user_id)
+            if session is None or not session.connected:
+                problems.append(("session", user, session))
+                continue
+            presence = await self.chat().Presence(
+                chat_pb2.PresenceRequest(
+                    sessions=[
+                        route_pb2.SessionRef(user_id=user.user_id, session_id=session.session_id)
+                    ]
+                ),
+                metadata=secret,
+                timeout=5,
+            )
+            if not presence.live[0]:
+                problems.append(("no stream", user, session))
+        return problems
+
+    async def aclose(self) -> None:
+        if self.erin_call is not None:
+            self.erin_call.cancel()
+        if self.reader is not None:
+            self.reader.cancel()
+        for channel in self.channels:
+            await channel.close()
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+async def fuzz() -> AsyncIterator[Fuzz]:
+    async with cluster(servers=1) as c:
+        state = Fuzz(c)
+        try:
+            await state.start()
+            yield state
+        finally:
+            await state.aclose()
+
+
+def short(message: Any) -> str:
+    """A request as text, long strings cut (for assertion messages)."""
+    text = repr(message)
+    return text if len(text) < 600 else text[:300] + f"...<{len(text)} chars>..." + text[-200:]
+
+
+def client_write_race(err: grpc.aio.AioRpcError) -> bool:
+    """grpc.aio's own INTERNAL for a message the client was still writing when
+    the server had already ended the call (grpc/grpc#36066): the client loses
+    the server's status. Made on the client, so not a status cim sent."""
+    return (
+        err.code() == grpc.StatusCode.INTERNAL
+        and "execute_batch" in (err.debug_error_string() or "")
+        and "SendMessageOperation" in (err.debug_error_string() or "")
+    )
+
+
+def check_error(err: grpc.aio.AioRpcError, what: str, *, streaming: bool = False) -> None:
+    if streaming and client_write_race(err):
+        COUNTS["client-side write races (grpc/grpc#36066)"] += 1
+        return
+    assert err.code() in EXPECTED, f"{what} -> {err.code().name}: {err.details()!r}"
+    assert err.details(), f"{what} -> {err.code().name} without a message"
+
+
+def check_item_error(error: route_pb2.ItemError, what: str) -> None:
+    assert error.code in EXPECTED_NUMBERS, f"{what} -> item error {error.code}: {error.message!r}"
+    assert error.message, f"{what} -> item error {error.code} without a message"
+
+
+# --- Route ----------------------------------------------------------------------
+
+register_op = st.tuples(
+    st.just("Register"),
+    st.builds(route_pb2.RegisterRequest, user_name=hostile_text, password=hostile_text),
+    auth,
+)
+login_op = st.tuples(
+    st.just("Login"),
+    st.builds(
+        route_pb2.LoginRequest,
+        user_name=pool_name(),
+        password=st.one_of(st.just(PASSWORD), hostile_text),
+        user_id=int64,
+        device_id=st.one_of(st.just(""), hostile_text),
+    ),
+    auth,
+    # Resume with: nothing, garbage, or one of the pool's tokens (maybe tampered).
+    st.sampled_from(["", "garbage", "valid", "tampered", "logged-out"]),
+)
+logout_op = st.tuples(st.just("Logout"), st.builds(route_pb2.LogoutRequest), auth)
+online_op = st.tuples(
+    st.just("ListOnlineUsers"),
+    st.builds(route_pb2.ListOnlineUsersRequest, name_prefix=hostile_text),
+    auth,
+)
+private_request = st.builds(
+    route_pb2.SendPrivateRequest, receiver_id=int64, text=hostile_text, client_msg_id=client_msg_id
+)
+group_request = st.builds(
+    route_pb2.SendGroupRequest,
+    text=hostile_text,
+    group_id=st.one_of(st.sampled_from(["", "all", "ALL", "all "]), hostile_text),
+    client_msg_id=client_msg_id,
+)
+private_op = st.tuples(st.just("SendPrivate"), private_request, auth)
+group_op = st.tuples(st.just("SendGroup"), group_request, auth)
+fetch_op = st.tuples(
+    st.just("FetchOffline"), st.builds(route_pb2.FetchOfflineRequest, limit=int32), auth
+)
+route_op = st.one_of(register_op, login_op, logout_op, online_op, private_op, group_op, fetch_op)
+
+
+async def run_route_op(f: Fuzz, op: tuple[Any, ...]) -> None:
+    name, request, mode = op[0], op[1], op[2]
+    if name == "Login" and op[3]:
+        resume_mode = op[3]
+        user = mode[1]
+        if resume_mode == "garbage":
+            request.resume_token = mode[2]
+        elif resume_mode == "logged-out":
+            request.resume_token = f.dead_token
+        else:
+            metadata = f.metadata((resume_mode, user, mode[2]))
+            assert metadata is not None
+            request.resume_token = metadata[0][1].removeprefix("Bearer ")
+            # Resuming as the token's own user replaces its session: keep the
+            # new token, so later calls can still use a current one.
+            request.user_name = user if resume_mode == "valid" else request.user_name
+    COUNTS[f"Route.{name}"] += 1
+    try:
+        reply = await getattr(f.route(), name)(
+            request, metadata=f.metadata(mode), timeout=CALL_TIMEOUT
+        )
+    except grpc.aio.AioRpcError as err:
+        check_error(err, f"Route.{name}({short(request)}) auth={mode[0]}")
+        return
+    if name == "Register":
+        f.registered[request.user_name] = reply.user_id
+    if name == "Login" and reply.user_name in POOL:
+        f.tokens[reply.user_name] = reply.session_token
+
+
+@given(ops=st.lists(route_op, min_size=10, max_size=25))
+@fuzz_settings(examples=60)
+async def test_route_rpcs_survive_hostile_requests(fuzz: Fuzz, ops: list[Any]) -> None:
+    await asyncio.gather(*(run_route_op(fuzz, op) for op in ops))
+    await fuzz.assert_healthy()
+
+
+# --- RouteInternal ----------------------------------------------------------------
+
+secret_mode = st.sampled_from(["right", "right", "right", "right", "none", "wrong", "empty"])
+server_id = st.one_of(st.just("server-1"), hostile_text)
+submitted = st.builds(
+    route_pb2.SubmittedMessage,
+    sender_id=int64,
+    session_id=hostile_text,
+    sender_name=hostile_text,
+    private=st.one_of(st.none(), private_request),
+)
+submitted_group = st.builds(
+    route_pb2.SubmittedMessage,
+    sender_id=int64,
+    session_id=hostile_text,
+    sender_name=hostile_text,
+    group=group_request,
+)
+batch_request = st.builds(
+    route_pb2.SubmitBatchRequest,
+    server_id=server_id,
+    messages=st.lists(st.one_of(submitted, submitted_group), max_size=8),
+)
+session_ref = st.builds(route_pb2.SessionRef, user_id=int64, session_id=hostile_text)
+# A token for SessionConnected: garbage, or the pool's (possibly tampered).
+token_choice = st.tuples(
+    st.sampled_from(["garbage", "tampered", "truncated", "other-key"]),
+    st.sampled_from(POOL),
+    ascii_garbage,
+)
+internal_op = st.one_of(
+    st.tuples(st.just("SubmitBatch"), batch_request, secret_mode),
+    st.tuples(st.just("SubmitStream"), st.lists(batch_request, max_size=3), secret_mode),
+    st.tuples(
+        st.just("SessionConnected"),
+        st.builds(
+            route_pb2.SessionConnectedRequest,
+            server_id=server_id,
+            user_id=int64,
+            device_id=hostile_text,
+            last_seq=uint64,
+        ),
+        secret_mode,
+        token_choice,
+    ),
+    st.tuples(
+        st.just("SessionDisconnected"),
+        st.builds(
+            route_pb2.SessionDisconnectedRequest,
+            server_id=server_id,
+            user_id=int64,
+            session_id=hostile_text,
+            reason=hostile_text,
+        ),
+        secret_mode,
+    ),
+    st.tuples(
+        st.just("RefreshSessions"),
+        st.builds(
+            route_pb2.RefreshSessionsRequest,
+            server_id=server_id,
+            sessions=st.lists(session_ref, max_size=10),
+            connections=int32,
+        ),
+        secret_mode,
+    ),
+)
+
+
+def secret_metadata(f: Fuzz, mode: str) -> tuple[tuple[str, str], ...] | None:
+    if mode == "right":
+        return f.secret
+    if mode == "wrong":
+        return (("x-cim-cluster-secret", "not-the-secret"),)
+    if mode == "empty":
+        return (("x-cim-cluster-secret", ""),)
+    return None
+
+
+async def run_internal_op(f: Fuzz, op: tuple[Any, ...]) -> None:
+    name, request, mode = op[0], op[1], op[2]
+    metadata = secret_metadata(f, mode)
+    stub = f.internal()
+    COUNTS[f"RouteInternal.{name}"] += 1
+    what = f"RouteInternal.{name}({short(request)}) secret={mode}"
+    if name == "SessionConnected":
+        token_mode = op[3]
+        request.session_token = f.metadata(token_mode)[0][1].removeprefix("Bearer ")  # type: ignore[index]
+    try:
+        if name == "SubmitStream":
+            call = stub.SubmitStream(iter(request), metadata=metadata, timeout=CALL_TIMEOUT)
+            replies = [reply async for reply in call]
+            assert mode == "right", f"{what}: accepted without the secret"
+            assert len(replies) == len(request), what
+            for batch, reply in zip(request, replies, strict=True):
+                check_batch_reply(batch, reply, what)
+            return
+        reply = await getattr(stub, name)(request, metadata=metadata, timeout=CALL_TIMEOUT)
+    except grpc.aio.AioRpcError as err:
+        streaming = name.endswith("Stream")
+        check_error(err, what, streaming=streaming)
+        if mode != "right" and not (streaming and client_write_race(err)):
+            # (gRPC itself refuses a message over 4 MB before cim sees it)
+            assert err.code() in (
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ), what
+        return
+    assert mode == "right", f"{what}: accepted without the secret"
+    if name == "SubmitBatch":
+        check_batch_reply(request, reply, what)
+
+
+def check_batch_reply(
+    request: route_pb2.SubmitBatchRequest, reply: route_pb2.SubmitBatchResponse, what: str
+) -> None:
+    assert len(reply.results) == len(request.messages), what
+    for result in reply.results:
+        if result.WhichOneof("outcome") == "error":
+            check_item_error(result.error, what)
+        else:
+            assert result.WhichOneof("outcome") == "ok", what
+
+
+@given(ops=st.lists(internal_op, min_size=10, max_size=20))
+@fuzz_settings(examples=20)
+async def test_route_internal_survives_hostile_requests(fuzz: Fuzz, ops: list[Any]) -> None:
+    await asyncio.gather(*(run_internal_op(fuzz, op) for op in ops))
+    await fuzz.assert_healthy()
+
+
+# --- Chat.Deliver / DeliverStream / Presence -----------------------------------------
+
+# One huge field per message at most (several would only test gRPC's 4 MB limit).
+chat_message = st.builds(
+    common_pb2.ChatMessage,
+    message_id=_small,
+    sender_id=int64,
+    sender_name=_small,
+    receiver_id=int64,
+    group_id=_small,
+    kind=st.sampled_from([0, 1, 2, 3, -1, 2**31 - 1]),
+    text=hostile_text,
+    server_time_ms=int64,
+    trace_id=_small,
+    seq=uint64,
+    client_msg_id=_small,
+    stored=st.booleans(),
+)
+deliver_request = st.builds(
+    chat_pb2.DeliverRequest,
+    deliveries=st.lists(
+        st.builds(chat_pb2.Delivery, receiver_id=int64, message=chat_message), max_size=6
+    ),
+    # Kicks aimed at the pool (never at erin, whose stream checks health).
+    kicks=st.lists(
+        st.builds(
+            chat_pb2.Kick,
+            user_id=int64.filter(lambda uid: uid > 6),
+            session_id=hostile_text,
+            reason=hostile_text,
+        ),
+        max_size=4,
+    ),
+)
+chat_op = st.one_of(
+    st.tuples(st.just("Deliver"), deliver_request, secret_mode),
+    st.tuples(st.just("DeliverStream"), st.lists(deliver_request, max_size=3), secret_mode),
+    st.tuples(
+        st.just("Presence"),
+        st.builds(chat_pb2.PresenceRequest, sessions=st.lists(session_ref, max_size=10)),
+        secret_mode,
+    ),
+)
+
+
+async def run_chat_op(f: Fuzz, op: tuple[Any, ...]) -> None:
+    name, request, mode = op
+    metadata = secret_metadata(f, mode)
+    stub = f.chat()
+    COUNTS[f"Chat.{name}"] += 1
+    what = f"Chat.{name}({short(request)}) secret={mode}"
+    try:
+        if name == "DeliverStream":
+            call = stub.DeliverStream(iter(request), metadata=metadata, timeout=CALL_TIMEOUT)
+            replies = [reply async for reply in call]
+            assert mode == "right", f"{what}: accepted without the secret"
+            assert [len(r.delivered) for r in replies] == [len(q.deliveries) for q in request], what
+            return
+        reply = await getattr(stub, name)(request, metadata=metadata, timeout=CALL_TIMEOUT)
+    except grpc.aio.AioRpcError as err:
+        streaming = name.endswith("Stream")
+        check_error(err, what, streaming=streaming)
+        if mode != "right" and not (streaming and client_write_race(err)):
+            # (gRPC itself refuses a message over 4 MB before cim sees it)
+            assert err.code() in (
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ), what
+        return
+    assert mode == "right", f"{what}: accepted without the secret"
+    if name == "Deliver":
+        assert len(reply.delivered) == len(request.deliveries), what
+    if name == "Presence":
+        assert len(reply.live) == len(request.sessions), what
+
+
+@given(ops=st.lists(chat_op, min_size=10, max_size=15))
+@fuzz_settings(examples=25)
+async def test_chat_internal_rpcs_survive_hostile_requests(fuzz: Fuzz, ops: list[Any]) -> None:
+    await asyncio.gather(*(run_chat_op(fuzz, op) for op in ops))
+    await fuzz.assert_healthy()
+
+
+# --- Chat.Connect -----------------------------------------------------------------
+
+send_frame = st.builds(
+    chat_pb2.SendFrame,
+    correlation_id=uint64,
+    private=st.one_of(st.none(), private_request),
+) | st.builds(chat_pb2.SendFrame, correlation_id=uint64, group=group_request)
+login_frame = st.builds(
+    chat_pb2.LoginFrame,
+    user_id=int64,
+    session_token=st.one_of(st.just(""), ascii_garbage, hostile_text),
+    device_id=hostile_text,
+    last_seq=uint64,
+)
+client_frame = st.one_of(
+    st.builds(chat_pb2.ClientFrame, login=login_frame),
+    st.builds(chat_pb2.ClientFrame, ping=st.builds(chat_pb2.Ping, client_time_ms=int64)),
+    st.builds(chat_pb2.ClientFrame, send=send_frame),
+    st.builds(chat_pb2.ClientFrame, send=send_frame),
+    st.builds(
+        chat_pb2.ClientFrame,
+        ack=st.builds(chat_pb2.AckFrame, seq=uint64, device_id=hostile_text),
+    ),
+    st.just(chat_pb2.ClientFrame()),
+)
+# First frame: a real login of a pool user (fresh from Route.Login), a login
+# with a mismatched id or tampered token, or any frame at all.
+opening = st.sampled_from(["real", "real", "real", "wrong-id", "tampered", "random", "none"])
+stream_plan = st.tuples(
+    opening, st.sampled_from(POOL), client_frame, st.lists(client_frame, max_size=12)
+)
+
+
+async def run_stream(f: Fuzz, plan: tuple[Any, ...]) -> None:
+    opening_kind, user, random_first, frames = plan
+    COUNTS["Chat.Connect"] += 1
+    COUNTS["Chat.Connect frames"] += len(frames) + (opening_kind != "none")
+    first: chat_pb2.ClientFrame | None = random_first
+    if opening_kind in ("real", "wrong-id", "tampered"):
+        try:
+            token = await f.login(user)
+        except grpc.aio.AioRpcError as err:  # the user's last stream is still being replaced
+            check_error(err, f"Route.Login({user})")
+            token = f.tokens[user]
+        if opening_kind == "tampered":
+            token = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+        user_id = f.ids[user] + (1 if opening_kind == "wrong-id" else 0)
+        first = chat_pb2.ClientFrame(
+            login=chat_pb2.LoginFrame(user_id=user_id, session_token=token)
+        )
+    elif opening_kind == "none":
+        first = None
+    what = f"Chat.Connect(first={short(first)}, then={short(frames)})"
+    call = f.chat().Connect(timeout=CALL_TIMEOUT)
+    received: list[chat_pb2.ServerFrame] = []
+
+    async def read_all() -> None:
+        while (frame := await call.read()) is not grpc.aio.EOF:
+            received.append(frame)
+
+    reader = asyncio.create_task(read_all())
+    try:
+        for frame in [first, *frames]:
+            if frame is None:
+                continue
+            if call.done():
+                break
+            try:
+                await call.write(frame)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                break  # the server ended the stream (after a notice)
+        if not call.done():
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await call.done_writing()
+        try:
+            await asyncio.wait_for(reader, CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as err:
+            check_error(err, what, streaming=True)
+    finally:
+        reader.cancel()
+        call.cancel()
+    code = await call.code()
+    if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED) and (
+        code != grpc.StatusCode.INTERNAL or "execute_batch" not in await call.debug_error_string()
+    ):
+        assert code in EXPECTED, f"{what} -> {code.name}: {await call.details()!r}"
+    for frame in received:
+        kind = frame.WhichOneof("frame")
+        if kind == "notice" and frame.notice.kind == chat_pb2.Notice.KIND_ERROR:
+            assert frame.notice.code in EXPECTED_NUMBERS, f"{what} -> notice {frame.notice}"
+            assert frame.notice.text, f"{what} -> notice without text"
+        if kind == "send_result" and frame.send_result.WhichOneof("outcome") == "error":
+            check_item_error(frame.send_result.error, what)
+    if opening_kind == "real":
+        assert received and received[0].WhichOneof("frame") in ("login_ok", "notice"), what
+
+
+@given(plans=st.lists(stream_plan, min_size=4, max_size=10))
+@fuzz_settings(examples=30)
+async def test_chat_stream_survives_random_frames(fuzz: Fuzz, plans: list[Any]) -> None:
+    # Streams of different users at once; one user's streams one after another
+    # (a second login of a user with a live stream is refused by design).
+    by_user: dict[str, list[Any]] = collections.defaultdict(list)
+    for plan in plans:
+        by_user[plan[1]].append(plan)
+
+    async def one_user(user_plans: list[Any]) -> None:
+        for plan in user_plans:
+            await run_stream(fuzz, plan)
+
+    await asyncio.gather(*(one_user(p) for p in by_user.values()))
+    await fuzz.assert_healthy()
+
+
+# --- beyond gRPC's 4 MB message limit -----------------------------------------------
+
+
+async def test_oversize_messages_are_refused_by_grpc(fuzz: Fuzz) -> None:
+    huge = "x" * (5 * 1024 * 1024)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await fuzz.route().Register(
+            route_pb2.RegisterRequest(user_name=huge, password="pw"), timeout=CALL_TIMEOUT
+        )
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await fuzz.route().SendPrivate(
+            route_pb2.SendPrivateRequest(receiver_id=fuzz.erin_id, text=huge),
+            metadata=bearer(fuzz.carol_token),
+            timeout=CALL_TIMEOUT,
+        )
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value
+    call = fuzz.chat().Connect(timeout=CALL_TIMEOUT)
+    token = await fuzz.login("ghost")
+    await call.write(
+        chat_pb2.ClientFrame(
+            login=chat_pb2.LoginFrame(user_id=fuzz.ids["ghost"], session_token=token)
+        )
+    )
+    first = await asyncio.wait_for(call.read(), 5)
+    assert first.WhichOneof("frame") == "login_ok", first
+    with pytest.raises((grpc.aio.AioRpcError, asyncio.InvalidStateError)):
+        await call.write(
+            chat_pb2.ClientFrame(
+                send=chat_pb2.SendFrame(
+                    private=route_pb2.SendPrivateRequest(receiver_id=1, text=huge)
+                )
+            )
+        )
+        async with asyncio.timeout(CALL_TIMEOUT):
+            while await call.read() is not grpc.aio.EOF:
+                pass
+    assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, await call.details()
+    await fuzz.assert_healthy()
+
+
+@pytest.mark.parametrize("messages", [1, 3, 8])
+async def test_refused_stream_reports_its_status(fuzz: Fuzz, messages: int) -> None:
+    """A streaming RPC refused for a missing cluster secret must end with
+    PERMISSION_DENIED however many requests the peer has in flight. cim's
+    refuse_stream reads only the first request before ending the call, so a
+    peer still writing gets INTERNAL (grpc.aio loses the status, #36066)."""
+    codes = collections.Counter()
+    for _ in range(10):
+        for call in (
+            fuzz.internal().SubmitStream(
+                iter([route_pb2.SubmitBatchRequest()] * messages), timeout=CALL_TIMEOUT
+            ),
+            fuzz.chat().DeliverStream(
+                iter([chat_pb2.DeliverRequest()] * messages), timeout=CALL_TIMEOUT
+            ),
+        ):
+            try:
+                async for _reply in call:
+                    pass
+            except grpc.aio.AioRpcError as err:
+                codes[err.code().name] += 1
+            else:
+                codes["OK"] += 1
+    assert codes == {"PERMISSION_DENIED": 20}, codes
+
+
+def test_zz_report_counts() -> None:
+    """Prints how many requests each surface got (run with -s to see it)."""
+    print("\nfuzz requests per surface:", dict(sorted(COUNTS.items())))
