@@ -39,9 +39,6 @@ class ServerLink:
         )
         self._deliveries: Coalescer[Parcel, list[bool]] = Coalescer(self._send_parcels)
 
-    async def deliver(self, parcel: Parcel) -> list[bool]:
-        return await self._deliveries.submit(parcel)
-
     def enqueue(self, parcel: Parcel) -> asyncio.Future[list[bool]]:
         return self._deliveries.enqueue(parcel)
 
@@ -140,15 +137,7 @@ class ServerDirectory:
     async def deliver(self, server_id: str, parcel: Parcel) -> list[bool]:
         """Pushes the parcel; each flag says whether it reached a live stream.
         A server that cannot be reached is marked suspect and gets all False."""
-        link = self.link(server_id)
-        if link is None:
-            return [False] * len(parcel)
-        try:
-            flags = await link.deliver(parcel)
-        except (grpc.aio.AioRpcError, Unavailable) as exc:
-            self.mark_suspect(server_id, f"Deliver failed: {_describe(exc)}")
-            return [False] * len(parcel)
-        self._suspect.discard(server_id)
+        (flags,) = await self.deliver_many([(server_id, parcel)])
         return flags
 
     async def deliver_many(self, requests: Sequence[tuple[str, Parcel]]) -> list[list[bool]]:

@@ -52,6 +52,19 @@ class RouteLinks:
 
     async def call(self, what: str, call: Call[T]) -> T:
         """Runs ``call`` against a route, trying the next one when a route is unreachable."""
+        return await self._failover(what, lambda member: call(self._stub(member)))
+
+    async def _submit_batch(
+        self, items: list[route_pb2.SubmittedMessage]
+    ) -> list[route_pb2.SubmitResult]:
+        """One batch over a route's submit stream (the next route's when one is unreachable)."""
+        request = route_pb2.SubmitBatchRequest(server_id=self._server_id, messages=items)
+        reply = await self._failover(
+            "SubmitBatch", lambda member: self._submit_stream(member).call(request)
+        )
+        return list(reply.results)
+
+    async def _failover(self, what: str, attempt: Callable[[Member], Awaitable[T]]) -> T:
         routes = sorted(self._registry.members(MemberKind.ROUTE), key=lambda m: m.member_id)
         if not routes:
             raise Unavailable(f"{what}: no route is registered")
@@ -60,34 +73,15 @@ class RouteLinks:
         for offset in range(len(routes)):
             member = routes[(start + offset) % len(routes)]
             try:
-                return await call(self._stub(member))
+                return await attempt(member)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _FAILOVER:
                     raise from_rpc_error(exc) from exc
-                log.warning("%s at route %s failed: %s", what, member.member_id, exc.details())
                 last = from_rpc_error(exc)
-        raise Unavailable(f"{what}: no route answered ({last.message if last else 'unknown'})")
-
-    async def _submit_batch(
-        self, items: list[route_pb2.SubmittedMessage]
-    ) -> list[route_pb2.SubmitResult]:
-        """One batch over a route's submit stream, trying the next route when a
-        route is unreachable."""
-        request = route_pb2.SubmitBatchRequest(server_id=self._server_id, messages=items)
-        routes = sorted(self._registry.members(MemberKind.ROUTE), key=lambda m: m.member_id)
-        if not routes:
-            raise Unavailable("SubmitBatch: no route is registered")
-        start = next(self._turn)
-        last: CimError | None = None
-        for offset in range(len(routes)):
-            member = routes[(start + offset) % len(routes)]
-            try:
-                reply = await self._submit_stream(member).call(request)
-            except Unavailable as exc:
+            except Unavailable as exc:  # a batch stream that broke or answered late
                 last = exc
-                continue
-            return list(reply.results)
-        raise Unavailable(f"SubmitBatch: no route answered ({last.message if last else ''})")
+            log.warning("%s at route %s failed: %s", what, member.member_id, last.message)
+        raise Unavailable(f"{what}: no route answered ({last.message if last else 'unknown'})")
 
     def _submit_stream(self, member: Member) -> SubmitStream:
         stream = self._streams.get(member.address)
