@@ -113,10 +113,15 @@ async def test_round_robin_spreads_logins_over_both_servers(rr):
     assert {alice.server.server_id, bob.server.server_id} == {"server-1", "server-2"}
 
 
-async def test_login_without_chat_servers_is_unavailable(rr, raw, fails):
+async def test_login_without_chat_servers_is_unavailable(rr, raw, fails, eventually):
     await raw.register(rr, "alice")
     for server in rr.embedded.servers:
         await server.stop()
+    # A registry watch (ZooKeeper) tells the route a moment later, not synchronously.
+    async def route_sees_none() -> bool:
+        return not rr.embedded.route.servers.servers()
+
+    await eventually(route_sees_none)
 
     err = await fails(raw.route(rr).Login(_login("alice")))
     assert err.code() == grpc.StatusCode.UNAVAILABLE
