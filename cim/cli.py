@@ -18,6 +18,10 @@ from typing import Any
 import click
 
 from cim.config import (
+    DEFAULT_LOGIN_BURST,
+    DEFAULT_MAX_LOGINS_PER_SEC,
+    DEFAULT_MAX_MSGS_PER_SEC,
+    DEFAULT_MSG_BURST,
     DEFAULT_ROUTE_ADDRESS,
     DEFAULT_ROUTE_PORT,
     DEFAULT_SERVER_PORTS,
@@ -156,6 +160,57 @@ def main() -> None:
     """cim: a distributed instant-messaging system on gRPC."""
 
 
+def message_limit_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--max-msgs-per-sec and --msg-burst, shared by route and server."""
+    for option in reversed(
+        [
+            click.option(
+                "--max-msgs-per-sec",
+                envvar="CIM_MAX_MSGS_PER_SEC",
+                default=DEFAULT_MAX_MSGS_PER_SEC,
+                type=click.FloatRange(min=0.0),
+                help="Messages per second one user may send through this process "
+                "(0: no limit); over it a send gets RESOURCE_EXHAUSTED.",
+            ),
+            click.option(
+                "--msg-burst",
+                envvar="CIM_MSG_BURST",
+                default=DEFAULT_MSG_BURST,
+                type=click.IntRange(min=1),
+                help="Messages one user may send at once before --max-msgs-per-sec applies.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def login_limit_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--max-logins-per-sec and --login-burst (route)."""
+    for option in reversed(
+        [
+            click.option(
+                "--max-logins-per-sec",
+                envvar="CIM_MAX_LOGINS_PER_SEC",
+                default=DEFAULT_MAX_LOGINS_PER_SEC,
+                type=click.FloatRange(min=0.0),
+                help="Registrations plus logins per second from one client address "
+                "(0: no limit). Behind a load balancer or NAT every client shares "
+                "its address: raise it or turn it off.",
+            ),
+            click.option(
+                "--login-burst",
+                envvar="CIM_LOGIN_BURST",
+                default=DEFAULT_LOGIN_BURST,
+                type=click.IntRange(min=1),
+                help="Registrations plus logins from one address at once.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 # --- cim dev -------------------------------------------------------------------
 @main.command()
 @click.option("--host", envvar="CIM_HOST", default="127.0.0.1", help="Address to listen on.")
@@ -290,6 +345,8 @@ def dev(
     type=click.Choice(DUPLICATE_LOGIN_POLICIES),
 )
 @click.option("--max-text-bytes", envvar="CIM_MAX_TEXT_BYTES", default=4096, type=int)
+@message_limit_options
+@login_limit_options
 @click.option(
     "--session-ttl",
     envvar="CIM_SESSION_TTL",
@@ -310,6 +367,10 @@ def route(
     duplicate_login: str,
     max_text_bytes: int,
     session_ttl: float,
+    max_msgs_per_sec: float,
+    msg_burst: int,
+    max_logins_per_sec: float,
+    login_burst: int,
     zk: str | None,
     zk_root: str,
     zk_session_timeout: float,
@@ -338,6 +399,10 @@ def route(
             duplicate_login=duplicate_login,
             max_text_bytes=max_text_bytes,
             session_ttl=session_ttl,
+            max_msgs_per_sec=max_msgs_per_sec,
+            msg_burst=msg_burst,
+            max_logins_per_sec=max_logins_per_sec,
+            login_burst=login_burst,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -422,6 +487,7 @@ def route(
     help="Seconds of silence after which a stream is evicted.",
 )
 @click.option("--drain-grace", envvar="CIM_DRAIN_GRACE", default=5.0, type=float)
+@message_limit_options
 @log_level_option
 def server(
     host: str,
@@ -433,6 +499,8 @@ def server(
     heartbeat_interval: float,
     idle_timeout: float,
     drain_grace: float,
+    max_msgs_per_sec: float,
+    msg_burst: int,
     zk: str | None,
     zk_root: str,
     zk_session_timeout: float,
@@ -454,6 +522,8 @@ def server(
             advertise_host=advertise_host,
             heartbeat=HeartbeatPolicy(heartbeat_interval, idle_timeout),
             drain_grace=drain_grace,
+            max_msgs_per_sec=max_msgs_per_sec,
+            msg_burst=msg_burst,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

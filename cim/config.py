@@ -13,6 +13,13 @@ DEFAULT_ROUTE_PORT = 7100
 DEFAULT_SERVER_PORTS = (7201, 7202)
 DEFAULT_ROUTE_ADDRESS = f"127.0.0.1:{DEFAULT_ROUTE_PORT}"
 DEFAULT_MAX_TEXT_BYTES = 4096
+# Rate limits (0 turns one off): messages per user, and registrations plus
+# logins per client address. Generous: a person types far slower, and the
+# benchmarks' senders (one message in flight each) stay well under them.
+DEFAULT_MAX_MSGS_PER_SEC = 100.0
+DEFAULT_MSG_BURST = 200
+DEFAULT_MAX_LOGINS_PER_SEC = 20.0
+DEFAULT_LOGIN_BURST = 50
 
 DUPLICATE_LOGIN_POLICIES = ("reject", "kick-old")
 
@@ -42,6 +49,14 @@ def parse_token_keys(spec: str) -> tuple[dict[str, bytes], str]:
     return keys, current
 
 
+def check_rate_limit(what: str, rate: float, burst: int) -> None:
+    """A rate limit's settings: a rate of 0 is off, else the burst is at least 1."""
+    if not rate >= 0 or rate == float("inf"):
+        raise ValueError(f"{what} per second must be 0 (off) or a positive number")
+    if rate > 0 and burst < 1:
+        raise ValueError(f"the burst of {what} must be at least 1")
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     cluster_secret: str
@@ -67,6 +82,13 @@ class RouteConfig:
     # first attempt's result and is not delivered again.
     send_dedup_window: float = 600.0
     scrypt: ScryptParams = field(default_factory=ScryptParams)
+    # Unary sends per user through this route (a user spread over N routes
+    # gets up to N times this), and registrations plus logins per client
+    # address (behind a load balancer or NAT, everyone shares one). 0: off.
+    max_msgs_per_sec: float = DEFAULT_MAX_MSGS_PER_SEC
+    msg_burst: int = DEFAULT_MSG_BURST
+    max_logins_per_sec: float = DEFAULT_MAX_LOGINS_PER_SEC
+    login_burst: int = DEFAULT_LOGIN_BURST
 
     def __post_init__(self) -> None:
         if not self.cluster_secret:
@@ -77,6 +99,8 @@ class RouteConfig:
             )
         if self.max_text_bytes <= 0:
             raise ValueError("max text size must be positive")
+        check_rate_limit("messages", self.max_msgs_per_sec, self.msg_burst)
+        check_rate_limit("logins", self.max_logins_per_sec, self.login_burst)
 
     @property
     def advertised_address(self) -> str:
@@ -98,10 +122,15 @@ class ServerConfig:
     route_timeout: float = 5.0
     drain_grace: float = 5.0
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    # Sends per user on the streams of this server (it holds the user's one
+    # stream, so it sees all of them). 0: off.
+    max_msgs_per_sec: float = DEFAULT_MAX_MSGS_PER_SEC
+    msg_burst: int = DEFAULT_MSG_BURST
 
     def __post_init__(self) -> None:
         if not self.cluster_secret:
             raise ValueError("a cluster secret is required")
+        check_rate_limit("messages", self.max_msgs_per_sec, self.msg_burst)
 
     @property
     def advertised_address(self) -> str:

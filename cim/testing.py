@@ -46,12 +46,15 @@ def use_backends(factory: BackendFactory) -> Iterator[None]:
 
 
 def fast_route_config(**overrides: object) -> RouteConfig:
-    """A route config with cheap password hashing, for fast test suites."""
+    """A route config with cheap password hashing, for fast test suites, and
+    no limit on registrations and logins per address (every test client logs
+    in from 127.0.0.1). Messages keep the default per-user limit."""
     config = RouteConfig(
         cluster_secret=random_secret(),
         token_keys={"test": b"test-key-0123456789abcdef"},
         token_key_id="test",
         scrypt=ScryptParams.for_tests(),
+        max_logins_per_sec=0.0,
     )
     return replace(config, **overrides)  # type: ignore[arg-type]
 

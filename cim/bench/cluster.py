@@ -319,6 +319,10 @@ class BenchCluster:
                 deployment.redis_prefix,
                 "--routing",
                 routing,
+                # The login storm and the connections scenario log thousands of
+                # users in from this one address; messages keep the default limit.
+                "--max-logins-per-sec",
+                "0",
                 *common,
             ]
             deployment.routes.append(self._start_cim_process(name, "route", port, args, n))

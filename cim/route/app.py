@@ -16,7 +16,7 @@ from cim.proto.v1 import route_pb2, route_pb2_grpc
 from cim.registry.base import Registry
 from cim.route.messages import MessageRouter
 from cim.route.servers import ServerDirectory
-from cim.route.service import RouteInternalService, RouteService
+from cim.route.service import RouteInternalService, RouteLimits, RouteService
 from cim.route.sessions import SessionManager
 from cim.store.base import Store
 
@@ -42,6 +42,7 @@ class RouteApp:
         signer = TokenSigner(config.token_keys, config.token_key_id, config.token_ttl)
         self.sessions = SessionManager(config, store, self.servers, signer)
         self.router = MessageRouter(config, store, self.servers, self.sessions)
+        self.limits = RouteLimits(config)
         self._server: grpc.aio.Server | None = None
         self._health: object = None
         self._member: Member | None = None
@@ -53,7 +54,9 @@ class RouteApp:
 
     async def start(self) -> None:
         server = new_server()
-        route_pb2_grpc.add_RouteServicer_to_server(RouteService(self.sessions, self.router), server)
+        route_pb2_grpc.add_RouteServicer_to_server(
+            RouteService(self.sessions, self.router, self.limits), server
+        )
         route_pb2_grpc.add_RouteInternalServicer_to_server(
             RouteInternalService(
                 self.sessions, self.router, SecretCheck([self.config.cluster_secret])

@@ -3,13 +3,16 @@ only; the work is in ``sessions`` and ``messages``."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import TypeAlias
 
 import grpc
 
+from cim.config import RouteConfig
+from cim.core.ratelimit import Clock, KeyedLimiter, describe_limit, peer_host
 from cim.core.tokens import TokenClaims
-from cim.errors import CimError
+from cim.errors import CimError, ResourceExhausted
 from cim.grpcutil import SecretCheck, bearer_token, refuse_stream, unary_edge
 from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
 from cim.route.messages import MessageRouter
@@ -18,10 +21,56 @@ from cim.route.sessions import SessionManager
 Context: TypeAlias = grpc.aio.ServicerContext
 
 
+class RouteLimits:
+    """The rate limits of one route's client RPCs. Each route counts only what
+    passes through it: a user whose calls spread over N routes may send up to
+    N times the rate; clients behind one load balancer or NAT share an address."""
+
+    def __init__(self, config: RouteConfig | None = None, clock: Clock = time.monotonic) -> None:
+        msgs, msg_burst = (config.max_msgs_per_sec, config.msg_burst) if config else (0.0, 0)
+        logins, login_burst = (
+            (config.max_logins_per_sec, config.login_burst) if config else (0.0, 0)
+        )
+        self.messages: KeyedLimiter[int] = KeyedLimiter(msgs, msg_burst, clock=clock)
+        self.logins: KeyedLimiter[str] = KeyedLimiter(logins, login_burst, clock=clock)
+
+    def message(self, user_id: int) -> None:
+        """Counts a send of the user; ResourceExhausted over the limit."""
+        limiter = self.messages
+        if not limiter.allow(user_id):
+            raise ResourceExhausted(
+                describe_limit(
+                    "messages from this user",
+                    limiter.rate,
+                    limiter.burst,
+                    limiter.retry_after(user_id),
+                )
+            )
+
+    def login(self, context: Context) -> None:
+        """Counts a registration or login from the caller's address."""
+        limiter = self.logins
+        if not limiter.enabled:
+            return
+        address = peer_host(context.peer() or "")
+        if not limiter.allow(address):
+            raise ResourceExhausted(
+                describe_limit(
+                    f"registrations and logins from {address}",
+                    limiter.rate,
+                    limiter.burst,
+                    limiter.retry_after(address),
+                )
+            )
+
+
 class RouteService(route_pb2_grpc.RouteServicer):
-    def __init__(self, sessions: SessionManager, router: MessageRouter) -> None:
+    def __init__(
+        self, sessions: SessionManager, router: MessageRouter, limits: RouteLimits | None = None
+    ) -> None:
         self._sessions = sessions
         self._router = router
+        self._limits = limits or RouteLimits()
 
     def _caller(self, context: Context) -> TokenClaims:
         return self._sessions.authenticate(bearer_token(context))
@@ -30,6 +79,7 @@ class RouteService(route_pb2_grpc.RouteServicer):
     async def Register(
         self, request: route_pb2.RegisterRequest, context: Context
     ) -> route_pb2.RegisterResponse:
+        self._limits.login(context)
         account, created = await self._sessions.register(request.user_name, request.password)
         return route_pb2.RegisterResponse(
             user_id=account.user_id, user_name=account.user_name, created=created
@@ -39,6 +89,7 @@ class RouteService(route_pb2_grpc.RouteServicer):
     async def Login(
         self, request: route_pb2.LoginRequest, context: Context
     ) -> route_pb2.LoginResponse:
+        self._limits.login(context)
         result = await self._sessions.login(
             request.user_name,
             request.password,
@@ -79,6 +130,7 @@ class RouteService(route_pb2_grpc.RouteServicer):
         self, request: route_pb2.SendPrivateRequest, context: Context
     ) -> route_pb2.SendResponse:
         caller = self._caller(context)
+        self._limits.message(caller.user_id)
         return await self._router.send_private(caller.user_id, caller.user_name, request)
 
     @unary_edge
@@ -86,6 +138,7 @@ class RouteService(route_pb2_grpc.RouteServicer):
         self, request: route_pb2.SendGroupRequest, context: Context
     ) -> route_pb2.SendResponse:
         caller = self._caller(context)
+        self._limits.message(caller.user_id)
         return await self._router.send_group(caller.user_id, caller.user_name, request)
 
     @unary_edge

@@ -12,6 +12,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from cim.config import ServerConfig
+from cim.core.ratelimit import KeyedLimiter, describe_limit
 from cim.errors import (
     CimError,
     Internal,
@@ -50,6 +51,10 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self._secret = secret
         self._background: set[asyncio.Task[None]] = set()
         self.accepting = True
+        # This server holds the user's one stream, so it sees all its stream sends.
+        self.send_limits: KeyedLimiter[int] = KeyedLimiter(
+            config.max_msgs_per_sec, config.msg_burst
+        )
 
     # --- the client stream -------------------------------------------------
     async def Connect(
@@ -172,6 +177,15 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             if stream.outstanding_sends >= MAX_OUTSTANDING_SENDS:
                 raise ResourceExhausted(
                     f"more than {MAX_OUTSTANDING_SENDS} sends await their result: slow down"
+                )
+            if not self.send_limits.allow(stream.user_id):
+                raise ResourceExhausted(
+                    describe_limit(
+                        "messages from this user",
+                        self.send_limits.rate,
+                        self.send_limits.burst,
+                        self.send_limits.retry_after(stream.user_id),
+                    )
                 )
         except CimError as exc:
             stream.push(_send_error(correlation_id, exc))
