@@ -29,6 +29,7 @@ from cim.config import (
     ClientConfig,
     RouteConfig,
     ServerConfig,
+    TlsConfig,
     parse_token_keys,
 )
 from cim.core.liveness import HeartbeatPolicy
@@ -118,6 +119,74 @@ def zookeeper_options(command: Callable[..., None]) -> Callable[..., None]:
     ):
         command = option(command)
     return command
+
+
+_PEM_FILE = click.Path(exists=True, dir_okay=False, readable=True)
+
+
+def tls_listener_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--tls-cert and friends, shared by route and server."""
+    for option in reversed(
+        [
+            click.option(
+                "--tls-cert",
+                envvar="CIM_TLS_CERT",
+                default=None,
+                type=_PEM_FILE,
+                help="PEM certificate (chain) to serve TLS with; also presented as client "
+                "certificate to other cluster members. Without it: plaintext.",
+            ),
+            click.option(
+                "--tls-key",
+                envvar="CIM_TLS_KEY",
+                default=None,
+                type=_PEM_FILE,
+                help="PEM private key of --tls-cert (unencrypted).",
+            ),
+            click.option(
+                "--tls-ca",
+                envvar="CIM_TLS_CA",
+                default=None,
+                type=_PEM_FILE,
+                help="PEM CA certificate(s) that verify other cluster members (and clients, "
+                "with --tls-client-auth); default: the system's CAs.",
+            ),
+            click.option(
+                "--tls-client-auth",
+                envvar="CIM_TLS_CLIENT_AUTH",
+                is_flag=True,
+                default=False,
+                help="Mutual TLS: refuse every caller (cluster members and users alike) "
+                "without a client certificate signed by --tls-ca.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _listener_tls(
+    cert: str | None, key: str | None, ca: str | None, client_auth: bool
+) -> TlsConfig | None:
+    """The TLS of a route or chat server from its flags (None: plaintext);
+    ValueError with the flags to fix when they do not fit together."""
+    if cert is None and key is None:
+        if ca is not None or client_auth:
+            raise ValueError("--tls-ca and --tls-client-auth need --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    if client_auth and ca is None:
+        raise ValueError("--tls-client-auth needs --tls-ca, the CA that signs client certificates")
+    return _loaded(TlsConfig(cert, key, ca, client_auth))
+
+
+def _loaded(config: TlsConfig) -> TlsConfig:
+    """The config, once its files have been read and checked (TlsError otherwise)."""
+    from cim.tls import load
+
+    load(config)
+    return config
 
 
 async def _open_registry(
@@ -354,6 +423,7 @@ def dev(
     type=float,
     help="Seconds login state lives without a refresh from a live stream.",
 )
+@tls_listener_options
 @log_level_option
 def route(
     host: str,
@@ -377,6 +447,10 @@ def route(
     zk_connect_timeout: float,
     redis_url: str | None,
     redis_prefix: str,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    tls_client_auth: bool,
     log_level: str,
 ) -> None:
     """Run a route: Redis store (--redis) and ZooKeeper (--zk) for a cluster;
@@ -403,6 +477,7 @@ def route(
             msg_burst=msg_burst,
             max_logins_per_sec=max_logins_per_sec,
             login_burst=login_burst,
+            tls=_listener_tls(tls_cert, tls_key, tls_ca, tls_client_auth),
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -488,6 +563,7 @@ def route(
 )
 @click.option("--drain-grace", envvar="CIM_DRAIN_GRACE", default=5.0, type=float)
 @message_limit_options
+@tls_listener_options
 @log_level_option
 def server(
     host: str,
@@ -505,6 +581,10 @@ def server(
     zk_root: str,
     zk_session_timeout: float,
     zk_connect_timeout: float,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    tls_client_auth: bool,
     log_level: str,
 ) -> None:
     """Run a chat server; it finds routes in ZooKeeper (--zk) or at --route.
@@ -524,6 +604,7 @@ def server(
             drain_grace=drain_grace,
             max_msgs_per_sec=max_msgs_per_sec,
             msg_burst=msg_burst,
+            tls=_listener_tls(tls_cert, tls_key, tls_ca, tls_client_auth),
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -572,6 +653,37 @@ def server(
 )
 @click.option("--heartbeat-interval", envvar="CIM_HEARTBEAT_INTERVAL", default=10.0, type=float)
 @click.option(
+    "--tls",
+    "use_tls",
+    envvar="CIM_TLS",
+    is_flag=True,
+    default=False,
+    help="Reach routes and chat servers over TLS (implied by any --tls-* option).",
+)
+@click.option(
+    "--tls-ca",
+    envvar="CIM_TLS_CA",
+    default=None,
+    type=_PEM_FILE,
+    help="PEM CA certificate(s) that verify the route and chat servers; default: the system's CAs.",
+)
+@click.option(
+    "--tls-cert",
+    envvar="CIM_TLS_CERT",
+    default=None,
+    type=_PEM_FILE,
+    help="PEM client certificate, for a cluster that requires one (--tls-client-auth).",
+)
+@click.option(
+    "--tls-key", envvar="CIM_TLS_KEY", default=None, type=_PEM_FILE, help="Its private key."
+)
+@click.option(
+    "--tls-server-name",
+    envvar="CIM_TLS_SERVER_NAME",
+    default=None,
+    help="Name the servers' certificates must carry (default: the host of each address).",
+)
+@click.option(
     "--log-level",
     envvar="CIM_LOG_LEVEL",
     default="warning",
@@ -583,6 +695,11 @@ def client(
     routes: str,
     log_dir: Path,
     heartbeat_interval: float,
+    use_tls: bool,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_server_name: str | None,
     log_level: str,
 ) -> None:
     """Chat in the console: register if needed, log in, connect."""
@@ -591,12 +708,20 @@ def client(
     from cim.client.console import Console
 
     _setup_logging(log_level)
-    if password is None:
-        password = click.prompt(f"password for {user_name}", hide_input=True)
     addresses = tuple(_split_addresses((routes,)))
     if not addresses:
         raise click.ClickException("give a route with --route HOST:PORT")
-    config = ClientConfig(routes=addresses, ping_interval=heartbeat_interval)
+    tls: TlsConfig | None = None
+    if use_tls or any(value is not None for value in (tls_ca, tls_cert, tls_key, tls_server_name)):
+        if (tls_cert is None) != (tls_key is None):
+            raise click.ClickException("a client certificate needs both --tls-cert and --tls-key")
+        try:
+            tls = _loaded(TlsConfig(tls_cert, tls_key, tls_ca, server_name=tls_server_name))
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    config = ClientConfig(routes=addresses, ping_interval=heartbeat_interval, tls=tls)
+    if password is None:
+        password = click.prompt(f"password for {user_name}", hide_input=True)
 
     async def run() -> None:
         cim_client = CimClient(user_name, password or "", config)
@@ -608,7 +733,7 @@ def client(
             await cim_client.connect()
         except CimError as exc:
             await cim_client.close()
-            raise click.ClickException(_explain(exc)) from None
+            raise click.ClickException(_explain(exc) + _tls_hint(exc, tls)) from None
         console = Console(cim_client, ChatLog(log_dir, user_name), interactive=sys.stdin.isatty())
         await console.run()
 
@@ -621,6 +746,23 @@ def _explain(exc: CimError) -> str:
     if isinstance(exc, AlreadyExists) and "taken" in exc.message:
         return f"{exc.message} (wrong password?)"
     return exc.message
+
+
+def _tls_hint(exc: CimError, tls: TlsConfig | None) -> str:
+    """What to check when TLS set-ups disagree: gRPC says only how the
+    connection ended."""
+    text = exc.message
+    if "handshake" in text.lower() or "Verification Check failed" in text:
+        return (
+            " (TLS: is --tls-ca the CA of the servers' certificates, and do they name "
+            "the host dialled? see --tls-server-name)"
+        )
+    if "Socket closed" in text:  # hung up on during the handshake
+        if tls is None:
+            return " (does the cluster use TLS? then give --tls-ca)"
+        if tls.cert_file is None:
+            return " (does the cluster require client certificates? give --tls-cert and --tls-key)"
+    return ""
 
 
 # --- cim bench -----------------------------------------------------------------

@@ -58,6 +58,35 @@ def check_rate_limit(what: str, rate: float, burst: int) -> None:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """TLS of one process (paths to PEM files; ``cim.tls`` reads them).
+
+    A listener (route, chat server) needs ``cert_file`` and ``key_file``; the
+    same certificate is presented as client certificate on its calls to other
+    cluster members. ``ca_file`` verifies peers (the system's CAs without it);
+    ``require_client_cert`` makes a listener refuse callers without a
+    certificate from that CA (mutual TLS). ``server_name`` replaces the host of
+    the address as the name a peer's certificate must carry.
+    """
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    require_client_cert: bool = False
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("TLS needs both a certificate and its private key, or neither")
+        if self.require_client_cert and not self.ca_file:
+            raise ValueError("requiring client certificates needs the CA that signs them")
+
+    def require_listener(self) -> None:
+        if not self.cert_file:
+            raise ValueError("a TLS listener needs a certificate and its private key")
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     cluster_secret: str
     token_keys: dict[str, bytes]
@@ -89,6 +118,8 @@ class RouteConfig:
     msg_burst: int = DEFAULT_MSG_BURST
     max_logins_per_sec: float = DEFAULT_MAX_LOGINS_PER_SEC
     login_burst: int = DEFAULT_LOGIN_BURST
+    # None: plaintext (fine on loopback; a warning elsewhere).
+    tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.cluster_secret:
@@ -101,6 +132,8 @@ class RouteConfig:
             raise ValueError("max text size must be positive")
         check_rate_limit("messages", self.max_msgs_per_sec, self.msg_burst)
         check_rate_limit("logins", self.max_logins_per_sec, self.login_burst)
+        if self.tls is not None:
+            self.tls.require_listener()
 
     @property
     def advertised_address(self) -> str:
@@ -122,6 +155,8 @@ class ServerConfig:
     route_timeout: float = 5.0
     drain_grace: float = 5.0
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    # None: plaintext (fine on loopback; a warning elsewhere).
+    tls: TlsConfig | None = None
     # Sends per user on the streams of this server (it holds the user's one
     # stream, so it sees all of them). 0: off.
     max_msgs_per_sec: float = DEFAULT_MAX_MSGS_PER_SEC
@@ -131,6 +166,8 @@ class ServerConfig:
         if not self.cluster_secret:
             raise ValueError("a cluster secret is required")
         check_rate_limit("messages", self.max_msgs_per_sec, self.msg_burst)
+        if self.tls is not None:
+            self.tls.require_listener()
 
     @property
     def advertised_address(self) -> str:
@@ -144,3 +181,5 @@ class ClientConfig:
     backoff: Backoff = field(default_factory=lambda: Backoff(base=3.0, cap=9.0, retries=10))
     rpc_timeout: float = 10.0
     device_id: str = ""
+    # None: plaintext; else routes and chat servers are verified with tls.ca_file.
+    tls: TlsConfig | None = None

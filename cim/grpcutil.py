@@ -55,10 +55,21 @@ def new_server() -> grpc.aio.Server:
     return grpc.aio.server(options=SERVER_OPTIONS)
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    """Binds host:port (port 0 picks a free one) and returns the port bound."""
+def bind(
+    server: grpc.aio.Server,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """Binds host:port (port 0 picks a free one), with TLS when ``credentials``
+    are given (``cim.tls``), and returns the port bound."""
+    address = f"{host}:{port}"
     try:
-        bound: int = server.add_insecure_port(f"{host}:{port}")
+        bound: int = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
     except RuntimeError:  # grpcio >= 1.6x raises where older ones returned 0
         bound = 0
     if bound == 0:

@@ -36,8 +36,9 @@ from cim.errors import (
     Unavailable,
     error_for_number,
 )
-from cim.grpcutil import insecure_channel
 from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2, route_pb2
+from cim.tls import Tls, open_channel
+from cim.tls import load as load_tls
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,9 @@ EventCallback = Callable[[ClientEvent], None]
 class _Connection:
     """One Chat stream and its channel."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: Tls | None = None) -> None:
         self.address = address
-        self.channel = insecure_channel(address)
+        self.channel = open_channel(address, tls)
         self.call = chat_pb2_grpc.ChatStub(self.channel).Connect()
         self.write_lock = asyncio.Lock()
         self.last_sent = self.last_heard = time.monotonic()
@@ -97,7 +98,8 @@ class CimClient:
         self.config = config or ClientConfig()
         self.user_name = user_name
         self._password = password
-        self.route = RouteClient(self.config.routes, self.config.rpc_timeout)
+        self._tls = load_tls(self.config.tls)
+        self.route = RouteClient(self.config.routes, self.config.rpc_timeout, self._tls)
         self.on_message = on_message
         self.on_event = on_event
         self._rng = rng or random.Random()
@@ -159,7 +161,7 @@ class CimClient:
         """Opens the Chat stream to the server of the last login."""
         if self.server is None or not self.route.token:
             raise FailedPrecondition("log in before connecting")
-        conn = _Connection(self.server.address)
+        conn = _Connection(self.server.address, self._tls)
         try:
             await conn.write(
                 chat_pb2.ClientFrame(

@@ -10,8 +10,9 @@ from typing import TypeVar
 import grpc
 
 from cim.errors import CimError, Unavailable, from_rpc_error
-from cim.grpcutil import insecure_channel, token_metadata
+from cim.grpcutil import token_metadata
 from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
+from cim.tls import Tls, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,14 @@ _FAILOVER = {grpc.StatusCode.UNAVAILABLE}
 class RouteClient:
     """Talks to whichever of the given routes answers; routes are interchangeable."""
 
-    def __init__(self, addresses: Sequence[str], timeout: float = 10.0) -> None:
+    def __init__(
+        self, addresses: Sequence[str], timeout: float = 10.0, tls: Tls | None = None
+    ) -> None:
         if not addresses:
             raise ValueError("at least one route address is needed")
         self.addresses = list(addresses)
         self._timeout = timeout
-        self._channels = [insecure_channel(address) for address in self.addresses]
+        self._channels = [open_channel(address, tls) for address in self.addresses]
         self._stubs = [route_pb2_grpc.RouteStub(channel) for channel in self._channels]
         self._turn = itertools.count()
         self._preferred = 0

@@ -19,6 +19,9 @@ from cim.route.servers import ServerDirectory
 from cim.route.service import RouteInternalService, RouteLimits, RouteService
 from cim.route.sessions import SessionManager
 from cim.store.base import Store
+from cim.tls import describe as describe_tls
+from cim.tls import load as load_tls
+from cim.tls import warn_if_exposed
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,13 @@ class RouteApp:
         self.store = store
         self.registry = registry
         self.port = config.port
+        self.tls = load_tls(config.tls)
         self.servers = ServerDirectory(
-            registry, config.cluster_secret, config.deliver_timeout, config.probe_timeout
+            registry,
+            config.cluster_secret,
+            config.deliver_timeout,
+            config.probe_timeout,
+            tls=self.tls,
         )
         signer = TokenSigner(config.token_keys, config.token_key_id, config.token_ttl)
         self.sessions = SessionManager(config, store, self.servers, signer)
@@ -64,14 +72,25 @@ class RouteApp:
             server,
         )
         self._health = add_standard_services(server, SERVICE_NAMES)
-        self.port = bind(server, self.config.host, self.config.port)
+        warn_if_exposed(f"route {self.config.route_id}", self.config.host, self.tls)
+        self.port = bind(
+            server,
+            self.config.host,
+            self.config.port,
+            self.tls.server_credentials() if self.tls else None,
+        )
         await server.start()
         self._server = server
         await set_serving(self._health, SERVICE_NAMES, True)
         self._member = Member(MemberKind.ROUTE, self.config.route_id, self.address)
         await self.registry.register(self._member)
         self._prober = asyncio.create_task(self._probe_suspects())
-        log.info("route %s listening on %s", self.config.route_id, self.address)
+        log.info(
+            "route %s listening on %s (%s)",
+            self.config.route_id,
+            self.address,
+            describe_tls(self.tls),
+        )
 
     async def _probe_suspects(self) -> None:
         while True:

@@ -13,9 +13,10 @@ from cim.batchcall import BatchStream
 from cim.core.coalesce import Coalescer
 from cim.core.members import Member, MemberKind
 from cim.errors import Unavailable
-from cim.grpcutil import insecure_channel, secret_metadata
+from cim.grpcutil import secret_metadata
 from cim.proto.v1 import chat_pb2, chat_pb2_grpc, route_pb2
 from cim.registry.base import Registry
+from cim.tls import Tls, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +27,11 @@ class ServerLink:
     """One chat server: its channel, and a coalescer that merges concurrent
     deliveries into one Deliver call while another is in flight."""
 
-    def __init__(self, member: Member, secret: str, timeout: float) -> None:
+    def __init__(self, member: Member, secret: str, timeout: float, tls: Tls | None = None) -> None:
         self.member = member
         self._metadata = secret_metadata(secret)
         self._timeout = timeout
-        self._channel = insecure_channel(member.address)
+        self._channel = open_channel(member.address, tls)
         self.stub = chat_pb2_grpc.ChatStub(self._channel)
         self._stream: BatchStream[chat_pb2.DeliverRequest, chat_pb2.DeliverResponse] = BatchStream(
             lambda: self.stub.DeliverStream(metadata=self._metadata),
@@ -76,9 +77,17 @@ class ServerLink:
 class ServerDirectory:
     """Chat servers as the registry sees them, minus those that just failed."""
 
-    def __init__(self, registry: Registry, secret: str, timeout: float, probe_timeout: float):
+    def __init__(
+        self,
+        registry: Registry,
+        secret: str,
+        timeout: float,
+        probe_timeout: float,
+        tls: Tls | None = None,
+    ):
         self._registry = registry
         self._secret = secret
+        self._tls = tls
         self._timeout = timeout
         self._probe_timeout = probe_timeout
         self._links: dict[str, ServerLink] = {}
@@ -130,7 +139,7 @@ class ServerDirectory:
         member = self.find(server_id)
         if member is None:
             return None
-        link = ServerLink(member, self._secret, self._timeout)
+        link = ServerLink(member, self._secret, self._timeout, self._tls)
         self._links[server_id] = link
         return link
 

@@ -22,6 +22,9 @@ from cim.registry.base import Registry
 from cim.server.routes import RouteLinks
 from cim.server.service import ChatService
 from cim.server.streams import StreamTable, notice
+from cim.tls import describe as describe_tls
+from cim.tls import load as load_tls
+from cim.tls import warn_if_exposed
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,9 @@ class ChatServerApp:
         self.registry = registry
         self.port = config.port
         self.streams = StreamTable()
+        self.tls = load_tls(config.tls)
         self.routes = RouteLinks(
-            registry, config.server_id, config.cluster_secret, config.route_timeout
+            registry, config.server_id, config.cluster_secret, config.route_timeout, self.tls
         )
         self.service = ChatService(
             config, self.streams, self.routes, SecretCheck([config.cluster_secret])
@@ -59,7 +63,13 @@ class ChatServerApp:
         server = new_server()
         chat_pb2_grpc.add_ChatServicer_to_server(self.service, server)
         self._health = add_standard_services(server, SERVICE_NAMES)
-        self.port = bind(server, self.config.host, self.config.port)
+        warn_if_exposed(f"chat server {self.server_id}", self.config.host, self.tls)
+        self.port = bind(
+            server,
+            self.config.host,
+            self.config.port,
+            self.tls.server_credentials() if self.tls else None,
+        )
         await server.start()
         self._server = server
         await set_serving(self._health, SERVICE_NAMES, True)
@@ -69,7 +79,12 @@ class ChatServerApp:
             asyncio.create_task(self._every(self.config.heartbeat.sweep_interval, self.sweep)),
             asyncio.create_task(self._every(self.config.refresh_interval, self.refresh)),
         ]
-        log.info("chat server %s listening on %s", self.server_id, self.address)
+        log.info(
+            "chat server %s listening on %s (%s)",
+            self.server_id,
+            self.address,
+            describe_tls(self.tls),
+        )
 
     async def _every(self, interval: float, work: Callable[[], Awaitable[None]]) -> None:
         while True:

@@ -14,9 +14,10 @@ from cim.batchcall import BatchStream
 from cim.core.coalesce import Coalescer
 from cim.core.members import Member, MemberKind
 from cim.errors import CimError, Unavailable, from_rpc_error
-from cim.grpcutil import insecure_channel, secret_metadata
+from cim.grpcutil import secret_metadata
 from cim.proto.v1 import route_pb2, route_pb2_grpc
 from cim.registry.base import Registry
+from cim.tls import Tls, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,16 @@ _FAILOVER = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 class RouteLinks:
-    def __init__(self, registry: Registry, server_id: str, secret: str, timeout: float) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        server_id: str,
+        secret: str,
+        timeout: float,
+        tls: Tls | None = None,
+    ) -> None:
         self._registry = registry
+        self._tls = tls
         self._server_id = server_id
         self.metadata = secret_metadata(secret)
         self.timeout = timeout
@@ -45,7 +54,7 @@ class RouteLinks:
     def _stub(self, member: Member) -> route_pb2_grpc.RouteInternalStub:
         entry = self._channels.get(member.address)
         if entry is None:
-            channel = insecure_channel(member.address)
+            channel = open_channel(member.address, self._tls)
             entry = (channel, route_pb2_grpc.RouteInternalStub(channel))
             self._channels[member.address] = entry
         return entry[1]

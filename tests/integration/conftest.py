@@ -27,7 +27,12 @@ READ_TIMEOUT = 5.0
 
 # Modules that test one backend directly; every other module is a behaviour
 # suite and runs once per backend.
-SINGLE_BACKEND_MODULES = {"test_store_contract", "test_redis_store", "test_zookeeper_registry"}
+SINGLE_BACKEND_MODULES = {
+    "test_store_contract",
+    "test_redis_store",
+    "test_zookeeper_registry",
+    "test_tls",  # transport only: the backends change nothing
+}
 BACKENDS = ["memory", "redis-zk"]
 
 
