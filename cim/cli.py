@@ -30,6 +30,7 @@ from cim.config import (
     RouteConfig,
     ServerConfig,
     TlsConfig,
+    parse_cluster_secrets,
     parse_token_keys,
 )
 from cim.core.liveness import HeartbeatPolicy
@@ -39,6 +40,11 @@ from cim.errors import CimError
 from cim.registry.base import Registry
 
 log = logging.getLogger("cim")
+
+CLUSTER_SECRET_HELP = (
+    "Shared secret of the cluster's internal RPCs; 'new,old' during a rotation: "
+    "the first is sent, all are accepted."
+)
 
 
 def _setup_logging(level: str) -> None:
@@ -329,7 +335,7 @@ def dev(
             route_port=route_port,
             server_ports=ports,
             route_config=RouteConfig(
-                cluster_secret=random_secret(),
+                cluster_secrets=(random_secret(),),
                 token_keys={"dev": secrets.token_bytes(32)},
                 token_key_id="dev",
                 routing=routing,
@@ -374,7 +380,7 @@ def dev(
     "--cluster-secret",
     envvar="CIM_CLUSTER_SECRET",
     required=True,
-    help="Shared secret of the cluster's internal RPCs.",
+    help=CLUSTER_SECRET_HELP,
 )
 @click.option(
     "--token-keys",
@@ -462,7 +468,7 @@ def route(
     try:
         keys, current = parse_token_keys(token_keys)
         config = RouteConfig(
-            cluster_secret=cluster_secret,
+            cluster_secrets=parse_cluster_secrets(cluster_secret),
             token_keys=keys,
             token_key_id=current,
             host=host,
@@ -538,7 +544,9 @@ def route(
     default=None,
     help="Unique name of this server (default: its advertised address).",
 )
-@click.option("--cluster-secret", envvar="CIM_CLUSTER_SECRET", required=True)
+@click.option(
+    "--cluster-secret", envvar="CIM_CLUSTER_SECRET", required=True, help=CLUSTER_SECRET_HELP
+)
 @click.option(
     "--route",
     "routes",
@@ -595,7 +603,7 @@ def server(
     addresses = _split_addresses(routes) or [DEFAULT_ROUTE_ADDRESS]
     try:
         config = ServerConfig(
-            cluster_secret=cluster_secret,
+            cluster_secrets=parse_cluster_secrets(cluster_secret),
             server_id=server_id or f"{advertise_host or host}:{port}",
             host=host,
             port=port,

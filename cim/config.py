@@ -86,9 +86,26 @@ class TlsConfig:
             raise ValueError("a TLS listener needs a certificate and its private key")
 
 
+def parse_cluster_secrets(spec: str) -> tuple[str, ...]:
+    """``"new,old"`` -> ``("new", "old")``: the first is sent on internal calls,
+    every one is accepted on them, so the secret rotates without downtime."""
+    found = tuple(dict.fromkeys(part.strip() for part in spec.split(",") if part.strip()))
+    if not found:
+        raise ValueError("a cluster secret is required")
+    return found
+
+
+def _check_cluster_secrets(secrets_: tuple[str, ...]) -> None:
+    if isinstance(secrets_, str):  # a bare string would accept each of its characters
+        raise TypeError("cluster_secrets is a tuple of secrets, not a string")
+    if not secrets_ or not all(secrets_):
+        raise ValueError("a cluster secret is required")
+
+
 @dataclass(frozen=True)
 class RouteConfig:
-    cluster_secret: str
+    # Sent on internal calls: the first; accepted on them: every one (rotation).
+    cluster_secrets: tuple[str, ...]
     token_keys: dict[str, bytes]
     token_key_id: str
     route_id: str = "route-1"
@@ -96,6 +113,11 @@ class RouteConfig:
     port: int = DEFAULT_ROUTE_PORT
     advertise_host: str | None = None
     token_ttl: float = 24 * 3600.0
+    # A route asks the store whether a token's session still stands at most
+    # once per this many seconds per session: a logout or a newer login ends
+    # the old tokens at once on the route that handled it, and at every other
+    # route within this bound. 0: ask on every call.
+    token_check_cache: float = 1.0
     routing: str = "consistent-hash"
     duplicate_login: str = "reject"
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
@@ -122,8 +144,7 @@ class RouteConfig:
     tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
-        if not self.cluster_secret:
-            raise ValueError("a cluster secret is required")
+        _check_cluster_secrets(self.cluster_secrets)
         if self.duplicate_login not in DUPLICATE_LOGIN_POLICIES:
             raise ValueError(
                 f"duplicate-login policy must be one of {', '.join(DUPLICATE_LOGIN_POLICIES)}"
@@ -136,13 +157,19 @@ class RouteConfig:
             self.tls.require_listener()
 
     @property
+    def cluster_secret(self) -> str:
+        """The secret this process sends on its internal calls."""
+        return self.cluster_secrets[0]
+
+    @property
     def advertised_address(self) -> str:
         return f"{self.advertise_host or self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    cluster_secret: str
+    # Sent on internal calls: the first; accepted on them: every one (rotation).
+    cluster_secrets: tuple[str, ...]
     server_id: str = "server-1"
     host: str = "127.0.0.1"
     port: int = DEFAULT_SERVER_PORTS[0]
@@ -163,11 +190,15 @@ class ServerConfig:
     msg_burst: int = DEFAULT_MSG_BURST
 
     def __post_init__(self) -> None:
-        if not self.cluster_secret:
-            raise ValueError("a cluster secret is required")
+        _check_cluster_secrets(self.cluster_secrets)
         check_rate_limit("messages", self.max_msgs_per_sec, self.msg_burst)
         if self.tls is not None:
             self.tls.require_listener()
+
+    @property
+    def cluster_secret(self) -> str:
+        """The secret this process sends on its internal calls."""
+        return self.cluster_secrets[0]
 
     @property
     def advertised_address(self) -> str:

@@ -39,21 +39,21 @@ class EmbeddedCluster:
         self.registry: Registry = registry or InProcessRegistry()
         self.store: Store = store or MemoryStore()
         base_route = route_config or RouteConfig(
-            cluster_secret=secret,
+            cluster_secrets=(secret,),
             token_keys={"dev": secrets.token_bytes(32)},
             token_key_id="dev",
         )
         self.route = RouteApp(
-            replace(base_route, cluster_secret=secret, host=host, port=route_port),
+            replace(base_route, cluster_secrets=(secret,), host=host, port=route_port),
             self.store,
             self.registry,
         )
-        base_server = server_config or ServerConfig(cluster_secret=secret)
+        base_server = server_config or ServerConfig(cluster_secrets=(secret,))
         self.servers = [
             ChatServerApp(
                 replace(
                     base_server,
-                    cluster_secret=secret,
+                    cluster_secrets=(secret,),
                     server_id=f"server-{index + 1}",
                     host=host,
                     port=port,

@@ -50,7 +50,7 @@ def fast_route_config(**overrides: object) -> RouteConfig:
     no limit on registrations and logins per address (every test client logs
     in from 127.0.0.1). Messages keep the default per-user limit."""
     config = RouteConfig(
-        cluster_secret=random_secret(),
+        cluster_secrets=(random_secret(),),
         token_keys={"test": b"test-key-0123456789abcdef"},
         token_key_id="test",
         scrypt=ScryptParams.for_tests(),

@@ -67,7 +67,7 @@ class RouteApp:
         )
         route_pb2_grpc.add_RouteInternalServicer_to_server(
             RouteInternalService(
-                self.sessions, self.router, SecretCheck([self.config.cluster_secret])
+                self.sessions, self.router, SecretCheck(self.config.cluster_secrets)
             ),
             server,
         )

@@ -72,8 +72,10 @@ class RouteService(route_pb2_grpc.RouteServicer):
         self._router = router
         self._limits = limits or RouteLimits()
 
-    def _caller(self, context: Context) -> TokenClaims:
-        return self._sessions.authenticate(bearer_token(context))
+    async def _caller(self, context: Context) -> TokenClaims:
+        """Who calls: a valid token whose session still stands (not logged
+        out, not replaced by a newer login); Unauthenticated otherwise."""
+        return await self._sessions.authenticate(bearer_token(context))
 
     @unary_edge
     async def Register(
@@ -112,14 +114,16 @@ class RouteService(route_pb2_grpc.RouteServicer):
     async def Logout(
         self, request: route_pb2.LogoutRequest, context: Context
     ) -> route_pb2.LogoutResponse:
-        await self._sessions.logout(self._caller(context))
+        # Signature and expiry only: logging out an ended session again is a
+        # no-op, so a retried logout (its reply lost) succeeds.
+        await self._sessions.logout(self._sessions.verify(bearer_token(context)))
         return route_pb2.LogoutResponse()
 
     @unary_edge
     async def ListOnlineUsers(
         self, request: route_pb2.ListOnlineUsersRequest, context: Context
     ) -> route_pb2.ListOnlineUsersResponse:
-        self._caller(context)
+        await self._caller(context)
         accounts = await self._sessions.online_users(request.name_prefix)
         return route_pb2.ListOnlineUsersResponse(
             users=[common_pb2.UserInfo(user_id=a.user_id, user_name=a.user_name) for a in accounts]
@@ -129,7 +133,7 @@ class RouteService(route_pb2_grpc.RouteServicer):
     async def SendPrivate(
         self, request: route_pb2.SendPrivateRequest, context: Context
     ) -> route_pb2.SendResponse:
-        caller = self._caller(context)
+        caller = await self._caller(context)
         self._limits.message(caller.user_id)
         return await self._router.send_private(caller.user_id, caller.user_name, request)
 
@@ -137,7 +141,7 @@ class RouteService(route_pb2_grpc.RouteServicer):
     async def SendGroup(
         self, request: route_pb2.SendGroupRequest, context: Context
     ) -> route_pb2.SendResponse:
-        caller = self._caller(context)
+        caller = await self._caller(context)
         self._limits.message(caller.user_id)
         return await self._router.send_group(caller.user_id, caller.user_name, request)
 
@@ -145,7 +149,7 @@ class RouteService(route_pb2_grpc.RouteServicer):
     async def FetchOffline(
         self, request: route_pb2.FetchOfflineRequest, context: Context
     ) -> route_pb2.FetchOfflineResponse:
-        caller = self._caller(context)
+        caller = await self._caller(context)
         messages, more = await self._router.fetch_offline(caller.user_id, request.limit)
         return route_pb2.FetchOfflineResponse(messages=messages, more=more)
 

@@ -1,10 +1,21 @@
 """Accounts and sessions: register, login (with server choice), logout, and the
-session events chat servers report."""
+session events chat servers report.
+
+Revocation: a token is good while its session is the one the store names for
+the user (``Store.set_token_session``), which a login sets and a logout (or
+the next login, of any kind) ends. Each route remembers a confirmed session
+for ``RouteConfig.token_check_cache`` seconds (1 s by default), so the hot
+unary path asks the store at most once per second per user; a logout or newer
+login is effective at once on the route that handled it and at every other
+route within that bound.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cim.config import RouteConfig
@@ -22,6 +33,10 @@ log = logging.getLogger(__name__)
 
 # One message for every credential failure, so answers never tell which part was wrong.
 BAD_CREDENTIALS = "user name, user id or password is wrong"
+SESSION_ENDED = "session ended (logged out or replaced by a newer login): log in again"
+# The store keeps a token session this much longer than the tokens live, so
+# clock differences between routes never end a token early.
+TOKEN_SESSION_MARGIN = 60.0
 
 
 @dataclass(frozen=True)
@@ -41,12 +56,19 @@ class SessionManager:
         servers: ServerDirectory,
         signer: TokenSigner,
         chooser: ServerChooser | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._store = store
         self._servers = servers
         self._signer = signer
         self._chooser = chooser or make_chooser(config.routing)
+        self._clock = clock
+        # user id -> (session the store confirmed, until when): the positive cache.
+        self._confirmed: dict[int, tuple[str, float]] = {}
+        # Bumped by every local revocation: a store answer read before one is not cached.
+        self._revocations = 0
+        self._next_sweep = 0.0
 
     # --- accounts ---------------------------------------------------------
     async def register(self, user_name: str, password: str) -> tuple[Account, bool]:
@@ -93,6 +115,12 @@ class SessionManager:
             await self._claim(record)
         else:
             await self._replace(record, replacing)
+        # From here on, tokens of any earlier session of the user are refused.
+        self._forget_confirmed(account.user_id)
+        if not await self._store.set_token_session(
+            account.user_id, record.session_id, self._config.token_ttl + TOKEN_SESSION_MARGIN
+        ):
+            raise AlreadyExists("another login for this user replaced this one; try again")
         token = self._signer.issue(account.user_id, account.user_name, record.session_id, device_id)
         claims = self._signer.verify(token)
         log.info(
@@ -165,6 +193,9 @@ class SessionManager:
         return await self._servers.is_live(session.server_id, session.user_id, session.session_id)
 
     async def logout(self, claims: TokenClaims) -> None:
+        # The tokens first: they are refused from now on, whatever follows.
+        self._forget_confirmed(claims.user_id)
+        await self._store.revoke_token_session(claims.user_id, claims.session_id)
         current = await self._store.get_session(claims.user_id)
         if current is None or current.session_id != claims.session_id:
             return  # already gone: logout is idempotent
@@ -175,8 +206,37 @@ class SessionManager:
                     current.server_id, claims.user_id, claims.session_id, "logged out"
                 )
 
-    def authenticate(self, token: str) -> TokenClaims:
+    def verify(self, token: str) -> TokenClaims:
+        """The token's claims if it is signed and unexpired (its session may be over)."""
         return self._signer.verify(token)
+
+    async def authenticate(self, token: str) -> TokenClaims:
+        """The claims of a signed, unexpired token whose session still stands:
+        not logged out, not replaced by a newer login. Unauthenticated otherwise."""
+        claims = self._signer.verify(token)
+        now = self._clock()
+        confirmed = self._confirmed.get(claims.user_id)
+        if confirmed is not None and confirmed[0] == claims.session_id and confirmed[1] > now:
+            return claims
+        revocations = self._revocations
+        if await self._store.get_token_session(claims.user_id) != claims.session_id:
+            raise Unauthenticated(SESSION_ENDED)
+        ttl = self._config.token_check_cache
+        if ttl > 0 and revocations == self._revocations:
+            self._remember_confirmed(claims.user_id, claims.session_id, now, ttl)
+        return claims
+
+    def _remember_confirmed(self, user_id: int, session_id: str, now: float, ttl: float) -> None:
+        if now >= self._next_sweep:  # what expired goes, once per ttl: bounded by active users
+            self._confirmed = {
+                uid: entry for uid, entry in self._confirmed.items() if entry[1] > now
+            }
+            self._next_sweep = now + ttl
+        self._confirmed[user_id] = (session_id, now + ttl)
+
+    def _forget_confirmed(self, user_id: int) -> None:
+        self._revocations += 1
+        self._confirmed.pop(user_id, None)
 
     # --- events from chat servers ----------------------------------------
     async def connected(

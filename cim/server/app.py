@@ -44,7 +44,7 @@ class ChatServerApp:
             registry, config.server_id, config.cluster_secret, config.route_timeout, self.tls
         )
         self.service = ChatService(
-            config, self.streams, self.routes, SecretCheck([config.cluster_secret])
+            config, self.streams, self.routes, SecretCheck(config.cluster_secrets)
         )
         self._server: grpc.aio.Server | None = None
         self._health: Any = None

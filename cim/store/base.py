@@ -109,4 +109,19 @@ class Store(Protocol):
     async def forget_send(self, sender_id: int, client_msg_id: str) -> None:
         """Drops a claim whose attempt failed, so a retry can go ahead."""
 
+    # --- token sessions: which session's tokens authorize (revocation) ----
+    # One entry per user, apart from the session record: that one expires
+    # while no stream refreshes it, but a token stays good for unary calls
+    # until its own expiry, unless its session logged out or was replaced.
+    async def set_token_session(self, user_id: int, session_id: str, ttl: float) -> bool:
+        """Makes ``session_id`` the user's one session whose tokens are good,
+        for ``ttl`` seconds (the tokens' life), if it is still the user's
+        current session (see ``claim_session``); False if it is not."""
+
+    async def get_token_session(self, user_id: int) -> str | None:
+        """The session whose tokens are good, or None (logged out, expired)."""
+
+    async def revoke_token_session(self, user_id: int, session_id: str) -> bool:
+        """Ends the tokens of ``session_id`` if it is still the one; True if it was."""
+
     async def aclose(self) -> None: ...

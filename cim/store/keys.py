@@ -12,6 +12,7 @@ per-user key.
     {prefix}online                    zset    user id -> session expiry (ms), a hint
     {prefix}{u:<id>}:account          hash    name, password_hash
     {prefix}{u:<id>}:session          hash    sid, server, device, connected, exp (PEXPIRE)
+    {prefix}{u:<id>}:token_session    string  session id whose tokens are good (PEXPIRE)
     {prefix}{u:<id>}:offline          list    offline entry ids, oldest first
     {prefix}{u:<id>}:offline:payloads hash    entry id -> payload
 """
@@ -83,6 +84,10 @@ class KeyLayout:
 
     def offline_payloads(self, user_id: int) -> str:
         return f"{self.prefix}{self.user_tag(user_id)}:offline:payloads"
+
+    def token_session(self, user_id: int) -> str:
+        """The session whose tokens are good (revocation; see Store.set_token_session)."""
+        return f"{self.prefix}{self.user_tag(user_id)}:token_session"
 
     def sent(self, user_id: int, client_msg_id: str) -> str:
         """The remembered result of one of the user's sends (idempotency window)."""

@@ -21,6 +21,8 @@ class MemoryStore:
         self._accounts: dict[int, Account] = {}
         self._by_name: dict[str, int] = {}
         self._sessions: dict[int, tuple[SessionRecord, float]] = {}
+        # user id -> (session whose tokens are good, expires at): see set_token_session.
+        self._token_sessions: dict[int, tuple[str, float]] = {}
         self._offline: dict[int, deque[OfflineEntry]] = {}
         self._offline_ids: dict[int, set[str]] = {}
         self._sent: dict[tuple[int, str], tuple[bytes, float]] = {}
@@ -163,6 +165,29 @@ class MemoryStore:
 
     async def forget_send(self, sender_id: int, client_msg_id: str) -> None:
         self._sent.pop((sender_id, client_msg_id), None)
+
+    # --- token sessions (revocation) -----------------------------------------
+    async def set_token_session(self, user_id: int, session_id: str, ttl: float) -> bool:
+        current = self._live_session(user_id)
+        if current is None or current.session_id != session_id:
+            return False
+        self._token_sessions[user_id] = (session_id, self._clock() + ttl)
+        return True
+
+    async def get_token_session(self, user_id: int) -> str | None:
+        entry = self._token_sessions.get(user_id)
+        if entry is None:
+            return None
+        if entry[1] <= self._clock():
+            del self._token_sessions[user_id]
+            return None
+        return entry[0]
+
+    async def revoke_token_session(self, user_id: int, session_id: str) -> bool:
+        if await self.get_token_session(user_id) != session_id:
+            return False
+        del self._token_sessions[user_id]
+        return True
 
     async def aclose(self) -> None:
         return None

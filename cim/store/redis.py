@@ -200,6 +200,25 @@ end
 return removed
 """
 
+# --- token sessions (revocation) --------------------------------------------------
+# KEYS: session, token session (one hash tag). ARGV: sid, ttl_ms.
+# Returns 1 if set, 0 if the session is no longer the user's current one.
+_SET_TOKEN_SESSION = _lua("""
+if redis.call('HGET', KEYS[1], '$sid') ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+""")
+
+# KEYS: token session. ARGV: sid. Returns 1 if it was this session and is gone.
+_REVOKE_TOKEN_SESSION = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 
 def _text(value: bytes | str | None) -> str:
     if value is None:
@@ -271,6 +290,8 @@ class RedisStore:
         self._release = client.register_script(_RELEASE)
         self._drop_from_index = client.register_script(_DROP_FROM_INDEX)
         self._delete_name_if = client.register_script(_DELETE_NAME_IF)
+        self._set_token_session = client.register_script(_SET_TOKEN_SESSION)
+        self._revoke_token_session = client.register_script(_REVOKE_TOKEN_SESSION)
         self._store_offline = client.register_script(_STORE_OFFLINE)
         self._peek_offline = client.register_script(_PEEK_OFFLINE)
         self._remove_offline = client.register_script(_REMOVE_OFFLINE)
@@ -656,6 +677,25 @@ class RedisStore:
     async def forget_send(self, sender_id: int, client_msg_id: str) -> None:
         async with self._guard():
             await self._client.delete(self._keys.sent(sender_id, client_msg_id))
+
+    # --- token sessions (revocation) ---------------------------------------
+    async def set_token_session(self, user_id: int, session_id: str, ttl: float) -> bool:
+        names = [self._keys.session(user_id), self._keys.token_session(user_id)]
+        async with self._guard():
+            done = await self._set_token_session(keys=names, args=[session_id, _ttl_ms(ttl)])
+        return bool(done)
+
+    async def get_token_session(self, user_id: int) -> str | None:
+        async with self._guard():
+            found = await self._client.get(self._keys.token_session(user_id))
+        return None if found is None else _text(found)
+
+    async def revoke_token_session(self, user_id: int, session_id: str) -> bool:
+        async with self._guard():
+            done = await self._revoke_token_session(
+                keys=[self._keys.token_session(user_id)], args=[session_id]
+            )
+        return bool(done)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -20,6 +20,11 @@ from .helpers import CIM, Client, Proc, Procs, cim_env, free_ports, launch_clien
 pytestmark = pytest.mark.e2e
 
 CLUSTER_SECRET = "e2e-cluster-secret"
+# The deployment runs mid-way through a rolling rotation of the cluster secret:
+# the route already sends the new one, the server still sends the old one, and
+# each accepts both.
+ROUTE_SECRETS = "e2e-new-secret,e2e-cluster-secret"
+SERVER_SECRETS = "e2e-cluster-secret, e2e-new-secret"
 TOKEN_KEYS = "k1:0123456789abcdef0123"
 
 
@@ -36,7 +41,7 @@ class Deployment:
                 "--server",
                 self.server_address,
                 "--cluster-secret",
-                CLUSTER_SECRET,
+                ROUTE_SECRETS,
                 "--token-keys",
                 TOKEN_KEYS,
                 "--port",
@@ -50,7 +55,7 @@ class Deployment:
                 "--route",
                 self.route_address,
                 "--cluster-secret",
-                CLUSTER_SECRET,
+                SERVER_SECRETS,
                 "--port",
                 str(self.server_port),
             ],
@@ -188,3 +193,19 @@ def test_sigterm_drains_the_chat_server(deployment: Deployment) -> None:
     alice.expect(r"^\* reconnecting in [\d.]+ s \(try 1\)$")
     quit_console(alice)
     quit_console(bob)
+
+
+def test_blank_cluster_secrets_are_a_clear_error() -> None:
+    (port,) = free_ports(1)
+    result = subprocess.run(
+        [CIM, "server", "--route", "127.0.0.1:1", "--cluster-secret", " , ", "--port", str(port)],
+        env=cim_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output  # click.ClickException
+    assert "Error: a cluster secret is required" in result.stderr, output
+    assert "Traceback" not in output, output

@@ -26,7 +26,7 @@ async def fast():
         servers=1,
         route_config=route_config(),
         server_config=ServerConfig(
-            cluster_secret="x",
+            cluster_secrets=("x",),
             heartbeat=HeartbeatPolicy(ping_interval=PING_INTERVAL, idle_timeout=IDLE_TIMEOUT),
         ),
     ) as c:

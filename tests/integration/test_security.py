@@ -5,18 +5,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
 import pytest
 
+from cim.client.client import CimClient, EventKind
+from cim.config import ClientConfig, ServerConfig
+from cim.core.liveness import Backoff
 from cim.core.tokens import TokenSigner
 from cim.errors import Unauthenticated
-from cim.grpcutil import AUTHORIZATION, CLUSTER_SECRET
-from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
-from cim.testing import cluster
+from cim.grpcutil import AUTHORIZATION, CLUSTER_SECRET, secret_metadata
+from cim.proto.v1 import chat_pb2, common_pb2, route_pb2, route_pb2_grpc
+from cim.registry.inprocess import InProcessRegistry
+from cim.route.app import RouteApp
+from cim.server.app import ChatServerApp
+from cim.store.memory import MemoryStore
+from cim.testing import TestCluster, cluster
 from cim.testing import fast_route_config as route_config
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.value[0]
@@ -507,3 +517,274 @@ async def test_internal_streams_with_the_secret_answer_each_batch_in_order(rr, r
     assert [r.results[0].ok.status for r in replies] == [common_pb2.DELIVERY_STATUS_DELIVERED] * 2
     assert [(await stream.read()).message.text for _ in range(2)] == ["one", "two"]
     submit.cancel()
+
+
+# --- revocation: a logout or a newer login ends a session's tokens -------------------------------
+
+# Every token-authorized RPC but Logout, which accepts an ended session's token as a no-op
+# (so a logout retried after a lost reply succeeds).
+SESSION_RPCS = {name: make for name, make in AUTHENTICATED_RPCS.items() if name != "Logout"}
+_route_ids = itertools.count(2)
+
+
+async def _list_online(stub: route_pb2_grpc.RouteStub, token: str) -> Any:
+    return await stub.ListOnlineUsers(
+        route_pb2.ListOnlineUsersRequest(), metadata=(("authorization", f"Bearer {token}"),)
+    )
+
+
+async def _ended(fails, stub: route_pb2_grpc.RouteStub, token: str) -> None:
+    """The token is refused because its session ended."""
+    err = await fails(_list_online(stub, token))
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err.details()
+    assert "log in again" in err.details()
+
+
+@contextlib.asynccontextmanager
+async def _another_route(c: TestCluster, **overrides: Any) -> AsyncIterator[RouteApp]:
+    """One more route of the cluster: the same store and registry, its own settings."""
+    config = replace(
+        c.embedded.route.config, route_id=f"route-{next(_route_ids)}", port=0, **overrides
+    )
+    route = RouteApp(config, c.embedded.store, c.embedded.registry)
+    await route.start()
+    try:
+        yield route
+    finally:
+        await route.stop(0)
+
+
+@pytest.mark.parametrize("rpc", SESSION_RPCS)
+async def test_a_logged_out_token_is_refused_by_every_route_rpc(rr, raw, fails, rpc):
+    login = await raw.login(rr, "alice")
+    ids = {"bob": await raw.register(rr, "bob")}
+    stub, auth = raw.route(rr), raw.auth(login.session_token)
+    await getattr(stub, rpc)(SESSION_RPCS[rpc](ids), metadata=auth)  # accepted (and cached)
+
+    await stub.Logout(route_pb2.LogoutRequest(), metadata=auth)
+
+    err = await fails(getattr(stub, rpc)(SESSION_RPCS[rpc](ids), metadata=auth))
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert err.details() == "session ended (logged out or replaced by a newer login): log in again"
+    await stub.Logout(route_pb2.LogoutRequest(), metadata=auth)  # idempotent
+
+
+async def test_a_logged_out_connected_client_can_neither_call_nor_reconnect(rr, raw, fails):
+    login = await raw.login(rr, "alice")
+    stream, _ = await raw.connect(login)
+    await raw.route(rr).Logout(route_pb2.LogoutRequest(), metadata=raw.auth(login.session_token))
+    frames = await stream.read_until_end()
+    assert frames[-1].notice.kind == chat_pb2.Notice.KIND_KICKED
+
+    await _ended(fails, raw.route(rr), login.session_token)
+    again = raw.open_stream(login.server.address)
+    await again.login(login.user_id, login.session_token)
+    assert (await _refused(again)).code == UNAUTHENTICATED
+
+
+async def test_a_resumed_session_ends_the_old_token(rr, raw, fails):
+    first = await raw.login(rr, "alice")
+    await raw.connect(first)
+    stub = raw.route(rr)
+    await _list_online(stub, first.session_token)
+    resumed = await stub.Login(
+        route_pb2.LoginRequest(user_name="alice", resume_token=first.session_token)
+    )
+    await _ended(fails, stub, first.session_token)
+    await _list_online(stub, resumed.session_token)
+
+
+async def test_a_login_that_kicks_the_old_session_ends_its_token(raw, fails):
+    async with cluster(servers=1, route_config=route_config(duplicate_login="kick-old")) as c:
+        first = await raw.login(c, "alice")
+        await raw.connect(first)
+        stub = raw.route(c)
+        await _list_online(stub, first.session_token)
+
+        second = await raw.login(c, "alice", register=False)
+
+        await _ended(fails, stub, first.session_token)
+        stream = raw.open_stream(first.server.address)
+        await stream.login(first.user_id, first.session_token)
+        assert (await _refused(stream)).code == UNAUTHENTICATED
+        await _list_online(stub, second.session_token)
+
+
+async def test_a_login_after_the_old_session_lapsed_ends_its_token(raw, fails):
+    """A session whose stream never came lapses after connect_grace; its token
+    still serves unary calls, until the user logs in again."""
+    async with cluster(servers=1, route_config=route_config(connect_grace=0.2)) as c:
+        first = await raw.login(c, "alice")
+        stub = raw.route(c)
+        await asyncio.sleep(0.4)
+        await _list_online(stub, first.session_token)
+
+        second = await raw.login(c, "alice", register=False)
+
+        await _ended(fails, stub, first.session_token)
+        await _list_online(stub, second.session_token)
+
+
+@pytest.mark.parametrize("how", ["logout", "login-elsewhere"])
+async def test_an_ended_session_is_refused_at_every_route_within_the_cache_bound(
+    rr, raw, fails, how
+):
+    login = await raw.login(rr, "alice")
+    await raw.connect(login)
+    bound = rr.embedded.route.config.token_check_cache
+    assert bound == 1.0  # the documented default
+    async with _another_route(rr) as other:
+        here, there = raw.route(rr), route_pb2_grpc.RouteStub(raw.channel(other.address))
+        await _list_online(here, login.session_token)
+        await _list_online(there, login.session_token)  # confirmed: cached at both routes
+
+        started = time.monotonic()
+        if how == "logout":
+            await there.Logout(route_pb2.LogoutRequest(), metadata=raw.auth(login.session_token))
+        else:
+            await there.Login(
+                route_pb2.LoginRequest(user_name="alice", resume_token=login.session_token)
+            )
+
+        await _ended(fails, there, login.session_token)  # where it happened: at once
+        while True:  # elsewhere: within the bound
+            try:
+                await _list_online(here, login.session_token)
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+                break
+            assert time.monotonic() - started < bound + 0.5
+            await asyncio.sleep(0.05)
+
+
+async def test_token_check_cache_zero_asks_the_store_on_every_call(raw, fails):
+    async with cluster(servers=1, route_config=route_config(token_check_cache=0.0)) as c:
+        login = await raw.login(c, "alice")
+        async with _another_route(c) as other:
+            here, there = raw.route(c), route_pb2_grpc.RouteStub(raw.channel(other.address))
+            await _list_online(here, login.session_token)
+            await there.Logout(route_pb2.LogoutRequest(), metadata=raw.auth(login.session_token))
+            await _ended(fails, here, login.session_token)
+
+
+# --- a reconnecting client gets a fresh token ----------------------------------------------------
+
+
+async def test_a_reconnecting_client_gets_a_fresh_token_and_the_old_one_ends(rr, raw, fails):
+    alice = await rr.client("alice")
+    old_token = alice.route.token
+    old = _signer(rr).verify(old_token)
+    reconnected = asyncio.Event()
+    alice.on_event = lambda e: reconnected.set() if e.kind == EventKind.CONNECTED else None
+    server = next(s for s in rr.embedded.servers if s.server_id == alice.server.server_id)
+
+    await server.drain(0.2)  # the client is told to reconnect elsewhere, and does
+    async with asyncio.timeout(5):
+        await reconnected.wait()
+
+    new = _signer(rr).verify(alice.route.token)
+    assert alice.route.token != old_token
+    assert new.session_id != old.session_id
+    assert new.user_id == old.user_id
+    assert new.issued_at_ms > old.issued_at_ms
+    assert new.expires_at_ms > old.expires_at_ms
+    assert [u.user_name for u in await alice.list_online()] == ["alice"]
+    await _ended(fails, raw.route(rr), old_token)
+
+
+# --- rotation: token keys and cluster secrets ----------------------------------------------------
+
+OLD_KEY = {"old": b"old-token-key-0123456789"}
+NEW_KEY = {"new": b"new-token-key-0123456789"}
+
+
+async def test_token_keys_rotate_without_downtime(raw, fails):
+    """Routes signing with "old"; one that signs with "new" and still accepts
+    "old"; one that dropped "old". Tokens go where their key still is."""
+    config = route_config(token_keys=OLD_KEY, token_key_id="old")
+    async with (
+        cluster(servers=1, route_config=config) as c,
+        _another_route(c, token_keys=NEW_KEY | OLD_KEY, token_key_id="new") as rotating,
+        _another_route(c, token_keys=NEW_KEY, token_key_id="new") as rotated,
+    ):
+        stub = {
+            "old": raw.route(c),
+            "rotating": route_pb2_grpc.RouteStub(raw.channel(rotating.address)),
+            "rotated": route_pb2_grpc.RouteStub(raw.channel(rotated.address)),
+        }
+        alice = await raw.login(c, "alice")
+        assert alice.session_token.startswith("old.")
+        await stub["rotating"].Register(route_pb2.RegisterRequest(user_name="bob", password="pw"))
+        bob = await stub["rotating"].Login(route_pb2.LoginRequest(user_name="bob", password="pw"))
+        assert bob.session_token.startswith("new.")
+
+        await _list_online(stub["old"], alice.session_token)
+        await _list_online(stub["rotating"], alice.session_token)  # listed second: accepted
+        await _list_online(stub["rotating"], bob.session_token)
+        await _list_online(stub["rotated"], bob.session_token)
+        err = await fails(_list_online(stub["rotated"], alice.session_token))  # removed
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "unknown key" in err.details()
+
+
+async def test_cluster_secrets_rotate_without_downtime(raw, fails, eventually):
+    """A rolling rotation from "old" to "new": each process first accepts both
+    ("old,new": sends old), then sends the new one ("new,old"), then drops the
+    old ("new"). Mid-way, processes of both steps interoperate both ways; once
+    dropped, the old secret is refused."""
+    registry, store = InProcessRegistry(), MemoryStore()
+    route = RouteApp(
+        route_config(cluster_secrets=("new", "old"), routing="round-robin", port=0),
+        store,
+        registry,
+    )
+    servers = [
+        ChatServerApp(ServerConfig(("old", "new"), server_id="server-1", port=0), registry),
+        ChatServerApp(ServerConfig(("new", "old"), server_id="server-2", port=0), registry),
+        ChatServerApp(ServerConfig(("new",), server_id="server-3", port=0), registry),
+    ]
+    client_config = ClientConfig(backoff=Backoff(base=0.05, cap=0.2, retries=20), rpc_timeout=5.0)
+    clients: list[CimClient] = []
+    await route.start()
+    try:
+        for server in servers[:2]:
+            await server.start()
+
+        async def route_sees_both() -> bool:
+            return len(route.servers.servers()) == 2
+
+        await eventually(route_sees_both)
+        client_config = replace(client_config, routes=(route.address,))
+        alice, bob = (CimClient(name, "pw", client_config) for name in ("alice", "bob"))
+        clients += [alice, bob]
+        await alice.start()
+        await bob.start()
+        assert (alice.server.server_id, bob.server.server_id) == ("server-1", "server-2")
+
+        # server-1 sends "old" to the route, which sends "new" to both servers.
+        await alice.send_private(bob.user_id, "to bob")
+        assert (await TestCluster.next_message(bob)).text == "to bob"
+        await bob.send_private(alice.user_id, "to alice")
+        assert (await TestCluster.next_message(alice)).text == "to alice"
+
+        refresh = route_pb2.RefreshSessionsRequest(server_id="server-1")
+        internal = route_pb2_grpc.RouteInternalStub(raw.channel(route.address))
+        for secret in ("new", "old"):
+            await internal.RefreshSessions(refresh, metadata=secret_metadata(secret))
+        err = await fails(internal.RefreshSessions(refresh, metadata=secret_metadata("other")))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        await servers[2].start()  # rotated: "old" is refused
+        chat = raw.chat(servers[2].address)
+        await chat.Presence(chat_pb2.PresenceRequest(), metadata=secret_metadata("new"))
+        err = await fails(
+            chat.Presence(chat_pb2.PresenceRequest(), metadata=secret_metadata("old"))
+        )
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.close()
+        for server in servers:
+            await server.stop(0.2)
+        await route.stop(0.2)

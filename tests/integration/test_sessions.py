@@ -28,7 +28,7 @@ async def test_live_streams_keep_their_login_state_beyond_the_session_ttl(raw):
     async with cluster(
         servers=1,
         route_config=route_config(session_ttl=0.4),
-        server_config=ServerConfig(cluster_secret="x", refresh_interval=0.1),
+        server_config=ServerConfig(cluster_secrets=("x",), refresh_interval=0.1),
     ) as c:
         alice = await c.client("alice")
         bob = await c.client("bob")
@@ -221,7 +221,7 @@ async def test_refresh_closes_streams_whose_session_ended_elsewhere(raw):
     async with cluster(
         servers=1,
         route_config=route_config(),
-        server_config=ServerConfig(cluster_secret="x", refresh_interval=0.1),
+        server_config=ServerConfig(cluster_secrets=("x",), refresh_interval=0.1),
     ) as c:
         alice = await raw.login(c, "alice")
         stream, _ = await raw.connect(alice)

@@ -317,3 +317,42 @@ async def test_remembered_sends_expire(store: Store) -> None:
     await store.finish_send(1, "c2", b"r", ttl=0.2)
     await asyncio.sleep(0.3)
     assert await store.claim_send(1, "c2", ttl=10) is None
+
+
+# --- token sessions (revocation) ---------------------------------------------------------------
+
+
+async def test_a_token_session_is_set_only_for_the_current_session(store: Store) -> None:
+    assert await store.get_token_session(1) is None
+    assert not await store.set_token_session(1, "s1", ttl=10)  # no session at all
+    await store.claim_session(SessionRecord(1, "s1", "a"), ttl=10)
+    assert await store.set_token_session(1, "s1", ttl=10)
+    assert await store.get_token_session(1) == "s1"
+    assert await store.get_token_session(2) is None  # per user
+    # A newer login replaces the session: only it can take the tokens over.
+    await store.claim_session(SessionRecord(1, "s2", "a"), ttl=10, replace_session_id="s1")
+    assert not await store.set_token_session(1, "s1", ttl=10)
+    assert await store.get_token_session(1) == "s1"
+    assert await store.set_token_session(1, "s2", ttl=10)
+    assert await store.get_token_session(1) == "s2"
+
+
+async def test_a_token_session_outlives_its_session_record(store: Store) -> None:
+    await store.claim_session(SessionRecord(1, "s1", "a"), ttl=0.2)
+    assert await store.set_token_session(1, "s1", ttl=10)
+    await asyncio.sleep(0.3)
+    assert await store.get_session(1) is None
+    assert await store.get_token_session(1) == "s1"
+
+
+async def test_a_token_session_is_revoked_only_by_its_own_id_and_expires(store: Store) -> None:
+    await store.claim_session(SessionRecord(1, "s1", "a"), ttl=10)
+    await store.set_token_session(1, "s1", ttl=10)
+    assert not await store.revoke_token_session(1, "s0")  # an older session's logout
+    assert await store.get_token_session(1) == "s1"
+    assert await store.revoke_token_session(1, "s1")
+    assert await store.get_token_session(1) is None
+    assert not await store.revoke_token_session(1, "s1")  # idempotent
+    await store.set_token_session(1, "s1", ttl=0.2)
+    await asyncio.sleep(0.3)
+    assert await store.get_token_session(1) is None

@@ -21,7 +21,7 @@ async def small():
     async with cluster(
         servers=2,
         route_config=route_config(max_text_bytes=LIMIT, routing="round-robin"),
-        server_config=ServerConfig(cluster_secret="x", max_text_bytes=LIMIT),
+        server_config=ServerConfig(cluster_secrets=("x",), max_text_bytes=LIMIT),
     ) as c:
         yield c
 
