@@ -714,6 +714,7 @@ def client(
     from cim.client.chatlog import ChatLog
     from cim.client.client import CimClient
     from cim.client.console import Console
+    from cim.client.cursor import FileCursor
 
     _setup_logging(log_level)
     addresses = tuple(_split_addresses((routes,)))
@@ -732,7 +733,11 @@ def client(
         password = click.prompt(f"password for {user_name}", hide_input=True)
 
     async def run() -> None:
-        cim_client = CimClient(user_name, password or "", config)
+        chatlog = ChatLog(log_dir, user_name)
+        # Beside the chat log: the last seq shown, so a restarted console
+        # gets only what it missed.
+        cursor = FileCursor(chatlog.user_dir / "last_seq")
+        cim_client = CimClient(user_name, password or "", config, cursor=cursor)
         try:
             created = await cim_client.register()
             if created:
@@ -742,7 +747,7 @@ def client(
         except CimError as exc:
             await cim_client.close()
             raise click.ClickException(_explain(exc) + _tls_hint(exc, tls)) from None
-        console = Console(cim_client, ChatLog(log_dir, user_name), interactive=sys.stdin.isatty())
+        console = Console(cim_client, chatlog, interactive=sys.stdin.isatty())
         await console.run()
 
     _run(run())

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from cim.core.liveness import Backoff, HeartbeatPolicy
 from cim.core.passwords import ScryptParams
+from cim.store.base import Retention
 
 DEFAULT_ROUTE_PORT = 7100
 DEFAULT_SERVER_PORTS = (7201, 7202)
@@ -128,7 +129,11 @@ class RouteConfig:
     connect_grace: float = 10.0
     deliver_timeout: float = 5.0
     probe_timeout: float = 1.0
+    # Inbox page size: replay and FetchOffline read this many at a time.
     offline_batch: int = 100
+    # Unacked messages kept per user: the newest this many, none older than this.
+    inbox_max_messages: int = 10_000
+    inbox_max_age: float = 7 * 24 * 3600.0
     # A send retried with the same client_msg_id within this window gets the
     # first attempt's result and is not delivered again.
     send_dedup_window: float = 600.0
@@ -165,6 +170,10 @@ class RouteConfig:
     def advertised_address(self) -> str:
         return f"{self.advertise_host or self.host}:{self.port}"
 
+    @property
+    def retention(self) -> Retention:
+        return Retention(self.inbox_max_messages, self.inbox_max_age, self.send_dedup_window)
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -177,6 +186,8 @@ class ServerConfig:
     heartbeat: HeartbeatPolicy = field(default_factory=HeartbeatPolicy)
     # How often live sessions are refreshed at a route (well under its session_ttl).
     refresh_interval: float = 10.0
+    # Acks from clients go to a route at most this often (one call for all).
+    ack_interval: float = 0.2
     # Frames waiting for a client that reads slowly; past this it is disconnected.
     outbound_queue: int = 1024
     route_timeout: float = 5.0

@@ -7,6 +7,17 @@ messages go to ``messages()`` and to the ``on_message`` callback. If the stream
 breaks (server gone, network, idle eviction, drain), the client logs in again
 through a route after a jittered back-off, up to a retry limit, and carries
 on; a stream taken over by another login is not reconnected.
+
+Delivery: every pushed message carries its seq in the user's own sequence.
+The client releases each seq once and in order (a duplicate from a replay or
+a retried send is dropped; a seq past a gap waits for the gap, and a gap
+that lasts asks the server for a replay), acks what it has released, and
+presents the last one at each login, so the server replays exactly what
+it missed. With a file cursor that survives restarts too.
+
+Sending: sends to one conversation (a receiver, a group) go one at a time,
+each retried with the same client_msg_id until it has a result, so a
+sender's messages reach each receiver once and in the order they were sent.
 """
 
 from __future__ import annotations
@@ -24,9 +35,11 @@ from enum import StrEnum
 
 import grpc
 
+from cim.client.cursor import MemoryCursor, SeqCursor
 from cim.client.route import RouteClient
 from cim.config import ClientConfig
 from cim.core.liveness import HeartbeatPolicy
+from cim.core.sequence import SequenceTracker
 from cim.errors import (
     CimError,
     FailedPrecondition,
@@ -49,6 +62,8 @@ class EventKind(StrEnum):
     RECONNECTING = "reconnecting"
     KICKED = "kicked"
     GAVE_UP = "gave_up"
+    # Messages were dropped by the server's retention before we fetched them.
+    BEHIND = "behind"
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,10 @@ class ClientEvent:
 
 # Pause before a send is retried (same client_msg_id) after a lost stream.
 SEND_RETRY_PAUSE = 0.1
+# How often acks go out (one cumulative ack for everything released since).
+ACK_INTERVAL = 0.2
+# A gap in the seqs that lasts this long asks the server for a replay.
+GAP_WAIT = 1.0
 
 MessageCallback = Callable[[common_pb2.ChatMessage], None]
 EventCallback = Callable[[ClientEvent], None]
@@ -94,6 +113,7 @@ class CimClient:
         on_message: MessageCallback | None = None,
         on_event: EventCallback | None = None,
         rng: random.Random | None = None,
+        cursor: SeqCursor | None = None,
     ) -> None:
         self.config = config or ClientConfig()
         self.user_name = user_name
@@ -114,6 +134,15 @@ class CimClient:
         self._pending: dict[int, asyncio.Future[route_pb2.SendResponse]] = {}
         self._correlation = itertools.count(1)
         self._inbox: asyncio.Queue[common_pb2.ChatMessage | None] = asyncio.Queue()
+        self._cursor = cursor or MemoryCursor()
+        self.sequence: SequenceTracker[common_pb2.ChatMessage] = SequenceTracker(
+            self._cursor.load()
+        )
+        self._acked = self.sequence.through
+        self._gap_since: float | None = None
+        self._synced_at = 0.0
+        # One send at a time per conversation keeps each sender's order.
+        self._conversations: dict[tuple[str, object], asyncio.Lock] = {}
         self._heartbeat = HeartbeatPolicy(
             ping_interval=self.config.ping_interval, idle_timeout=self.config.ping_interval * 3
         )
@@ -169,6 +198,7 @@ class CimClient:
                         user_id=self.user_id,
                         session_token=self.route.token,
                         device_id=self.config.device_id,
+                        last_seq=self.sequence.through,
                     )
                 )
             )
@@ -191,6 +221,7 @@ class CimClient:
         self._connected.set()
         self._spawn(self._read(conn))
         self._spawn(self._keep_alive(conn))
+        self._spawn(self._ack_and_sync(conn))
         self._event(EventKind.CONNECTED, f"connected to {ok.server_id} ({conn.address})")
 
     async def close(self) -> None:
@@ -202,6 +233,11 @@ class CimClient:
             self._reconnector.cancel()
         if self.route.token:
             with contextlib.suppress(CimError):
+                if self.sequence.through > self._acked:
+                    # Directly, not on the stream: the inbox is trimmed before
+                    # the session ends, so the next login replays none of it.
+                    await self.route.ack(self.sequence.through)
+                    self._acked = self.sequence.through
                 await self.route.logout()
         conn, self._conn = self._conn, None
         self._connected.clear()
@@ -214,6 +250,7 @@ class CimClient:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_pending(Unavailable("client closed"))
         self._inbox.put_nowait(None)
+        self._cursor.save(self.sequence.through)
         await self.route.aclose()
 
     async def __aenter__(self) -> CimClient:
@@ -244,8 +281,11 @@ class CimClient:
     async def list_online(self, name_prefix: str = "") -> list[common_pb2.UserInfo]:
         return await self.route.list_online(name_prefix)
 
-    async def fetch_offline(self, limit: int = 0) -> route_pb2.FetchOfflineResponse:
-        return await self.route.fetch_offline(limit)
+    async def fetch_offline(
+        self, limit: int = 0, after_seq: int = 0
+    ) -> route_pb2.FetchOfflineResponse:
+        """Reads the inbox without a stream (a connected client gets it replayed)."""
+        return await self.route.fetch_offline(limit, after_seq)
 
     async def messages(self) -> AsyncIterator[common_pb2.ChatMessage]:
         """Pushed messages in arrival order; ends when the client closes or gives up."""
@@ -258,9 +298,24 @@ class CimClient:
         attempt's result, so a message is never delivered twice."""
         if self._closing or self._gave_up:
             raise FailedPrecondition("client is closed")
-        request = frame.private if frame.WhichOneof("target") == "private" else frame.group
+        conversation: tuple[str, object]
+        if frame.WhichOneof("target") == "private":
+            request: route_pb2.SendPrivateRequest | route_pb2.SendGroupRequest = frame.private
+            conversation = ("private", frame.private.receiver_id)
+        else:
+            request = frame.group
+            conversation = ("group", frame.group.group_id)
         if not request.client_msg_id:
             request.client_msg_id = uuid.uuid4().hex
+        lock = self._conversations.setdefault(conversation, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._send_retrying(frame)
+        finally:
+            if not lock.locked():
+                self._conversations.pop(conversation, None)
+
+    async def _send_retrying(self, frame: chat_pb2.SendFrame) -> route_pb2.SendResponse:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.rpc_timeout
         while True:
@@ -305,12 +360,15 @@ class CimClient:
                 conn.last_heard = time.monotonic()
                 kind = frame.WhichOneof("frame")
                 if kind == "message":
-                    self._inbox.put_nowait(frame.message)
-                    if self.on_message is not None:
-                        self.on_message(frame.message)
+                    self._accept(frame.message)
                 elif kind == "send_result":
                     self._on_result(frame.send_result)
+                elif kind == "replay_done":
+                    self._replayed(frame.replay_done)
                 elif kind == "notice":
+                    if frame.notice.kind == chat_pb2.Notice.KIND_BEHIND:
+                        self._event(EventKind.BEHIND, frame.notice.text)
+                        continue
                     why = frame.notice.text
                     if frame.notice.kind == chat_pb2.Notice.KIND_KICKED:
                         reconnect = False
@@ -318,6 +376,59 @@ class CimClient:
             why = exc.details() or exc.code().name
         if conn is self._conn and not self._closing:
             await self._lost(conn, why, reconnect)
+
+    def _accept(self, message: common_pb2.ChatMessage) -> None:
+        if not message.seq:  # not part of a sequence (an older server): as it comes
+            self._hand_over([message])
+            return
+        self._hand_over(self.sequence.offer(message.seq, message))
+
+    def _replayed(self, done: chat_pb2.ReplayDone) -> None:
+        if done.head_seq < self.sequence.through:
+            log.warning(
+                "the server's sequence restarted at %d (we hold %d): following it",
+                done.head_seq,
+                self.sequence.through,
+            )
+            self.sequence.reset(done.head_seq)
+            self._acked = done.head_seq
+        self._hand_over(self.sequence.skip_through(done.through_seq))
+
+    def _hand_over(self, messages: list[common_pb2.ChatMessage]) -> None:
+        """Gives released messages to the application, then records that they
+        are handled (what the cursor holds is what the next login presents)."""
+        if not messages:
+            return
+        for message in messages:
+            self._inbox.put_nowait(message)
+            if self.on_message is not None:
+                self.on_message(message)
+        self._cursor.save(self.sequence.through)
+
+    async def _ack_and_sync(self, conn: _Connection) -> None:
+        """Acks what was released, and asks for a replay when a gap lasts."""
+        while conn is self._conn:
+            await asyncio.sleep(ACK_INTERVAL)
+            now = time.monotonic()
+            frames = []
+            through = self.sequence.through
+            if through > self._acked:
+                frames.append(chat_pb2.ClientFrame(ack=chat_pb2.AckFrame(seq=through)))
+            if not self.sequence.has_gap:
+                self._gap_since = None
+            elif self._gap_since is None:
+                self._gap_since = now
+            elif now - self._gap_since >= GAP_WAIT and now - self._synced_at >= GAP_WAIT:
+                log.info("seqs after %d are missing: asking for a replay", through)
+                frames.append(chat_pb2.ClientFrame(sync=chat_pb2.SyncFrame(after_seq=through)))
+                self._synced_at = now
+            try:
+                for frame in frames:
+                    await conn.write(frame)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                return  # the reader notices the broken stream
+            if frames and frames[0].WhichOneof("frame") == "ack":
+                self._acked = through
 
     def _on_result(self, result: chat_pb2.SendResultFrame) -> None:
         future = self._pending.get(result.correlation_id)

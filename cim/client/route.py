@@ -125,11 +125,21 @@ class RouteClient:
             lambda stub: stub.SendGroup(request, metadata=self._auth(), timeout=self._timeout),
         )
 
-    async def fetch_offline(self, limit: int = 0) -> route_pb2.FetchOfflineResponse:
-        request = route_pb2.FetchOfflineRequest(limit=limit)
+    async def fetch_offline(
+        self, limit: int = 0, after_seq: int = 0
+    ) -> route_pb2.FetchOfflineResponse:
+        request = route_pb2.FetchOfflineRequest(limit=limit, after_seq=after_seq)
         return await self._call(
             "fetch offline messages",
             lambda stub: stub.FetchOffline(request, metadata=self._auth(), timeout=self._timeout),
+        )
+
+    async def ack(self, seq: int) -> None:
+        """Trims the caller's inbox up to ``seq`` (for clients without a stream)."""
+        request = route_pb2.AckMessagesRequest(seq=seq)
+        await self._call(
+            "ack messages",
+            lambda stub: stub.AckMessages(request, metadata=self._auth(), timeout=self._timeout),
         )
 
     async def aclose(self) -> None:

@@ -50,6 +50,18 @@ class MessageIdGenerator:
             return _base32(now, 10) + _base32(self._node, 8) + _base32(self._counter, 3)
 
 
+def message_time_ms(message_id: str) -> int:
+    """The creation time (ms since the epoch) a message id carries; 0 if it is
+    not one of ours. Retries of a send reuse the id, so they get its time too."""
+    value = 0
+    for char in message_id[:10]:
+        digit = _CROCKFORD.find(char)
+        if digit < 0:
+            return 0
+        value = value * 32 + digit
+    return value if len(message_id) >= 10 else 0
+
+
 def new_session_id() -> str:
     """An unguessable id for one login session."""
     return secrets.token_urlsafe(12)

@@ -49,7 +49,7 @@ class RouteApp:
         )
         signer = TokenSigner(config.token_keys, config.token_key_id, config.token_ttl)
         self.sessions = SessionManager(config, store, self.servers, signer)
-        self.router = MessageRouter(config, store, self.servers, self.sessions)
+        self.router = MessageRouter(config, store, self.servers)
         self.limits = RouteLimits(config)
         self._server: grpc.aio.Server | None = None
         self._health: object = None
@@ -111,7 +111,6 @@ class RouteApp:
             await set_serving(self._health, SERVICE_NAMES, False)
         if self._server is not None:
             await self._server.stop(grace)
-        await self.router.aclose()
         await self.servers.aclose()
 
     async def wait(self) -> None:

@@ -1,68 +1,64 @@
-"""Routing of messages: private and group sends, offline storage and its push.
+"""Routing of messages: private and group sends into each receiver's inbox,
+live pushes, and the inbox reads and acks behind replay.
 
-Both send paths end here: the unary Route RPCs and the batches chat servers
-submit for messages sent on Chat streams.
+Every message is first appended to its receiver's inbox, where it gets the
+next seq of that receiver's sequence, then pushed to the receiver's stream if
+they have one. A push that does not arrive costs nothing: the client sees
+the gap in its seqs (or reconnects) and the chat server replays from the
+inbox. Acks trim the inbox. Both send paths end here: the unary Route RPCs
+and the batches chat servers submit for messages sent on Chat streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 from cim.config import RouteConfig
 from cim.core import validation
-from cim.core.ids import MessageIdGenerator, new_trace_id
-from cim.errors import CimError, InvalidArgument, NotFound, Unavailable
+from cim.core.ids import MessageIdGenerator, message_time_ms, new_trace_id
+from cim.errors import CimError, InvalidArgument, NotFound
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 from cim.route.servers import ServerDirectory
-from cim.route.sessions import SessionManager
-from cim.store.base import OfflineEntry, Store
+from cim.store.base import Appended, InboxItem, InboxPage, Store
 
 log = logging.getLogger(__name__)
 
 # Accounts are never deleted: a set of known ids this big is cheap and sound.
 KNOWN_USERS_LIMIT = 1_000_000
+# Group appends go to the store in slices of this many receivers.
+GROUP_APPEND_SLICE = 500
+MAX_PAGE = 1000
 DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
-# What a retried send gets instead of being routed again (None: route it).
-Replay = route_pb2.SendResponse | CimError | None
 STORED = common_pb2.DELIVERY_STATUS_STORED
+# For each send: the message id to use (a first attempt's, when this is a
+# retry of an unfinished one), or what a retry of a finished one gets.
+Claim = str | route_pb2.SendResponse | CimError
 
 
 class MessageRouter:
-    def __init__(
-        self,
-        config: RouteConfig,
-        store: Store,
-        servers: ServerDirectory,
-        sessions: SessionManager,
-    ) -> None:
+    def __init__(self, config: RouteConfig, store: Store, servers: ServerDirectory) -> None:
         self._config = config
         self._store = store
         self._servers = servers
-        self._sessions = sessions
+        self._retention = config.retention
         self._ids = MessageIdGenerator()
-        # One offline push per user at a time, so a quick reconnect cannot push
-        # twice; a push asked for meanwhile reruns on the newest server.
-        self._pushing: set[int] = set()
-        self._push_again: dict[int, str] = {}
-        self._background: set[asyncio.Task[int]] = set()
         self._known_users: set[int] = set()
 
     def _new_message(
-        self, sender_id: int, sender_name: str, text: str, client_msg_id: str
+        self, sender_id: int, sender_name: str, text: str, client_msg_id: str, message_id: str
     ) -> common_pb2.ChatMessage:
         validation.check_text(text, self._config.max_text_bytes)
-        validation.check_client_msg_id(client_msg_id)
         return common_pb2.ChatMessage(
-            message_id=self._ids.next(),
+            message_id=message_id,
             sender_id=sender_id,
             sender_name=sender_name,
             text=text,
-            server_time_ms=time.time_ns() // 1_000_000,
+            # From the id, so every attempt of a retried send carries the same time.
+            server_time_ms=message_time_ms(message_id),
             trace_id=new_trace_id(),
             client_msg_id=client_msg_id,
         )
@@ -79,23 +75,23 @@ class MessageRouter:
     async def _route_privates(
         self, batch: Sequence[tuple[int, str, route_pb2.SendPrivateRequest]]
     ) -> list[route_pb2.SendResponse | CimError]:
-        """Routes private messages together: one store round trip for all their
-        receivers' routes, deliveries queued in order (so each sender's order
-        holds), then offline storage for whatever did not reach a stream."""
+        """Routes private messages together: one store round trip appends them
+        all (in order, so each sender's order holds) and finds their
+        receivers' streams, then one push per chat server."""
         outcomes: list[route_pb2.SendResponse | CimError] = []
         messages: list[common_pb2.ChatMessage | None] = []
-        replays = await self._replays(
-            [(sender_id, request.client_msg_id) for sender_id, _, request in batch]
+        claims = await self._claims(
+            [(sender, request.client_msg_id) for sender, _, request in batch]
         )
-        for (sender_id, sender_name, request), replay in zip(batch, replays, strict=True):
-            if replay is not None:  # a retry of a send already made (or being made)
-                outcomes.append(replay)
+        for (sender_id, sender_name, request), claim in zip(batch, claims, strict=True):
+            if not isinstance(claim, str):  # a retry of a finished send, or a bad id
+                outcomes.append(claim)
                 messages.append(None)
                 continue
             try:
                 validation.check_user_id(request.receiver_id, "receiver id")
                 message = self._new_message(
-                    sender_id, sender_name, request.text, request.client_msg_id
+                    sender_id, sender_name, request.text, request.client_msg_id, claim
                 )
             except CimError as exc:
                 outcomes.append(exc)
@@ -105,10 +101,8 @@ class MessageRouter:
             message.receiver_id = request.receiver_id
             outcomes.append(route_pb2.SendResponse())
             messages.append(message)
-        try:
-            await self._route_messages(messages, outcomes)
-        finally:
-            await self._remember(batch, replays, outcomes)
+        await self._route_messages(messages, outcomes)
+        await self._remember(batch, claims, outcomes)
         return outcomes
 
     async def _route_messages(
@@ -119,86 +113,98 @@ class MessageRouter:
         receivers = [m.receiver_id for m in messages if m is not None]
         if not receivers:
             return
-        missing, sessions = await asyncio.gather(
-            self._unknown_users(receivers), self._store.get_sessions(receivers)
-        )
-        pending: list[tuple[int, str, list[chat_pb2.Delivery]]] = []
+        try:
+            missing = await self._unknown_users(receivers)
+        except CimError as exc:
+            _fail_all(messages, outcomes, exc)
+            return
         for index, queued in enumerate(messages):
-            if queued is None:
-                continue
-            if queued.receiver_id in missing:
+            if queued is not None and queued.receiver_id in missing:
                 outcomes[index] = NotFound(f"no user with id {queued.receiver_id}")
                 messages[index] = None
-                continue
-            session = sessions.get(queued.receiver_id)
-            if session is not None and session.connected:
-                parcel = [chat_pb2.Delivery(receiver_id=queued.receiver_id, message=queued)]
-                pending.append((index, session.server_id, parcel))
+        routed = [(index, m) for index, m in enumerate(messages) if m is not None]
+        try:
+            appended = await self._append(
+                [m.receiver_id for _, m in routed], [m for _, m in routed]
+            )
+        except CimError as exc:
+            _fail_all(messages, outcomes, exc)
+            return
+        pending: list[tuple[int, str, list[chat_pb2.Delivery]]] = []
+        for (index, message), stored in zip(routed, appended, strict=True):
+            message.seq = stored.seq
+            if stored.session is not None and stored.session.connected:
+                parcel = [chat_pb2.Delivery(receiver_id=message.receiver_id, message=message)]
+                pending.append((index, stored.session.server_id, parcel))
         flags = await self._servers.deliver_many([(server, p) for _, server, p in pending])
         delivered = {index for (index, _, _), ok in zip(pending, flags, strict=True) if ok[0]}
-        for index, routed in enumerate(messages):
-            if routed is None:
-                continue
+        for index, message in routed:
             reached = index in delivered
-            if not reached:
-                try:
-                    await self._store_offline(routed.receiver_id, routed)
-                except CimError as exc:
-                    outcomes[index] = exc
-                    continue
             outcomes[index] = route_pb2.SendResponse(
-                message_id=routed.message_id,
+                message_id=message.message_id,
                 status=DELIVERED if reached else STORED,
                 recipients=1 if reached else 0,
-                server_time_ms=routed.server_time_ms,
+                server_time_ms=message.server_time_ms,
             )
 
+    async def _append(
+        self, receivers: Sequence[int], messages: Sequence[common_pb2.ChatMessage]
+    ) -> list[Appended]:
+        """Appends each message to its receiver's inbox (one message may go to
+        many receivers: a group message is serialised once)."""
+        payloads: dict[int, bytes] = {}
+        items = []
+        for receiver, message in zip(receivers, messages, strict=True):
+            payload = payloads.get(id(message))
+            if payload is None:
+                payload = payloads[id(message)] = message.SerializeToString()
+            items.append(InboxItem(receiver, message.message_id, payload))
+        return await self._store.append_inbox(items, self._retention)
+
     # --- idempotent sends ---------------------------------------------------
-    async def _replays(self, sends: Sequence[tuple[int, str]]) -> list[Replay]:
-        """For each (sender, client_msg_id): None if it may go ahead (claimed
-        now, or no id given), else what a retry of it gets."""
+    async def _claims(self, sends: Sequence[tuple[int, str]]) -> list[Claim]:
+        """For each (sender, client_msg_id), the message id to send under:
+        a new one, or an earlier unfinished attempt's (the inbox appends are
+        idempotent by message id, so a retry after a crash cannot deliver
+        twice); or, for a retry of a finished send, its result."""
         window = self._config.send_dedup_window
 
-        async def check(
-            sender_id: int, client_msg_id: str
-        ) -> route_pb2.SendResponse | CimError | None:
+        async def claim(sender_id: int, client_msg_id: str) -> Claim:
+            message_id = self._ids.next()
             if not client_msg_id:
-                return None
+                return message_id
             try:
                 validation.check_client_msg_id(client_msg_id)
-                found = await self._store.claim_send(sender_id, client_msg_id, window)
+                earlier = await self._store.claim_send(sender_id, client_msg_id, message_id, window)
             except CimError as exc:
                 return exc
-            if found is None:
-                return None
-            if not found:
-                return Unavailable("a send with this client_msg_id is still in progress: retry")
-            return route_pb2.SendResponse.FromString(found)
+            if earlier is None:
+                return message_id
+            if earlier.result is not None:
+                return route_pb2.SendResponse.FromString(earlier.result)
+            return earlier.message_id
 
-        return list(await asyncio.gather(*(check(s, c) for s, c in sends)))
+        return list(await asyncio.gather(*(claim(s, c) for s, c in sends)))
 
     async def _remember(
         self,
         batch: Sequence[tuple[int, str, Any]],
-        replays: Sequence[Replay],
+        claims: Sequence[Claim],
         outcomes: Sequence[route_pb2.SendResponse | CimError],
     ) -> None:
-        """Stores the result of each first attempt that had an id (or frees the
-        id when the attempt failed, so that a retry can go ahead)."""
+        """Stores the result of each attempt that had an id and got one. A
+        failed attempt keeps its claim: a retry reuses its message id."""
         window = self._config.send_dedup_window
-        work = []
-        for (sender_id, _, request), replay, outcome in zip(batch, replays, outcomes, strict=True):
-            client_msg_id = request.client_msg_id
-            if not client_msg_id or replay is not None:
-                continue
-            if isinstance(outcome, route_pb2.SendResponse) and outcome.message_id:
-                work.append(
-                    self._store.finish_send(
-                        sender_id, client_msg_id, outcome.SerializeToString(), window
-                    )
-                )
-            else:
-                work.append(self._store.forget_send(sender_id, client_msg_id))
+        work = [
+            self._store.finish_send(
+                sender_id, request.client_msg_id, outcome.SerializeToString(), window
+            )
+            for (sender_id, _, request), claim, outcome in zip(batch, claims, outcomes, strict=True)
+            if request.client_msg_id
+            and isinstance(claim, str)
+            and isinstance(outcome, route_pb2.SendResponse)
+            and outcome.message_id
+        ]
         if work:
             results = await asyncio.gather(*work, return_exceptions=True)
             for result in results:
@@ -222,131 +228,77 @@ class MessageRouter:
         self, sender_id: int, sender_name: str, request: route_pb2.SendGroupRequest
     ) -> route_pb2.SendResponse:
         batch = [(sender_id, sender_name, request)]
-        (replay,) = await self._replays([(sender_id, request.client_msg_id)])
-        if isinstance(replay, CimError):
-            raise replay
-        if replay is not None:
-            return replay
-        outcome: route_pb2.SendResponse | CimError = route_pb2.SendResponse()
-        try:
-            outcome = await self._send_group(sender_id, sender_name, request)
-            return outcome
-        except CimError as exc:
-            outcome = exc
-            raise
-        finally:
-            await self._remember(batch, [None], [outcome])
+        (claim,) = await self._claims([(sender_id, request.client_msg_id)])
+        if not isinstance(claim, str):
+            if isinstance(claim, CimError):
+                raise claim
+            return claim
+        outcome = await self._send_group(sender_id, sender_name, request, claim)
+        await self._remember(batch, [claim], [outcome])
+        return outcome
 
     async def _send_group(
-        self, sender_id: int, sender_name: str, request: route_pb2.SendGroupRequest
+        self,
+        sender_id: int,
+        sender_name: str,
+        request: route_pb2.SendGroupRequest,
+        message_id: str,
     ) -> route_pb2.SendResponse:
-        message = self._new_message(sender_id, sender_name, request.text, request.client_msg_id)
+        message = self._new_message(
+            sender_id, sender_name, request.text, request.client_msg_id, message_id
+        )
         message.kind = common_pb2.MESSAGE_KIND_GROUP
         message.group_id = validation.check_group(request.group_id)
-        by_server: dict[str, list[int]] = defaultdict(list)
-        async for session in self._store.online_sessions():
-            if session.user_id != sender_id:
-                by_server[session.server_id].append(session.user_id)
-        # One Deliver per chat server, all servers at once.
-        outcomes = await asyncio.gather(
-            *(
-                self._servers.deliver(
-                    server_id,
-                    [chat_pb2.Delivery(receiver_id=uid, message=message) for uid in user_ids],
+        receivers = [
+            session.user_id
+            async for session in self._store.online_sessions()
+            if session.user_id != sender_id
+        ]
+        by_server: dict[str, list[chat_pb2.Delivery]] = defaultdict(list)
+        for start in range(0, len(receivers), GROUP_APPEND_SLICE):
+            some = receivers[start : start + GROUP_APPEND_SLICE]
+            appended = await self._append(some, [message] * len(some))
+            for receiver, stored in zip(some, appended, strict=True):
+                if stored.session is None or not stored.session.connected:
+                    continue  # gone since the walk: the inbox keeps it for them
+                copy = common_pb2.ChatMessage()
+                copy.CopyFrom(message)
+                copy.seq = stored.seq
+                by_server[stored.session.server_id].append(
+                    chat_pb2.Delivery(receiver_id=receiver, message=copy)
                 )
-                for server_id, user_ids in by_server.items()
-            )
-        )
-        reached = 0
-        for user_ids, flags in zip(by_server.values(), outcomes, strict=True):
-            for user_id, delivered in zip(user_ids, flags, strict=True):
-                if delivered:
-                    reached += 1
-                else:  # went offline while we sent: keep it for them
-                    await self._store_offline(user_id, message)
+        # One push per chat server, all servers at once.
+        await self._servers.deliver_many(list(by_server.items()))
         return route_pb2.SendResponse(
             message_id=message.message_id,
             status=DELIVERED,
-            recipients=reached,
+            recipients=len(receivers),
             server_time_ms=message.server_time_ms,
         )
 
-    # --- offline ----------------------------------------------------------
-    async def _store_offline(self, user_id: int, message: common_pb2.ChatMessage) -> None:
-        stored = common_pb2.ChatMessage()
-        stored.CopyFrom(message)
-        stored.stored = True
-        stored.receiver_id = message.receiver_id
-        await self._store.store_offline(
-            user_id, OfflineEntry(message.message_id, stored.SerializeToString())
-        )
-        # The receiver may have connected between our look-up and the store:
-        # then nobody would push this until their next login.
-        session = await self._store.get_session(user_id)
-        if session is not None and session.connected:
-            self.schedule_offline_push(user_id, session.server_id)
-
-    def schedule_offline_push(self, user_id: int, server_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.push_offline(user_id, server_id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def push_offline(self, user_id: int, server_id: str) -> int:
-        """Pushes the user's stored messages to their stream, oldest first, in
-        batches; each is removed only once the server says it reached the stream."""
-        if user_id in self._pushing:
-            self._push_again[user_id] = server_id
-            return 0
-        self._pushing.add(user_id)
-        pushed = 0
-        try:
-            while True:
-                pushed += await self._push_pass(user_id, server_id)
-                if user_id not in self._push_again:
-                    break
-                server_id = self._push_again.pop(user_id)
-        except CimError as exc:
-            log.warning("offline push to user %s failed: %s", user_id, exc.message)
-        finally:
-            self._pushing.discard(user_id)
-            self._push_again.pop(user_id, None)
-        if pushed:
-            log.info("pushed %d stored messages to user %s", pushed, user_id)
-        return pushed
-
-    async def _push_pass(self, user_id: int, server_id: str) -> int:
-        pushed = 0
-        while True:
-            entries = await self._store.peek_offline(user_id, self._config.offline_batch)
-            if not entries:
-                return pushed
-            parcel = [
-                chat_pb2.Delivery(
-                    receiver_id=user_id,
-                    message=common_pb2.ChatMessage.FromString(entry.payload),
-                )
-                for entry in entries
-            ]
-            flags = await self._servers.deliver(server_id, parcel)
-            done = [entry.entry_id for entry, ok in zip(entries, flags, strict=True) if ok]
-            if done:
-                await self._store.remove_offline(user_id, done)
-                pushed += len(done)
-            if len(done) < len(entries):
-                return pushed  # the stream went away; the rest waits for the next login
-
-    async def fetch_offline(
-        self, user_id: int, limit: int
-    ) -> tuple[list[common_pb2.ChatMessage], bool]:
+    # --- inbox reads and acks ------------------------------------------------
+    async def read_inbox(
+        self, user_id: int, after_seq: int, limit: int
+    ) -> tuple[list[common_pb2.ChatMessage], InboxPage]:
+        """A page of the user's inbox after ``after_seq``, as messages with
+        their seq, marked as coming from storage."""
         limit = limit or self._config.offline_batch
-        if limit < 0 or limit > 1000:
-            raise InvalidArgument("limit must be between 1 and 1000 (0: default)")
-        entries = await self._store.peek_offline(user_id, limit + 1)
-        taken = entries[:limit]
-        if taken:
-            await self._store.remove_offline(user_id, [entry.entry_id for entry in taken])
-        messages = [common_pb2.ChatMessage.FromString(entry.payload) for entry in taken]
-        return messages, len(entries) > limit
+        if limit < 0 or limit > MAX_PAGE:
+            raise InvalidArgument(f"limit must be between 1 and {MAX_PAGE} (0: default)")
+        page = await self._store.read_inbox(user_id, after_seq, limit, self._retention)
+        messages = []
+        for entry in page.entries:
+            message = common_pb2.ChatMessage.FromString(entry.payload)
+            message.seq = entry.seq
+            message.stored = True
+            messages.append(message)
+        return messages, page
+
+    async def ack(self, acks: Sequence[tuple[int, int]]) -> None:
+        """Trims each (user id, seq): the user holds everything up to seq."""
+        acks = [(user_id, seq) for user_id, seq in acks if seq > 0]
+        if acks:
+            await self._store.ack_inbox(acks)
 
     # --- batches from chat servers ----------------------------------------
     async def submit_batch(
@@ -380,11 +332,16 @@ class MessageRouter:
         await flush()
         return results
 
-    async def aclose(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+
+def _fail_all(
+    messages: list[common_pb2.ChatMessage | None],
+    outcomes: list[route_pb2.SendResponse | CimError],
+    exc: CimError,
+) -> None:
+    for index, message in enumerate(messages):
+        if message is not None:
+            outcomes[index] = exc
+            messages[index] = None
 
 
 def _result(outcome: route_pb2.SendResponse | CimError) -> route_pb2.SubmitResult:

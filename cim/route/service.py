@@ -150,8 +150,23 @@ class RouteService(route_pb2_grpc.RouteServicer):
         self, request: route_pb2.FetchOfflineRequest, context: Context
     ) -> route_pb2.FetchOfflineResponse:
         caller = await self._caller(context)
-        messages, more = await self._router.fetch_offline(caller.user_id, request.limit)
-        return route_pb2.FetchOfflineResponse(messages=messages, more=more)
+        messages, page = await self._router.read_inbox(
+            caller.user_id, request.after_seq, request.limit
+        )
+        return route_pb2.FetchOfflineResponse(
+            messages=messages,
+            more=page.more,
+            dropped_through_seq=page.dropped_through,
+            head_seq=page.head_seq,
+        )
+
+    @unary_edge
+    async def AckMessages(
+        self, request: route_pb2.AckMessagesRequest, context: Context
+    ) -> route_pb2.AckMessagesResponse:
+        caller = await self._caller(context)
+        await self._router.ack([(caller.user_id, request.seq)])
+        return route_pb2.AckMessagesResponse()
 
 
 class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
@@ -187,13 +202,17 @@ class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
         self, request: route_pb2.SessionConnectedRequest, context: Context
     ) -> route_pb2.SessionConnectedResponse:
         self._secret.require(context)
-        claims, record = await self._sessions.connected(
+        claims, _ = await self._sessions.connected(
             request.server_id, request.user_id, request.session_token
         )
-        # Stored messages follow the login; the server queues them behind its LoginOk.
-        self._router.schedule_offline_push(record.user_id, record.server_id)
+        # The client holds everything up to last_seq: that is an ack. The
+        # server replays the rest (Replay) once this answer is back.
+        await self._router.ack([(claims.user_id, request.last_seq)])
         return route_pb2.SessionConnectedResponse(
-            user_id=claims.user_id, user_name=claims.user_name, session_id=claims.session_id
+            user_id=claims.user_id,
+            user_name=claims.user_name,
+            session_id=claims.session_id,
+            session_ttl_ms=self._sessions.session_ttl_ms,
         )
 
     @unary_edge
@@ -214,5 +233,27 @@ class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
         refs = list(request.sessions)
         valid = await self._sessions.refresh([(ref.user_id, ref.session_id) for ref in refs])
         return route_pb2.RefreshSessionsResponse(
-            invalid=[ref for ref, ok in zip(refs, valid, strict=True) if not ok]
+            invalid=[ref for ref, ok in zip(refs, valid, strict=True) if not ok],
+            session_ttl_ms=self._sessions.session_ttl_ms,
         )
+
+    @unary_edge
+    async def Replay(
+        self, request: route_pb2.ReplayRequest, context: Context
+    ) -> route_pb2.ReplayResponse:
+        self._secret.require(context)
+        messages, page = await self._router.read_inbox(
+            request.user_id, request.after_seq, request.limit
+        )
+        return route_pb2.ReplayResponse(
+            messages=messages,
+            more=page.more,
+            head_seq=page.head_seq,
+            dropped_through_seq=page.dropped_through,
+        )
+
+    @unary_edge
+    async def Ack(self, request: route_pb2.AckRequest, context: Context) -> route_pb2.AckResponse:
+        self._secret.require(context)
+        await self._router.ack([(ack.user_id, ack.seq) for ack in request.acks])
+        return route_pb2.AckResponse()

@@ -268,6 +268,10 @@ class SessionManager:
         """A server's stream ended: clears the session only if it still lives there."""
         return await self._store.release_session(user_id, session_id, server_id)
 
+    @property
+    def session_ttl_ms(self) -> int:
+        return int(self._config.session_ttl * 1000)
+
     async def refresh(self, sessions: list[tuple[int, str]]) -> list[bool]:
         if not sessions:
             return []

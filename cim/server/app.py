@@ -76,8 +76,13 @@ class ChatServerApp:
         self._member = Member(MemberKind.SERVER, self.server_id, self.address)
         await self.registry.register(self._member)
         self._tasks = [
-            asyncio.create_task(self._every(self.config.heartbeat.sweep_interval, self.sweep)),
-            asyncio.create_task(self._every(self.config.refresh_interval, self.refresh)),
+            asyncio.create_task(
+                self._every(lambda: self.config.heartbeat.sweep_interval, self.sweep)
+            ),
+            asyncio.create_task(self._every(lambda: self.service.refresh_interval, self.refresh)),
+            asyncio.create_task(
+                self._every(lambda: self.config.ack_interval, self.service.acks.flush)
+            ),
         ]
         log.info(
             "chat server %s listening on %s (%s)",
@@ -86,9 +91,16 @@ class ChatServerApp:
             describe_tls(self.tls),
         )
 
-    async def _every(self, interval: float, work: Callable[[], Awaitable[None]]) -> None:
+    async def _every(
+        self, interval: Callable[[], float], work: Callable[[], Awaitable[None]]
+    ) -> None:
+        # Short naps, so a shorter interval learned meanwhile applies at once.
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(interval(), 0.5))
+            if time.monotonic() - last < interval():
+                continue
+            last = time.monotonic()
             try:
                 await work()
             except Exception:
@@ -136,6 +148,7 @@ class ChatServerApp:
         except CimError as exc:
             log.warning("session refresh failed: %s", exc.message)
             return
+        self.service.learn_session_ttl(reply.session_ttl_ms)
         for ref in reply.invalid:
             stream = self.streams.get(ref.user_id)
             if stream is not None and stream.session_id == ref.session_id:
@@ -177,6 +190,7 @@ class ChatServerApp:
                 stream.close(None, "server stopped")
             await self._server.stop(grace)
         await self.service.wait_background()
+        await self.service.acks.flush()  # what clients acked last still trims their inbox
         await self.routes.aclose()
 
     async def wait(self) -> None:

@@ -23,6 +23,7 @@ from cim.errors import (
 )
 from cim.grpcutil import SecretCheck, refuse_stream, unary_edge
 from cim.proto.v1 import chat_pb2, chat_pb2_grpc, route_pb2
+from cim.server.acks import AckForwarder
 from cim.server.routes import RouteLinks
 from cim.server.streams import ClientStream, StreamTable, notice
 
@@ -35,6 +36,9 @@ CHECK_WAIT = 5.0
 MAX_OUTSTANDING_SENDS = 256
 KICKED = chat_pb2.Notice.KIND_KICKED
 ERROR = chat_pb2.Notice.KIND_ERROR
+BEHIND = chat_pb2.Notice.KIND_BEHIND
+# Inbox entries one Replay call reads.
+REPLAY_PAGE = 200
 
 
 def _error_notice(exc: CimError) -> chat_pb2.ServerFrame:
@@ -50,6 +54,10 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self._routes = routes
         self._secret = secret
         self._background: set[asyncio.Task[None]] = set()
+        self.acks = AckForwarder(routes, config.server_id)
+        # Refreshes must come well within the routes' session TTL, which
+        # routes tell us; our own interval is only an upper bound.
+        self.refresh_interval = config.refresh_interval
         self.accepting = True
         # This server holds the user's one stream, so it sees all its stream sends.
         self.send_limits: KeyedLimiter[int] = KeyedLimiter(
@@ -66,11 +74,13 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             yield _error_notice(exc)
             return
         reader = asyncio.create_task(self._read(stream, request_iterator))
+        stream.replay_task = asyncio.create_task(self._replay(stream, stream.login_seq))
         try:
             while (frame := await stream.next_frame()) is not None:
                 yield frame
         finally:
             reader.cancel()
+            stream.replay_task.cancel()
             stream.close(None, stream.close_reason or "disconnected")
             if self._streams.remove(stream):
                 self._spawn(self._disconnected(stream))
@@ -89,6 +99,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         if login.user_id <= 0 or not login.session_token:
             raise Unauthenticated("login needs a user id and a session token")
         stream = ClientStream(login.user_id, login.device_id, self._config.outbound_queue)
+        stream.login_seq = login.last_seq
+        # Held back from here on: live messages wait for the replay (Connect starts it).
+        stream.begin_replay()
         check = self._streams.begin_check(login.user_id)
         try:
             request = route_pb2.SessionConnectedRequest(
@@ -106,6 +119,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             )
             stream.session_id = reply.session_id
             stream.user_name = reply.user_name
+            self.learn_session_ttl(reply.session_ttl_ms)
             replaced = self._streams.add(stream)
         finally:
             self._streams.end_check(login.user_id, check)
@@ -144,7 +158,14 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 elif kind == "send":
                     self._send(stream, frame.send)
                 elif kind == "ack":
-                    pass  # sequences and acks arrive with the delivery guarantees
+                    # The user is the stream's, never one named in the frame.
+                    self.acks.note(stream.user_id, stream.session_id, frame.ack.seq)
+                elif kind == "sync":
+                    if not stream.replaying:
+                        stream.begin_replay()
+                        stream.replay_task = asyncio.create_task(
+                            self._replay(stream, frame.sync.after_seq)
+                        )
                 else:
                     stream.close(
                         _error_notice(InvalidArgument(f"unexpected {kind or 'empty'} frame")),
@@ -220,7 +241,55 @@ class ChatService(chat_pb2_grpc.ChatServicer):
 
         future.add_done_callback(answer)
 
+    def learn_session_ttl(self, session_ttl_ms: int) -> None:
+        if session_ttl_ms > 0:
+            self.refresh_interval = min(self._config.refresh_interval, session_ttl_ms / 3000)
+
+    async def _replay(self, stream: ClientStream, after_seq: int) -> None:
+        """Sends the stream's inbox after ``after_seq`` in order, at the
+        client's pace, then goes live with what was held back meanwhile."""
+        cursor = after_seq
+        dropped = 0
+        try:
+            while True:
+                reply = await self._replay_page(stream, cursor)
+                for message in reply.messages:
+                    if not await stream.push_paced(chat_pb2.ServerFrame(message=message)):
+                        return
+                    cursor = message.seq
+                dropped = max(dropped, reply.dropped_through_seq)
+                if reply.more:
+                    continue
+                # Every seq up to the head was in a page or is gone (acked, dropped).
+                if stream.finish_replay(
+                    reply.head_seq, _replay_done(after_seq, reply.head_seq, dropped)
+                ):
+                    return
+        except CimError as exc:
+            stream.close(
+                _error_notice(Unavailable(f"could not replay stored messages: {exc.message}")),
+                "replay failed",
+            )
+
+    async def _replay_page(self, stream: ClientStream, after_seq: int) -> route_pb2.ReplayResponse:
+        request = route_pb2.ReplayRequest(
+            server_id=self._config.server_id,
+            user_id=stream.user_id,
+            session_id=stream.session_id,
+            after_seq=after_seq,
+            limit=REPLAY_PAGE,
+        )
+        return await self._routes.call(
+            "Replay",
+            lambda stub: stub.Replay(
+                request, metadata=self._routes.metadata, timeout=self._routes.timeout
+            ),
+        )
+
     async def _disconnected(self, stream: ClientStream) -> None:
+        # Its last acks first: a login that follows the end of this session
+        # then replays nothing the client already had.
+        await self.acks.flush()
         request = route_pb2.SessionDisconnectedRequest(
             server_id=self._config.server_id,
             user_id=stream.user_id,
@@ -277,7 +346,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             if stream is None:
                 stream = await self._streams.find(delivery.receiver_id, CHECK_WAIT)
             delivered.append(
-                stream is not None and stream.push(chat_pb2.ServerFrame(message=delivery.message))
+                stream is not None
+                and stream.push_message(chat_pb2.ServerFrame(message=delivery.message))
             )
         return chat_pb2.DeliverResponse(delivered=delivered)
 
@@ -293,6 +363,24 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 stream is not None and not stream.closed and stream.session_id == ref.session_id
             )
         return chat_pb2.PresenceResponse(live=live)
+
+
+def _replay_done(after_seq: int, head_seq: int, dropped: int) -> list[chat_pb2.ServerFrame]:
+    """The frames that end a replay: a notice if retention dropped messages
+    the client never had, then ReplayDone."""
+    frames = []
+    dropped = dropped if dropped > after_seq else 0
+    if dropped:
+        frames.append(
+            notice(
+                BEHIND,
+                f"messages up to #{dropped} were dropped before you fetched them "
+                "(older or more than the route keeps)",
+            )
+        )
+    done = chat_pb2.ReplayDone(through_seq=head_seq, dropped_through_seq=dropped, head_seq=head_seq)
+    frames.append(chat_pb2.ServerFrame(replay_done=done))
+    return frames
 
 
 def _send_error(correlation_id: int, exc: CimError) -> chat_pb2.ServerFrame:

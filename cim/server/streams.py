@@ -2,8 +2,12 @@
 
 Each stream has one bounded outbound buffer and a single writer (the Connect
 handler); every other task only appends. A client that stops reading fills
-its buffer and is disconnected (it catches up through a new login) instead
-of growing memory without limit.
+its buffer and is disconnected (it catches up by replay when it comes back)
+instead of growing memory without limit.
+
+While a stream replays its inbox, live messages for it are held back and
+sent after the replay, minus those the replay already carried: the client
+sees its sequence in order, with no gap between replay and live.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from cim.proto.v1 import chat_pb2
 
@@ -23,11 +28,22 @@ class ClientStream:
         self.user_name = ""
         self.last_heard = time.monotonic()
         self.outstanding_sends = 0
+        # The seq the client said it holds at login; the replay starts after it.
+        self.login_seq = 0
+        self.replay_task: asyncio.Task[None] | None = None
         self._max_buffered = max_buffered
         self._frames: deque[chat_pb2.ServerFrame] = deque()
         self._ready = asyncio.Event()
+        self._room = asyncio.Event()
         self._closed = False
         self.close_reason = ""
+        # Live messages held back during a replay; overflowing means the
+        # replay must read the inbox once more (they are all stored there).
+        self.replaying = False
+        # Every seq up to here was sent by a replay (or is gone).
+        self.replayed_through = 0
+        self._held: list[chat_pb2.ServerFrame] = []
+        self._held_overflow = False
 
     @property
     def closed(self) -> bool:
@@ -51,6 +67,49 @@ class ClientStream:
         self._ready.set()
         return True
 
+    def push_message(self, frame: chat_pb2.ServerFrame) -> bool:
+        """Queues a live message, or holds it back while the stream replays.
+        A push of a seq the last replay covered is a late duplicate: dropped."""
+        if 0 < frame.message.seq <= self.replayed_through:
+            return not self._closed
+        if not self.replaying:
+            return self.push(frame)
+        if self._closed:
+            return False
+        if len(self._held) >= self._max_buffered:
+            self._held.clear()
+            self._held_overflow = True
+        self._held.append(frame)
+        return True
+
+    def begin_replay(self) -> None:
+        self.replaying = True
+
+    def finish_replay(self, through_seq: int, closing: Sequence[chat_pb2.ServerFrame] = ()) -> bool:
+        """Goes live after a replay that sent everything up to ``through_seq``:
+        queues ``closing`` (what tells the client the replay is done), then
+        the held messages after it. False (still replaying) if held messages
+        were dropped: the caller reads the inbox again first."""
+        if self._held_overflow:
+            self._held_overflow = False
+            return False
+        for frame in closing:
+            self.push(frame)
+        held, self._held = self._held, []
+        self.replaying = False
+        self.replayed_through = max(self.replayed_through, through_seq)
+        for frame in held:
+            self.push_message(frame)
+        return True
+
+    async def push_paced(self, frame: chat_pb2.ServerFrame) -> bool:
+        """Queues a frame once the buffer is at most half full: a long replay
+        goes at the client's pace instead of overflowing the buffer."""
+        while len(self._frames) > self._max_buffered // 2 and not self._closed:
+            self._room.clear()
+            await self._room.wait()
+        return self.push(frame)
+
     def close(self, final: chat_pb2.ServerFrame | None, reason: str) -> None:
         """Ends the stream after what is queued (and ``final``, past the bound)."""
         if self._closed:
@@ -60,6 +119,7 @@ class ClientStream:
         self._closed = True
         self.close_reason = reason
         self._ready.set()
+        self._room.set()
 
     async def next_frame(self) -> chat_pb2.ServerFrame | None:
         """The next frame to write; None once closed and drained."""
@@ -68,7 +128,10 @@ class ClientStream:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        return self._frames.popleft()
+        frame = self._frames.popleft()
+        if len(self._frames) <= self._max_buffered // 2:
+            self._room.set()
+        return frame
 
 
 def notice(kind: chat_pb2.Notice.Kind.ValueType, text: str, code: int = 0) -> chat_pb2.ServerFrame:

@@ -35,9 +35,59 @@ class SessionRecord:
 
 
 @dataclass(frozen=True)
-class OfflineEntry:
-    entry_id: str
+class Retention:
+    """How much of a user's inbox is kept when they do not ack: the newest
+    ``max_messages``, none older than ``max_age`` seconds."""
+
+    max_messages: int = 10_000
+    max_age: float = 7 * 24 * 3600.0
+    # How long a message id is remembered after its append, so a retried
+    # append (a send retried after a route crash) gets the first seq back.
+    id_window: float = 600.0
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    """A message to append to one receiver's inbox."""
+
+    user_id: int
+    message_id: str
     payload: bytes
+
+
+@dataclass(frozen=True)
+class Appended:
+    seq: int
+    # The receiver's session, read after the append in the same atomic step:
+    # a stream that connects later finds the message in its replay.
+    session: SessionRecord | None
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class InboxPage:
+    entries: list[InboxEntry]
+    # The last seq handed out for this user (0: none yet).
+    head_seq: int
+    # The highest seq that retention removed before it was acked (0: none).
+    dropped_through: int
+    # More entries follow the page.
+    more: bool
+
+
+@dataclass(frozen=True)
+class SendClaim:
+    """What an earlier attempt of the same send left behind."""
+
+    # The message id the earlier attempt chose (a retry reuses it), or "".
+    message_id: str
+    # Its remembered result, or None while it is unfinished (or crashed).
+    result: bytes | None
 
 
 class Store(Protocol):
@@ -84,22 +134,34 @@ class Store(Protocol):
     def online_sessions(self) -> AsyncIterator[SessionRecord]:
         """Every connected session, walked without blocking the store."""
 
-    # --- offline messages -------------------------------------------------
-    async def store_offline(self, user_id: int, entry: OfflineEntry) -> None:
-        """Appends the entry; an entry id already stored is ignored (retries are safe)."""
+    # --- inboxes: every message a user receives, by per-user sequence -----
+    async def append_inbox(
+        self, items: Sequence[InboxItem], retention: Retention
+    ) -> list[Appended]:
+        """Appends each message to its receiver's inbox under the receiver's
+        next seq (1, 2, 3... with no gaps) and returns it with the receiver's
+        session read after the append. A message id appended within
+        ``retention.id_window`` gets its first seq back and is not appended
+        again. Retention trims what is over the bounds."""
 
-    async def peek_offline(self, user_id: int, limit: int) -> list[OfflineEntry]:
-        """The oldest ``limit`` stored entries, oldest first, left in place."""
+    async def read_inbox(
+        self, user_id: int, after_seq: int, limit: int, retention: Retention
+    ) -> InboxPage:
+        """Up to ``limit`` entries with seq > ``after_seq``, oldest first,
+        left in place (acks remove them)."""
 
-    async def remove_offline(self, user_id: int, entry_ids: Sequence[str]) -> None: ...
-
-    async def count_offline(self, user_id: int) -> int: ...
+    async def ack_inbox(self, acks: Sequence[tuple[int, int]]) -> None:
+        """For each (user id, seq): removes that user's entries up to seq. An
+        ack past the user's head seq is ignored: it comes from a client that
+        holds seqs the store no longer knows (data lost in a crash), and must
+        not trim the new messages that reuse them."""
 
     # --- idempotent sends -------------------------------------------------
-    async def claim_send(self, sender_id: int, client_msg_id: str, ttl: float) -> bytes | None:
-        """Marks a send as in progress for ``ttl`` seconds. None: the first
-        attempt (go ahead); else the remembered result, or b"" while the first
-        attempt is still in progress."""
+    async def claim_send(
+        self, sender_id: int, client_msg_id: str, message_id: str, ttl: float
+    ) -> SendClaim | None:
+        """Marks a send as started with ``message_id`` for ``ttl`` seconds.
+        None: this is the first attempt; else what an earlier attempt left."""
 
     async def finish_send(
         self, sender_id: int, client_msg_id: str, result: bytes, ttl: float

@@ -4,11 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from itertools import count
 
-from cim.store.base import Account, OfflineEntry, SessionRecord
+from cim.store.base import (
+    Account,
+    Appended,
+    InboxEntry,
+    InboxItem,
+    InboxPage,
+    Retention,
+    SendClaim,
+    SessionRecord,
+)
+
+
+@dataclass
+class _Inbox:
+    head_seq: int = 0
+    dropped_through: int = 0
+    # seq -> (message id, payload, appended at), oldest first.
+    entries: dict[int, tuple[str, bytes, float]] = field(default_factory=dict)
+    # message id -> (seq, appended at): recent appends, for idempotent retries.
+    recent_ids: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def trim(self, retention: Retention, now: float) -> None:
+        oldest_kept = now - retention.max_age
+        while self.entries:
+            seq, (_, _, appended_at) = next(iter(self.entries.items()))
+            if len(self.entries) <= retention.max_messages and appended_at >= oldest_kept:
+                break
+            del self.entries[seq]
+            self.dropped_through = seq
+        forget_before = now - retention.id_window
+        while self.recent_ids:
+            message_id, (_, appended_at) = next(iter(self.recent_ids.items()))
+            if appended_at >= forget_before:
+                break
+            del self.recent_ids[message_id]
 
 
 class MemoryStore:
@@ -23,9 +57,8 @@ class MemoryStore:
         self._sessions: dict[int, tuple[SessionRecord, float]] = {}
         # user id -> (session whose tokens are good, expires at): see set_token_session.
         self._token_sessions: dict[int, tuple[str, float]] = {}
-        self._offline: dict[int, deque[OfflineEntry]] = {}
-        self._offline_ids: dict[int, set[str]] = {}
-        self._sent: dict[tuple[int, str], tuple[bytes, float]] = {}
+        self._inboxes: dict[int, _Inbox] = {}
+        self._sent: dict[tuple[int, str], tuple[SendClaim, float]] = {}
 
     async def create_account(self, user_name: str, password_hash: str) -> tuple[Account, bool]:
         existing = self._by_name.get(user_name)
@@ -118,36 +151,47 @@ class MemoryStore:
                     yield record
             await asyncio.sleep(0)
 
-    async def store_offline(self, user_id: int, entry: OfflineEntry) -> None:
-        ids = self._offline_ids.setdefault(user_id, set())
-        if entry.entry_id in ids:
-            return  # a retried store never duplicates
-        ids.add(entry.entry_id)
-        self._offline.setdefault(user_id, deque()).append(entry)
+    async def append_inbox(
+        self, items: Sequence[InboxItem], retention: Retention
+    ) -> list[Appended]:
+        now = self._clock()
+        appended = []
+        for item in items:
+            inbox = self._inboxes.setdefault(item.user_id, _Inbox())
+            known = inbox.recent_ids.get(item.message_id)
+            if known is not None:
+                seq = known[0]
+            else:
+                inbox.head_seq += 1
+                seq = inbox.head_seq
+                inbox.entries[seq] = (item.message_id, item.payload, now)
+                inbox.recent_ids[item.message_id] = (seq, now)
+            inbox.trim(retention, now)
+            appended.append(Appended(seq, self._live_session(item.user_id)))
+        return appended
 
-    async def peek_offline(self, user_id: int, limit: int) -> list[OfflineEntry]:
-        queue = self._offline.get(user_id)
-        if not queue:
-            return []
-        return [queue[i] for i in range(min(limit, len(queue)))]
+    async def read_inbox(
+        self, user_id: int, after_seq: int, limit: int, retention: Retention
+    ) -> InboxPage:
+        inbox = self._inboxes.get(user_id)
+        if inbox is None:
+            return InboxPage([], 0, 0, more=False)
+        inbox.trim(retention, self._clock())
+        newer = [seq for seq in inbox.entries if seq > after_seq]
+        page = [InboxEntry(seq, inbox.entries[seq][1]) for seq in newer[: max(limit, 0)]]
+        return InboxPage(page, inbox.head_seq, inbox.dropped_through, more=len(newer) > len(page))
 
-    async def remove_offline(self, user_id: int, entry_ids: Sequence[str]) -> None:
-        queue = self._offline.get(user_id)
-        if not queue:
-            return
-        doomed = set(entry_ids)
-        kept = deque(entry for entry in queue if entry.entry_id not in doomed)
-        if kept:
-            self._offline[user_id] = kept
-            self._offline_ids[user_id] -= doomed
-        else:
-            del self._offline[user_id]
-            del self._offline_ids[user_id]
+    async def ack_inbox(self, acks: Sequence[tuple[int, int]]) -> None:
+        for user_id, seq in acks:
+            inbox = self._inboxes.get(user_id)
+            if inbox is None or seq > inbox.head_seq:
+                continue
+            for doomed in [s for s in inbox.entries if s <= seq]:
+                del inbox.entries[doomed]
 
-    async def count_offline(self, user_id: int) -> int:
-        return len(self._offline.get(user_id, ()))
-
-    async def claim_send(self, sender_id: int, client_msg_id: str, ttl: float) -> bytes | None:
+    async def claim_send(
+        self, sender_id: int, client_msg_id: str, message_id: str, ttl: float
+    ) -> SendClaim | None:
         key = (sender_id, client_msg_id)
         now = self._clock()
         entry = self._sent.get(key)
@@ -155,13 +199,13 @@ class MemoryStore:
             return entry[0]
         if len(self._sent) > 100_000:  # keep the window bounded: drop what expired
             self._sent = {k: v for k, v in self._sent.items() if v[1] > now}
-        self._sent[key] = (b"", now + ttl)
+        self._sent[key] = (SendClaim(message_id, None), now + ttl)
         return None
 
     async def finish_send(
         self, sender_id: int, client_msg_id: str, result: bytes, ttl: float
     ) -> None:
-        self._sent[(sender_id, client_msg_id)] = (result, self._clock() + ttl)
+        self._sent[(sender_id, client_msg_id)] = (SendClaim("", result), self._clock() + ttl)
 
     async def forget_send(self, sender_id: int, client_msg_id: str) -> None:
         self._sent.pop((sender_id, client_msg_id), None)

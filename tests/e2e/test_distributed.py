@@ -44,6 +44,8 @@ class Process:
     port: int
     proc: asyncio.subprocess.Process
     log: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -106,7 +108,23 @@ async def _spawn(
         CIM, *args, stdin=asyncio.subprocess.DEVNULL, stdout=handle, stderr=handle, env=env
     )
     handle.close()
-    return Process(name, port, proc, log)
+    return Process(name, port, proc, log, args, env)
+
+
+async def _respawn(process: Process) -> Process:
+    """Starts the same command again (same port), appending to its log."""
+    handle = process.log.open("ab")
+    proc = await asyncio.create_subprocess_exec(
+        CIM,
+        *process.args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=handle,
+        stderr=handle,
+        env=process.env,
+    )
+    handle.close()
+    process.proc = proc
+    return process
 
 
 async def _stop(process: Process) -> None:

@@ -81,6 +81,9 @@ class ChatStream:
 
     def __init__(self, call: Any) -> None:
         self.call = call
+        # What the replay after login carried, and how it ended.
+        self.replayed: list[chat_pb2.ServerFrame] = []
+        self.replay_done: chat_pb2.ReplayDone | None = None
 
     async def write(self, frame: chat_pb2.ClientFrame) -> None:
         await self.call.write(frame)
@@ -113,6 +116,16 @@ class ChatStream:
         assert frame is not grpc.aio.EOF, "stream ended instead of LoginOk"
         assert frame.WhichOneof("frame") == "login_ok", frame
         return frame.login_ok
+
+    async def expect_replay_done(self) -> chat_pb2.ReplayDone:
+        """Reads the replay (kept in ``replayed``) up to its ReplayDone."""
+        while True:
+            frame = await self.read()
+            assert frame is not grpc.aio.EOF, "stream ended before the replay was done"
+            if frame.WhichOneof("frame") == "replay_done":
+                self.replay_done = frame.replay_done
+                return frame.replay_done
+            self.replayed.append(frame)
 
     def cancel(self) -> None:
         self.call.cancel()
@@ -169,10 +182,13 @@ class Raw:
         return stream
 
     async def connect(self, login: route_pb2.LoginResponse) -> tuple[ChatStream, chat_pb2.LoginOk]:
-        """A stream to the server the login picked, past its LoginOk."""
+        """A stream to the server the login picked, past its LoginOk and the
+        replay of the inbox (kept in ``stream.replayed``)."""
         stream = self.open_stream(login.server.address)
         await stream.login(login.user_id, login.session_token)
-        return stream, await stream.expect_login_ok()
+        ok = await stream.expect_login_ok()
+        await stream.expect_replay_done()
+        return stream, ok
 
     async def aclose(self) -> None:
         for stream in self._streams:

@@ -129,7 +129,8 @@ async def test_message_sent_during_the_move_is_not_lost(rr):
     except TimeoutError:
         extra = None
     assert extra is None, f"delivered twice: {extra}"
-    assert list((await alice.fetch_offline()).messages) == []
+    assert alice.sequence.through == message.seq
+    assert list((await alice.fetch_offline(after_seq=message.seq)).messages) == []
 
 
 async def test_client_moves_to_another_server_when_its_server_stops_abruptly(rr):

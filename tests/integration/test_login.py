@@ -117,6 +117,7 @@ async def test_login_without_chat_servers_is_unavailable(rr, raw, fails, eventua
     await raw.register(rr, "alice")
     for server in rr.embedded.servers:
         await server.stop()
+
     # A registry watch (ZooKeeper) tells the route a moment later, not synchronously.
     async def route_sees_none() -> bool:
         return not rr.embedded.route.servers.servers()
@@ -207,8 +208,8 @@ async def test_login_takes_over_session_of_a_server_that_died_without_reporting(
     assert again.session_id != login.session_id
     assert again.server.server_id != server.server_id
     stream, _ = await raw.connect(again)
-    message = (await stream.read()).message
-    assert (message.text, message.stored) == ("while you were gone", True)
+    (replayed,) = stream.replayed
+    assert (replayed.message.text, replayed.message.stored) == ("while you were gone", True)
 
 
 async def test_login_takes_over_session_of_an_unreachable_registered_server(rr, raw, monkeypatch):

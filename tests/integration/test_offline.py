@@ -1,4 +1,5 @@
-"""Offline storage: messages to offline users are stored, then pushed or fetched, in order."""
+"""Offline users: their messages wait in their inbox, then are replayed on
+connect or fetched, in order, until acked."""
 
 from __future__ import annotations
 
@@ -72,9 +73,8 @@ async def test_stored_messages_are_pushed_only_once(rr):
     await bob.start(register=False)
     assert (await rr.next_message(bob)).text == "once"
 
-    reply = await bob.fetch_offline()
-    assert list(reply.messages) == []
-    await bob.close()
+    await bob.close()  # acks what it received
+    assert list((await alice.route.fetch_offline()).messages) == []
     bob_again = await rr.client("bob")
     assert await _nothing_arrives(rr, bob_again)
 
@@ -110,7 +110,7 @@ async def test_messages_from_several_senders_keep_their_order(rr):
     assert [(m.sender_name, m.text) for m in received] == sent
 
 
-async def test_fetch_offline_returns_and_removes_stored_messages(rr):
+async def test_fetch_offline_reads_the_inbox_and_acks_trim_it(rr):
     alice = await rr.client("alice")
     bob = await rr.client("bob", connect=False)
     await bob.login()  # logged in, never connected: still offline for delivery
@@ -120,22 +120,26 @@ async def test_fetch_offline_returns_and_removes_stored_messages(rr):
 
     reply = await bob.fetch_offline()
     assert [m.text for m in reply.messages] == ["m0", "m1", "m2"]
+    assert [m.seq for m in reply.messages] == [1, 2, 3]
     assert [m.message_id for m in reply.messages] == [r.message_id for r in results]
     assert all(m.stored for m in reply.messages)
     assert all(m.sender_id == alice.user_id for m in reply.messages)
-    assert reply.more is False
+    assert (reply.more, reply.head_seq, reply.dropped_through_seq) == (False, 3, 0)
 
-    again = await bob.fetch_offline()
-    assert list(again.messages) == []
-    assert again.more is False
+    assert [m.text for m in (await bob.fetch_offline()).messages] == ["m0", "m1", "m2"]
+    assert list((await bob.fetch_offline(after_seq=3)).messages) == []
+    await bob.route.ack(2)
+    assert [m.text for m in (await bob.fetch_offline()).messages] == ["m2"]
 
 
-async def test_fetched_messages_are_not_pushed_on_connect(rr):
+async def test_acked_messages_are_not_replayed_on_connect(rr):
     alice = await rr.client("alice")
     bob = await rr.client("bob", connect=False)
     await bob.login()
     await alice.send_private(bob.user_id, "fetch me")
-    assert [m.text for m in (await bob.fetch_offline()).messages] == ["fetch me"]
+    (fetched,) = (await bob.fetch_offline()).messages
+    assert fetched.text == "fetch me"
+    await bob.route.ack(fetched.seq)
 
     await bob.connect()
     assert await _nothing_arrives(rr, bob)
@@ -149,8 +153,8 @@ async def test_fetch_offline_pages_with_limit_and_more(rr):
         await alice.route.send_private(bob.user_id, f"p{i}")
 
     first = await bob.fetch_offline(limit=2)
-    second = await bob.fetch_offline(limit=2)
-    third = await bob.fetch_offline(limit=2)
+    second = await bob.fetch_offline(limit=2, after_seq=first.messages[-1].seq)
+    third = await bob.fetch_offline(limit=2, after_seq=second.messages[-1].seq)
 
     assert ([m.text for m in first.messages], first.more) == (["p0", "p1"], True)
     assert ([m.text for m in second.messages], second.more) == (["p2", "p3"], True)
@@ -205,5 +209,5 @@ async def test_fetch_offline_default_limit_is_the_route_batch():
             await alice.route.send_private(bob.user_id, f"d{i}")
         first = await bob.fetch_offline()
         assert ([m.text for m in first.messages], first.more) == (["d0", "d1", "d2"], True)
-        rest = await bob.fetch_offline()
+        rest = await bob.fetch_offline(after_seq=first.messages[-1].seq)
         assert ([m.text for m in rest.messages], rest.more) == (["d3"], False)

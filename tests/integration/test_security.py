@@ -38,6 +38,7 @@ AUTHENTICATED_RPCS = {
     "SendPrivate": lambda ids: route_pb2.SendPrivateRequest(receiver_id=ids["bob"], text="hi"),
     "SendGroup": lambda ids: route_pb2.SendGroupRequest(text="hi"),
     "FetchOffline": lambda ids: route_pb2.FetchOfflineRequest(),
+    "AckMessages": lambda ids: route_pb2.AckMessagesRequest(seq=1),
 }
 
 
@@ -264,6 +265,8 @@ INTERNAL_RPCS = {
     "SessionConnected": route_pb2.SessionConnectedRequest(server_id="server-1", user_id=1),
     "SessionDisconnected": route_pb2.SessionDisconnectedRequest(server_id="server-1", user_id=1),
     "RefreshSessions": route_pb2.RefreshSessionsRequest(server_id="server-1"),
+    "Replay": route_pb2.ReplayRequest(server_id="server-1", user_id=1),
+    "Ack": route_pb2.AckRequest(server_id="server-1"),
 }
 
 CHAT_INTERNAL_RPCS = {

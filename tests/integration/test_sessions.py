@@ -257,6 +257,7 @@ async def test_a_stale_stream_of_a_moved_session_does_not_take_the_user_offline(
     await second.login(alice.user_id, alice.session_token)
     reply = await second.read()
     if reply.WhichOneof("frame") == "login_ok":
+        await second.expect_replay_done()
         live, stale = second, first
     else:  # the route may refuse a session on a server it did not pick: also fine
         assert reply.notice.kind == chat_pb2.Notice.KIND_ERROR

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 import pytest
 
 from cim.store import MemoryStore, SessionRecord, Store
-from cim.store.base import OfflineEntry
+from cim.store.base import InboxItem, Retention, SendClaim
 from cim.store.redis import RedisStore
 
 
@@ -94,25 +94,6 @@ async def test_sessions_expire_unless_refreshed(store: Store) -> None:
     assert await store.get_session(2) is None
     # an expired session no longer blocks a new login
     assert await store.claim_session(SessionRecord(2, "s3", "b"), ttl=5) is None
-
-
-async def test_offline_messages_are_kept_in_order_until_removed(store: Store) -> None:
-    for n in range(5):
-        await store.store_offline(7, OfflineEntry(f"m{n}", f"payload{n}".encode()))
-    assert await store.count_offline(7) == 5
-    first = await store.peek_offline(7, 3)
-    assert [e.entry_id for e in first] == ["m0", "m1", "m2"]
-    assert await store.count_offline(7) == 5  # peek leaves them
-    await store.remove_offline(7, ["m0", "m1"])
-    rest = await store.peek_offline(7, 10)
-    assert [(e.entry_id, e.payload) for e in rest] == [
-        ("m2", b"payload2"),
-        ("m3", b"payload3"),
-        ("m4", b"payload4"),
-    ]
-    await store.remove_offline(7, ["m2", "m3", "m4", "unknown"])
-    assert await store.peek_offline(7, 10) == []
-    assert await store.count_offline(8) == 0
 
 
 async def test_release_can_require_the_recorded_server(store: Store) -> None:
@@ -261,39 +242,6 @@ async def test_names_and_hashes_are_kept_exactly(store: Store) -> None:
     assert await store.get_account(account.user_id) == account
 
 
-async def test_offline_payloads_are_binary_safe_and_per_user(store: Store) -> None:
-    payload = bytes(range(256)) * 4
-    await store.store_offline(7, OfflineEntry("m1", payload))
-    await store.store_offline(7, OfflineEntry("m2", b""))
-    await store.store_offline(8, OfflineEntry("m1", b"other"))
-    assert await store.peek_offline(7, 10) == [OfflineEntry("m1", payload), OfflineEntry("m2", b"")]
-    assert await store.peek_offline(7, 0) == []
-    assert await store.peek_offline(7, 1) == [OfflineEntry("m1", payload)]
-    await store.remove_offline(7, [])
-    await store.remove_offline(7, ["m1"])
-    assert await store.count_offline(7) == 1
-    assert await store.peek_offline(8, 10) == [OfflineEntry("m1", b"other")]
-
-
-async def test_offline_removal_out_of_order_keeps_the_rest_in_order(store: Store) -> None:
-    for n in range(1200):
-        await store.store_offline(9, OfflineEntry(f"m{n}", str(n).encode()))
-    await store.remove_offline(9, [f"m{n}" for n in range(0, 1200, 2)])
-    left = await store.peek_offline(9, 1000)
-    assert [e.entry_id for e in left] == [f"m{n}" for n in range(1, 1200, 2)]
-    assert await store.count_offline(9) == 600
-
-
-async def test_storing_an_offline_entry_twice_keeps_one(store: Store) -> None:
-    entry = OfflineEntry("m1", b"once")
-    await store.store_offline(5, entry)
-    await store.store_offline(5, entry)  # a retry after a lost reply
-    assert [e.entry_id for e in await store.peek_offline(5, 10)] == ["m1"]
-    await store.remove_offline(5, ["m1"])
-    await store.store_offline(5, entry)  # removed ids may come again
-    assert await store.count_offline(5) == 1
-
-
 async def test_a_retried_claim_of_the_same_session_succeeds(store: Store) -> None:
     record = SessionRecord(3, "s1", "a")
     assert await store.claim_session(record, ttl=10) is None
@@ -303,20 +251,115 @@ async def test_a_retried_claim_of_the_same_session_succeeds(store: Store) -> Non
 
 
 async def test_a_send_is_claimed_once_and_its_result_remembered(store: Store) -> None:
-    assert await store.claim_send(1, "c1", ttl=10) is None  # first attempt goes ahead
-    assert await store.claim_send(1, "c1", ttl=10) == b""  # a retry while in progress
-    assert await store.claim_send(2, "c1", ttl=10) is None  # ids are per sender
+    assert await store.claim_send(1, "c1", "m1", ttl=10) is None  # first attempt goes ahead
+    # A retry while the first is unfinished (or after it crashed) reuses its message id.
+    assert await store.claim_send(1, "c1", "m2", ttl=10) == SendClaim("m1", None)
+    assert await store.claim_send(2, "c1", "m3", ttl=10) is None  # ids are per sender
     await store.finish_send(1, "c1", b"result", ttl=10)
-    assert await store.claim_send(1, "c1", ttl=10) == b"result"
+    assert await store.claim_send(1, "c1", "m4", ttl=10) == SendClaim("", b"result")
     await store.forget_send(2, "c1")  # a failed attempt lets the retry go ahead
-    assert await store.claim_send(2, "c1", ttl=10) is None
+    assert await store.claim_send(2, "c1", "m5", ttl=10) is None
 
 
 async def test_remembered_sends_expire(store: Store) -> None:
-    assert await store.claim_send(1, "c2", ttl=0.2) is None
+    assert await store.claim_send(1, "c2", "m1", ttl=0.2) is None
     await store.finish_send(1, "c2", b"r", ttl=0.2)
     await asyncio.sleep(0.3)
-    assert await store.claim_send(1, "c2", ttl=10) is None
+    assert await store.claim_send(1, "c2", "m2", ttl=10) is None
+
+
+# --- inboxes ---------------------------------------------------------------------------------
+KEEP_ALL = Retention()
+
+
+def items(user_id: int, *message_ids: str) -> list[InboxItem]:
+    return [InboxItem(user_id, mid, f"body-{mid}".encode()) for mid in message_ids]
+
+
+async def test_inbox_appends_get_consecutive_seqs_per_user(store: Store) -> None:
+    appended = await store.append_inbox(
+        items(7, "a", "b") + items(8, "c") + items(7, "d"), KEEP_ALL
+    )
+    assert [a.seq for a in appended] == [1, 2, 1, 3]
+    page = await store.read_inbox(7, 0, 10, KEEP_ALL)
+    assert [(e.seq, e.payload) for e in page.entries] == [
+        (1, b"body-a"),
+        (2, b"body-b"),
+        (3, b"body-d"),
+    ]
+    assert (page.head_seq, page.dropped_through, page.more) == (3, 0, False)
+    empty = await store.read_inbox(9, 0, 10, KEEP_ALL)
+    assert (empty.entries, empty.head_seq, empty.more) == ([], 0, False)
+
+
+async def test_inbox_append_returns_the_receivers_session(store: Store) -> None:
+    await store.claim_session(SessionRecord(7, "s1", "a"), ttl=10)
+    await store.mark_connected(7, "s1", "b", ttl=10)
+    to_online, to_offline = await store.append_inbox(items(7, "m1") + items(8, "m2"), KEEP_ALL)
+    assert to_online.session == SessionRecord(7, "s1", "b", connected=True)
+    assert to_offline.session is None
+
+
+async def test_inbox_reads_page_after_a_seq_and_acks_trim(store: Store) -> None:
+    await store.append_inbox(items(7, *(f"m{n}" for n in range(1, 8))), KEEP_ALL)
+    page = await store.read_inbox(7, 2, 3, KEEP_ALL)
+    assert [e.seq for e in page.entries] == [3, 4, 5] and page.more
+    await store.ack_inbox([(7, 4), (8, 100)])
+    rest = await store.read_inbox(7, 0, 10, KEEP_ALL)
+    assert [e.seq for e in rest.entries] == [5, 6, 7] and not rest.more
+    assert rest.dropped_through == 0  # acked, not dropped
+    await store.ack_inbox([(7, 2)])  # an older ack changes nothing
+    assert len((await store.read_inbox(7, 0, 10, KEEP_ALL)).entries) == 3
+    (next_one,) = await store.append_inbox(items(7, "m8"), KEEP_ALL)
+    assert next_one.seq == 8  # seqs never restart, whatever was trimmed
+
+
+async def test_a_retried_append_keeps_its_first_seq_even_after_an_ack(store: Store) -> None:
+    (first,) = await store.append_inbox(items(7, "m1"), KEEP_ALL)
+    await store.append_inbox(items(7, "m2"), KEEP_ALL)
+    await store.ack_inbox([(7, 2)])
+    (again,) = await store.append_inbox(items(7, "m1"), KEEP_ALL)
+    assert again.seq == first.seq == 1
+    page = await store.read_inbox(7, 0, 10, KEEP_ALL)
+    assert page.entries == [] and page.head_seq == 2
+
+
+async def test_inbox_keeps_the_newest_by_count_and_reports_the_drop(store: Store) -> None:
+    small = Retention(max_messages=3)
+    await store.append_inbox(items(7, *(f"m{n}" for n in range(1, 6))), small)
+    page = await store.read_inbox(7, 0, 10, small)
+    assert [e.seq for e in page.entries] == [3, 4, 5]
+    assert page.dropped_through == 2
+
+
+async def test_inbox_drops_what_is_older_than_the_age_bound(store: Store) -> None:
+    short = Retention(max_age=0.3)
+    await store.append_inbox(items(7, "old"), short)
+    await asyncio.sleep(0.5)
+    await store.append_inbox(items(7, "new"), short)
+    page = await store.read_inbox(7, 0, 10, short)
+    assert [e.payload for e in page.entries] == [b"body-new"]
+    assert page.dropped_through == 1
+
+
+async def test_inbox_payloads_are_binary_safe(store: Store) -> None:
+    payload = bytes(range(256)) * 4
+    await store.append_inbox([InboxItem(7, "m1", payload), InboxItem(7, "m2", b"")], KEEP_ALL)
+    page = await store.read_inbox(7, 0, 10, KEEP_ALL)
+    assert [e.payload for e in page.entries] == [payload, b""]
+
+
+async def test_concurrent_appends_to_one_inbox_never_share_a_seq(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.append_inbox(items(7, f"m{n}"), KEEP_ALL) for n in range(50))
+    )
+    assert sorted(a.seq for (a,) in results) == list(range(1, 51))
+
+
+async def test_an_ack_past_the_head_trims_nothing(store: Store) -> None:
+    await store.append_inbox(items(7, "m1", "m2"), KEEP_ALL)
+    await store.ack_inbox([(7, 5)])  # a client from before a store reset
+    assert [e.seq for e in (await store.read_inbox(7, 0, 10, KEEP_ALL)).entries] == [1, 2]
 
 
 # --- token sessions (revocation) ---------------------------------------------------------------

@@ -8,7 +8,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from cim.core.ids import MessageIdGenerator, new_session_id, new_trace_id
+import pytest
+
+from cim.core.ids import MessageIdGenerator, message_time_ms, new_session_id, new_trace_id
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 MESSAGE_ID = re.compile(f"[{CROCKFORD}]{{21}}")
@@ -159,3 +161,13 @@ def test_trace_ids_are_unique_short_hex() -> None:
     ids = [new_trace_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-f]{16}", trace_id) for trace_id in ids)
+
+
+def test_a_message_id_carries_its_creation_time() -> None:
+    ids = MessageIdGenerator(clock_ms=lambda: 1_700_000_000_123)
+    assert message_time_ms(ids.next()) == 1_700_000_000_123
+
+
+@pytest.mark.parametrize("foreign", ["", "short", "not-ours-at-all-!!!!!!"])
+def test_a_foreign_message_id_has_no_time(foreign: str) -> None:
+    assert message_time_ms(foreign) == 0

@@ -1,0 +1,264 @@
+"""Delivery guarantees: per-user seqs, acks, gap-free replay, retention, and
+exactly-once in order at the client library."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from cim.client.client import CimClient, EventKind
+from cim.client.cursor import FileCursor
+from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
+from cim.store.base import InboxItem
+from cim.testing import cluster
+from cim.testing import fast_route_config as route_config
+
+STORED = common_pb2.DELIVERY_STATUS_STORED
+
+
+async def _received(c, client, count: int, timeout: float = 5.0) -> list[common_pb2.ChatMessage]:
+    return [await c.next_message(client, timeout) for _ in range(count)]
+
+
+async def _nothing_more(c, client, wait: float = 0.3) -> bool:
+    try:
+        await c.next_message(client, timeout=wait)
+    except TimeoutError:
+        return True
+    return False
+
+
+def _store(c):
+    return c.embedded.route.store
+
+
+async def test_each_receiver_has_its_own_gapless_sequence(rr):
+    alice = await rr.client("alice")
+    bob = await rr.client("bob")
+    carol = await rr.client("carol")
+    await alice.send_private(bob.user_id, "p1")
+    await alice.send_group("g1")
+    await carol.send_private(bob.user_id, "p2")
+
+    to_bob = await _received(rr, bob, 3)
+    assert [(m.text, m.seq) for m in to_bob] == [("p1", 1), ("g1", 2), ("p2", 3)]
+    (to_carol,) = await _received(rr, carol, 1)
+    assert (to_carol.text, to_carol.seq) == ("g1", 1)
+
+
+async def test_replay_then_live_has_no_gap_while_messages_keep_coming(rr, raw):
+    """Bob connects presenting seq 10 while alice sends 60 messages: the
+    stream carries 11..60 exactly once each, in order, replay then live."""
+    sender = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+
+    async def send(i: int) -> None:
+        await raw.route(rr).SendPrivate(
+            route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=f"m{i}"),
+            metadata=raw.auth(sender.session_token),
+        )
+
+    for i in range(1, 31):
+        await send(i)
+    stream = raw.open_stream(bob.server.address)
+    burst = asyncio.create_task(_send_all(send, range(31, 61)))
+    await stream.write(
+        chat_pb2.ClientFrame(
+            login=chat_pb2.LoginFrame(
+                user_id=bob.user_id, session_token=bob.session_token, last_seq=10
+            )
+        )
+    )
+    await stream.expect_login_ok()
+    await burst
+    seqs: list[int] = []
+    while len(seqs) < 50:
+        frame = await stream.read()
+        if frame.WhichOneof("frame") == "message":
+            seqs.append(frame.message.seq)
+    assert seqs == list(range(11, 61))
+
+
+async def _send_all(send, numbers) -> None:
+    for i in numbers:
+        await send(i)
+
+
+async def test_acks_on_the_stream_trim_the_inbox(rr, raw, eventually):
+    alice = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+    stream, _ = await raw.connect(bob)
+    for text in ("a", "b", "c"):
+        await raw.route(rr).SendPrivate(
+            route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=text),
+            metadata=raw.auth(alice.session_token),
+        )
+    await stream.write(chat_pb2.ClientFrame(ack=chat_pb2.AckFrame(seq=2)))
+
+    async def trimmed() -> bool:
+        page = await _store(rr).read_inbox(bob.user_id, 0, 10, rr.embedded.route.config.retention)
+        return [e.seq for e in page.entries] == [3]
+
+    await eventually(trimmed)
+
+
+async def test_an_ack_trims_only_the_acking_users_inbox(rr, raw, eventually):
+    alice = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+    await raw.route(rr).SendPrivate(
+        route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="for bob"),
+        metadata=raw.auth(alice.session_token),
+    )
+    # Alice acks far ahead, on her stream and through the route: her own
+    # inbox only; there is no way to name another user's.
+    stream, _ = await raw.connect(alice)
+    await stream.write(chat_pb2.ClientFrame(ack=chat_pb2.AckFrame(seq=1)))
+    await raw.route(rr).AckMessages(
+        route_pb2.AckMessagesRequest(seq=1), metadata=raw.auth(alice.session_token)
+    )
+    await asyncio.sleep(0.5)  # past the chat server's ack flush
+    reply = await raw.route(rr).FetchOffline(
+        route_pb2.FetchOfflineRequest(), metadata=raw.auth(bob.session_token)
+    )
+    assert [m.text for m in reply.messages] == ["for bob"]
+
+
+async def test_unacked_messages_survive_a_server_crash(rr, raw):
+    alice = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+    stream, _ = await raw.connect(bob)
+    await raw.route(rr).SendPrivate(
+        route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="pushed, never acked"),
+        metadata=raw.auth(alice.session_token),
+    )
+    assert (await stream.read()).message.text == "pushed, never acked"
+    server = next(s for s in rr.embedded.servers if s.server_id == bob.server.server_id)
+    await server.stop(0)
+
+    again = await raw.login(rr, "bob", register=False)
+    second, _ = await raw.connect(again)
+    assert [f.message.text for f in second.replayed] == ["pushed, never acked"]
+    assert second.replayed[0].message.stored
+
+
+async def test_a_client_too_far_behind_is_told_what_was_dropped():
+    async with cluster(servers=1, route_config=route_config(inbox_max_messages=3)) as c:
+        alice = await c.client("alice")
+        bob = await c.client("bob", connect=False)
+        for i in range(1, 6):
+            assert (await alice.send_private(bob.user_id, f"n{i}")).status == STORED
+        events: list[str] = []
+        bob.on_event = lambda event: events.append(event.kind)
+        await bob.start(register=False)
+        received = await _received(c, bob, 3)
+        assert [(m.text, m.seq) for m in received] == [("n3", 3), ("n4", 4), ("n5", 5)]
+        assert EventKind.BEHIND in events
+        assert bob.sequence.through == 5
+
+
+async def test_the_client_drops_duplicates_and_restores_order(rr, raw):
+    """Pushes that arrive twice or out of order (as after a replay overlapping
+    live pushes, or two routes racing) reach the application once, in order."""
+    bob = await rr.client("bob")
+    server = next(s for s in rr.embedded.servers if s.server_id == bob.server.server_id)
+
+    def message(seq: int) -> chat_pb2.Delivery:
+        return chat_pb2.Delivery(
+            receiver_id=bob.user_id,
+            message=common_pb2.ChatMessage(message_id=f"m{seq}", text=f"t{seq}", seq=seq),
+        )
+
+    for seq in (2, 1, 2, 1, 3):
+        await raw.chat(server.address).Deliver(
+            chat_pb2.DeliverRequest(deliveries=[message(seq)]), metadata=raw.secret(rr)
+        )
+    received = await _received(rr, bob, 3)
+    assert [m.seq for m in received] == [1, 2, 3]
+    assert await _nothing_more(rr, bob)
+    assert bob.sequence.duplicates == 2
+
+
+async def test_a_lasting_gap_is_filled_by_a_sync(rr):
+    """A message stored but never pushed (its route died in between): the
+    next message shows the gap, and the client asks for a replay."""
+    alice = await rr.client("alice")
+    bob = await rr.client("bob")
+    retention = rr.embedded.route.config.retention
+    lost = common_pb2.ChatMessage(message_id="lost-1", text="stored, not pushed")
+    await _store(rr).append_inbox(
+        [InboxItem(bob.user_id, "lost-1", lost.SerializeToString())], retention
+    )
+    await alice.send_private(bob.user_id, "pushed")
+    received = await _received(rr, bob, 2)
+    assert [(m.text, m.seq) for m in received] == [("stored, not pushed", 1), ("pushed", 2)]
+
+
+async def test_a_restarted_client_gets_only_what_it_missed(rr, tmp_path):
+    cursor_path = tmp_path / "bob.seq"
+    alice = await rr.client("alice")
+    bob = await rr.client("bob", connect=False)
+    first = CimClient("bob", "secret-pw", rr.client_config(), cursor=FileCursor(cursor_path))
+    await first.start(register=False)
+    await alice.send_private(bob.user_id, "before")
+    assert (await rr.next_message(first)).text == "before"
+    # Gone without a goodbye: no ack reached the route, only the cursor file.
+    first._cursor.save(first.sequence.through)
+    for task in list(first._tasks):
+        task.cancel()
+    if first._conn is not None:
+        await first._conn.aclose()
+    await alice.send_private(bob.user_id, "while away")
+
+    second = CimClient("bob", "secret-pw", rr.client_config(), cursor=FileCursor(cursor_path))
+    try:
+        await second.start(register=False)
+        assert (await rr.next_message(second)).text == "while away"
+        assert await _nothing_more(rr, second)
+    finally:
+        await second.close()
+        await first.route.aclose()
+
+
+async def test_concurrent_sends_to_one_receiver_arrive_in_call_order(rr):
+    alice = await rr.client("alice")
+    bob = await rr.client("bob")
+    texts = [f"#{i}" for i in range(40)]
+    await asyncio.gather(*(alice.send_private(bob.user_id, text) for text in texts))
+    received = await _received(rr, bob, len(texts))
+    assert [m.text for m in received] == texts
+
+
+async def test_a_send_retried_after_a_route_crash_is_appended_once(rr, raw):
+    """The first attempt appended the message and died before remembering its
+    result: the retry takes over its message id and gets the same seq."""
+    alice = await raw.login(rr, "alice")
+    bob = await rr.client("bob")
+    store = _store(rr)
+    retention = rr.embedded.route.config.retention
+    await store.claim_send(alice.user_id, "c-1", "01J0000000CRASHED0000", 600)
+    crashed = common_pb2.ChatMessage(
+        message_id="01J0000000CRASHED0000", sender_id=alice.user_id, text="once"
+    )
+    await store.append_inbox(
+        [InboxItem(bob.user_id, crashed.message_id, crashed.SerializeToString())], retention
+    )
+
+    reply = await raw.route(rr).SendPrivate(
+        route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="once", client_msg_id="c-1"),
+        metadata=raw.auth(alice.session_token),
+    )
+    assert reply.message_id == crashed.message_id
+    (message,) = await _received(rr, bob, 1)
+    assert (message.text, message.seq) == ("once", 1)
+    assert await _nothing_more(rr, bob)
+
+
+async def test_replay_and_ack_need_the_cluster_secret(rr, raw, fails):
+    bob = await raw.login(rr, "bob")
+    err = await fails(
+        raw.route_internal(rr).Replay(
+            route_pb2.ReplayRequest(user_id=bob.user_id), metadata=raw.auth(bob.session_token)
+        )
+    )
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
