@@ -429,6 +429,20 @@ def dev(
     type=float,
     help="Seconds login state lives without a refresh from a live stream.",
 )
+@click.option(
+    "--inbox-max-messages",
+    envvar="CIM_INBOX_MAX_MESSAGES",
+    default=10_000,
+    type=click.IntRange(min=1),
+    help="Unacked messages kept per user (the newest ones).",
+)
+@click.option(
+    "--inbox-max-age",
+    envvar="CIM_INBOX_MAX_AGE",
+    default=7 * 24 * 3600.0,
+    type=click.FloatRange(min=1.0),
+    help="Seconds an unacked message is kept.",
+)
 @tls_listener_options
 @log_level_option
 def route(
@@ -443,6 +457,8 @@ def route(
     duplicate_login: str,
     max_text_bytes: int,
     session_ttl: float,
+    inbox_max_messages: int,
+    inbox_max_age: float,
     max_msgs_per_sec: float,
     msg_burst: int,
     max_logins_per_sec: float,
@@ -479,6 +495,8 @@ def route(
             duplicate_login=duplicate_login,
             max_text_bytes=max_text_bytes,
             session_ttl=session_ttl,
+            inbox_max_messages=inbox_max_messages,
+            inbox_max_age=inbox_max_age,
             max_msgs_per_sec=max_msgs_per_sec,
             msg_burst=msg_burst,
             max_logins_per_sec=max_logins_per_sec,

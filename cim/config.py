@@ -156,6 +156,8 @@ class RouteConfig:
             )
         if self.max_text_bytes <= 0:
             raise ValueError("max text size must be positive")
+        if self.inbox_max_messages <= 0 or self.inbox_max_age <= 0:
+            raise ValueError("inbox retention (messages and age) must be positive")
         check_rate_limit("messages", self.max_msgs_per_sec, self.msg_burst)
         check_rate_limit("logins", self.max_logins_per_sec, self.login_burst)
         if self.tls is not None:
