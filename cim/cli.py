@@ -854,6 +854,13 @@ def _tls_hint(exc: CimError, tls: TlsConfig | None) -> str:
     help="Where the JSON results go.",
 )
 @click.option("--no-uvloop", is_flag=True, help="The load and ceilings on asyncio's own loop.")
+@click.option(
+    "--redis-fsync",
+    envvar="CIM_BENCH_REDIS_FSYNC",
+    default="off",
+    type=click.Choice(("off", "everysec", "always")),
+    help="Redis persistence during the run: none, or an AOF fsynced every second or every write.",
+)
 def bench(
     scenarios: str,
     users: int,
@@ -864,6 +871,7 @@ def bench(
     logins: int,
     output: Path,
     no_uvloop: bool,
+    redis_fsync: str,
 ) -> None:
     """Benchmark cim on a real local cluster (ZooKeeper, Redis, a route, chat
     servers) against bare gRPC ceilings; prints a table, writes JSON."""
@@ -882,6 +890,7 @@ def bench(
             connections=connections,
             logins=logins,
             use_uvloop=not no_uvloop,
+            redis_fsync=redis_fsync,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--scenarios") from None

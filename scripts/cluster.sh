@@ -43,7 +43,7 @@ up() {
   start zookeeper java -cp "$ZK_CP" -Dzookeeper.admin.enableServer=false \
     org.apache.zookeeper.server.ZooKeeperServerMain "$ZK_PORT" "$DIR/zk-data"
   start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$DIR/redis-data" \
-    --appendonly yes --save ""
+    --appendonly yes --appendfsync always --save ""
   wait_port 127.0.0.1 "$ZK_PORT" 30 ZooKeeper
   wait_port 127.0.0.1 "$REDIS_PORT" 10 Redis
   local zk=127.0.0.1:$ZK_PORT

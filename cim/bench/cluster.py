@@ -171,8 +171,9 @@ class Deployment:
 class BenchCluster:
     """ZooKeeper, Redis and cim processes for one benchmark run (see the module doc)."""
 
-    def __init__(self, workdir: Path, *, log_level: str = "info") -> None:
+    def __init__(self, workdir: Path, *, log_level: str = "info", redis_fsync: str = "off") -> None:
         self.workdir = workdir
+        self.redis_fsync = redis_fsync
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_level = log_level
         self.cluster_secret = secrets.token_hex(32)
@@ -261,8 +262,11 @@ class BenchCluster:
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *(
+                ("--appendonly", "no")
+                if self.redis_fsync == "off"
+                else ("--appendonly", "yes", "--appendfsync", self.redis_fsync)
+            ),
             "--dir",
             str(data),
             "--daemonize",

@@ -40,6 +40,9 @@ Progress = Callable[[str], None]
 Result = dict[str, Any]
 
 
+REDIS_FSYNC = ("off", "everysec", "always")
+
+
 @dataclass(frozen=True)
 class BenchOptions:
     scenarios: tuple[str, ...] = ALL_SCENARIOS
@@ -58,8 +61,12 @@ class BenchOptions:
     # Logs and data of the run's processes (default: a temporary directory, removed after).
     workdir: Path | None = None
     cim_log_level: str = "info"
+    # Redis persistence: "off", or an AOF with appendfsync "everysec" / "always".
+    redis_fsync: str = "off"
 
     def __post_init__(self) -> None:
+        if self.redis_fsync not in REDIS_FSYNC:
+            raise ValueError(f"redis fsync must be one of {', '.join(REDIS_FSYNC)}")
         unknown = set(self.scenarios) - set(ALL_SCENARIOS)
         if unknown:
             raise ValueError(
@@ -237,7 +244,11 @@ def run(options: BenchOptions, progress: Progress | None = None) -> Result:
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cim-bench-")))
         if cluster_scenarios or "connections" in wanted:
-            cluster = stack.enter_context(BenchCluster(workdir, log_level=options.cim_log_level))
+            cluster = stack.enter_context(
+                BenchCluster(
+                    workdir, log_level=options.cim_log_level, redis_fsync=options.redis_fsync
+                )
+            )
             step("starting ZooKeeper and Redis")
             cluster.start_backends()
             if cluster_scenarios:
