@@ -13,8 +13,16 @@ per-user key.
     {prefix}{u:<id>}:account          hash    name, password_hash
     {prefix}{u:<id>}:session          hash    sid, server, device, connected, exp (PEXPIRE)
     {prefix}{u:<id>}:token_session    string  session id whose tokens are good (PEXPIRE)
-    {prefix}{u:<id>}:offline          list    offline entry ids, oldest first
-    {prefix}{u:<id>}:offline:payloads hash    entry id -> payload
+    {prefix}{u:<id>}:inbox:meta       hash    head (last seq handed out), dropped
+                                              (highest seq retention removed unacked)
+    {prefix}{u:<id>}:inbox            zset    message id, score seq: the unacked entries
+    {prefix}{u:<id>}:inbox:bodies     hash    message id -> 13-digit append time (ms)
+                                              + payload bytes
+    {prefix}{u:<id>}:inbox:ids        zset    message id, score append time (ms): the
+                                              ids remembered for retried appends
+    {prefix}{u:<id>}:inbox:idseq      hash    message id -> seq, for the same ids
+    {prefix}{u:<id>}:send:<client id> string  "m" + message id while a send runs,
+                                              "r" + result after (PEXPIRE)
 """
 
 from __future__ import annotations
@@ -42,6 +50,13 @@ SESSION_FIELDS = (
     SESSION_CONNECTED,
     SESSION_INDEXED_EXPIRY,
 )
+
+# Inbox meta hash fields.
+INBOX_HEAD = "head"
+INBOX_DROPPED = "dropped"
+# An inbox body starts with its append time, ms since the epoch, in this many
+# zero-padded digits (Lua reads it with string.sub), then the payload bytes.
+INBOX_TIME_DIGITS = 13
 
 
 @dataclass(frozen=True)
@@ -79,25 +94,39 @@ class KeyLayout:
     def session(self, user_id: int) -> str:
         return f"{self.prefix}{self.user_tag(user_id)}:session"
 
-    def offline(self, user_id: int) -> str:
-        return f"{self.prefix}{self.user_tag(user_id)}:offline"
+    def inbox_meta(self, user_id: int) -> str:
+        return f"{self.prefix}{self.user_tag(user_id)}:inbox:meta"
 
-    def offline_payloads(self, user_id: int) -> str:
-        return f"{self.prefix}{self.user_tag(user_id)}:offline:payloads"
+    def inbox(self, user_id: int) -> str:
+        return f"{self.prefix}{self.user_tag(user_id)}:inbox"
+
+    def inbox_bodies(self, user_id: int) -> str:
+        return f"{self.prefix}{self.user_tag(user_id)}:inbox:bodies"
+
+    def inbox_ids(self, user_id: int) -> str:
+        return f"{self.prefix}{self.user_tag(user_id)}:inbox:ids"
+
+    def inbox_id_seqs(self, user_id: int) -> str:
+        return f"{self.prefix}{self.user_tag(user_id)}:inbox:idseq"
 
     def token_session(self, user_id: int) -> str:
         """The session whose tokens are good (revocation; see Store.set_token_session)."""
         return f"{self.prefix}{self.user_tag(user_id)}:token_session"
 
     def sent(self, user_id: int, client_msg_id: str) -> str:
-        """The remembered result of one of the user's sends (idempotency window)."""
-        return f"{self.prefix}{self.user_tag(user_id)}:sent:{client_msg_id}"
+        """The claim, then the result, of one of the user's sends (idempotency
+        window). Named ``send:`` since its value carries a tag byte: a value
+        of the earlier ``sent:`` keys (untagged) is never misread."""
+        return f"{self.prefix}{self.user_tag(user_id)}:send:{client_msg_id}"
 
     def user_keys(self, user_id: int) -> tuple[str, ...]:
         """Every per-user key of ``user_id`` (all in one cluster slot)."""
         return (
             self.account(user_id),
             self.session(user_id),
-            self.offline(user_id),
-            self.offline_payloads(user_id),
+            self.inbox_meta(user_id),
+            self.inbox(user_id),
+            self.inbox_bodies(user_id),
+            self.inbox_ids(user_id),
+            self.inbox_id_seqs(user_id),
         )

@@ -38,7 +38,16 @@ from redis.retry import Retry
 
 from cim.errors import Unavailable
 from cim.store import keys
-from cim.store.base import Account, OfflineEntry, SessionRecord
+from cim.store.base import (
+    Account,
+    Appended,
+    InboxEntry,
+    InboxItem,
+    InboxPage,
+    Retention,
+    SendClaim,
+    SessionRecord,
+)
 from cim.store.keys import KeyLayout
 
 log = logging.getLogger(__name__)
@@ -77,6 +86,9 @@ _FIELDS = {
     "device": keys.SESSION_DEVICE,
     "connected": keys.SESSION_CONNECTED,
     "exp": keys.SESSION_INDEXED_EXPIRY,
+    "head": keys.INBOX_HEAD,
+    "dropped": keys.INBOX_DROPPED,
+    "digits": str(keys.INBOX_TIME_DIGITS),
 }
 
 
@@ -161,44 +173,127 @@ end
 return 0
 """
 
-# KEYS: offline list, offline payloads. ARGV: entry id, payload.
-# An id already stored is left alone, so a retried store never duplicates.
-_STORE_OFFLINE = """
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
-  redis.call('RPUSH', KEYS[1], ARGV[1])
-  return 1
+# --- inboxes -----------------------------------------------------------------------
+# A user's inbox is five keys under the user's hash tag (see cim.store.keys):
+# meta {head, dropped}, the zset of unacked message ids by seq, their bodies
+# (append time in ms, zero-padded, then the payload), and the recently
+# appended ids (zset by append time, hash id -> seq) for retried appends.
+
+# Retention, shared by the append and read scripts: drops the oldest entries
+# while there are more than max_n or the oldest was appended before cutoff (ms),
+# at most 100 per call (later calls go on), and records the highest seq dropped.
+_TRIM = """
+local function trim(meta, inbox, bodies, max_n, cutoff)
+  local n = redis.call('ZCARD', inbox)
+  local dropped = false
+  for _ = 1, 100 do
+    if n == 0 then
+      break
+    end
+    local oldest = redis.call('ZRANGE', inbox, 0, 0, 'WITHSCORES')
+    if n <= max_n then
+      local body = redis.call('HGET', bodies, oldest[1])
+      local at = body and tonumber(string.sub(body, 1, $digits))
+      if at and at >= cutoff then
+        break
+      end
+    end
+    redis.call('ZREM', inbox, oldest[1])
+    redis.call('HDEL', bodies, oldest[1])
+    dropped = oldest[2]
+    n = n - 1
+  end
+  if dropped then
+    redis.call('HSET', meta, '$dropped', dropped)
+  end
 end
-return 0
 """
 
-# KEYS: offline list, offline payloads. ARGV: limit. Returns id1, payload1, id2, ...
-_PEEK_OFFLINE = """
-local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-local out = {}
+# KEYS: inbox meta, inbox, bodies, ids, id seqs, session. ARGV: message id,
+# body (time + payload), now_ms, max_messages, max_age_ms, id_window_ms.
+# An id appended within the id window gets its seq back and is not appended
+# again. Returns the seq, then the session's fields as HMGET reads them.
+_APPEND_INBOX = _lua(
+    _TRIM
+    + """
+local id, now, window = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[6])
+local forget_before = now - window
+local seq = redis.call('HGET', KEYS[5], id)
+if seq then
+  local at = redis.call('ZSCORE', KEYS[4], id)
+  if not at or tonumber(at) < forget_before then
+    seq = false
+  end
+end
+if seq then
+  seq = tonumber(seq)
+else
+  seq = redis.call('HINCRBY', KEYS[1], '$head', 1)
+  redis.call('ZADD', KEYS[2], seq, id)
+  redis.call('HSET', KEYS[3], id, ARGV[2])
+  redis.call('ZADD', KEYS[4], now, id)
+  redis.call('HSET', KEYS[5], id, seq)
+end
+trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), now - tonumber(ARGV[5]))
+local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', string.format('(%d', forget_before),
+                       'LIMIT', 0, 100)
+if #old > 0 then
+  redis.call('ZREM', KEYS[4], unpack(old))
+  redis.call('HDEL', KEYS[5], unpack(old))
+end
+-- Once no append came for a whole window, every id in it is forgotten anyway.
+redis.call('PEXPIRE', KEYS[4], math.max(1, window))
+redis.call('PEXPIRE', KEYS[5], math.max(1, window))
+local s = redis.call('HMGET', KEYS[6], '$sid', '$server', '$device', '$connected', '$exp')
+return {seq, s[1], s[2], s[3], s[4], s[5]}
+"""
+)
+
+# KEYS: inbox meta, inbox, bodies. ARGV: after_seq, limit, now_ms, max_messages,
+# max_age_ms. Trims like an append, then returns head, dropped, how many entries
+# follow after_seq (up to limit + 1), and seq1, body1, ... for the first `limit`.
+_READ_INBOX = _lua(
+    _TRIM
+    + """
+local limit = tonumber(ARGV[2])
+trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[3]) - tonumber(ARGV[5]))
+local meta = redis.call('HMGET', KEYS[1], '$head', '$dropped')
+local found = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES',
+                         'LIMIT', 0, limit + 1)
+local count = #found / 2
+local out = {tonumber(meta[1]) or 0, tonumber(meta[2]) or 0, count}
+local ids = {}
+for i = 1, math.min(count, limit) do
+  ids[i] = found[2 * i - 1]
+end
 for first = 1, #ids, 500 do
   local last = math.min(first + 499, #ids)
-  local payloads = redis.call('HMGET', KEYS[2], unpack(ids, first, last))
-  for i = 1, #payloads do
-    if payloads[i] then
-      out[#out + 1] = ids[first + i - 1]
-      out[#out + 1] = payloads[i]
+  local bodies = redis.call('HMGET', KEYS[3], unpack(ids, first, last))
+  for i = 1, #bodies do
+    if bodies[i] then
+      out[#out + 1] = tonumber(found[2 * (first + i - 1)])
+      out[#out + 1] = bodies[i]
     end
   end
 end
 return out
 """
+)
 
-# KEYS: offline list, offline payloads. ARGV: entry ids. Returns how many were removed.
-_REMOVE_OFFLINE = """
-local removed = 0
-for i = 1, #ARGV do
-  if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 then
-    redis.call('LREM', KEYS[1], 1, ARGV[i])
-    removed = removed + 1
-  end
+# KEYS: inbox meta, inbox, bodies. ARGV: seq. Removes every entry up to seq;
+# returns how many. A seq past the head is ignored: the client holds seqs the
+# store lost (a crash), and they must not trim the new entries that reuse them.
+_ACK_INBOX = _lua("""
+local seq = tonumber(ARGV[1])
+if seq > (tonumber(redis.call('HGET', KEYS[1], '$head')) or 0) then
+  return 0
 end
-return removed
-"""
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', seq)
+for first = 1, #ids, 500 do
+  redis.call('HDEL', KEYS[3], unpack(ids, first, math.min(first + 499, #ids)))
+end
+return redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seq)
+""")
 
 # --- token sessions (revocation) --------------------------------------------------
 # KEYS: session, token session (one hash tag). ARGV: sid, ttl_ms.
@@ -235,6 +330,17 @@ def _ttl_ms(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
 
 
+# Longer than any real bound (about 300,000 years); Lua numbers stay exact.
+_FOREVER_MS = 10**16
+
+
+def _bound_ms(seconds: float) -> int:
+    """A retention bound in ms, as a whole number Lua compares exactly."""
+    if math.isnan(seconds):
+        raise ValueError("a retention bound must be a number")
+    return round(max(-_FOREVER_MS, min(_FOREVER_MS, seconds * 1000)))
+
+
 def _session(user_id: int, fields: Sequence[Any] | None) -> SessionRecord | None:
     if not fields or fields[0] is None:
         return None
@@ -256,7 +362,7 @@ def _account(user_id: int, fields: Sequence[Any] | None) -> Account | None:
 class RedisStore:
     """A ``Store`` on a ``redis.asyncio.Redis`` or ``RedisCluster`` client.
 
-    The client must return bytes (``decode_responses=False``): offline payloads
+    The client must return bytes (``decode_responses=False``): inbox payloads
     are binary. The store owns the client and closes it in :meth:`aclose`.
     """
 
@@ -292,11 +398,17 @@ class RedisStore:
         self._delete_name_if = client.register_script(_DELETE_NAME_IF)
         self._set_token_session = client.register_script(_SET_TOKEN_SESSION)
         self._revoke_token_session = client.register_script(_REVOKE_TOKEN_SESSION)
-        self._store_offline = client.register_script(_STORE_OFFLINE)
-        self._peek_offline = client.register_script(_PEEK_OFFLINE)
-        self._remove_offline = client.register_script(_REMOVE_OFFLINE)
+        self._append_inbox = client.register_script(_APPEND_INBOX)
+        self._read_inbox = client.register_script(_READ_INBOX)
+        self._ack_inbox = client.register_script(_ACK_INBOX)
         # Scripts queued in pipelines: redis-py loads them only for direct calls.
-        self._pipelined = (self._claim, self._mark_connected, self._refresh)
+        self._pipelined = (
+            self._claim,
+            self._mark_connected,
+            self._refresh,
+            self._append_inbox,
+            self._ack_inbox,
+        )
 
     @classmethod
     def from_url(
@@ -632,47 +744,116 @@ class RedisStore:
             if cursor == 0:
                 return
 
-    # --- offline messages -------------------------------------------------
-    def _offline_keys(self, user_id: int) -> list[str]:
-        return [self._keys.offline(user_id), self._keys.offline_payloads(user_id)]
+    # --- inboxes ---------------------------------------------------------
+    def _inbox_keys(self, user_id: int) -> list[str]:
+        return [
+            self._keys.inbox_meta(user_id),
+            self._keys.inbox(user_id),
+            self._keys.inbox_bodies(user_id),
+        ]
 
-    async def store_offline(self, user_id: int, entry: OfflineEntry) -> None:
-        async with self._guard():
-            await self._store_offline(
-                keys=self._offline_keys(user_id), args=[entry.entry_id, entry.payload]
-            )
-
-    async def peek_offline(self, user_id: int, limit: int) -> list[OfflineEntry]:
-        if limit <= 0:
+    async def append_inbox(
+        self, items: Sequence[InboxItem], retention: Retention
+    ) -> list[Appended]:
+        if not items:
             return []
-        async with self._guard():
-            flat = await self._peek_offline(keys=self._offline_keys(user_id), args=[limit])
-        return [OfflineEntry(_text(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
+        now = _now_ms()
+        stamp = b"%0*d" % (keys.INBOX_TIME_DIGITS, now)
+        bounds = [
+            retention.max_messages,
+            _bound_ms(retention.max_age),
+            _bound_ms(retention.id_window),
+        ]
 
-    async def remove_offline(self, user_id: int, entry_ids: Sequence[str]) -> None:
-        if not entry_ids:
+        def build(pipe: _Pipe) -> None:
+            # One script per item, all in one round trip (per node); a user's
+            # items keep their order, so they get their seqs in that order.
+            for item in items:
+                uid = item.user_id
+                names = [
+                    *self._inbox_keys(uid),
+                    self._keys.inbox_ids(uid),
+                    self._keys.inbox_id_seqs(uid),
+                    self._keys.session(uid),
+                ]
+                self._queue(
+                    pipe,
+                    self._append_inbox,
+                    names,
+                    [item.message_id, stamp + item.payload, now, *bounds],
+                )
+
+        async with self._guard():
+            # Rerunning the batch after a NOSCRIPT is safe: a message id already
+            # appended gets its seq back.
+            rows = await self._pipeline(build)
+        return [
+            Appended(int(row[0]), _session(item.user_id, row[1:]))
+            for item, row in zip(items, rows, strict=True)
+        ]
+
+    async def read_inbox(
+        self, user_id: int, after_seq: int, limit: int, retention: Retention
+    ) -> InboxPage:
+        limit = max(limit, 0)
+        args = [
+            after_seq,
+            limit,
+            _now_ms(),
+            retention.max_messages,
+            _bound_ms(retention.max_age),
+        ]
+        async with self._guard():
+            flat = await self._read_inbox(keys=self._inbox_keys(user_id), args=args)
+        skip = keys.INBOX_TIME_DIGITS
+        entries = [
+            InboxEntry(int(flat[i]), bytes(flat[i + 1])[skip:]) for i in range(3, len(flat), 2)
+        ]
+        return InboxPage(entries, int(flat[0]), int(flat[1]), more=int(flat[2]) > limit)
+
+    async def ack_inbox(self, acks: Sequence[tuple[int, int]]) -> None:
+        # Each ack on its own, in order (one past the head is ignored, so the
+        # highest of a user's acks is not always the one that counts).
+        if not acks:
             return
-        async with self._guard():
-            await self._remove_offline(keys=self._offline_keys(user_id), args=list(entry_ids))
 
-    async def count_offline(self, user_id: int) -> int:
-        async with self._guard():
-            return int(await self._client.llen(self._keys.offline(user_id)))
+        def build(pipe: _Pipe) -> None:
+            for user_id, seq in acks:
+                self._queue(pipe, self._ack_inbox, self._inbox_keys(user_id), [seq])
 
-    async def claim_send(self, sender_id: int, client_msg_id: str, ttl: float) -> bytes | None:
+        async with self._guard():
+            await self._pipeline(build)
+
+    # --- idempotent sends -------------------------------------------------
+    # The key holds b"m" + the message id while the send runs, b"r" + its
+    # result once finished.
+    async def claim_send(
+        self, sender_id: int, client_msg_id: str, message_id: str, ttl: float
+    ) -> SendClaim | None:
         key = self._keys.sent(sender_id, client_msg_id)
+        # SET NX GET: claims the key, or returns what is there, in one atomic step.
         async with self._guard():
-            if await self._client.set(key, b"", nx=True, px=max(1, int(ttl * 1000))):
-                return None
-            found = await self._client.get(key)
-        return b"" if found is None else found if isinstance(found, bytes) else found.encode()
+            found = await self._client.set(
+                key, b"m" + message_id.encode(), nx=True, get=True, px=_ttl_ms(ttl)
+            )
+        if found is None:
+            return None
+        value = found if isinstance(found, bytes) else str(found).encode()
+        if value.startswith(b"r"):
+            return SendClaim("", value[1:])
+        if value.startswith(b"m") and len(value) > 1:
+            return SendClaim(value[1:].decode(), None)
+        # Only a key written behind the store's back gets here: never hand
+        # out an empty message id, let this attempt go ahead.
+        log.warning("unreadable send claim %r: ignoring it", key)
+        return None
 
     async def finish_send(
         self, sender_id: int, client_msg_id: str, result: bytes, ttl: float
     ) -> None:
         key = self._keys.sent(sender_id, client_msg_id)
         async with self._guard():
-            await self._client.set(key, result, px=max(1, int(ttl * 1000)))
+            await self._client.set(key, b"r" + result, px=_ttl_ms(ttl))
 
     async def forget_send(self, sender_id: int, client_msg_id: str) -> None:
         async with self._guard():

@@ -17,7 +17,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
 from cim.errors import Unavailable
-from cim.store.base import OfflineEntry, SessionRecord
+from cim.store.base import InboxItem, Retention, SendClaim, SessionRecord
 from cim.store.factory import open_store
 from cim.store.keys import KeyLayout
 from cim.store.memory import MemoryStore
@@ -74,7 +74,7 @@ async def test_every_key_has_the_prefix_and_a_users_keys_share_one_slot(target: 
     uid = alice.user_id
     await store.claim_session(SessionRecord(uid, "s1", "server-a", "phone"), ttl=30)
     await store.mark_connected(uid, "s1", "server-a", ttl=30)
-    await store.store_offline(uid, OfflineEntry("m1", b"payload"))
+    await store.append_inbox([InboxItem(uid, "m1", b"payload")], Retention())
     assert [s.user_id async for s in store.online_sessions()] == [uid]
 
     expected = {
@@ -83,8 +83,11 @@ async def test_every_key_has_the_prefix_and_a_users_keys_share_one_slot(target: 
         f"{target.prefix}online",
         f"{target.prefix}{{u:{uid}}}:account",
         f"{target.prefix}{{u:{uid}}}:session",
-        f"{target.prefix}{{u:{uid}}}:offline",
-        f"{target.prefix}{{u:{uid}}}:offline:payloads",
+        f"{target.prefix}{{u:{uid}}}:inbox:meta",
+        f"{target.prefix}{{u:{uid}}}:inbox",
+        f"{target.prefix}{{u:{uid}}}:inbox:bodies",
+        f"{target.prefix}{{u:{uid}}}:inbox:ids",
+        f"{target.prefix}{{u:{uid}}}:inbox:idseq",
     }
     assert expected == {
         layout.user_id_counter,
@@ -160,8 +163,10 @@ async def test_outage_raises_unavailable_quickly_and_the_store_recovers(
                 "refresh_sessions": lambda: store.refresh_sessions([(1, "s")], ttl=5),
                 "release_session": lambda: store.release_session(1, "s"),
                 "get_sessions": lambda: store.get_sessions([1, 2]),
-                "store_offline": lambda: store.store_offline(1, OfflineEntry("m", b"x")),
-                "peek_offline": lambda: store.peek_offline(1, 10),
+                "append_inbox": lambda: store.append_inbox([InboxItem(1, "m", b"x")], Retention()),
+                "read_inbox": lambda: store.read_inbox(1, 0, 10, Retention()),
+                "ack_inbox": lambda: store.ack_inbox([(1, 1)]),
+                "claim_send": lambda: store.claim_send(1, "c", "m", ttl=5),
                 "online_sessions": lambda: anext(aiter(store.online_sessions()), None),
             }
             for name, call in calls.items():
@@ -246,9 +251,18 @@ async def test_scripts_are_reloaded_after_redis_forgets_them(target: Target) -> 
     await target.raw.script_flush()
     assert await store.claim_session(SessionRecord(1, "s2", "c"), ttl=10) is not None
     await target.raw.script_flush()
-    await store.store_offline(1, OfflineEntry("m1", b"x"))
+    (appended,) = await store.append_inbox([InboxItem(1, "m1", b"x")], Retention())
+    assert appended.seq == 1 and appended.session is not None
     await target.raw.script_flush()
-    assert await store.peek_offline(1, 5) == [OfflineEntry("m1", b"x")]
+    # a batch that spans users (and cluster nodes) runs again after the reload
+    batch = [InboxItem(user_id, "m2", b"y") for user_id in (1, 2, 3)]
+    assert [a.seq for a in await store.append_inbox(batch, Retention())] == [2, 1, 1]
+    await target.raw.script_flush()
+    page = await store.read_inbox(1, 0, 5, Retention())
+    assert [(e.seq, e.payload) for e in page.entries] == [(1, b"x"), (2, b"y")]
+    await target.raw.script_flush()
+    await store.ack_inbox([(1, 2), (2, 1)])
+    assert (await store.read_inbox(1, 0, 5, Retention())).entries == []
     await target.raw.script_flush()
     assert await store.release_session(1, "s1", server_id="b")
 
@@ -316,3 +330,73 @@ async def test_a_client_decoding_responses_is_refused(redis_server: RedisServer)
             RedisStore(client)
     finally:
         await client.aclose()
+
+
+async def test_inbox_keys_hold_timed_bodies_and_forget_ids_after_the_window(
+    target: Target,
+) -> None:
+    store, layout = target.store, KeyLayout(target.prefix)
+    short_ids = Retention(id_window=1.0)
+    before_ms = int(time.time() * 1000)
+    await store.append_inbox([InboxItem(7, "m1", b"\x00payload\xff")], short_ids)
+    body = await target.raw.hget(layout.inbox_bodies(7), "m1")
+    assert body is not None and body[13:] == b"\x00payload\xff"
+    assert before_ms <= int(body[:13]) <= int(time.time() * 1000)
+    assert await target.raw.zscore(layout.inbox(7), "m1") == 1
+    assert await target.raw.hget(layout.inbox_id_seqs(7), "m1") == b"1"
+    assert 0 < await target.raw.pttl(layout.inbox_ids(7)) <= 1000
+    assert 0 < await target.raw.pttl(layout.inbox_id_seqs(7)) <= 1000
+    assert await target.raw.pttl(layout.inbox_meta(7)) == -1  # seqs never restart
+
+    await asyncio.sleep(0.6)
+    await store.append_inbox([InboxItem(7, "m2", b"x")], short_ids)
+    await asyncio.sleep(0.6)  # m1 is past the window, m2 (0.4 s of slack) is not
+    (retried,) = await store.append_inbox([InboxItem(7, "m2", b"x")], short_ids)
+    assert retried.seq == 2
+    assert await target.raw.zrange(layout.inbox_ids(7), 0, -1) == [b"m2"]
+    assert await target.raw.hkeys(layout.inbox_id_seqs(7)) == [b"m2"]
+    assert await target.raw.hmget(layout.inbox_meta(7), ["head", "dropped"]) == [b"2", None]
+
+
+async def test_retention_trims_at_most_a_hundred_entries_per_call(target: Target) -> None:
+    store, layout = target.store, KeyLayout(target.prefix)
+    batch = [InboxItem(7, f"m{n}", b"x") for n in range(1, 251)]
+    assert [a.seq for a in await store.append_inbox(batch, Retention())] == list(range(1, 251))
+    small = Retention(max_messages=10)
+    page = await store.read_inbox(7, 0, 5, small)
+    assert [e.seq for e in page.entries] == [101, 102, 103, 104, 105] and page.more
+    assert (page.head_seq, page.dropped_through) == (250, 100)
+    assert await target.raw.zcard(layout.inbox(7)) == 150
+    assert await target.raw.hlen(layout.inbox_bodies(7)) == 150
+    await store.read_inbox(7, 0, 0, small)
+    page = await store.read_inbox(7, 0, 100, small)
+    assert [e.seq for e in page.entries] == list(range(241, 251)) and not page.more
+    assert page.dropped_through == 240
+    assert await target.raw.hlen(layout.inbox_bodies(7)) == 10
+    # an ack removes bodies too, and is not a drop
+    await store.ack_inbox([(7, 245)])
+    assert await target.raw.hlen(layout.inbox_bodies(7)) == 5
+    assert (await store.read_inbox(7, 0, 100, small)).dropped_through == 240
+
+
+async def test_an_append_reads_the_session_as_get_session_does(target: Target) -> None:
+    store = target.store
+    record = SessionRecord(7, "s1", "a", device_id="phone")
+    await store.claim_session(record, ttl=0.3)
+    (appended,) = await store.append_inbox([InboxItem(7, "m1", b"x")], Retention())
+    assert appended.session == record == await store.get_session(7)
+    await asyncio.sleep(0.4)  # the session expired in Redis
+    (later,) = await store.append_inbox([InboxItem(7, "m2", b"x")], Retention())
+    assert later.session is None and later.seq == 2
+
+
+async def test_a_send_claim_is_one_key_of_the_sender(target: Target) -> None:
+    store, key = target.store, KeyLayout(target.prefix).sent(1, "c1")
+    assert await store.claim_send(1, "c1", "msg-1", ttl=0.5) is None
+    assert await target.raw.get(key) == b"mmsg-1"
+    assert 0 < await target.raw.pttl(key) <= 500
+    await store.finish_send(1, "c1", b"rm\x00", ttl=30)
+    assert await target.raw.get(key) == b"rrm\x00"
+    assert await store.claim_send(1, "c1", "msg-2", ttl=30) == SendClaim("", b"rm\x00")
+    await store.forget_send(1, "c1")
+    assert await target.raw.get(key) is None
