@@ -7,7 +7,9 @@ prompt_toolkit console a person gets; lines are typed and the screen is read.
 from __future__ import annotations
 
 import re
+import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +155,27 @@ def test_password_typed_at_the_hidden_prompt(start_client: StartClient) -> None:
     assert "registered" not in again.output
     again.sendline(":q!")
     assert again.wait_exit() == 0
+
+
+def test_a_console_killed_and_restarted_shows_only_what_it_missed(
+    start_client: StartClient, tmp_path: Path
+) -> None:
+    """The console keeps its last seq beside its chat log: after a SIGKILL (no
+    goodbye, no final ack) the new console replays only what came after it."""
+    frank = start_client("frank")
+    gina = start_client("gina")
+    frank.sendline(f"{gina.user_id};;first, seen")
+    gina.expect(rf"\] frank#{frank.user_id} \(private\): first, seen\n")
+    gina.signal(signal.SIGKILL)
+    gina.wait_exit()
+    assert (tmp_path / "chatlog-gina" / "gina" / "last_seq").read_text() == "1\n"
+
+    frank.sendline(f"{gina.user_id};;second, while gone")
+    frank.expect(rf"\* to #{gina.user_id}: ")
+    gina_again = start_client("gina")
+    gina_again.expect(rf"\] frank#{frank.user_id} \(private\) \(stored\): second, while gone\n")
+    screen = gina_again.settle(1.0)
+    assert "first, seen" not in gina_again.output + screen
+    assert gina_again.output.count("second, while gone") == 1
+    frank.sendline(":q!")
+    assert frank.wait_exit() == 0
