@@ -168,9 +168,6 @@ class Store(Protocol):
     ) -> None:
         """Remembers a send's result for ``ttl`` seconds."""
 
-    async def forget_send(self, sender_id: int, client_msg_id: str) -> None:
-        """Drops a claim whose attempt failed, so a retry can go ahead."""
-
     # --- token sessions: which session's tokens authorize (revocation) ----
     # One entry per user, apart from the session record: that one expires
     # while no stream refreshes it, but a token stays good for unary calls

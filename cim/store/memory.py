@@ -207,9 +207,6 @@ class MemoryStore:
     ) -> None:
         self._sent[(sender_id, client_msg_id)] = (SendClaim("", result), self._clock() + ttl)
 
-    async def forget_send(self, sender_id: int, client_msg_id: str) -> None:
-        self._sent.pop((sender_id, client_msg_id), None)
-
     # --- token sessions (revocation) -----------------------------------------
     async def set_token_session(self, user_id: int, session_id: str, ttl: float) -> bool:
         current = self._live_session(user_id)

@@ -855,10 +855,6 @@ class RedisStore:
         async with self._guard():
             await self._client.set(key, b"r" + result, px=_ttl_ms(ttl))
 
-    async def forget_send(self, sender_id: int, client_msg_id: str) -> None:
-        async with self._guard():
-            await self._client.delete(self._keys.sent(sender_id, client_msg_id))
-
     # --- token sessions (revocation) ---------------------------------------
     async def set_token_session(self, user_id: int, session_id: str, ttl: float) -> bool:
         names = [self._keys.session(user_id), self._keys.token_session(user_id)]

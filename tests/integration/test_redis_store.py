@@ -398,5 +398,3 @@ async def test_a_send_claim_is_one_key_of_the_sender(target: Target) -> None:
     await store.finish_send(1, "c1", b"rm\x00", ttl=30)
     assert await target.raw.get(key) == b"rrm\x00"
     assert await store.claim_send(1, "c1", "msg-2", ttl=30) == SendClaim("", b"rm\x00")
-    await store.forget_send(1, "c1")
-    assert await target.raw.get(key) is None
