@@ -139,3 +139,16 @@ async def cluster(
         if owned is not None:
             await owned[1].aclose()
             await owned[0].aclose()
+
+
+async def crash(client: CimClient) -> None:
+    """Drops a client as a killed process would: no final ack, no logout, the
+    stream cut. Only what it already saved (its cursor) survives."""
+    for task in list(client._tasks):
+        task.cancel()
+    if client._reconnector is not None:
+        client._reconnector.cancel()
+    conn, client._conn = client._conn, None
+    if conn is not None:
+        await conn.aclose()
+    await client.route.aclose()

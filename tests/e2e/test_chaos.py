@@ -30,6 +30,7 @@ from cim.config import ClientConfig
 from cim.core.liveness import Backoff
 from cim.errors import CimError
 from cim.proto.v1 import common_pb2
+from cim.testing import crash
 
 from .test_distributed import Cluster, _respawn, _running_cluster, _wait_for_members
 
@@ -113,13 +114,8 @@ class User:
     async def crash_and_restart(self) -> float:
         """Drops the client as a killed process would (no ack, no logout;
         only the cursor file survives), then starts a new one from that file."""
-        old = self.client
         started = time.monotonic()
-        for task in list(old._tasks):
-            task.cancel()
-        if old._conn is not None:
-            await old._conn.aclose()
-        await old.route.aclose()
+        await crash(self.client)
         self.client = self._new_client()
         await self.client.start(register=False)
         return time.monotonic() - started

@@ -11,7 +11,7 @@ from cim.client.client import CimClient, EventKind
 from cim.client.cursor import FileCursor
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 from cim.store.base import InboxItem
-from cim.testing import cluster
+from cim.testing import cluster, crash
 from cim.testing import fast_route_config as route_config
 
 STORED = common_pb2.DELIVERY_STATUS_STORED
@@ -202,12 +202,7 @@ async def test_a_restarted_client_gets_only_what_it_missed(rr, tmp_path):
     await first.start(register=False)
     await alice.send_private(bob.user_id, "before")
     assert (await rr.next_message(first)).text == "before"
-    # Gone without a goodbye: no ack reached the route, only the cursor file.
-    first._cursor.save(first.sequence.through)
-    for task in list(first._tasks):
-        task.cancel()
-    if first._conn is not None:
-        await first._conn.aclose()
+    await crash(first)  # no ack reached the route: only the cursor file knows
     await alice.send_private(bob.user_id, "while away")
 
     second = CimClient("bob", "secret-pw", rr.client_config(), cursor=FileCursor(cursor_path))
@@ -217,7 +212,6 @@ async def test_a_restarted_client_gets_only_what_it_missed(rr, tmp_path):
         assert await _nothing_more(rr, second)
     finally:
         await second.close()
-        await first.route.aclose()
 
 
 async def test_concurrent_sends_to_one_receiver_arrive_in_call_order(rr):
