@@ -10,6 +10,7 @@ from typing import TypeAlias
 import grpc
 
 from cim.config import RouteConfig
+from cim.core import validation
 from cim.core.ratelimit import Clock, KeyedLimiter, describe_limit, peer_host
 from cim.core.tokens import TokenClaims
 from cim.errors import CimError, ResourceExhausted
@@ -242,9 +243,8 @@ class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
         self, request: route_pb2.ReplayRequest, context: Context
     ) -> route_pb2.ReplayResponse:
         self._secret.require(context)
-        messages, page = await self._router.read_inbox(
-            request.user_id, request.after_seq, request.limit
-        )
+        user_id = validation.check_user_id(request.user_id)
+        messages, page = await self._router.read_inbox(user_id, request.after_seq, request.limit)
         return route_pb2.ReplayResponse(
             messages=messages,
             more=page.more,
@@ -255,5 +255,6 @@ class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
     @unary_edge
     async def Ack(self, request: route_pb2.AckRequest, context: Context) -> route_pb2.AckResponse:
         self._secret.require(context)
-        await self._router.ack([(ack.user_id, ack.seq) for ack in request.acks])
+        acks = [(validation.check_user_id(ack.user_id), ack.seq) for ack in request.acks]
+        await self._router.ack(acks)
         return route_pb2.AckResponse()

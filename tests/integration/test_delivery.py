@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 
 from cim.client.client import CimClient, EventKind
 from cim.client.cursor import FileCursor
@@ -256,3 +257,19 @@ async def test_replay_and_ack_need_the_cluster_secret(rr, raw, fails):
         )
     )
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda stub, md: stub.Replay(route_pb2.ReplayRequest(user_id=0), metadata=md),
+        lambda stub, md: stub.Replay(route_pb2.ReplayRequest(user_id=1, limit=5000), metadata=md),
+        lambda stub, md: stub.Ack(
+            route_pb2.AckRequest(acks=[route_pb2.SessionAck(user_id=-3, seq=1)]), metadata=md
+        ),
+    ],
+    ids=["replay-no-user", "replay-huge-page", "ack-bad-user"],
+)
+async def test_bad_replay_and_ack_requests_are_invalid_arguments(rr, raw, fails, call):
+    err = await fails(call(raw.route_internal(rr), raw.secret(rr)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT

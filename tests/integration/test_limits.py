@@ -226,3 +226,21 @@ async def test_a_client_that_stops_reading_is_disconnected(raw, eventually):
         reply = await stub.SendPrivate(_private(bob_login.user_id, "later"), metadata=auth)
         assert reply.status == common_pb2.DELIVERY_STATUS_STORED
         await eventually(bob_gone)
+
+        # He catches up by replay: everything after the last seq he got, in order.
+        again = await raw.login(c, "bob", register=False)
+        stream = raw.open_stream(again.server.address)
+        await stream.write(
+            chat_pb2.ClientFrame(
+                login=chat_pb2.LoginFrame(
+                    user_id=again.user_id,
+                    session_token=again.session_token,
+                    last_seq=delivered[-1].message.seq,
+                )
+            )
+        )
+        await stream.expect_login_ok()
+        await stream.expect_replay_done()
+        seqs = [f.message.seq for f in stream.replayed if f.WhichOneof("frame") == "message"]
+        assert seqs == list(range(delivered[-1].message.seq + 1, sent + 2))
+        assert stream.replayed[-1].message.text == "later"
