@@ -36,6 +36,7 @@ from typing import Any
 
 import grpc
 
+from cim.client.client import ACK_INTERVAL
 from cim.core.passwords import ScryptParams, hash_password
 from cim.grpcutil import CHANNEL_OPTIONS, token_metadata
 from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2, route_pb2, route_pb2_grpc
@@ -148,6 +149,9 @@ class User:
     reader: asyncio.Task[None] | None = None
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_sent: float = 0.0
+    # The highest seq received and the last one acked: users ack as CimClient does.
+    through: int = 0
+    acked: int = 0
 
     async def login(self, route: route_pb2_grpc.RouteStub) -> None:
         reply = await route.Login(
@@ -176,6 +180,8 @@ class User:
     async def _read(self, on_frame: FrameHandler) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
             while (frame := await self.call.read()) is not grpc.aio.EOF:
+                if frame.message.seq > self.through:
+                    self.through = frame.message.seq
                 on_frame(self, frame)
 
     async def write(self, frame: chat_pb2.ClientFrame) -> None:
@@ -247,12 +253,19 @@ class Population:
         return True
 
     async def _keep_alive(self) -> None:
-        """Each user pings after ping_interval seconds of silence, as CimClient does."""
+        """Each user acks what it received every ACK_INTERVAL and pings after
+        ping_interval seconds of silence, as CimClient does."""
         interval = float(self.params.get("ping_interval", 10.0))
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(ACK_INTERVAL)
             now = time.monotonic()
             for user in self.users:
+                if user.call is not None and user.through > user.acked:
+                    through = user.through
+                    ack = chat_pb2.ClientFrame(ack=chat_pb2.AckFrame(seq=through))
+                    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                        await user.write(ack)
+                        user.acked = through
                 if user.call is not None and now - user.last_sent >= interval:
                     ping = chat_pb2.ClientFrame(
                         ping=chat_pb2.Ping(client_time_ms=time.time_ns() // 1_000_000)
