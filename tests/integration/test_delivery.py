@@ -273,3 +273,19 @@ async def test_replay_and_ack_need_the_cluster_secret(rr, raw, fails):
 async def test_bad_replay_and_ack_requests_are_invalid_arguments(rr, raw, fails, call):
     err = await fails(call(raw.route_internal(rr), raw.secret(rr)))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_sync_replays_only_the_streams_own_inbox(rr, raw):
+    """Nothing in a frame names a user: a sync (or a login's last_seq) replays
+    the inbox of the stream's authenticated user, never another's."""
+    alice = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+    await raw.route(rr).SendPrivate(
+        route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="bob's secret"),
+        metadata=raw.auth(alice.session_token),
+    )
+    stream, _ = await raw.connect(alice)
+    assert stream.replayed == []
+    await stream.write(chat_pb2.ClientFrame(sync=chat_pb2.SyncFrame(after_seq=0)))
+    done = await stream.expect_replay_done()
+    assert stream.replayed == [] and done.head_seq == 0
