@@ -166,25 +166,37 @@ class MessageRouter:
         """For each (sender, client_msg_id), the message id to send under:
         a new one, or an earlier unfinished attempt's (the inbox appends are
         idempotent by message id, so a retry after a crash cannot deliver
-        twice); or, for a retry of a finished send, its result."""
-        window = self._config.send_dedup_window
-
-        async def claim(sender_id: int, client_msg_id: str) -> Claim:
-            message_id = self._ids.next()
+        twice); or, for a retry of a finished send, its result. One store
+        round trip for the whole batch."""
+        claims: list[Claim] = []
+        asked: list[int] = []
+        for index, (sender_id, client_msg_id) in enumerate(sends):
+            claims.append(self._ids.next())
             if not client_msg_id:
-                return message_id
+                continue
             try:
                 validation.check_client_msg_id(client_msg_id)
-                earlier = await self._store.claim_send(sender_id, client_msg_id, message_id, window)
             except CimError as exc:
-                return exc
+                claims[index] = exc
+                continue
+            asked.append(index)
+        if not asked:
+            return claims
+        request = [(sends[i][0], sends[i][1], str(claims[i])) for i in asked]
+        try:
+            found = await self._store.claim_sends(request, self._config.send_dedup_window)
+        except CimError as exc:
+            for index in asked:
+                claims[index] = exc
+            return claims
+        for index, earlier in zip(asked, found, strict=True):
             if earlier is None:
-                return message_id
+                continue
             if earlier.result is not None:
-                return route_pb2.SendResponse.FromString(earlier.result)
-            return earlier.message_id
-
-        return list(await asyncio.gather(*(claim(s, c) for s, c in sends)))
+                claims[index] = route_pb2.SendResponse.FromString(earlier.result)
+            else:
+                claims[index] = earlier.message_id
+        return claims
 
     async def _remember(
         self,
@@ -194,22 +206,20 @@ class MessageRouter:
     ) -> None:
         """Stores the result of each attempt that had an id and got one. A
         failed attempt keeps its claim: a retry reuses its message id."""
-        window = self._config.send_dedup_window
-        work = [
-            self._store.finish_send(
-                sender_id, request.client_msg_id, outcome.SerializeToString(), window
-            )
+        results = [
+            (sender_id, request.client_msg_id, outcome.SerializeToString())
             for (sender_id, _, request), claim, outcome in zip(batch, claims, outcomes, strict=True)
             if request.client_msg_id
             and isinstance(claim, str)
             and isinstance(outcome, route_pb2.SendResponse)
             and outcome.message_id
         ]
-        if work:
-            results = await asyncio.gather(*work, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    log.warning("could not remember a send's result: %s", result)
+        try:
+            await self._store.finish_sends(results, self._config.send_dedup_window)
+        except CimError as exc:
+            # The claims stay: a retry then sends again under the same
+            # message id, which its receivers' inboxes already hold.
+            log.warning("could not remember %d sends' results: %s", len(results), exc.message)
 
     async def _unknown_users(self, user_ids: Sequence[int]) -> set[int]:
         """The ids with no account. Accounts are never deleted, so known ids are

@@ -157,16 +157,16 @@ class Store(Protocol):
         not trim the new messages that reuse them."""
 
     # --- idempotent sends -------------------------------------------------
-    async def claim_send(
-        self, sender_id: int, client_msg_id: str, message_id: str, ttl: float
-    ) -> SendClaim | None:
-        """Marks a send as started with ``message_id`` for ``ttl`` seconds.
-        None: this is the first attempt; else what an earlier attempt left."""
+    async def claim_sends(
+        self, claims: Sequence[tuple[int, str, str]], ttl: float
+    ) -> list[SendClaim | None]:
+        """For each (sender id, client_msg_id, message id): marks the send as
+        started with that message id for ``ttl`` seconds. None: this is the
+        first attempt; else what an earlier attempt left."""
 
-    async def finish_send(
-        self, sender_id: int, client_msg_id: str, result: bytes, ttl: float
-    ) -> None:
-        """Remembers a send's result for ``ttl`` seconds."""
+    async def finish_sends(self, results: Sequence[tuple[int, str, bytes]], ttl: float) -> None:
+        """For each (sender id, client_msg_id, result): remembers the send's
+        result for ``ttl`` seconds."""
 
     # --- token sessions: which session's tokens authorize (revocation) ----
     # One entry per user, apart from the session record: that one expires

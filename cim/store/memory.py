@@ -189,23 +189,26 @@ class MemoryStore:
             for doomed in [s for s in inbox.entries if s <= seq]:
                 del inbox.entries[doomed]
 
-    async def claim_send(
-        self, sender_id: int, client_msg_id: str, message_id: str, ttl: float
-    ) -> SendClaim | None:
-        key = (sender_id, client_msg_id)
+    async def claim_sends(
+        self, claims: Sequence[tuple[int, str, str]], ttl: float
+    ) -> list[SendClaim | None]:
         now = self._clock()
-        entry = self._sent.get(key)
-        if entry is not None and entry[1] > now:
-            return entry[0]
         if len(self._sent) > 100_000:  # keep the window bounded: drop what expired
             self._sent = {k: v for k, v in self._sent.items() if v[1] > now}
-        self._sent[key] = (SendClaim(message_id, None), now + ttl)
-        return None
+        found: list[SendClaim | None] = []
+        for sender_id, client_msg_id, message_id in claims:
+            entry = self._sent.get((sender_id, client_msg_id))
+            if entry is not None and entry[1] > now:
+                found.append(entry[0])
+                continue
+            self._sent[(sender_id, client_msg_id)] = (SendClaim(message_id, None), now + ttl)
+            found.append(None)
+        return found
 
-    async def finish_send(
-        self, sender_id: int, client_msg_id: str, result: bytes, ttl: float
-    ) -> None:
-        self._sent[(sender_id, client_msg_id)] = (SendClaim("", result), self._clock() + ttl)
+    async def finish_sends(self, results: Sequence[tuple[int, str, bytes]], ttl: float) -> None:
+        expires_at = self._clock() + ttl
+        for sender_id, client_msg_id, result in results:
+            self._sent[(sender_id, client_msg_id)] = (SendClaim("", result), expires_at)
 
     # --- token sessions (revocation) -----------------------------------------
     async def set_token_session(self, user_id: int, session_id: str, ttl: float) -> bool:

@@ -341,6 +341,22 @@ def _bound_ms(seconds: float) -> int:
     return round(max(-_FOREVER_MS, min(_FOREVER_MS, seconds * 1000)))
 
 
+def _send_claim(name: str, found: Any) -> SendClaim | None:
+    """What a send's key held: b"m" + the message id while the send runs,
+    b"r" + its result once finished; None if it was free."""
+    if found is None:
+        return None
+    value = found if isinstance(found, bytes) else str(found).encode()
+    if value.startswith(b"r"):
+        return SendClaim("", value[1:])
+    if value.startswith(b"m") and len(value) > 1:
+        return SendClaim(value[1:].decode(), None)
+    # Only a key written behind the store's back gets here: never hand out
+    # an empty message id, let this attempt go ahead.
+    log.warning("unreadable send claim %r: ignoring it", name)
+    return None
+
+
 def _session(user_id: int, fields: Sequence[Any] | None) -> SessionRecord | None:
     if not fields or fields[0] is None:
         return None
@@ -827,33 +843,36 @@ class RedisStore:
     # --- idempotent sends -------------------------------------------------
     # The key holds b"m" + the message id while the send runs, b"r" + its
     # result once finished.
-    async def claim_send(
-        self, sender_id: int, client_msg_id: str, message_id: str, ttl: float
-    ) -> SendClaim | None:
-        key = self._keys.sent(sender_id, client_msg_id)
-        # SET NX GET: claims the key, or returns what is there, in one atomic step.
-        async with self._guard():
-            found = await self._client.set(
-                key, b"m" + message_id.encode(), nx=True, get=True, px=_ttl_ms(ttl)
-            )
-        if found is None:
-            return None
-        value = found if isinstance(found, bytes) else str(found).encode()
-        if value.startswith(b"r"):
-            return SendClaim("", value[1:])
-        if value.startswith(b"m") and len(value) > 1:
-            return SendClaim(value[1:].decode(), None)
-        # Only a key written behind the store's back gets here: never hand
-        # out an empty message id, let this attempt go ahead.
-        log.warning("unreadable send claim %r: ignoring it", key)
-        return None
+    async def claim_sends(
+        self, claims: Sequence[tuple[int, str, str]], ttl: float
+    ) -> list[SendClaim | None]:
+        if not claims:
+            return []
+        px = _ttl_ms(ttl)
+        names = [
+            self._keys.sent(sender_id, client_msg_id) for sender_id, client_msg_id, _ in claims
+        ]
 
-    async def finish_send(
-        self, sender_id: int, client_msg_id: str, result: bytes, ttl: float
-    ) -> None:
-        key = self._keys.sent(sender_id, client_msg_id)
+        def build(pipe: _Pipe) -> None:
+            # SET NX GET: claims the key, or returns what is there, in one atomic step.
+            for name, (_, _, message_id) in zip(names, claims, strict=True):
+                pipe.set(name, b"m" + message_id.encode(), nx=True, get=True, px=px)
+
         async with self._guard():
-            await self._client.set(key, b"r" + result, px=_ttl_ms(ttl))
+            found = await self._pipeline(build)
+        return [_send_claim(name, value) for name, value in zip(names, found, strict=True)]
+
+    async def finish_sends(self, results: Sequence[tuple[int, str, bytes]], ttl: float) -> None:
+        if not results:
+            return
+        px = _ttl_ms(ttl)
+
+        def build(pipe: _Pipe) -> None:
+            for sender_id, client_msg_id, result in results:
+                pipe.set(self._keys.sent(sender_id, client_msg_id), b"r" + result, px=px)
+
+        async with self._guard():
+            await self._pipeline(build)
 
     # --- token sessions (revocation) ---------------------------------------
     async def set_token_session(self, user_id: int, session_id: str, ttl: float) -> bool:

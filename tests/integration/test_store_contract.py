@@ -251,19 +251,21 @@ async def test_a_retried_claim_of_the_same_session_succeeds(store: Store) -> Non
 
 
 async def test_a_send_is_claimed_once_and_its_result_remembered(store: Store) -> None:
-    assert await store.claim_send(1, "c1", "m1", ttl=10) is None  # first attempt goes ahead
+    first = await store.claim_sends([(1, "c1", "m1"), (2, "c1", "m3")], ttl=10)
+    assert first == [None, None]  # first attempts go ahead; ids are per sender
     # A retry while the first is unfinished (or after it crashed) reuses its message id.
-    assert await store.claim_send(1, "c1", "m2", ttl=10) == SendClaim("m1", None)
-    assert await store.claim_send(2, "c1", "m3", ttl=10) is None  # ids are per sender
-    await store.finish_send(1, "c1", b"result", ttl=10)
-    assert await store.claim_send(1, "c1", "m4", ttl=10) == SendClaim("", b"result")
+    assert await store.claim_sends([(1, "c1", "m2")], ttl=10) == [SendClaim("m1", None)]
+    await store.finish_sends([(1, "c1", b"result")], ttl=10)
+    assert await store.claim_sends([(1, "c1", "m4")], ttl=10) == [SendClaim("", b"result")]
+    assert await store.claim_sends([], ttl=10) == []
+    await store.finish_sends([], ttl=10)
 
 
 async def test_remembered_sends_expire(store: Store) -> None:
-    assert await store.claim_send(1, "c2", "m1", ttl=0.2) is None
-    await store.finish_send(1, "c2", b"r", ttl=0.2)
+    assert await store.claim_sends([(1, "c2", "m1")], ttl=0.2) == [None]
+    await store.finish_sends([(1, "c2", b"r")], ttl=0.2)
     await asyncio.sleep(0.3)
-    assert await store.claim_send(1, "c2", "m2", ttl=10) is None
+    assert await store.claim_sends([(1, "c2", "m2")], ttl=10) == [None]
 
 
 # --- inboxes ---------------------------------------------------------------------------------
