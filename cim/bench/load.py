@@ -394,14 +394,18 @@ class PrivateBench:
             chat_pb2.ClientFrame(
                 send=chat_pb2.SendFrame(
                     correlation_id=tag,
-                    private=route_pb2.SendPrivateRequest(receiver_id=receiver.user_id, text=text),
+                    private=route_pb2.SendPrivateRequest(
+                        receiver_id=receiver.user_id, text=text, client_msg_id=f"s{tag}"
+                    ),
                 )
             )
         )
 
     async def send_unary(self, sender: User, receiver: User, tag: int, text: str) -> None:
         reply = await self.population.route.SendPrivate(
-            route_pb2.SendPrivateRequest(receiver_id=receiver.user_id, text=text),
+            route_pb2.SendPrivateRequest(
+                receiver_id=receiver.user_id, text=text, client_msg_id=f"u{tag}"
+            ),
             metadata=sender.metadata,
             timeout=MESSAGE_TIMEOUT,
         )
@@ -564,7 +568,8 @@ class GroupBench:
             await sender.write(
                 chat_pb2.ClientFrame(
                     send=chat_pb2.SendFrame(
-                        correlation_id=n, group=route_pb2.SendGroupRequest(text=text)
+                        correlation_id=n,
+                        group=route_pb2.SendGroupRequest(text=text, client_msg_id=f"g{n}"),
                     )
                 )
             )

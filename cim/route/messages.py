@@ -11,7 +11,6 @@ and the batches chat servers submit for messages sent on Chat streams.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -170,7 +169,7 @@ class MessageRouter:
         round trip for the whole batch."""
         claims: list[Claim] = []
         asked: list[int] = []
-        for index, (sender_id, client_msg_id) in enumerate(sends):
+        for index, (_, client_msg_id) in enumerate(sends):
             claims.append(self._ids.next())
             if not client_msg_id:
                 continue
