@@ -2,6 +2,12 @@
 // A small cim client in Node.js: register, log in at a route, open the Chat
 // stream to the chat server the route picked, send, receive, log out.
 //
+// Delivery: every message to a user carries the next seq of that user's
+// sequence (1, 2, 3...). The client presents the last seq it holds at login,
+// prints each seq once (a replay can repeat a live push), acks what it
+// printed so the route trims it, and asks for a replay (SyncFrame) when a gap
+// in the seqs lasts.
+//
 //   node client.js --route 127.0.0.1:7100 --user NAME --password PW \
 //       [--send-to ID --text TEXT] [--group TEXT] [--wait-for N] [--timeout S]
 //
@@ -22,6 +28,8 @@ const protoLoader = require('@grpc/proto-loader');
 const PROTO_ROOT = path.join(__dirname, 'proto-root');
 const PING_INTERVAL_MS = 10_000; // ping after this much silence (or the server's hint, if lower)
 const RPC_TIMEOUT_MS = 5_000; // deadline of every unary call and of the stream login
+const ACK_DELAY_MS = 200; // one cumulative ack for what was printed meanwhile
+const GAP_WAIT_MS = 2_000; // a missing seq not filled by then: ask for a replay
 
 const USAGE = `usage: node client.js --route HOST:PORT --user NAME --password PW
                       [--send-to ID --text TEXT] [--group TEXT]
@@ -151,6 +159,13 @@ class NodeCimClient {
     this.received = 0;
     this.sendsDone = false;
     this.loginWaiter = null;
+    // Every seq up to lastSeq was printed (or is gone); `ahead` holds the
+    // seqs printed past a gap. Seqs fit in a double (2^53 messages per user).
+    this.lastSeq = 0;
+    this.ahead = new Set();
+    this.ackedSeq = 0;
+    this.ackTimer = null;
+    this.gapTimer = null;
     // Settled by the stream: resolves when the work is done, rejects on failure.
     this.finished = new Promise((resolve, reject) => {
       this.finish = resolve;
@@ -190,6 +205,13 @@ class NodeCimClient {
 
   async logout() {
     if (!this.token) return; // never logged in
+    // Acked at the route directly (a stream ack may still be on its way), so
+    // the inbox is trimmed before the session ends: the next login replays none of it.
+    if (this.lastSeq > 0) {
+      await this.unary('AckMessages', { seq: String(this.lastSeq) }).catch((err) => {
+        process.stderr.write(`cim-node: warning: ${err.message}\n`);
+      });
+    }
     try {
       await this.unary('Logout', {});
       emit({ event: 'logged_out' });
@@ -224,7 +246,8 @@ class NodeCimClient {
       this.loginFailed(error);
       this.streamFailed(error);
     });
-    this.write({ login: { user_id: this.userId, session_token: this.token } });
+    // The server replays every stored message after last_seq, then goes live.
+    this.write({ login: { user_id: this.userId, session_token: this.token, last_seq: String(this.lastSeq) } });
     return loggedIn.finally(() => clearTimeout(loginTimer)).then((ok) => {
       const hint = Number(ok.heartbeat_interval_ms);
       const interval = hint > 0 ? Math.min(PING_INTERVAL_MS, hint) : PING_INTERVAL_MS;
@@ -293,6 +316,7 @@ class NodeCimClient {
       }
       case 'message': {
         const m = frame.message;
+        if (!this.takeSeq(Number(m.seq))) break; // printed already
         emit({
           event: 'message',
           sender_id: id(m.sender_id),
@@ -303,9 +327,22 @@ class NodeCimClient {
           group_id: m.group_id,
           message_id: m.message_id,
           stored: m.stored,
+          seq: Number(m.seq),
         });
         this.received += 1;
         this.checkDone();
+        break;
+      }
+      case 'replay_done': {
+        const done = frame.replay_done;
+        if (Number(done.head_seq) < this.lastSeq) {
+          // The server's sequence restarted below ours (its store lost data):
+          // follow it, or every new message would look like a duplicate.
+          this.lastSeq = this.ackedSeq = Number(done.head_seq);
+          this.ahead.clear();
+        }
+        // Every seq up to through_seq was sent before this frame, or is gone.
+        this.advanceTo(Number(done.through_seq));
         break;
       }
       case 'notice': {
@@ -313,6 +350,7 @@ class NodeCimClient {
         if (this.closing) break; // logging out: the server says so ("kicked")
         const kind = shortEnum(n.kind, 'KIND_');
         emit({ event: 'notice', kind, text: n.text, code: n.code });
+        if (kind === 'behind') break; // messages were dropped before we got them: go on
         const error = new CliError(`chat server notice (${kind}): ${n.text}`);
         this.loginFailed(error); // a refused login arrives as a notice
         this.streamFailed(error); // kicked, draining or error: this simple client stops
@@ -320,6 +358,41 @@ class NodeCimClient {
       }
       default:
         break;
+    }
+  }
+
+  // Records a message's seq; false for one printed already.
+  takeSeq(seq) {
+    if (!seq) return true; // outside any sequence (an older server)
+    if (seq <= this.lastSeq || this.ahead.has(seq)) return false;
+    this.ahead.add(seq);
+    this.advanceTo(this.lastSeq);
+    return true;
+  }
+
+  // Everything up to `seq` is printed or gone: moves lastSeq past it and
+  // over the contiguous seqs printed after it; acks soon; watches gaps.
+  advanceTo(seq) {
+    this.lastSeq = Math.max(this.lastSeq, seq);
+    for (const s of this.ahead) if (s <= this.lastSeq) this.ahead.delete(s);
+    while (this.ahead.delete(this.lastSeq + 1)) this.lastSeq += 1;
+    if (this.lastSeq > this.ackedSeq && !this.ackTimer) {
+      this.ackTimer = setTimeout(() => {
+        this.ackTimer = null;
+        if (this.closing || this.lastSeq <= this.ackedSeq) return;
+        this.ackedSeq = this.lastSeq;
+        this.write({ ack: { seq: String(this.lastSeq) } });
+      }, ACK_DELAY_MS);
+    }
+    if (this.ahead.size === 0) {
+      clearTimeout(this.gapTimer);
+      this.gapTimer = null;
+    } else if (!this.gapTimer) {
+      this.gapTimer = setTimeout(() => {
+        this.gapTimer = null;
+        // Still missing: the replay resends them (and the rest, dropped above).
+        if (!this.closing && this.ahead.size > 0) this.write({ sync: { after_seq: String(this.lastSeq) } });
+      }, GAP_WAIT_MS);
     }
   }
 
@@ -369,6 +442,8 @@ class NodeCimClient {
     if (this.closing) return;
     this.closing = true;
     clearInterval(this.pingTimer);
+    clearTimeout(this.ackTimer);
+    clearTimeout(this.gapTimer);
     await this.logout();
     if (this.call) {
       this.call.end();

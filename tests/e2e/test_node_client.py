@@ -208,6 +208,7 @@ async def test_python_and_node_exchange_private_and_group_messages(node_client):
             "group_id": "",
             "message_id": reply.message_id,
             "stored": False,
+            "seq": 1,  # the first message of the Node user's sequence
         }
         assert node.events[-1] == {"event": "logged_out"}
         # Logged out: a message to the Node user is now stored, not delivered.
@@ -230,7 +231,17 @@ async def test_node_gets_messages_stored_while_offline(node_client):
         assert message["text"] == "while you were away"
         assert message["sender_id"] == py.user_id
         assert message["stored"] is True
+        assert message["seq"] == 1
         assert node.named("registered")[0]["created"] is False
+
+        # The Node client acked what it printed: its next login replays none
+        # of it, and the first message it prints is a new one.
+        async with _node(node_client, c, *_args("late", "--wait-for", 1)) as again:
+            await again.wait_for("logged_in")
+            assert (await py.send_private(registered["user_id"], "and now")).status == DELIVERED
+            code, stderr = await again.finish()
+        assert code == 0, stderr
+        assert [(m["text"], m["seq"]) for m in again.named("message")] == [("and now", 2)]
 
 
 async def test_node_client_failures_exit_1_with_an_error_line(node_client):
