@@ -47,10 +47,11 @@ if [ ! -f "$gen" ] || [ -n "$(find protos -name '*.proto' -newer "$gen")" ]; the
 fi
 
 # `bootstrap.sh test`: also what the test suite runs for real (Redis, ZooKeeper
-# with a JRE, the Node.js example's modules).
+# with a JRE, openssl for the TLS tests' certificates, the Node.js example's modules).
 if [ "${1:-}" = test ]; then
   missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
   command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
   if [ ${#missing[@]} -gt 0 ]; then
