@@ -111,6 +111,7 @@ class RouteApp:
             await set_serving(self._health, SERVICE_NAMES, False)
         if self._server is not None:
             await self._server.stop(grace)
+        await self.router.aclose()
         await self.servers.aclose()
 
     async def wait(self) -> None:

@@ -11,6 +11,7 @@ and the batches chat servers submit for messages sent on Chat streams.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -46,6 +47,8 @@ class MessageRouter:
         self._retention = config.retention
         self._ids = MessageIdGenerator()
         self._known_users: set[int] = set()
+        # Results being remembered for retries, off the sender's critical path.
+        self._remembering: set[asyncio.Task[None]] = set()
 
     def _new_message(
         self, sender_id: int, sender_name: str, text: str, client_msg_id: str, message_id: str
@@ -101,7 +104,7 @@ class MessageRouter:
             outcomes.append(route_pb2.SendResponse())
             messages.append(message)
         await self._route_messages(messages, outcomes)
-        await self._remember(batch, claims, outcomes)
+        self._remember_later(batch, claims, outcomes)
         return outcomes
 
     async def _route_messages(
@@ -197,6 +200,24 @@ class MessageRouter:
                 claims[index] = earlier.message_id
         return claims
 
+    def _remember_later(
+        self,
+        batch: Sequence[tuple[int, str, Any]],
+        claims: Sequence[Claim],
+        outcomes: Sequence[route_pb2.SendResponse | CimError],
+    ) -> None:
+        """Remembers results without making the sender wait: a retry that
+        comes first finds the claim and sends again under the same message
+        id, which the receivers' inboxes already hold (no second message)."""
+        task = asyncio.create_task(self._remember(batch, claims, outcomes))
+        self._remembering.add(task)
+        task.add_done_callback(self._remembering.discard)
+
+    async def aclose(self) -> None:
+        """Waits for the results still being remembered."""
+        if self._remembering:
+            await asyncio.gather(*self._remembering, return_exceptions=True)
+
     async def _remember(
         self,
         batch: Sequence[tuple[int, str, Any]],
@@ -243,7 +264,7 @@ class MessageRouter:
                 raise claim
             return claim
         outcome = await self._send_group(sender_id, sender_name, request, claim)
-        await self._remember(batch, [claim], [outcome])
+        self._remember_later(batch, [claim], [outcome])
         return outcome
 
     async def _send_group(

@@ -20,6 +20,10 @@ from collections.abc import Sequence
 from cim.proto.v1 import chat_pb2
 
 
+# How many recently pushed seqs a stream remembers to drop repeated pushes.
+RECENT_SEQS = 256
+
+
 class ClientStream:
     def __init__(self, user_id: int, device_id: str, max_buffered: int) -> None:
         self.user_id = user_id
@@ -43,6 +47,8 @@ class ClientStream:
         # Every seq up to here was sent by a replay (or is gone).
         self.replayed_through = 0
         self._held: list[chat_pb2.ServerFrame] = []
+        # The last seqs pushed live, oldest first (an ordered set).
+        self._recent: dict[int, None] = {}
         self._held_overflow = False
 
     @property
@@ -69,11 +75,18 @@ class ClientStream:
 
     def push_message(self, frame: chat_pb2.ServerFrame) -> bool:
         """Queues a live message, or holds it back while the stream replays.
-        A push of a seq the last replay covered is a late duplicate: dropped."""
-        if 0 < frame.message.seq <= self.replayed_through:
+        A seq the last replay covered, or one pushed lately, is a duplicate
+        (a retried send pushes again): dropped."""
+        seq = frame.message.seq
+        if seq and (seq <= self.replayed_through or seq in self._recent):
             return not self._closed
         if not self.replaying:
-            return self.push(frame)
+            queued = self.push(frame)
+            if queued and seq:
+                self._recent[seq] = None
+                if len(self._recent) > RECENT_SEQS:
+                    del self._recent[next(iter(self._recent))]
+            return queued
         if self._closed:
             return False
         if len(self._held) >= self._max_buffered:
