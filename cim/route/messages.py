@@ -284,10 +284,13 @@ class MessageRouter:
             async for session in self._store.online_sessions()
             if session.user_id != sender_id
         ]
-        by_server: dict[str, list[chat_pb2.Delivery]] = defaultdict(list)
+        # Each slice is pushed (one push per chat server) as soon as it is
+        # stored, while the next slice is being stored.
+        pushes = []
         for start in range(0, len(receivers), GROUP_APPEND_SLICE):
             some = receivers[start : start + GROUP_APPEND_SLICE]
             appended = await self._append(some, [message] * len(some))
+            by_server: dict[str, list[chat_pb2.Delivery]] = defaultdict(list)
             for receiver, stored in zip(some, appended, strict=True):
                 if stored.session is None or not stored.session.connected:
                     continue  # gone since the walk: the inbox keeps it for them
@@ -297,8 +300,10 @@ class MessageRouter:
                 by_server[stored.session.server_id].append(
                     chat_pb2.Delivery(receiver_id=receiver, message=copy)
                 )
-        # One push per chat server, all servers at once.
-        await self._servers.deliver_many(list(by_server.items()))
+            pushes.append(
+                asyncio.ensure_future(self._servers.deliver_many(list(by_server.items())))
+            )
+        await asyncio.gather(*pushes)
         return route_pb2.SendResponse(
             message_id=message.message_id,
             status=DELIVERED,
