@@ -209,7 +209,8 @@ class MessageRouter:
         """Remembers results without making the sender wait: a retry that
         comes first finds the claim and sends again under the same message
         id, which the receivers' inboxes already hold (no second message)."""
-        task = asyncio.create_task(self._remember(batch, claims, outcomes))
+        # Copies: the caller may reuse its lists (submit_batch clears its run).
+        task = asyncio.create_task(self._remember(list(batch), list(claims), list(outcomes)))
         self._remembering.add(task)
         task.add_done_callback(self._remembering.discard)
 
