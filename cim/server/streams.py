@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 from cim.proto.v1 import chat_pb2
 
-
 # How many recently pushed seqs a stream remembers to drop repeated pushes.
 RECENT_SEQS = 256
 
