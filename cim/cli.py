@@ -38,6 +38,7 @@ from cim.core.members import MemberKind
 from cim.core.routing import ALGORITHMS
 from cim.errors import CimError
 from cim.registry.base import Registry
+from cim.tls import is_loopback
 
 log = logging.getLogger("cim")
 
@@ -165,6 +166,14 @@ def tls_listener_options(command: Callable[..., None]) -> Callable[..., None]:
                 help="Mutual TLS: refuse every caller (cluster members and users alike) "
                 "without a client certificate signed by --tls-ca.",
             ),
+            click.option(
+                "--insecure-plaintext",
+                envvar="CIM_INSECURE_PLAINTEXT",
+                is_flag=True,
+                default=False,
+                help="Listen without TLS on an address other than loopback (passwords, "
+                "tokens and messages then cross the network in clear).",
+            ),
         ]
     ):
         command = option(command)
@@ -172,13 +181,24 @@ def tls_listener_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _listener_tls(
-    cert: str | None, key: str | None, ca: str | None, client_auth: bool
+    cert: str | None,
+    key: str | None,
+    ca: str | None,
+    client_auth: bool,
+    host: str,
+    insecure_plaintext: bool,
 ) -> TlsConfig | None:
-    """The TLS of a route or chat server from its flags (None: plaintext);
-    ValueError with the flags to fix when they do not fit together."""
+    """The TLS of a route or chat server from its flags (None: plaintext, only
+    on loopback unless asked for); ValueError with the flags to fix when they
+    do not fit together."""
     if cert is None and key is None:
         if ca is not None or client_auth:
             raise ValueError("--tls-ca and --tls-client-auth need --tls-cert and --tls-key")
+        if not is_loopback(host) and not insecure_plaintext:
+            raise ValueError(
+                f"listening on {host} without TLS would send passwords, tokens and messages "
+                "in clear: give --tls-cert and --tls-key (or --insecure-plaintext)"
+            )
         return None
     if cert is None or key is None:
         raise ValueError("TLS needs both --tls-cert and --tls-key")
@@ -473,6 +493,7 @@ def route(
     tls_key: str | None,
     tls_ca: str | None,
     tls_client_auth: bool,
+    insecure_plaintext: bool,
     log_level: str,
 ) -> None:
     """Run a route: Redis store (--redis) and ZooKeeper (--zk) for a cluster;
@@ -501,7 +522,7 @@ def route(
             msg_burst=msg_burst,
             max_logins_per_sec=max_logins_per_sec,
             login_burst=login_burst,
-            tls=_listener_tls(tls_cert, tls_key, tls_ca, tls_client_auth),
+            tls=_listener_tls(tls_cert, tls_key, tls_ca, tls_client_auth, host, insecure_plaintext),
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -611,6 +632,7 @@ def server(
     tls_key: str | None,
     tls_ca: str | None,
     tls_client_auth: bool,
+    insecure_plaintext: bool,
     log_level: str,
 ) -> None:
     """Run a chat server; it finds routes in ZooKeeper (--zk) or at --route.
@@ -630,7 +652,7 @@ def server(
             drain_grace=drain_grace,
             max_msgs_per_sec=max_msgs_per_sec,
             msg_burst=msg_burst,
-            tls=_listener_tls(tls_cert, tls_key, tls_ca, tls_client_auth),
+            tls=_listener_tls(tls_cert, tls_key, tls_ca, tls_client_auth, host, insecure_plaintext),
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -304,6 +304,23 @@ def test_the_cli_reports_tls_mistakes_in_one_line(certs: Certs, tmp_path: Path) 
     assert result.exit_code != 0 and "does not exist" in result.output
 
 
+def test_plaintext_beyond_loopback_needs_an_explicit_flag() -> None:
+    runner = CliRunner()
+    for command in (
+        ["server", "--cluster-secret", "s", "--route", "127.0.0.1:1", "--host", "0.0.0.0"],
+        ["route", "--cluster-secret", "s", "--token-keys", "k:0123456789abcdef",
+         "--server", "127.0.0.1:1", "--host", "10.0.0.5"],
+    ):  # fmt: skip
+        result = runner.invoke(cli, command)
+        assert result.exit_code != 0, result.output
+        assert "without TLS" in result.output and "--insecure-plaintext" in result.output
+        assert "Traceback" not in result.output
+    from cim.cli import _listener_tls
+
+    assert _listener_tls(None, None, None, False, "0.0.0.0", insecure_plaintext=True) is None
+    assert _listener_tls(None, None, None, False, "127.0.0.1", insecure_plaintext=False) is None
+
+
 async def test_plaintext_beyond_loopback_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     from cim.tls import warn_if_exposed
 
