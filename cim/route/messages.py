@@ -15,7 +15,6 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
 
 from cim.config import RouteConfig
 from cim.core import validation
@@ -77,23 +76,18 @@ class MessageRouter:
     async def _route_privates(
         self, batch: Sequence[tuple[int, str, route_pb2.SendPrivateRequest]]
     ) -> list[route_pb2.SendResponse | CimError]:
-        """Routes private messages together: one store round trip appends them
-        all (in order, so each sender's order holds) and finds their
-        receivers' streams, then one push per chat server."""
+        """Routes private messages together: one store round trip claims their
+        sends, appends them (in order, so each sender's order holds) and
+        finds their receivers' streams; then one push per chat server."""
         outcomes: list[route_pb2.SendResponse | CimError] = []
         messages: list[common_pb2.ChatMessage | None] = []
-        claims = await self._claims(
-            [(sender, request.client_msg_id) for sender, _, request in batch]
-        )
-        for (sender_id, sender_name, request), claim in zip(batch, claims, strict=True):
-            if not isinstance(claim, str):  # a retry of a finished send, or a bad id
-                outcomes.append(claim)
-                messages.append(None)
-                continue
+        for sender_id, sender_name, request in batch:
             try:
                 validation.check_user_id(request.receiver_id, "receiver id")
+                if request.client_msg_id:
+                    validation.check_client_msg_id(request.client_msg_id)
                 message = self._new_message(
-                    sender_id, sender_name, request.text, request.client_msg_id, claim
+                    sender_id, sender_name, request.text, request.client_msg_id, self._ids.next()
                 )
             except CimError as exc:
                 outcomes.append(exc)
@@ -103,44 +97,57 @@ class MessageRouter:
             message.receiver_id = request.receiver_id
             outcomes.append(route_pb2.SendResponse())
             messages.append(message)
-        await self._route_messages(messages, outcomes)
-        self._remember_later(batch, claims, outcomes)
+        first_attempts = await self._route_messages(messages, outcomes)
+        self._remember_later(
+            [
+                (message.receiver_id, message.sender_id, message.client_msg_id, outcomes[index])
+                for index, message in first_attempts
+            ]
+        )
         return outcomes
 
     async def _route_messages(
         self,
         messages: list[common_pb2.ChatMessage | None],
         outcomes: list[route_pb2.SendResponse | CimError],
-    ) -> None:
+    ) -> list[tuple[int, common_pb2.ChatMessage]]:
+        """Claims, appends and pushes; returns the sends with a client_msg_id
+        that this attempt made (their results are to be remembered)."""
         receivers = [m.receiver_id for m in messages if m is not None]
         if not receivers:
-            return
+            return []
         try:
             missing = await self._unknown_users(receivers)
         except CimError as exc:
             _fail_all(messages, outcomes, exc)
-            return
+            return []
         for index, queued in enumerate(messages):
             if queued is not None and queued.receiver_id in missing:
                 outcomes[index] = NotFound(f"no user with id {queued.receiver_id}")
                 messages[index] = None
         routed = [(index, m) for index, m in enumerate(messages) if m is not None]
         try:
-            appended = await self._append(
-                [m.receiver_id for _, m in routed], [m for _, m in routed]
+            first = await self._store.append_inbox(
+                [_inbox_item(m, claim=True) for _, m in routed], self._retention
             )
+            appended = await self._retries(routed, first, outcomes)
         except CimError as exc:
             _fail_all(messages, outcomes, exc)
-            return
+            return []
         pending: list[tuple[int, str, list[chat_pb2.Delivery]]] = []
         for (index, message), stored in zip(routed, appended, strict=True):
+            if stored is None:
+                continue  # a retry of a finished send: its result is the outcome
             message.seq = stored.seq
             if stored.session is not None and stored.session.connected:
                 parcel = [chat_pb2.Delivery(receiver_id=message.receiver_id, message=message)]
                 pending.append((index, stored.session.server_id, parcel))
         flags = await self._servers.deliver_many([(server, p) for _, server, p in pending])
         delivered = {index for (index, _, _), ok in zip(pending, flags, strict=True) if ok[0]}
-        for index, message in routed:
+        first_attempts = []
+        for (index, message), stored in zip(routed, appended, strict=True):
+            if stored is None:
+                continue
             reached = index in delivered
             outcomes[index] = route_pb2.SendResponse(
                 message_id=message.message_id,
@@ -148,69 +155,87 @@ class MessageRouter:
                 recipients=1 if reached else 0,
                 server_time_ms=message.server_time_ms,
             )
+            if message.client_msg_id:
+                first_attempts.append((index, message))
+        return first_attempts
+
+    async def _retries(
+        self,
+        routed: list[tuple[int, common_pb2.ChatMessage]],
+        appended: list[Appended],
+        outcomes: list[route_pb2.SendResponse | CimError],
+    ) -> list[Appended | None]:
+        """Settles the sends an earlier attempt had claimed: a finished one
+        answers with its result (None: nothing to push); an unfinished one
+        (its route may have crashed) is appended under its message id, which
+        gets the same seq if it was appended then: never a second message."""
+        settled: list[Appended | None] = list(appended)
+        again = []
+        for position, ((index, message), stored) in enumerate(zip(routed, appended, strict=True)):
+            if stored.earlier is None:
+                continue
+            if stored.earlier.result is not None:
+                outcomes[index] = route_pb2.SendResponse.FromString(stored.earlier.result)
+                settled[position] = None
+                continue
+            message.message_id = stored.earlier.message_id
+            message.server_time_ms = message_time_ms(message.message_id)
+            again.append(position)
+        if again:
+            redone = await self._store.append_inbox(
+                [_inbox_item(routed[p][1], claim=False) for p in again], self._retention
+            )
+            for position, stored in zip(again, redone, strict=True):
+                settled[position] = stored
+        return settled
 
     async def _append(
-        self, receivers: Sequence[int], messages: Sequence[common_pb2.ChatMessage]
+        self, receivers: Sequence[int], message: common_pb2.ChatMessage
     ) -> list[Appended]:
-        """Appends each message to its receiver's inbox (one message may go to
-        many receivers: a group message is serialised once)."""
-        payloads: dict[int, bytes] = {}
-        items = []
-        for receiver, message in zip(receivers, messages, strict=True):
-            payload = payloads.get(id(message))
-            if payload is None:
-                payload = payloads[id(message)] = message.SerializeToString()
-            items.append(InboxItem(receiver, message.message_id, payload))
-        return await self._store.append_inbox(items, self._retention)
+        """Appends one message (serialised once) to many receivers' inboxes."""
+        payload = message.SerializeToString()
+        return await self._store.append_inbox(
+            [InboxItem(receiver, message.message_id, payload) for receiver in receivers],
+            self._retention,
+        )
 
     # --- idempotent sends ---------------------------------------------------
-    async def _claims(self, sends: Sequence[tuple[int, str]]) -> list[Claim]:
-        """For each (sender, client_msg_id), the message id to send under:
-        a new one, or an earlier unfinished attempt's (the inbox appends are
-        idempotent by message id, so a retry after a crash cannot deliver
-        twice); or, for a retry of a finished send, its result. One store
-        round trip for the whole batch."""
-        claims: list[Claim] = []
-        asked: list[int] = []
-        for index, (_, client_msg_id) in enumerate(sends):
-            claims.append(self._ids.next())
-            if not client_msg_id:
-                continue
-            try:
-                validation.check_client_msg_id(client_msg_id)
-            except CimError as exc:
-                claims[index] = exc
-                continue
-            asked.append(index)
-        if not asked:
-            return claims
-        request = [(sends[i][0], sends[i][1], str(claims[i])) for i in asked]
-        try:
-            found = await self._store.claim_sends(request, self._config.send_dedup_window)
-        except CimError as exc:
-            for index in asked:
-                claims[index] = exc
-            return claims
-        for index, earlier in zip(asked, found, strict=True):
-            if earlier is None:
-                continue
-            if earlier.result is not None:
-                claims[index] = route_pb2.SendResponse.FromString(earlier.result)
-            else:
-                claims[index] = earlier.message_id
-        return claims
+    # A private send is claimed by its inbox append (under the receiver's
+    # keys, one atomic step); a group send, which has many receivers, by a
+    # claim under the sender's keys first.
+    async def _group_claim(self, sender_id: int, client_msg_id: str) -> Claim:
+        """The message id to send a group message under: a new one, or an
+        earlier unfinished attempt's (the appends are idempotent by message
+        id, so a retry after a crash reaches nobody twice); or, for a retry
+        of a finished send, its result."""
+        message_id = self._ids.next()
+        if not client_msg_id:
+            return message_id
+        validation.check_client_msg_id(client_msg_id)
+        (earlier,) = await self._store.claim_sends(
+            [(sender_id, sender_id, client_msg_id, message_id)], self._config.send_dedup_window
+        )
+        if earlier is None:
+            return message_id
+        if earlier.result is not None:
+            return route_pb2.SendResponse.FromString(earlier.result)
+        return earlier.message_id
 
     def _remember_later(
-        self,
-        batch: Sequence[tuple[int, str, Any]],
-        claims: Sequence[Claim],
-        outcomes: Sequence[route_pb2.SendResponse | CimError],
+        self, sends: Sequence[tuple[int, int, str, route_pb2.SendResponse | CimError]]
     ) -> None:
-        """Remembers results without making the sender wait: a retry that
-        comes first finds the claim and sends again under the same message
-        id, which the receivers' inboxes already hold (no second message)."""
-        # Copies: the caller may reuse its lists (submit_batch clears its run).
-        task = asyncio.create_task(self._remember(list(batch), list(claims), list(outcomes)))
+        """Remembers the results of (owner, sender, client_msg_id, outcome)
+        without making the sender wait: a retry that comes first finds the
+        claim and sends again under the same message id, which the inboxes
+        already hold (no second message)."""
+        results = [
+            (owner, sender, client_msg_id, outcome.SerializeToString())
+            for owner, sender, client_msg_id, outcome in sends
+            if isinstance(outcome, route_pb2.SendResponse) and outcome.message_id
+        ]
+        if not results:
+            return
+        task = asyncio.create_task(self._remember(results))
         self._remembering.add(task)
         task.add_done_callback(self._remembering.discard)
 
@@ -219,22 +244,7 @@ class MessageRouter:
         if self._remembering:
             await asyncio.gather(*self._remembering, return_exceptions=True)
 
-    async def _remember(
-        self,
-        batch: Sequence[tuple[int, str, Any]],
-        claims: Sequence[Claim],
-        outcomes: Sequence[route_pb2.SendResponse | CimError],
-    ) -> None:
-        """Stores the result of each attempt that had an id and got one. A
-        failed attempt keeps its claim: a retry reuses its message id."""
-        results = [
-            (sender_id, request.client_msg_id, outcome.SerializeToString())
-            for (sender_id, _, request), claim, outcome in zip(batch, claims, outcomes, strict=True)
-            if request.client_msg_id
-            and isinstance(claim, str)
-            and isinstance(outcome, route_pb2.SendResponse)
-            and outcome.message_id
-        ]
+    async def _remember(self, results: list[tuple[int, int, str, bytes]]) -> None:
         try:
             await self._store.finish_sends(results, self._config.send_dedup_window)
         except CimError as exc:
@@ -258,14 +268,14 @@ class MessageRouter:
     async def send_group(
         self, sender_id: int, sender_name: str, request: route_pb2.SendGroupRequest
     ) -> route_pb2.SendResponse:
-        batch = [(sender_id, sender_name, request)]
-        (claim,) = await self._claims([(sender_id, request.client_msg_id)])
+        claim = await self._group_claim(sender_id, request.client_msg_id)
         if not isinstance(claim, str):
             if isinstance(claim, CimError):
                 raise claim
             return claim
         outcome = await self._send_group(sender_id, sender_name, request, claim)
-        self._remember_later(batch, [claim], [outcome])
+        if request.client_msg_id:
+            self._remember_later([(sender_id, sender_id, request.client_msg_id, outcome)])
         return outcome
 
     async def _send_group(
@@ -290,7 +300,7 @@ class MessageRouter:
         pushes = []
         for start in range(0, len(receivers), GROUP_APPEND_SLICE):
             some = receivers[start : start + GROUP_APPEND_SLICE]
-            appended = await self._append(some, [message] * len(some))
+            appended = await self._append(some, message)
             by_server: dict[str, list[chat_pb2.Delivery]] = defaultdict(list)
             for receiver, stored in zip(some, appended, strict=True):
                 if stored.session is None or not stored.session.connected:
@@ -386,3 +396,10 @@ def _result(outcome: route_pb2.SendResponse | CimError) -> route_pb2.SubmitResul
             error=route_pb2.ItemError(code=outcome.code.value[0], message=outcome.message)
         )
     return route_pb2.SubmitResult(ok=outcome)
+
+
+def _inbox_item(message: common_pb2.ChatMessage, *, claim: bool) -> InboxItem:
+    """A private message for its receiver's inbox; with ``claim``, the append
+    also claims its send (when it has a client_msg_id)."""
+    send = (message.sender_id, message.client_msg_id) if claim and message.client_msg_id else None
+    return InboxItem(message.receiver_id, message.message_id, message.SerializeToString(), send)

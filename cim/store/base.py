@@ -53,6 +53,9 @@ class InboxItem:
     user_id: int
     message_id: str
     payload: bytes
+    # (sender id, client_msg_id) of an idempotent send: the append first
+    # claims it (see claim_sends; owner: the receiver) in the same atomic step.
+    send: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class Appended:
     # The receiver's session, read after the append in the same atomic step:
     # a stream that connects later finds the message in its replay.
     session: SessionRecord | None
+    # When the item's send was claimed before: what that attempt left, and
+    # nothing was appended (seq 0).
+    earlier: SendClaim | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,9 @@ class Store(Protocol):
         next seq (1, 2, 3... with no gaps) and returns it with the receiver's
         session read after the append. A message id appended within
         ``retention.id_window`` gets its first seq back and is not appended
-        again. Retention trims what is over the bounds."""
+        again. An item with ``send`` is appended only if it claims that send
+        (for ``retention.id_window``); else ``earlier`` says what the earlier
+        attempt left. Retention trims what is over the bounds."""
 
     async def read_inbox(
         self, user_id: int, after_seq: int, limit: int, retention: Retention
@@ -158,15 +166,19 @@ class Store(Protocol):
 
     # --- idempotent sends -------------------------------------------------
     async def claim_sends(
-        self, claims: Sequence[tuple[int, str, str]], ttl: float
+        self, claims: Sequence[tuple[int, int, str, str]], ttl: float
     ) -> list[SendClaim | None]:
-        """For each (sender id, client_msg_id, message id): marks the send as
-        started with that message id for ``ttl`` seconds. None: this is the
-        first attempt; else what an earlier attempt left."""
+        """For each (owner id, sender id, client_msg_id, message id): marks the
+        send as started with that message id for ``ttl`` seconds. None: this
+        is the first attempt; else what an earlier attempt left. The owner is
+        the user whose keys hold the claim (the receiver of a private send,
+        the sender of a group send)."""
 
-    async def finish_sends(self, results: Sequence[tuple[int, str, bytes]], ttl: float) -> None:
-        """For each (sender id, client_msg_id, result): remembers the send's
-        result for ``ttl`` seconds."""
+    async def finish_sends(
+        self, results: Sequence[tuple[int, int, str, bytes]], ttl: float
+    ) -> None:
+        """For each (owner id, sender id, client_msg_id, result): remembers
+        the send's result for ``ttl`` seconds."""
 
     # --- token sessions: which session's tokens authorize (revocation) ----
     # One entry per user, apart from the session record: that one expires

@@ -113,11 +113,12 @@ class KeyLayout:
         """The session whose tokens are good (revocation; see Store.set_token_session)."""
         return f"{self.prefix}{self.user_tag(user_id)}:token_session"
 
-    def sent(self, user_id: int, client_msg_id: str) -> str:
-        """The claim, then the result, of one of the user's sends (idempotency
-        window). Named ``send:`` since its value carries a tag byte: a value
-        of the earlier ``sent:`` keys (untagged) is never misread."""
-        return f"{self.prefix}{self.user_tag(user_id)}:send:{client_msg_id}"
+    def sent(self, owner_id: int, sender_id: int, client_msg_id: str) -> str:
+        """The claim, then the result, of one send (idempotency window), under
+        the tag of ``owner_id``: the receiver of a private message (so the
+        inbox append claims it in the same script), the sender of a group
+        message. Named ``send:`` since its value carries a tag byte."""
+        return f"{self.prefix}{self.user_tag(owner_id)}:send:{sender_id}:{client_msg_id}"
 
     def user_keys(self, user_id: int) -> tuple[str, ...]:
         """Every per-user key of ``user_id`` (all in one cluster slot)."""

@@ -58,7 +58,8 @@ class MemoryStore:
         # user id -> (session whose tokens are good, expires at): see set_token_session.
         self._token_sessions: dict[int, tuple[str, float]] = {}
         self._inboxes: dict[int, _Inbox] = {}
-        self._sent: dict[tuple[int, str], tuple[SendClaim, float]] = {}
+        # (owner, sender, client_msg_id) -> (claim or result, expires at)
+        self._sent: dict[tuple[int, int, str], tuple[SendClaim, float]] = {}
 
     async def create_account(self, user_name: str, password_hash: str) -> tuple[Account, bool]:
         existing = self._by_name.get(user_name)
@@ -157,6 +158,15 @@ class MemoryStore:
         now = self._clock()
         appended = []
         for item in items:
+            if item.send is not None:
+                sender_id, client_msg_id = item.send
+                (earlier,) = await self.claim_sends(
+                    [(item.user_id, sender_id, client_msg_id, item.message_id)],
+                    retention.id_window,
+                )
+                if earlier is not None:
+                    appended.append(Appended(0, None, earlier))
+                    continue
             inbox = self._inboxes.setdefault(item.user_id, _Inbox())
             known = inbox.recent_ids.get(item.message_id)
             if known is not None:
@@ -190,25 +200,28 @@ class MemoryStore:
                 del inbox.entries[doomed]
 
     async def claim_sends(
-        self, claims: Sequence[tuple[int, str, str]], ttl: float
+        self, claims: Sequence[tuple[int, int, str, str]], ttl: float
     ) -> list[SendClaim | None]:
         now = self._clock()
         if len(self._sent) > 100_000:  # keep the window bounded: drop what expired
             self._sent = {k: v for k, v in self._sent.items() if v[1] > now}
         found: list[SendClaim | None] = []
-        for sender_id, client_msg_id, message_id in claims:
-            entry = self._sent.get((sender_id, client_msg_id))
+        for owner_id, sender_id, client_msg_id, message_id in claims:
+            key = (owner_id, sender_id, client_msg_id)
+            entry = self._sent.get(key)
             if entry is not None and entry[1] > now:
                 found.append(entry[0])
                 continue
-            self._sent[(sender_id, client_msg_id)] = (SendClaim(message_id, None), now + ttl)
+            self._sent[key] = (SendClaim(message_id, None), now + ttl)
             found.append(None)
         return found
 
-    async def finish_sends(self, results: Sequence[tuple[int, str, bytes]], ttl: float) -> None:
+    async def finish_sends(
+        self, results: Sequence[tuple[int, int, str, bytes]], ttl: float
+    ) -> None:
         expires_at = self._clock() + ttl
-        for sender_id, client_msg_id, result in results:
-            self._sent[(sender_id, client_msg_id)] = (SendClaim("", result), expires_at)
+        for owner_id, sender_id, client_msg_id, result in results:
+            self._sent[(owner_id, sender_id, client_msg_id)] = (SendClaim("", result), expires_at)
 
     # --- token sessions (revocation) -----------------------------------------
     async def set_token_session(self, user_id: int, session_id: str, ttl: float) -> bool:

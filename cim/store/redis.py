@@ -209,13 +209,23 @@ local function trim(meta, inbox, bodies, max_n, cutoff)
 end
 """
 
-# KEYS: inbox meta, inbox, bodies, ids, id seqs, session. ARGV: message id,
-# body (time + payload), now_ms, max_messages, max_age_ms, id_window_ms.
-# An id appended within the id window gets its seq back and is not appended
-# again. Returns the seq, then the session's fields as HMGET reads them.
+# KEYS: inbox meta, inbox, bodies, ids, id seqs, session[, send claim]. ARGV:
+# message id, body (time + payload), now_ms, max_messages, max_age_ms,
+# id_window_ms. With a send claim key, the send is claimed first (SET NX GET,
+# for the id window): if an earlier attempt holds it, returns {-1, its value}
+# and appends nothing. An id appended within the id window gets its seq back
+# and is not appended again. Returns the seq, then the session's fields as
+# HMGET reads them.
 _APPEND_INBOX = _lua(
     _TRIM
     + """
+if #KEYS >= 7 then
+  local earlier = redis.call('SET', KEYS[7], 'm' .. ARGV[1], 'NX', 'GET', 'PX',
+                             math.max(1, tonumber(ARGV[6])))
+  if earlier then
+    return {-1, earlier}
+  end
+end
 local id, now, window = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[6])
 local forget_before = now - window
 local seq = redis.call('HGET', KEYS[5], id)
@@ -339,6 +349,14 @@ def _bound_ms(seconds: float) -> int:
     if math.isnan(seconds):
         raise ValueError("a retention bound must be a number")
     return round(max(-_FOREVER_MS, min(_FOREVER_MS, seconds * 1000)))
+
+
+def _appended(item: InboxItem, row: Sequence[Any]) -> Appended:
+    if int(row[0]) == -1:  # the send was claimed before: nothing appended
+        # An unreadable claim: go ahead under this attempt's own id.
+        earlier = _send_claim(str(item.send), row[1]) or SendClaim(item.message_id, None)
+        return Appended(0, None, earlier)
+    return Appended(int(row[0]), _session(item.user_id, row[1:]))
 
 
 def _send_claim(name: str, found: Any) -> SendClaim | None:
@@ -792,6 +810,8 @@ class RedisStore:
                     self._keys.inbox_id_seqs(uid),
                     self._keys.session(uid),
                 ]
+                if item.send is not None:
+                    names.append(self._keys.sent(uid, *item.send))
                 self._queue(
                     pipe,
                     self._append_inbox,
@@ -801,12 +821,10 @@ class RedisStore:
 
         async with self._guard():
             # Rerunning the batch after a NOSCRIPT is safe: a message id already
-            # appended gets its seq back.
+            # appended gets its seq back (one that claimed its send finds its
+            # own claim, and its caller appends it again under that id).
             rows = await self._pipeline(build)
-        return [
-            Appended(int(row[0]), _session(item.user_id, row[1:]))
-            for item, row in zip(items, rows, strict=True)
-        ]
+        return [_appended(item, row) for item, row in zip(items, rows, strict=True)]
 
     async def read_inbox(
         self, user_id: int, after_seq: int, limit: int, retention: Retention
@@ -844,32 +862,32 @@ class RedisStore:
     # The key holds b"m" + the message id while the send runs, b"r" + its
     # result once finished.
     async def claim_sends(
-        self, claims: Sequence[tuple[int, str, str]], ttl: float
+        self, claims: Sequence[tuple[int, int, str, str]], ttl: float
     ) -> list[SendClaim | None]:
         if not claims:
             return []
         px = _ttl_ms(ttl)
-        names = [
-            self._keys.sent(sender_id, client_msg_id) for sender_id, client_msg_id, _ in claims
-        ]
+        names = [self._keys.sent(owner, sender, cmid) for owner, sender, cmid, _ in claims]
 
         def build(pipe: _Pipe) -> None:
             # SET NX GET: claims the key, or returns what is there, in one atomic step.
-            for name, (_, _, message_id) in zip(names, claims, strict=True):
+            for name, (_, _, _, message_id) in zip(names, claims, strict=True):
                 pipe.set(name, b"m" + message_id.encode(), nx=True, get=True, px=px)
 
         async with self._guard():
             found = await self._pipeline(build)
         return [_send_claim(name, value) for name, value in zip(names, found, strict=True)]
 
-    async def finish_sends(self, results: Sequence[tuple[int, str, bytes]], ttl: float) -> None:
+    async def finish_sends(
+        self, results: Sequence[tuple[int, int, str, bytes]], ttl: float
+    ) -> None:
         if not results:
             return
         px = _ttl_ms(ttl)
 
         def build(pipe: _Pipe) -> None:
-            for sender_id, client_msg_id, result in results:
-                pipe.set(self._keys.sent(sender_id, client_msg_id), b"r" + result, px=px)
+            for owner, sender, cmid, result in results:
+                pipe.set(self._keys.sent(owner, sender, cmid), b"r" + result, px=px)
 
         async with self._guard():
             await self._pipeline(build)

@@ -231,7 +231,8 @@ async def test_a_send_retried_after_a_route_crash_is_appended_once(rr, raw):
     bob = await rr.client("bob")
     store = _store(rr)
     retention = rr.embedded.route.config.retention
-    await store.claim_sends([(alice.user_id, "c-1", "01J0000000CRASHED0000")], 600)
+    # A private send's claim lives with its receiver's keys.
+    await store.claim_sends([(bob.user_id, alice.user_id, "c-1", "01J0000000CRASHED0000")], 600)
     crashed = common_pb2.ChatMessage(
         message_id="01J0000000CRASHED0000", sender_id=alice.user_id, text="once"
     )

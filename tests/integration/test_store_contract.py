@@ -251,21 +251,22 @@ async def test_a_retried_claim_of_the_same_session_succeeds(store: Store) -> Non
 
 
 async def test_a_send_is_claimed_once_and_its_result_remembered(store: Store) -> None:
-    first = await store.claim_sends([(1, "c1", "m1"), (2, "c1", "m3")], ttl=10)
+    first = await store.claim_sends([(1, 1, "c1", "m1"), (2, 2, "c1", "m3")], ttl=10)
     assert first == [None, None]  # first attempts go ahead; ids are per sender
     # A retry while the first is unfinished (or after it crashed) reuses its message id.
-    assert await store.claim_sends([(1, "c1", "m2")], ttl=10) == [SendClaim("m1", None)]
-    await store.finish_sends([(1, "c1", b"result")], ttl=10)
-    assert await store.claim_sends([(1, "c1", "m4")], ttl=10) == [SendClaim("", b"result")]
+    assert await store.claim_sends([(1, 1, "c1", "m2")], ttl=10) == [SendClaim("m1", None)]
+    assert await store.claim_sends([(5, 1, "c1", "m9")], ttl=10) == [None]  # another owner
+    await store.finish_sends([(1, 1, "c1", b"result")], ttl=10)
+    assert await store.claim_sends([(1, 1, "c1", "m4")], ttl=10) == [SendClaim("", b"result")]
     assert await store.claim_sends([], ttl=10) == []
     await store.finish_sends([], ttl=10)
 
 
 async def test_remembered_sends_expire(store: Store) -> None:
-    assert await store.claim_sends([(1, "c2", "m1")], ttl=0.2) == [None]
-    await store.finish_sends([(1, "c2", b"r")], ttl=0.2)
+    assert await store.claim_sends([(1, 1, "c2", "m1")], ttl=0.2) == [None]
+    await store.finish_sends([(1, 1, "c2", b"r")], ttl=0.2)
     await asyncio.sleep(0.3)
-    assert await store.claim_sends([(1, "c2", "m2")], ttl=10) == [None]
+    assert await store.claim_sends([(1, 1, "c2", "m2")], ttl=10) == [None]
 
 
 # --- inboxes ---------------------------------------------------------------------------------
@@ -399,3 +400,22 @@ async def test_a_token_session_is_revoked_only_by_its_own_id_and_expires(store: 
     await store.set_token_session(1, "s1", ttl=0.2)
     await asyncio.sleep(0.3)
     assert await store.get_token_session(1) is None
+
+
+async def test_an_append_with_a_send_claims_it_in_the_same_step(store: Store) -> None:
+    def sent(message_id: str) -> InboxItem:
+        return InboxItem(7, message_id, b"hi", send=(3, "c1"))
+
+    (first,) = await store.append_inbox([sent("m1")], KEEP_ALL)
+    assert (first.seq, first.earlier) == (1, None)
+    # A retry under a new id: nothing appended, the first attempt's id comes back.
+    (retry,) = await store.append_inbox([sent("m2")], KEEP_ALL)
+    assert (retry.seq, retry.earlier) == (0, SendClaim("m1", None))
+    assert [e.seq for e in (await store.read_inbox(7, 0, 10, KEEP_ALL)).entries] == [1]
+    # The claim is the receiver's: the same key a finish under that owner writes.
+    await store.finish_sends([(7, 3, "c1", b"done")], ttl=10)
+    (finished,) = await store.append_inbox([sent("m3")], KEEP_ALL)
+    assert finished.earlier == SendClaim("", b"done")
+    # Another sender's id of the same text is another send.
+    (other,) = await store.append_inbox([InboxItem(7, "m4", b"x", send=(4, "c1"))], KEEP_ALL)
+    assert (other.seq, other.earlier) == (2, None)
