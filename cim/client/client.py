@@ -75,7 +75,7 @@ class ClientEvent:
 # Pause before a send is retried (same client_msg_id) after a lost stream.
 SEND_RETRY_PAUSE = 0.1
 # How often acks go out (one cumulative ack for everything released since).
-ACK_INTERVAL = 0.2
+ACK_INTERVAL = 1.0
 # A gap in the seqs that lasts this long asks the server for a replay.
 GAP_WAIT = 1.0
 
