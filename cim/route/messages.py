@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # Accounts are never deleted: a set of known ids this big is cheap and sound.
 KNOWN_USERS_LIMIT = 1_000_000
+# Send results wait this long to be remembered together (a retry that comes
+# sooner finds the claim: same message id, same seq, no second message).
+REMEMBER_DELAY = 0.05
 # Group appends go to the store in slices of this many receivers.
 GROUP_APPEND_SLICE = 500
 MAX_PAGE = 1000
@@ -46,8 +49,10 @@ class MessageRouter:
         self._retention = config.retention
         self._ids = MessageIdGenerator()
         self._known_users: set[int] = set()
-        # Results being remembered for retries, off the sender's critical path.
-        self._remembering: set[asyncio.Task[None]] = set()
+        # Results to remember for retries: collected for REMEMBER_DELAY and
+        # written in one pipeline, off the sender's critical path.
+        self._unremembered: list[tuple[int, int, str, bytes]] = []
+        self._remembering: asyncio.Task[None] | None = None
 
     def _new_message(
         self, sender_id: int, sender_name: str, text: str, client_msg_id: str, message_id: str
@@ -235,16 +240,19 @@ class MessageRouter:
         ]
         if not results:
             return
-        task = asyncio.create_task(self._remember(results))
-        self._remembering.add(task)
-        task.add_done_callback(self._remembering.discard)
+        self._unremembered.extend(results)
+        if self._remembering is None:
+            self._remembering = asyncio.create_task(self._remember_soon())
 
     async def aclose(self) -> None:
-        """Waits for the results still being remembered."""
-        if self._remembering:
-            await asyncio.gather(*self._remembering, return_exceptions=True)
+        """Writes the results still waiting to be remembered."""
+        if self._remembering is not None:
+            await self._remembering
 
-    async def _remember(self, results: list[tuple[int, int, str, bytes]]) -> None:
+    async def _remember_soon(self) -> None:
+        await asyncio.sleep(REMEMBER_DELAY)
+        results, self._unremembered = self._unremembered, []
+        self._remembering = None
         try:
             await self._store.finish_sends(results, self._config.send_dedup_window)
         except CimError as exc:
