@@ -77,25 +77,36 @@ def bind(
     return bound
 
 
-def add_standard_services(server: grpc.aio.Server, service_names: Sequence[str]) -> Any:
+def add_standard_services(server: grpc.aio.Server, public: Sequence[str]) -> Any:
     """Health (serving, per service and overall) and reflection; returns the
-    health servicer so the caller can mark it NOT_SERVING when it drains."""
+    health servicer so the caller can mark it NOT_SERVING when it drains.
+
+    Reflection lists only the ``public`` services: the cluster-internal ones
+    are served on the same port, behind the cluster secret, but are not part
+    of the API a client discovers (health answers for them too, through
+    ``set_serving``)."""
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [
-            *service_names,
+            *public,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
         server,
-        pool=_MethodResolvingPool(descriptor_pool.Default()),
+        pool=_PublicPool(descriptor_pool.Default()),
     )
     return health_servicer
 
 
-class _MethodResolvingPool:
-    """The default descriptor pool, plus look-up of files by method name.
+# Reflection describes nothing of these: the cluster's own API is not public.
+INTERNAL_PACKAGE = "cim.internal."
+INTERNAL_FILES = "cim/proto/internal/"
+
+
+class _PublicPool:
+    """The default descriptor pool as reflection should see it: without the
+    cluster-internal package, and with look-up of files by method name.
 
     The upb protobuf runtime cannot find the file of a method symbol
     ("cim.v1.Route.Login"), so `grpcurl describe` of a method failed
@@ -105,7 +116,14 @@ class _MethodResolvingPool:
     def __init__(self, pool: Any) -> None:
         self._pool = pool
 
+    def FindFileByName(self, name: str) -> Any:
+        if name.startswith(INTERNAL_FILES):
+            raise KeyError(name)
+        return self._pool.FindFileByName(name)
+
     def FindFileContainingSymbol(self, symbol: str) -> Any:
+        if symbol.startswith(INTERNAL_PACKAGE):
+            raise KeyError(symbol)
         try:
             return self._pool.FindFileContainingSymbol(symbol)
         except KeyError:

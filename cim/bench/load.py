@@ -394,7 +394,7 @@ class PrivateBench:
             chat_pb2.ClientFrame(
                 send=chat_pb2.SendFrame(
                     correlation_id=tag,
-                    private=route_pb2.SendPrivateRequest(
+                    private=common_pb2.SendPrivateRequest(
                         receiver_id=receiver.user_id, text=text, client_msg_id=f"s{tag}"
                     ),
                 )
@@ -403,7 +403,7 @@ class PrivateBench:
 
     async def send_unary(self, sender: User, receiver: User, tag: int, text: str) -> None:
         reply = await self.population.route.SendPrivate(
-            route_pb2.SendPrivateRequest(
+            common_pb2.SendPrivateRequest(
                 receiver_id=receiver.user_id, text=text, client_msg_id=f"u{tag}"
             ),
             metadata=sender.metadata,
@@ -569,7 +569,7 @@ class GroupBench:
                 chat_pb2.ClientFrame(
                     send=chat_pb2.SendFrame(
                         correlation_id=n,
-                        group=route_pb2.SendGroupRequest(text=text, client_msg_id=f"g{n}"),
+                        group=common_pb2.SendGroupRequest(text=text, client_msg_id=f"g{n}"),
                     )
                 )
             )

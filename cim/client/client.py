@@ -131,7 +131,7 @@ class CimClient:
         self._gave_up = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnector: asyncio.Task[None] | None = None
-        self._pending: dict[int, asyncio.Future[route_pb2.SendResponse]] = {}
+        self._pending: dict[int, asyncio.Future[common_pb2.SendResponse]] = {}
         self._correlation = itertools.count(1)
         self._inbox: asyncio.Queue[common_pb2.ChatMessage | None] = asyncio.Queue()
         self._cursor = cursor or MemoryCursor()
@@ -262,19 +262,19 @@ class CimClient:
     # --- chatting -----------------------------------------------------------
     async def send_private(
         self, receiver_id: int, text: str, client_msg_id: str = ""
-    ) -> route_pb2.SendResponse:
+    ) -> common_pb2.SendResponse:
         """Sends over the stream; returns the message id and whether it was
         delivered or stored for an offline receiver."""
         frame = chat_pb2.SendFrame(
-            private=route_pb2.SendPrivateRequest(
+            private=common_pb2.SendPrivateRequest(
                 receiver_id=receiver_id, text=text, client_msg_id=client_msg_id
             )
         )
         return await self._send(frame)
 
-    async def send_group(self, text: str, client_msg_id: str = "") -> route_pb2.SendResponse:
+    async def send_group(self, text: str, client_msg_id: str = "") -> common_pb2.SendResponse:
         frame = chat_pb2.SendFrame(
-            group=route_pb2.SendGroupRequest(text=text, client_msg_id=client_msg_id)
+            group=common_pb2.SendGroupRequest(text=text, client_msg_id=client_msg_id)
         )
         return await self._send(frame)
 
@@ -292,7 +292,7 @@ class CimClient:
         while (message := await self._inbox.get()) is not None:
             yield message
 
-    async def _send(self, frame: chat_pb2.SendFrame) -> route_pb2.SendResponse:
+    async def _send(self, frame: chat_pb2.SendFrame) -> common_pb2.SendResponse:
         """Sends, retrying with the same client_msg_id while the stream is
         down or the result is lost: the route answers a retry with the first
         attempt's result, so a message is never delivered twice."""
@@ -300,7 +300,7 @@ class CimClient:
             raise FailedPrecondition("client is closed")
         conversation: tuple[str, object]
         if frame.WhichOneof("target") == "private":
-            request: route_pb2.SendPrivateRequest | route_pb2.SendGroupRequest = frame.private
+            request: common_pb2.SendPrivateRequest | common_pb2.SendGroupRequest = frame.private
             conversation = ("private", frame.private.receiver_id)
         else:
             request = frame.group
@@ -315,7 +315,7 @@ class CimClient:
             if not lock.locked():
                 self._conversations.pop(conversation, None)
 
-    async def _send_retrying(self, frame: chat_pb2.SendFrame) -> route_pb2.SendResponse:
+    async def _send_retrying(self, frame: chat_pb2.SendFrame) -> common_pb2.SendResponse:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.rpc_timeout
         while True:
@@ -326,7 +326,9 @@ class CimClient:
                     raise
             await asyncio.sleep(SEND_RETRY_PAUSE)
 
-    async def _send_once(self, frame: chat_pb2.SendFrame, timeout: float) -> route_pb2.SendResponse:
+    async def _send_once(
+        self, frame: chat_pb2.SendFrame, timeout: float
+    ) -> common_pb2.SendResponse:
         try:
             async with asyncio.timeout(timeout):
                 await self._connected.wait()
@@ -336,7 +338,7 @@ class CimClient:
         if conn is None:
             raise Unavailable("not connected to a chat server")
         frame.correlation_id = next(self._correlation)
-        future: asyncio.Future[route_pb2.SendResponse] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[common_pb2.SendResponse] = asyncio.get_running_loop().create_future()
         self._pending[frame.correlation_id] = future
         try:
             await conn.write(chat_pb2.ClientFrame(send=frame))

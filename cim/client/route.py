@@ -109,8 +109,8 @@ class RouteClient:
 
     async def send_private(
         self, receiver_id: int, text: str, client_msg_id: str = ""
-    ) -> route_pb2.SendResponse:
-        request = route_pb2.SendPrivateRequest(
+    ) -> common_pb2.SendResponse:
+        request = common_pb2.SendPrivateRequest(
             receiver_id=receiver_id, text=text, client_msg_id=client_msg_id
         )
         return await self._call(
@@ -118,8 +118,8 @@ class RouteClient:
             lambda stub: stub.SendPrivate(request, metadata=self._auth(), timeout=self._timeout),
         )
 
-    async def send_group(self, text: str, client_msg_id: str = "") -> route_pb2.SendResponse:
-        request = route_pb2.SendGroupRequest(text=text, client_msg_id=client_msg_id)
+    async def send_group(self, text: str, client_msg_id: str = "") -> common_pb2.SendResponse:
+        request = common_pb2.SendGroupRequest(text=text, client_msg_id=client_msg_id)
         return await self._call(
             "send",
             lambda stub: stub.SendGroup(request, metadata=self._auth(), timeout=self._timeout),

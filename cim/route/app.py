@@ -12,6 +12,7 @@ from cim.config import RouteConfig
 from cim.core.members import Member, MemberKind
 from cim.core.tokens import TokenSigner
 from cim.grpcutil import SecretCheck, add_standard_services, bind, new_server, set_serving
+from cim.proto.internal.v1 import route_internal_pb2, route_internal_pb2_grpc
 from cim.proto.v1 import route_pb2, route_pb2_grpc
 from cim.registry.base import Registry
 from cim.route.messages import MessageRouter
@@ -25,9 +26,9 @@ from cim.tls import warn_if_exposed
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = tuple(
-    route_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("Route", "RouteInternal")
-)
+PUBLIC_SERVICES = (route_pb2.DESCRIPTOR.services_by_name["Route"].full_name,)
+INTERNAL_SERVICES = (route_internal_pb2.DESCRIPTOR.services_by_name["RouteInternal"].full_name,)
+SERVICE_NAMES = PUBLIC_SERVICES + INTERNAL_SERVICES
 PROBE_INTERVAL = 2.0
 
 
@@ -65,13 +66,13 @@ class RouteApp:
         route_pb2_grpc.add_RouteServicer_to_server(
             RouteService(self.sessions, self.router, self.limits), server
         )
-        route_pb2_grpc.add_RouteInternalServicer_to_server(
+        route_internal_pb2_grpc.add_RouteInternalServicer_to_server(
             RouteInternalService(
                 self.sessions, self.router, SecretCheck(self.config.cluster_secrets)
             ),
             server,
         )
-        self._health = add_standard_services(server, SERVICE_NAMES)
+        self._health = add_standard_services(server, PUBLIC_SERVICES)
         warn_if_exposed(f"route {self.config.route_id}", self.config.host, self.tls)
         self.port = bind(
             server,

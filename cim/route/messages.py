@@ -20,7 +20,8 @@ from cim.config import RouteConfig
 from cim.core import validation
 from cim.core.ids import MessageIdGenerator, message_time_ms, new_trace_id
 from cim.errors import CimError, InvalidArgument, NotFound
-from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
+from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
+from cim.proto.v1 import common_pb2
 from cim.route.servers import ServerDirectory
 from cim.store.base import Appended, InboxItem, InboxPage, Store
 
@@ -38,7 +39,7 @@ DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
 STORED = common_pb2.DELIVERY_STATUS_STORED
 # For each send: the message id to use (a first attempt's, when this is a
 # retry of an unfinished one), or what a retry of a finished one gets.
-Claim = str | route_pb2.SendResponse | CimError
+Claim = str | common_pb2.SendResponse | CimError
 
 
 class MessageRouter:
@@ -71,20 +72,20 @@ class MessageRouter:
 
     # --- private ----------------------------------------------------------
     async def send_private(
-        self, sender_id: int, sender_name: str, request: route_pb2.SendPrivateRequest
-    ) -> route_pb2.SendResponse:
+        self, sender_id: int, sender_name: str, request: common_pb2.SendPrivateRequest
+    ) -> common_pb2.SendResponse:
         (outcome,) = await self._route_privates([(sender_id, sender_name, request)])
         if isinstance(outcome, CimError):
             raise outcome
         return outcome
 
     async def _route_privates(
-        self, batch: Sequence[tuple[int, str, route_pb2.SendPrivateRequest]]
-    ) -> list[route_pb2.SendResponse | CimError]:
+        self, batch: Sequence[tuple[int, str, common_pb2.SendPrivateRequest]]
+    ) -> list[common_pb2.SendResponse | CimError]:
         """Routes private messages together: one store round trip claims their
         sends, appends them (in order, so each sender's order holds) and
         finds their receivers' streams; then one push per chat server."""
-        outcomes: list[route_pb2.SendResponse | CimError] = []
+        outcomes: list[common_pb2.SendResponse | CimError] = []
         messages: list[common_pb2.ChatMessage | None] = []
         for sender_id, sender_name, request in batch:
             try:
@@ -100,7 +101,7 @@ class MessageRouter:
                 continue
             message.kind = common_pb2.MESSAGE_KIND_PRIVATE
             message.receiver_id = request.receiver_id
-            outcomes.append(route_pb2.SendResponse())
+            outcomes.append(common_pb2.SendResponse())
             messages.append(message)
         first_attempts = await self._route_messages(messages, outcomes)
         self._remember_later(
@@ -114,7 +115,7 @@ class MessageRouter:
     async def _route_messages(
         self,
         messages: list[common_pb2.ChatMessage | None],
-        outcomes: list[route_pb2.SendResponse | CimError],
+        outcomes: list[common_pb2.SendResponse | CimError],
     ) -> list[tuple[int, common_pb2.ChatMessage]]:
         """Claims, appends and pushes; returns the sends with a client_msg_id
         that this attempt made (their results are to be remembered)."""
@@ -139,13 +140,15 @@ class MessageRouter:
         except CimError as exc:
             _fail_all(messages, outcomes, exc)
             return []
-        pending: list[tuple[int, str, list[chat_pb2.Delivery]]] = []
+        pending: list[tuple[int, str, list[chat_internal_pb2.Delivery]]] = []
         for (index, message), stored in zip(routed, appended, strict=True):
             if stored is None:
                 continue  # a retry of a finished send: its result is the outcome
             message.seq = stored.seq
             if stored.session is not None and stored.session.connected:
-                parcel = [chat_pb2.Delivery(receiver_id=message.receiver_id, message=message)]
+                parcel = [
+                    chat_internal_pb2.Delivery(receiver_id=message.receiver_id, message=message)
+                ]
                 pending.append((index, stored.session.server_id, parcel))
         flags = await self._servers.deliver_many([(server, p) for _, server, p in pending])
         delivered = {index for (index, _, _), ok in zip(pending, flags, strict=True) if ok[0]}
@@ -154,7 +157,7 @@ class MessageRouter:
             if stored is None:
                 continue
             reached = index in delivered
-            outcomes[index] = route_pb2.SendResponse(
+            outcomes[index] = common_pb2.SendResponse(
                 message_id=message.message_id,
                 status=DELIVERED if reached else STORED,
                 recipients=1 if reached else 0,
@@ -168,7 +171,7 @@ class MessageRouter:
         self,
         routed: list[tuple[int, common_pb2.ChatMessage]],
         appended: list[Appended],
-        outcomes: list[route_pb2.SendResponse | CimError],
+        outcomes: list[common_pb2.SendResponse | CimError],
     ) -> list[Appended | None]:
         """Settles the sends an earlier attempt had claimed: a finished one
         answers with its result (None: nothing to push); an unfinished one
@@ -180,7 +183,7 @@ class MessageRouter:
             if stored.earlier is None:
                 continue
             if stored.earlier.result is not None:
-                outcomes[index] = route_pb2.SendResponse.FromString(stored.earlier.result)
+                outcomes[index] = common_pb2.SendResponse.FromString(stored.earlier.result)
                 settled[position] = None
                 continue
             message.message_id = stored.earlier.message_id
@@ -223,11 +226,11 @@ class MessageRouter:
         if earlier is None:
             return message_id
         if earlier.result is not None:
-            return route_pb2.SendResponse.FromString(earlier.result)
+            return common_pb2.SendResponse.FromString(earlier.result)
         return earlier.message_id
 
     def _remember_later(
-        self, sends: Sequence[tuple[int, int, str, route_pb2.SendResponse | CimError]]
+        self, sends: Sequence[tuple[int, int, str, common_pb2.SendResponse | CimError]]
     ) -> None:
         """Remembers the results of (owner, sender, client_msg_id, outcome)
         without making the sender wait: a retry that comes first finds the
@@ -236,7 +239,7 @@ class MessageRouter:
         results = [
             (owner, sender, client_msg_id, outcome.SerializeToString())
             for owner, sender, client_msg_id, outcome in sends
-            if isinstance(outcome, route_pb2.SendResponse) and outcome.message_id
+            if isinstance(outcome, common_pb2.SendResponse) and outcome.message_id
         ]
         if not results:
             return
@@ -274,8 +277,8 @@ class MessageRouter:
 
     # --- group ------------------------------------------------------------
     async def send_group(
-        self, sender_id: int, sender_name: str, request: route_pb2.SendGroupRequest
-    ) -> route_pb2.SendResponse:
+        self, sender_id: int, sender_name: str, request: common_pb2.SendGroupRequest
+    ) -> common_pb2.SendResponse:
         claim = await self._group_claim(sender_id, request.client_msg_id)
         if not isinstance(claim, str):
             if isinstance(claim, CimError):
@@ -290,9 +293,9 @@ class MessageRouter:
         self,
         sender_id: int,
         sender_name: str,
-        request: route_pb2.SendGroupRequest,
+        request: common_pb2.SendGroupRequest,
         message_id: str,
-    ) -> route_pb2.SendResponse:
+    ) -> common_pb2.SendResponse:
         message = self._new_message(
             sender_id, sender_name, request.text, request.client_msg_id, message_id
         )
@@ -309,7 +312,7 @@ class MessageRouter:
         for start in range(0, len(receivers), GROUP_APPEND_SLICE):
             some = receivers[start : start + GROUP_APPEND_SLICE]
             appended = await self._append(some, message)
-            by_server: dict[str, list[chat_pb2.Delivery]] = defaultdict(list)
+            by_server: dict[str, list[chat_internal_pb2.Delivery]] = defaultdict(list)
             for receiver, stored in zip(some, appended, strict=True):
                 if stored.session is None or not stored.session.connected:
                     continue  # gone since the walk: the inbox keeps it for them
@@ -317,13 +320,13 @@ class MessageRouter:
                 copy.CopyFrom(message)
                 copy.seq = stored.seq
                 by_server[stored.session.server_id].append(
-                    chat_pb2.Delivery(receiver_id=receiver, message=copy)
+                    chat_internal_pb2.Delivery(receiver_id=receiver, message=copy)
                 )
             pushes.append(
                 asyncio.ensure_future(self._servers.deliver_many(list(by_server.items())))
             )
         await asyncio.gather(*pushes)
-        return route_pb2.SendResponse(
+        return common_pb2.SendResponse(
             message_id=message.message_id,
             status=DELIVERED,
             recipients=len(receivers),
@@ -356,12 +359,12 @@ class MessageRouter:
 
     # --- batches from chat servers ----------------------------------------
     async def submit_batch(
-        self, items: Sequence[route_pb2.SubmittedMessage]
-    ) -> list[route_pb2.SubmitResult]:
+        self, items: Sequence[route_internal_pb2.SubmittedMessage]
+    ) -> list[route_internal_pb2.SubmitResult]:
         """Routes a batch in order: runs of private messages together, group
         messages one by one between them (so every sender's order holds)."""
-        results: list[route_pb2.SubmitResult] = []
-        run: list[tuple[int, str, route_pb2.SendPrivateRequest]] = []
+        results: list[route_internal_pb2.SubmitResult] = []
+        run: list[tuple[int, str, common_pb2.SendPrivateRequest]] = []
 
         async def flush() -> None:
             if run:
@@ -377,7 +380,7 @@ class MessageRouter:
             try:
                 if target != "group":
                     raise InvalidArgument("message has neither a private nor a group target")
-                outcome: route_pb2.SendResponse | CimError = await self.send_group(
+                outcome: common_pb2.SendResponse | CimError = await self.send_group(
                     item.sender_id, item.sender_name, item.group
                 )
             except CimError as exc:
@@ -389,7 +392,7 @@ class MessageRouter:
 
 def _fail_all(
     messages: list[common_pb2.ChatMessage | None],
-    outcomes: list[route_pb2.SendResponse | CimError],
+    outcomes: list[common_pb2.SendResponse | CimError],
     exc: CimError,
 ) -> None:
     for index, message in enumerate(messages):
@@ -398,12 +401,12 @@ def _fail_all(
             messages[index] = None
 
 
-def _result(outcome: route_pb2.SendResponse | CimError) -> route_pb2.SubmitResult:
+def _result(outcome: common_pb2.SendResponse | CimError) -> route_internal_pb2.SubmitResult:
     if isinstance(outcome, CimError):
-        return route_pb2.SubmitResult(
-            error=route_pb2.ItemError(code=outcome.code.value[0], message=outcome.message)
+        return route_internal_pb2.SubmitResult(
+            error=common_pb2.ItemError(code=outcome.code.value[0], message=outcome.message)
         )
-    return route_pb2.SubmitResult(ok=outcome)
+    return route_internal_pb2.SubmitResult(ok=outcome)
 
 
 def _inbox_item(message: common_pb2.ChatMessage, *, claim: bool) -> InboxItem:

@@ -14,13 +14,14 @@ from cim.core.coalesce import Coalescer
 from cim.core.members import Member, MemberKind
 from cim.errors import Unavailable
 from cim.grpcutil import secret_metadata
-from cim.proto.v1 import chat_pb2, chat_pb2_grpc, route_pb2
+from cim.proto.internal.v1 import chat_internal_pb2, chat_internal_pb2_grpc
+from cim.proto.v1 import common_pb2
 from cim.registry.base import Registry
 from cim.tls import Tls, open_channel
 
 log = logging.getLogger(__name__)
 
-Parcel = list[chat_pb2.Delivery]
+Parcel = list[chat_internal_pb2.Delivery]
 
 
 class ServerLink:
@@ -32,8 +33,10 @@ class ServerLink:
         self._metadata = secret_metadata(secret)
         self._timeout = timeout
         self._channel = open_channel(member.address, tls)
-        self.stub = chat_pb2_grpc.ChatStub(self._channel)
-        self._stream: BatchStream[chat_pb2.DeliverRequest, chat_pb2.DeliverResponse] = BatchStream(
+        self.stub = chat_internal_pb2_grpc.ChatInternalStub(self._channel)
+        self._stream: BatchStream[
+            chat_internal_pb2.DeliverRequest, chat_internal_pb2.DeliverResponse
+        ] = BatchStream(
             lambda: self.stub.DeliverStream(metadata=self._metadata),
             timeout,
             f"Deliver to {member.member_id}",
@@ -44,7 +47,7 @@ class ServerLink:
         return self._deliveries.enqueue(parcel)
 
     async def _send_parcels(self, parcels: list[Parcel]) -> list[list[bool]]:
-        request = chat_pb2.DeliverRequest(
+        request = chat_internal_pb2.DeliverRequest(
             deliveries=[delivery for parcel in parcels for delivery in parcel]
         )
         reply = await self._stream.call(request)
@@ -57,14 +60,15 @@ class ServerLink:
             start += len(parcel)
         return results
 
-    async def kick(self, kicks: Sequence[chat_pb2.Kick]) -> None:
-        await self.stub.Deliver(
-            chat_pb2.DeliverRequest(kicks=kicks), metadata=self._metadata, timeout=self._timeout
-        )
+    async def kick(self, kicks: Sequence[chat_internal_pb2.Kick]) -> None:
+        # Over the push stream: a kick never overtakes a push sent before it.
+        await self._stream.call(chat_internal_pb2.DeliverRequest(kicks=kicks))
 
-    async def presence(self, refs: Sequence[route_pb2.SessionRef], deadline: float) -> list[bool]:
+    async def presence(self, refs: Sequence[common_pb2.SessionRef], deadline: float) -> list[bool]:
         reply = await self.stub.Presence(
-            chat_pb2.PresenceRequest(sessions=refs), metadata=self._metadata, timeout=deadline
+            chat_internal_pb2.PresenceRequest(sessions=refs),
+            metadata=self._metadata,
+            timeout=deadline,
         )
         return list(reply.live)
 
@@ -175,8 +179,10 @@ class ServerDirectory:
         if link is None:
             return
         try:
-            await link.kick([chat_pb2.Kick(user_id=user_id, session_id=session_id, reason=reason)])
-        except grpc.aio.AioRpcError as exc:
+            await link.kick(
+                [chat_internal_pb2.Kick(user_id=user_id, session_id=session_id, reason=reason)]
+            )
+        except (grpc.aio.AioRpcError, Unavailable) as exc:
             log.warning("kick of user %s on %s failed: %s", user_id, server_id, _describe(exc))
 
     async def is_live(self, server_id: str, user_id: int, session_id: str) -> bool:
@@ -187,7 +193,7 @@ class ServerDirectory:
             return False
         try:
             flags = await link.presence(
-                [route_pb2.SessionRef(user_id=user_id, session_id=session_id)],
+                [common_pb2.SessionRef(user_id=user_id, session_id=session_id)],
                 self._probe_timeout,
             )
         except grpc.aio.AioRpcError as exc:

@@ -15,6 +15,7 @@ from cim.core.ratelimit import Clock, KeyedLimiter, describe_limit, peer_host
 from cim.core.tokens import TokenClaims
 from cim.errors import CimError, ResourceExhausted
 from cim.grpcutil import SecretCheck, bearer_token, refuse_stream, unary_edge
+from cim.proto.internal.v1 import route_internal_pb2, route_internal_pb2_grpc
 from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
 from cim.route.messages import MessageRouter
 from cim.route.sessions import SessionManager
@@ -132,16 +133,16 @@ class RouteService(route_pb2_grpc.RouteServicer):
 
     @unary_edge
     async def SendPrivate(
-        self, request: route_pb2.SendPrivateRequest, context: Context
-    ) -> route_pb2.SendResponse:
+        self, request: common_pb2.SendPrivateRequest, context: Context
+    ) -> common_pb2.SendResponse:
         caller = await self._caller(context)
         self._limits.message(caller.user_id)
         return await self._router.send_private(caller.user_id, caller.user_name, request)
 
     @unary_edge
     async def SendGroup(
-        self, request: route_pb2.SendGroupRequest, context: Context
-    ) -> route_pb2.SendResponse:
+        self, request: common_pb2.SendGroupRequest, context: Context
+    ) -> common_pb2.SendResponse:
         caller = await self._caller(context)
         self._limits.message(caller.user_id)
         return await self._router.send_group(caller.user_id, caller.user_name, request)
@@ -170,7 +171,7 @@ class RouteService(route_pb2_grpc.RouteServicer):
         return route_pb2.AckMessagesResponse()
 
 
-class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
+class RouteInternalService(route_internal_pb2_grpc.RouteInternalServicer):
     def __init__(
         self, sessions: SessionManager, router: MessageRouter, secret: SecretCheck
     ) -> None:
@@ -178,17 +179,11 @@ class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
         self._router = router
         self._secret = secret
 
-    @unary_edge
-    async def SubmitBatch(
-        self, request: route_pb2.SubmitBatchRequest, context: Context
-    ) -> route_pb2.SubmitBatchResponse:
-        self._secret.require(context)
-        results = await self._router.submit_batch(request.messages)
-        return route_pb2.SubmitBatchResponse(results=results)
-
     async def SubmitStream(
-        self, request_iterator: AsyncIterator[route_pb2.SubmitBatchRequest], context: Context
-    ) -> AsyncIterator[route_pb2.SubmitBatchResponse]:
+        self,
+        request_iterator: AsyncIterator[route_internal_pb2.SubmitBatchRequest],
+        context: Context,
+    ) -> AsyncIterator[route_internal_pb2.SubmitBatchResponse]:
         try:
             self._secret.require(context)
         except CimError as exc:
@@ -196,12 +191,12 @@ class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
             return
         async for request in request_iterator:  # in order: each sender's order holds
             results = await self._router.submit_batch(request.messages)
-            yield route_pb2.SubmitBatchResponse(results=results)
+            yield route_internal_pb2.SubmitBatchResponse(results=results)
 
     @unary_edge
     async def SessionConnected(
-        self, request: route_pb2.SessionConnectedRequest, context: Context
-    ) -> route_pb2.SessionConnectedResponse:
+        self, request: route_internal_pb2.SessionConnectedRequest, context: Context
+    ) -> route_internal_pb2.SessionConnectedResponse:
         self._secret.require(context)
         claims, _ = await self._sessions.connected(
             request.server_id, request.user_id, request.session_token
@@ -209,7 +204,7 @@ class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
         # The client holds everything up to last_seq: that is an ack. The
         # server replays the rest (Replay) once this answer is back.
         await self._router.ack([(claims.user_id, request.last_seq)])
-        return route_pb2.SessionConnectedResponse(
+        return route_internal_pb2.SessionConnectedResponse(
             user_id=claims.user_id,
             user_name=claims.user_name,
             session_id=claims.session_id,
@@ -218,34 +213,34 @@ class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
 
     @unary_edge
     async def SessionDisconnected(
-        self, request: route_pb2.SessionDisconnectedRequest, context: Context
-    ) -> route_pb2.SessionDisconnectedResponse:
+        self, request: route_internal_pb2.SessionDisconnectedRequest, context: Context
+    ) -> route_internal_pb2.SessionDisconnectedResponse:
         self._secret.require(context)
         cleared = await self._sessions.disconnected(
             request.server_id, request.user_id, request.session_id
         )
-        return route_pb2.SessionDisconnectedResponse(cleared=cleared)
+        return route_internal_pb2.SessionDisconnectedResponse(cleared=cleared)
 
     @unary_edge
     async def RefreshSessions(
-        self, request: route_pb2.RefreshSessionsRequest, context: Context
-    ) -> route_pb2.RefreshSessionsResponse:
+        self, request: route_internal_pb2.RefreshSessionsRequest, context: Context
+    ) -> route_internal_pb2.RefreshSessionsResponse:
         self._secret.require(context)
         refs = list(request.sessions)
         valid = await self._sessions.refresh([(ref.user_id, ref.session_id) for ref in refs])
-        return route_pb2.RefreshSessionsResponse(
+        return route_internal_pb2.RefreshSessionsResponse(
             invalid=[ref for ref, ok in zip(refs, valid, strict=True) if not ok],
             session_ttl_ms=self._sessions.session_ttl_ms,
         )
 
     @unary_edge
     async def Replay(
-        self, request: route_pb2.ReplayRequest, context: Context
-    ) -> route_pb2.ReplayResponse:
+        self, request: route_internal_pb2.ReplayRequest, context: Context
+    ) -> route_internal_pb2.ReplayResponse:
         self._secret.require(context)
         user_id = validation.check_user_id(request.user_id)
         messages, page = await self._router.read_inbox(user_id, request.after_seq, request.limit)
-        return route_pb2.ReplayResponse(
+        return route_internal_pb2.ReplayResponse(
             messages=messages,
             more=page.more,
             head_seq=page.head_seq,
@@ -253,8 +248,10 @@ class RouteInternalService(route_pb2_grpc.RouteInternalServicer):
         )
 
     @unary_edge
-    async def Ack(self, request: route_pb2.AckRequest, context: Context) -> route_pb2.AckResponse:
+    async def Ack(
+        self, request: route_internal_pb2.AckRequest, context: Context
+    ) -> route_internal_pb2.AckResponse:
         self._secret.require(context)
         acks = [(validation.check_user_id(ack.user_id), ack.seq) for ack in request.acks]
         await self._router.ack(acks)
-        return route_pb2.AckResponse()
+        return route_internal_pb2.AckResponse()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from cim.errors import CimError
-from cim.proto.v1 import route_pb2
+from cim.proto.internal.v1 import route_internal_pb2
 from cim.server.routes import RouteLinks
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,10 @@ class AckForwarder:
         if not self._pending:
             return
         taken, self._pending = self._pending, {}
-        request = route_pb2.AckRequest(
+        request = route_internal_pb2.AckRequest(
             server_id=self._server_id,
             acks=[
-                route_pb2.SessionAck(user_id=user_id, session_id=session_id, seq=seq)
+                route_internal_pb2.SessionAck(user_id=user_id, session_id=session_id, seq=seq)
                 for (user_id, session_id), seq in taken.items()
             ],
         )

@@ -17,10 +17,11 @@ from cim.core.liveness import idle_streams
 from cim.core.members import Member, MemberKind
 from cim.errors import CimError
 from cim.grpcutil import SecretCheck, add_standard_services, bind, new_server, set_serving
-from cim.proto.v1 import chat_pb2, chat_pb2_grpc, route_pb2
+from cim.proto.internal.v1 import chat_internal_pb2, chat_internal_pb2_grpc, route_internal_pb2
+from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2
 from cim.registry.base import Registry
 from cim.server.routes import RouteLinks
-from cim.server.service import ChatService
+from cim.server.service import ChatInternalService, ChatService
 from cim.server.streams import StreamTable, notice
 from cim.tls import describe as describe_tls
 from cim.tls import load as load_tls
@@ -28,7 +29,9 @@ from cim.tls import warn_if_exposed
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name,)
+PUBLIC_SERVICES = (chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name,)
+INTERNAL_SERVICES = (chat_internal_pb2.DESCRIPTOR.services_by_name["ChatInternal"].full_name,)
+SERVICE_NAMES = PUBLIC_SERVICES + INTERNAL_SERVICES
 
 
 class ChatServerApp:
@@ -43,9 +46,8 @@ class ChatServerApp:
         self.routes = RouteLinks(
             registry, config.server_id, config.cluster_secret, config.route_timeout, self.tls
         )
-        self.service = ChatService(
-            config, self.streams, self.routes, SecretCheck(config.cluster_secrets)
-        )
+        self.service = ChatService(config, self.streams, self.routes)
+        self.internal = ChatInternalService(self.streams, SecretCheck(config.cluster_secrets))
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
         self._member: Member | None = None
@@ -62,7 +64,8 @@ class ChatServerApp:
     async def start(self) -> None:
         server = new_server()
         chat_pb2_grpc.add_ChatServicer_to_server(self.service, server)
-        self._health = add_standard_services(server, SERVICE_NAMES)
+        chat_internal_pb2_grpc.add_ChatInternalServicer_to_server(self.internal, server)
+        self._health = add_standard_services(server, PUBLIC_SERVICES)
         warn_if_exposed(f"chat server {self.server_id}", self.config.host, self.tls)
         self.port = bind(
             server,
@@ -131,10 +134,10 @@ class ChatServerApp:
             await self.registry.update(self._member)
         if not live:
             return
-        request = route_pb2.RefreshSessionsRequest(
+        request = route_internal_pb2.RefreshSessionsRequest(
             server_id=self.server_id,
             sessions=[
-                route_pb2.SessionRef(user_id=s.user_id, session_id=s.session_id) for s in live
+                common_pb2.SessionRef(user_id=s.user_id, session_id=s.session_id) for s in live
             ],
             connections=len(live),
         )

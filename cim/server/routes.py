@@ -15,16 +15,18 @@ from cim.core.coalesce import Coalescer
 from cim.core.members import Member, MemberKind
 from cim.errors import CimError, Unavailable, from_rpc_error
 from cim.grpcutil import secret_metadata
-from cim.proto.v1 import route_pb2, route_pb2_grpc
+from cim.proto.internal.v1 import route_internal_pb2, route_internal_pb2_grpc
 from cim.registry.base import Registry
 from cim.tls import Tls, open_channel
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Call = Callable[[route_pb2_grpc.RouteInternalStub], Awaitable[T]]
+Call = Callable[[route_internal_pb2_grpc.RouteInternalStub], Awaitable[T]]
 
-SubmitStream = BatchStream[route_pb2.SubmitBatchRequest, route_pb2.SubmitBatchResponse]
+SubmitStream = BatchStream[
+    route_internal_pb2.SubmitBatchRequest, route_internal_pb2.SubmitBatchResponse
+]
 
 # Codes after which another route may well succeed.
 _FAILOVER = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -44,18 +46,20 @@ class RouteLinks:
         self._server_id = server_id
         self.metadata = secret_metadata(secret)
         self.timeout = timeout
-        self._channels: dict[str, tuple[grpc.aio.Channel, route_pb2_grpc.RouteInternalStub]] = {}
+        self._channels: dict[
+            str, tuple[grpc.aio.Channel, route_internal_pb2_grpc.RouteInternalStub]
+        ] = {}
         self._streams: dict[str, SubmitStream] = {}
         self._turn = itertools.count()
-        self.submissions: Coalescer[route_pb2.SubmittedMessage, route_pb2.SubmitResult] = Coalescer(
-            self._submit_batch
-        )
+        self.submissions: Coalescer[
+            route_internal_pb2.SubmittedMessage, route_internal_pb2.SubmitResult
+        ] = Coalescer(self._submit_batch)
 
-    def _stub(self, member: Member) -> route_pb2_grpc.RouteInternalStub:
+    def _stub(self, member: Member) -> route_internal_pb2_grpc.RouteInternalStub:
         entry = self._channels.get(member.address)
         if entry is None:
             channel = open_channel(member.address, self._tls)
-            entry = (channel, route_pb2_grpc.RouteInternalStub(channel))
+            entry = (channel, route_internal_pb2_grpc.RouteInternalStub(channel))
             self._channels[member.address] = entry
         return entry[1]
 
@@ -64,10 +68,10 @@ class RouteLinks:
         return await self._failover(what, lambda member: call(self._stub(member)))
 
     async def _submit_batch(
-        self, items: list[route_pb2.SubmittedMessage]
-    ) -> list[route_pb2.SubmitResult]:
+        self, items: list[route_internal_pb2.SubmittedMessage]
+    ) -> list[route_internal_pb2.SubmitResult]:
         """One batch over a route's submit stream (the next route's when one is unreachable)."""
-        request = route_pb2.SubmitBatchRequest(server_id=self._server_id, messages=items)
+        request = route_internal_pb2.SubmitBatchRequest(server_id=self._server_id, messages=items)
         reply = await self._failover(
             "SubmitBatch", lambda member: self._submit_stream(member).call(request)
         )

@@ -1,5 +1,5 @@
-"""The Chat servicer: the client stream (Connect) and the route-facing pushes
-(Deliver, Presence)."""
+"""The chat server's servicers: the client stream (``cim.v1.Chat.Connect``)
+and the route-facing pushes (``cim.internal.v1.ChatInternal``)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from cim.errors import (
     Unavailable,
 )
 from cim.grpcutil import SecretCheck, refuse_stream, unary_edge
-from cim.proto.v1 import chat_pb2, chat_pb2_grpc, route_pb2
+from cim.proto.internal.v1 import chat_internal_pb2, chat_internal_pb2_grpc, route_internal_pb2
+from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2
 from cim.server.acks import AckForwarder
 from cim.server.routes import RouteLinks
 from cim.server.streams import ClientStream, StreamTable, notice
@@ -46,13 +47,12 @@ def _error_notice(exc: CimError) -> chat_pb2.ServerFrame:
 
 
 class ChatService(chat_pb2_grpc.ChatServicer):
-    def __init__(
-        self, config: ServerConfig, streams: StreamTable, routes: RouteLinks, secret: SecretCheck
-    ) -> None:
+    """The client stream: login, heartbeat, sends, acks, replay and pushes."""
+
+    def __init__(self, config: ServerConfig, streams: StreamTable, routes: RouteLinks) -> None:
         self._config = config
         self._streams = streams
         self._routes = routes
-        self._secret = secret
         self._background: set[asyncio.Task[None]] = set()
         self.acks = AckForwarder(routes, config.server_id)
         # Refreshes must come well within the routes' session TTL, which
@@ -104,7 +104,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         stream.begin_replay()
         check = self._streams.begin_check(login.user_id)
         try:
-            request = route_pb2.SessionConnectedRequest(
+            request = route_internal_pb2.SessionConnectedRequest(
                 server_id=self._config.server_id,
                 user_id=login.user_id,
                 session_token=login.session_token,
@@ -179,7 +179,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     def _send(self, stream: ClientStream, send: chat_pb2.SendFrame) -> None:
         correlation_id = send.correlation_id
         target = send.WhichOneof("target")
-        item = route_pb2.SubmittedMessage(
+        item = route_internal_pb2.SubmittedMessage(
             sender_id=stream.user_id, session_id=stream.session_id, sender_name=stream.user_name
         )
         try:
@@ -214,7 +214,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         stream.outstanding_sends += 1
         future = self._routes.submissions.enqueue(item)
 
-        def answer(done: asyncio.Future[route_pb2.SubmitResult]) -> None:
+        def answer(done: asyncio.Future[route_internal_pb2.SubmitResult]) -> None:
             stream.outstanding_sends -= 1
             if done.cancelled():
                 return
@@ -271,8 +271,10 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 "replay failed",
             )
 
-    async def _replay_page(self, stream: ClientStream, after_seq: int) -> route_pb2.ReplayResponse:
-        request = route_pb2.ReplayRequest(
+    async def _replay_page(
+        self, stream: ClientStream, after_seq: int
+    ) -> route_internal_pb2.ReplayResponse:
+        request = route_internal_pb2.ReplayRequest(
             server_id=self._config.server_id,
             user_id=stream.user_id,
             session_id=stream.session_id,
@@ -290,7 +292,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         # Its last acks first: a login that follows the end of this session
         # then replays nothing the client already had.
         await self.acks.flush()
-        request = route_pb2.SessionDisconnectedRequest(
+        request = route_internal_pb2.SessionDisconnectedRequest(
             server_id=self._config.server_id,
             user_id=stream.user_id,
             session_id=stream.session_id,
@@ -316,17 +318,17 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    # --- route-facing -----------------------------------------------------
-    @unary_edge
-    async def Deliver(
-        self, request: chat_pb2.DeliverRequest, context: Context
-    ) -> chat_pb2.DeliverResponse:
-        self._secret.require(context)
-        return await self._deliver(request)
+
+class ChatInternalService(chat_internal_pb2_grpc.ChatInternalServicer):
+    """What routes call: pushes, kicks and presence for the streams held here."""
+
+    def __init__(self, streams: StreamTable, secret: SecretCheck) -> None:
+        self._streams = streams
+        self._secret = secret
 
     async def DeliverStream(
-        self, request_iterator: AsyncIterator[chat_pb2.DeliverRequest], context: Context
-    ) -> AsyncIterator[chat_pb2.DeliverResponse]:
+        self, request_iterator: AsyncIterator[chat_internal_pb2.DeliverRequest], context: Context
+    ) -> AsyncIterator[chat_internal_pb2.DeliverResponse]:
         try:
             self._secret.require(context)
         except CimError as exc:
@@ -335,7 +337,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         async for request in request_iterator:  # in order: pushes keep their order
             yield await self._deliver(request)
 
-    async def _deliver(self, request: chat_pb2.DeliverRequest) -> chat_pb2.DeliverResponse:
+    async def _deliver(
+        self, request: chat_internal_pb2.DeliverRequest
+    ) -> chat_internal_pb2.DeliverResponse:
         for kick in request.kicks:
             stream = self._streams.get(kick.user_id)
             if stream is not None and stream.session_id == kick.session_id:
@@ -349,12 +353,12 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 stream is not None
                 and stream.push_message(chat_pb2.ServerFrame(message=delivery.message))
             )
-        return chat_pb2.DeliverResponse(delivered=delivered)
+        return chat_internal_pb2.DeliverResponse(delivered=delivered)
 
     @unary_edge
     async def Presence(
-        self, request: chat_pb2.PresenceRequest, context: Context
-    ) -> chat_pb2.PresenceResponse:
+        self, request: chat_internal_pb2.PresenceRequest, context: Context
+    ) -> chat_internal_pb2.PresenceResponse:
         self._secret.require(context)
         live = []
         for ref in request.sessions:
@@ -362,7 +366,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             live.append(
                 stream is not None and not stream.closed and stream.session_id == ref.session_id
             )
-        return chat_pb2.PresenceResponse(live=live)
+        return chat_internal_pb2.PresenceResponse(live=live)
 
 
 def _replay_done(after_seq: int, head_seq: int, dropped: int) -> list[chat_pb2.ServerFrame]:
@@ -387,7 +391,7 @@ def _send_error(correlation_id: int, exc: CimError) -> chat_pb2.ServerFrame:
     return chat_pb2.ServerFrame(
         send_result=chat_pb2.SendResultFrame(
             correlation_id=correlation_id,
-            error=route_pb2.ItemError(code=exc.code.value[0], message=exc.message),
+            error=common_pb2.ItemError(code=exc.code.value[0], message=exc.message),
         )
     )
 

@@ -47,9 +47,10 @@ def listed(address: str) -> set[str]:
 
 def test_route_lists_its_services(dev: Dev) -> None:
     services = listed(dev.route_address)
-    assert {"cim.v1.Route", "cim.v1.RouteInternal", "grpc.health.v1.Health"} <= services
+    assert {"cim.v1.Route", "grpc.health.v1.Health"} <= services
     assert services & set(REFLECTION), services
-    assert "cim.v1.Chat" not in services
+    # Internal services are served (behind the cluster secret) but not listed.
+    assert not {s for s in services if "Internal" in s or s == "cim.v1.Chat"}, services
 
 
 def test_chat_servers_list_the_chat_service(dev: Dev) -> None:
@@ -57,6 +58,7 @@ def test_chat_servers_list_the_chat_service(dev: Dev) -> None:
         services = listed(dev.server_address(index))
         assert {"cim.v1.Chat", "grpc.health.v1.Health"} <= services
         assert services & set(REFLECTION), services
+        assert not {s for s in services if "Internal" in s}, services
         assert "cim.v1.Route" not in services
 
 
@@ -115,7 +117,7 @@ def test_unary_session_with_grpcurl(dev: Dev) -> None:
 
 def test_health_checks_say_serving(dev: Dev) -> None:
     assert grpcurl_json(dev.route_address, "grpc.health.v1.Health/Check") == {"status": "SERVING"}
-    for service in ("cim.v1.Route", "cim.v1.RouteInternal"):
+    for service in ("cim.v1.Route", "cim.internal.v1.RouteInternal"):
         reply = grpcurl_json(
             "-d", json.dumps({"service": service}), dev.route_address, "grpc.health.v1.Health/Check"
         )

@@ -19,6 +19,12 @@ import grpc
 import pytest
 
 from cim.grpcutil import secret_metadata, token_metadata
+from cim.proto.internal.v1 import (
+    chat_internal_pb2,
+    chat_internal_pb2_grpc,
+    route_internal_pb2,
+    route_internal_pb2_grpc,
+)
 from cim.proto.v1 import chat_pb2, chat_pb2_grpc, route_pb2, route_pb2_grpc
 from cim.testing import TestCluster, cluster, use_backends
 from cim.testing import fast_route_config as route_config
@@ -146,11 +152,36 @@ class Raw:
     def route(self, c: TestCluster) -> route_pb2_grpc.RouteStub:
         return route_pb2_grpc.RouteStub(self.channel(c.route_address))
 
-    def route_internal(self, c: TestCluster) -> route_pb2_grpc.RouteInternalStub:
-        return route_pb2_grpc.RouteInternalStub(self.channel(c.route_address))
+    def route_internal(self, c: TestCluster) -> route_internal_pb2_grpc.RouteInternalStub:
+        return route_internal_pb2_grpc.RouteInternalStub(self.channel(c.route_address))
 
     def chat(self, address: str) -> chat_pb2_grpc.ChatStub:
         return chat_pb2_grpc.ChatStub(self.channel(address))
+
+    def chat_internal(self, address: str) -> chat_internal_pb2_grpc.ChatInternalStub:
+        return chat_internal_pb2_grpc.ChatInternalStub(self.channel(address))
+
+    async def deliver(
+        self,
+        address: str,
+        request: chat_internal_pb2.DeliverRequest,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> chat_internal_pb2.DeliverResponse:
+        """One request over a fresh DeliverStream, as a route sends it; its answer."""
+        call = self.chat_internal(address).DeliverStream(
+            iter([request]), metadata=metadata, timeout=5
+        )
+        return await anext(aiter(call))
+
+    async def submit(
+        self,
+        c: TestCluster,
+        request: route_internal_pb2.SubmitBatchRequest,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> route_internal_pb2.SubmitBatchResponse:
+        """One batch over a fresh SubmitStream, as a chat server sends it; its answer."""
+        call = self.route_internal(c).SubmitStream(iter([request]), metadata=metadata, timeout=5)
+        return await anext(aiter(call))
 
     @staticmethod
     def secret(c: TestCluster) -> tuple[tuple[str, str], ...]:

@@ -10,6 +10,7 @@ import pytest
 
 from cim.client.client import CimClient, EventKind
 from cim.client.cursor import FileCursor
+from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 from cim.store.base import InboxItem
 from cim.testing import cluster, crash
@@ -56,7 +57,7 @@ async def test_replay_then_live_has_no_gap_while_messages_keep_coming(rr, raw):
 
     async def send(i: int) -> None:
         await raw.route(rr).SendPrivate(
-            route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=f"m{i}"),
+            common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=f"m{i}"),
             metadata=raw.auth(sender.session_token),
         )
 
@@ -92,7 +93,7 @@ async def test_acks_on_the_stream_trim_the_inbox(rr, raw, eventually):
     stream, _ = await raw.connect(bob)
     for text in ("a", "b", "c"):
         await raw.route(rr).SendPrivate(
-            route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=text),
+            common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=text),
             metadata=raw.auth(alice.session_token),
         )
     await stream.write(chat_pb2.ClientFrame(ack=chat_pb2.AckFrame(seq=2)))
@@ -108,7 +109,7 @@ async def test_an_ack_trims_only_the_acking_users_inbox(rr, raw, eventually):
     alice = await raw.login(rr, "alice")
     bob = await raw.login(rr, "bob")
     await raw.route(rr).SendPrivate(
-        route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="for bob"),
+        common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="for bob"),
         metadata=raw.auth(alice.session_token),
     )
     # Alice acks far ahead, on her stream and through the route: her own
@@ -130,7 +131,7 @@ async def test_unacked_messages_survive_a_server_crash(rr, raw):
     bob = await raw.login(rr, "bob")
     stream, _ = await raw.connect(bob)
     await raw.route(rr).SendPrivate(
-        route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="pushed, never acked"),
+        common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="pushed, never acked"),
         metadata=raw.auth(alice.session_token),
     )
     assert (await stream.read()).message.text == "pushed, never acked"
@@ -165,15 +166,17 @@ async def test_the_client_drops_duplicates_and_restores_order(rr, raw):
     bob = await rr.client("bob")
     server = next(s for s in rr.embedded.servers if s.server_id == bob.server.server_id)
 
-    def message(seq: int) -> chat_pb2.Delivery:
-        return chat_pb2.Delivery(
+    def message(seq: int) -> chat_internal_pb2.Delivery:
+        return chat_internal_pb2.Delivery(
             receiver_id=bob.user_id,
             message=common_pb2.ChatMessage(message_id=f"m{seq}", text=f"t{seq}", seq=seq),
         )
 
     for seq in (2, 1, 2, 1, 3):
-        await raw.chat(server.address).Deliver(
-            chat_pb2.DeliverRequest(deliveries=[message(seq)]), metadata=raw.secret(rr)
+        await raw.deliver(
+            server.address,
+            chat_internal_pb2.DeliverRequest(deliveries=[message(seq)]),
+            raw.secret(rr),
         )
     received = await _received(rr, bob, 3)
     assert [m.seq for m in received] == [1, 2, 3]
@@ -241,7 +244,7 @@ async def test_a_send_retried_after_a_route_crash_is_appended_once(rr, raw):
     )
 
     reply = await raw.route(rr).SendPrivate(
-        route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="once", client_msg_id="c-1"),
+        common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="once", client_msg_id="c-1"),
         metadata=raw.auth(alice.session_token),
     )
     assert reply.message_id == crashed.message_id
@@ -254,7 +257,8 @@ async def test_replay_and_ack_need_the_cluster_secret(rr, raw, fails):
     bob = await raw.login(rr, "bob")
     err = await fails(
         raw.route_internal(rr).Replay(
-            route_pb2.ReplayRequest(user_id=bob.user_id), metadata=raw.auth(bob.session_token)
+            route_internal_pb2.ReplayRequest(user_id=bob.user_id),
+            metadata=raw.auth(bob.session_token),
         )
     )
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -263,10 +267,13 @@ async def test_replay_and_ack_need_the_cluster_secret(rr, raw, fails):
 @pytest.mark.parametrize(
     "call",
     [
-        lambda stub, md: stub.Replay(route_pb2.ReplayRequest(user_id=0), metadata=md),
-        lambda stub, md: stub.Replay(route_pb2.ReplayRequest(user_id=1, limit=5000), metadata=md),
+        lambda stub, md: stub.Replay(route_internal_pb2.ReplayRequest(user_id=0), metadata=md),
+        lambda stub, md: stub.Replay(
+            route_internal_pb2.ReplayRequest(user_id=1, limit=5000), metadata=md
+        ),
         lambda stub, md: stub.Ack(
-            route_pb2.AckRequest(acks=[route_pb2.SessionAck(user_id=-3, seq=1)]), metadata=md
+            route_internal_pb2.AckRequest(acks=[route_internal_pb2.SessionAck(user_id=-3, seq=1)]),
+            metadata=md,
         ),
     ],
     ids=["replay-no-user", "replay-huge-page", "ack-bad-user"],
@@ -282,7 +289,7 @@ async def test_a_sync_replays_only_the_streams_own_inbox(rr, raw):
     alice = await raw.login(rr, "alice")
     bob = await raw.login(rr, "bob")
     await raw.route(rr).SendPrivate(
-        route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="bob's secret"),
+        common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="bob's secret"),
         metadata=raw.auth(alice.session_token),
     )
     stream, _ = await raw.connect(alice)

@@ -42,12 +42,12 @@ async def _file_containing(
     return await call.read()
 
 
-@pytest.mark.parametrize("service", ["", "cim.v1.Route", "cim.v1.RouteInternal"])
+@pytest.mark.parametrize("service", ["", "cim.v1.Route", "cim.internal.v1.RouteInternal"])
 async def test_route_reports_serving(rr, raw, service):
     assert await _check(raw, rr.route_address, service) == SERVING
 
 
-@pytest.mark.parametrize("service", ["", "cim.v1.Chat"])
+@pytest.mark.parametrize("service", ["", "cim.v1.Chat", "cim.internal.v1.ChatInternal"])
 async def test_chat_servers_report_serving(rr, raw, service):
     for server in rr.embedded.servers:
         assert await _check(raw, server.address, service) == SERVING
@@ -59,22 +59,36 @@ async def test_health_of_an_unknown_service_is_not_found(rr, raw, fails):
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_route_reflection_lists_its_services(rr, raw):
+async def test_route_reflection_lists_only_its_public_services(rr, raw):
     services = await _list_services(raw, rr.route_address)
-    assert {"cim.v1.Route", "cim.v1.RouteInternal", HEALTH, REFLECTION} <= services
-    assert "cim.v1.Chat" not in services
+    assert services == {"cim.v1.Route", HEALTH, REFLECTION}
 
 
-async def test_chat_server_reflection_lists_its_services(rr, raw):
+async def test_chat_server_reflection_lists_only_its_public_services(rr, raw):
     for server in rr.embedded.servers:
         services = await _list_services(raw, server.address)
-        assert {"cim.v1.Chat", HEALTH, REFLECTION} <= services
-        assert "cim.v1.Route" not in services
+        assert services == {"cim.v1.Chat", HEALTH, REFLECTION}
 
 
 @pytest.mark.parametrize(
     ("target", "symbol"),
-    [("route", "cim.v1.Route"), ("route", "cim.v1.RouteInternal"), ("server", "cim.v1.Chat")],
+    [
+        ("route", "cim.internal.v1.RouteInternal"),
+        ("route", "cim.internal.v1.SubmitBatchRequest"),
+        ("server", "cim.internal.v1.ChatInternal"),
+        ("server", "cim.internal.v1.ChatInternal.DeliverStream"),
+    ],
+)
+async def test_reflection_does_not_describe_internal_services(rr, raw, target, symbol):
+    address = rr.route_address if target == "route" else rr.embedded.servers[0].address
+    reply = await _file_containing(raw, address, symbol)
+    assert reply.WhichOneof("message_response") == "error_response", reply
+    assert reply.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+@pytest.mark.parametrize(
+    ("target", "symbol"),
+    [("route", "cim.v1.Route"), ("route", "cim.v1.Route.Login"), ("server", "cim.v1.Chat")],
 )
 async def test_reflection_serves_the_service_descriptors(rr, raw, target, symbol):
     address = rr.route_address if target == "route" else rr.embedded.servers[0].address

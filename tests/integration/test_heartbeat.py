@@ -11,6 +11,7 @@ import pytest
 from cim.client.client import ClientEvent
 from cim.config import ServerConfig
 from cim.core.liveness import HeartbeatPolicy
+from cim.proto.internal.v1 import chat_internal_pb2
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 from cim.testing import cluster
 from cim.testing import fast_route_config as route_config
@@ -85,7 +86,7 @@ async def test_evicted_users_messages_are_stored(fast, raw, eventually):
 
     await eventually(bob_offline, timeout=2.0)
     result = await raw.route(fast).SendPrivate(
-        route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="are you there?"),
+        common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="are you there?"),
         metadata=raw.auth(alice.session_token),
     )
     assert result.status == common_pb2.DELIVERY_STATUS_STORED
@@ -106,9 +107,9 @@ async def test_pinging_stream_outlives_the_idle_timeout(fast, raw):
 
     assert pongs >= 5
     assert await _online(raw, fast, login.session_token) == ["alice"]
-    presence = await raw.chat(login.server.address).Presence(
-        chat_pb2.PresenceRequest(
-            sessions=[route_pb2.SessionRef(user_id=login.user_id, session_id=login.session_id)]
+    presence = await raw.chat_internal(login.server.address).Presence(
+        chat_internal_pb2.PresenceRequest(
+            sessions=[common_pb2.SessionRef(user_id=login.user_id, session_id=login.session_id)]
         ),
         metadata=raw.secret(fast),
     )
@@ -126,7 +127,7 @@ async def test_sending_messages_also_counts_as_traffic(fast, raw):
             chat_pb2.ClientFrame(
                 send=chat_pb2.SendFrame(
                     correlation_id=correlation,
-                    private=route_pb2.SendPrivateRequest(receiver_id=login.user_id, text="me"),
+                    private=common_pb2.SendPrivateRequest(receiver_id=login.user_id, text="me"),
                 )
             )
         )

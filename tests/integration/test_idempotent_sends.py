@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from cim.proto.v1 import chat_pb2, route_pb2
+from cim.proto.v1 import chat_pb2, common_pb2
 
 
 async def _quiet(stream, seconds: float = 0.3) -> list:
@@ -23,7 +23,7 @@ async def test_a_retried_unary_send_returns_the_first_result_and_delivers_once(r
     alice = await raw.login(rr, "alice")
     bob = await raw.login(rr, "bob")
     bob_stream, _ = await raw.connect(bob)
-    request = route_pb2.SendPrivateRequest(
+    request = common_pb2.SendPrivateRequest(
         receiver_id=bob.user_id, text="once", client_msg_id="m-1"
     )
     first = await raw.route(rr).SendPrivate(request, metadata=raw.auth(alice.session_token))
@@ -44,7 +44,7 @@ async def test_a_retried_stream_send_is_delivered_once(rr, raw):
             chat_pb2.ClientFrame(
                 send=chat_pb2.SendFrame(
                     correlation_id=correlation,
-                    private=route_pb2.SendPrivateRequest(
+                    private=common_pb2.SendPrivateRequest(
                         receiver_id=bob.user_id, text="hi", client_msg_id="same"
                     ),
                 )
@@ -61,7 +61,7 @@ async def test_a_retried_group_send_is_delivered_once(rr, raw):
     alice = await raw.login(rr, "alice")
     bob = await raw.login(rr, "bob")
     bob_stream, _ = await raw.connect(bob)
-    request = route_pb2.SendGroupRequest(text="all", client_msg_id="g-1")
+    request = common_pb2.SendGroupRequest(text="all", client_msg_id="g-1")
     replies = [
         await raw.route(rr).SendGroup(request, metadata=raw.auth(alice.session_token))
         for _ in range(2)
@@ -79,21 +79,21 @@ async def test_ids_are_per_sender_and_a_failed_attempt_can_be_retried(rr, raw):
     bob_stream, _ = await raw.connect(bob)
     for sender in (alice, carol):  # the same id from two senders: two messages
         await raw.route(rr).SendPrivate(
-            route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="x", client_msg_id="dup"),
+            common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="x", client_msg_id="dup"),
             metadata=raw.auth(sender.session_token),
         )
     assert [(await bob_stream.read()).message.sender_id for _ in range(2)] == [
         alice.user_id,
         carol.user_id,
     ]
-    bad = route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=" ", client_msg_id="retry")
+    bad = common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=" ", client_msg_id="retry")
     auth = raw.auth(alice.session_token)
     for _ in range(2):  # refused twice: the failed attempt did not hold the id
         try:
             await raw.route(rr).SendPrivate(bad, metadata=auth)
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
-    good = route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="ok", client_msg_id="retry")
+    good = common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="ok", client_msg_id="retry")
     await raw.route(rr).SendPrivate(good, metadata=auth)
     assert (await bob_stream.read()).message.text == "ok"
 

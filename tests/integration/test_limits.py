@@ -22,8 +22,8 @@ REFILL = 0.6  # one token at RATE, with a margin
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def _private(receiver_id: int, text: str) -> route_pb2.SendPrivateRequest:
-    return route_pb2.SendPrivateRequest(receiver_id=receiver_id, text=text)
+def _private(receiver_id: int, text: str) -> common_pb2.SendPrivateRequest:
+    return common_pb2.SendPrivateRequest(receiver_id=receiver_id, text=text)
 
 
 async def _send_frames(stream: Any, receiver_id: int, texts: list[str]) -> dict[int, Any]:
@@ -68,7 +68,7 @@ async def test_unary_sends_over_the_rate_are_resource_exhausted(unary_limited, r
     assert "too many messages" in err.details() and "retry in" in err.details(), err.details()
     # Group sends share the user's budget.
     group = await fails(
-        stub.SendGroup(route_pb2.SendGroupRequest(text="all"), metadata=as_alice, timeout=5)
+        stub.SendGroup(common_pb2.SendGroupRequest(text="all"), metadata=as_alice, timeout=5)
     )
     assert group.code() == EXHAUSTED
 

@@ -199,7 +199,7 @@ async def test_login_takes_over_session_of_a_server_that_died_without_reporting(
 
     # Meanwhile a message for her cannot be delivered: it is kept.
     result = await raw.route(rr).SendPrivate(
-        route_pb2.SendPrivateRequest(receiver_id=login.user_id, text="while you were gone"),
+        common_pb2.SendPrivateRequest(receiver_id=login.user_id, text="while you were gone"),
         metadata=raw.auth(bob.session_token),
     )
     assert result.status == common_pb2.DELIVERY_STATUS_STORED

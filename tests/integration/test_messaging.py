@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from cim.errors import FailedPrecondition
-from cim.proto.v1 import common_pb2, route_pb2
+from cim.proto.v1 import common_pb2
 from cim.route.servers import ServerLink
 
 DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
@@ -172,7 +172,7 @@ async def test_group_message_to_unknown_group_is_invalid_argument(rr, raw, fails
     login = await raw.login(rr, "alice")
     err = await fails(
         raw.route(rr).SendGroup(
-            route_pb2.SendGroupRequest(text="hi", group_id="friends"),
+            common_pb2.SendGroupRequest(text="hi", group_id="friends"),
             metadata=raw.auth(login.session_token),
         )
     )
@@ -184,7 +184,7 @@ async def test_group_id_all_is_the_everyone_group(rr, raw):
     alice, bob = await _pair(rr)
     # The client library has no group_id parameter: send it raw with alice's token.
     result = await raw.route(rr).SendGroup(
-        route_pb2.SendGroupRequest(text="explicit all", group_id="all"),
+        common_pb2.SendGroupRequest(text="explicit all", group_id="all"),
         metadata=raw.auth(alice.route.token),
     )
     assert result.recipients == 1

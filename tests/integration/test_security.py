@@ -21,6 +21,7 @@ from cim.core.liveness import Backoff
 from cim.core.tokens import TokenSigner
 from cim.errors import Unauthenticated
 from cim.grpcutil import AUTHORIZATION, CLUSTER_SECRET, secret_metadata
+from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2, route_internal_pb2_grpc
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2, route_pb2_grpc
 from cim.registry.inprocess import InProcessRegistry
 from cim.route.app import RouteApp
@@ -35,8 +36,8 @@ UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.value[0]
 AUTHENTICATED_RPCS = {
     "Logout": lambda ids: route_pb2.LogoutRequest(),
     "ListOnlineUsers": lambda ids: route_pb2.ListOnlineUsersRequest(),
-    "SendPrivate": lambda ids: route_pb2.SendPrivateRequest(receiver_id=ids["bob"], text="hi"),
-    "SendGroup": lambda ids: route_pb2.SendGroupRequest(text="hi"),
+    "SendPrivate": lambda ids: common_pb2.SendPrivateRequest(receiver_id=ids["bob"], text="hi"),
+    "SendGroup": lambda ids: common_pb2.SendGroupRequest(text="hi"),
     "FetchOffline": lambda ids: route_pb2.FetchOfflineRequest(),
     "AckMessages": lambda ids: route_pb2.AckMessagesRequest(seq=1),
 }
@@ -182,7 +183,7 @@ async def test_identity_comes_from_the_token_only(rr, raw):
     bob = await raw.login(rr, "bob")
     stream, _ = await raw.connect(bob)
     await raw.route(rr).SendPrivate(
-        route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="from alice"),
+        common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="from alice"),
         metadata=raw.auth(alice.session_token),
     )
     frame = await stream.read()
@@ -261,35 +262,45 @@ WRONG_SECRETS = {
 }
 
 INTERNAL_RPCS = {
-    "SubmitBatch": route_pb2.SubmitBatchRequest(server_id="server-1"),
-    "SessionConnected": route_pb2.SessionConnectedRequest(server_id="server-1", user_id=1),
-    "SessionDisconnected": route_pb2.SessionDisconnectedRequest(server_id="server-1", user_id=1),
-    "RefreshSessions": route_pb2.RefreshSessionsRequest(server_id="server-1"),
-    "Replay": route_pb2.ReplayRequest(server_id="server-1", user_id=1),
-    "Ack": route_pb2.AckRequest(server_id="server-1"),
+    "SubmitStream": route_internal_pb2.SubmitBatchRequest(server_id="server-1"),
+    "SessionConnected": route_internal_pb2.SessionConnectedRequest(server_id="server-1", user_id=1),
+    "SessionDisconnected": route_internal_pb2.SessionDisconnectedRequest(
+        server_id="server-1", user_id=1
+    ),
+    "RefreshSessions": route_internal_pb2.RefreshSessionsRequest(server_id="server-1"),
+    "Replay": route_internal_pb2.ReplayRequest(server_id="server-1", user_id=1),
+    "Ack": route_internal_pb2.AckRequest(server_id="server-1"),
 }
 
 CHAT_INTERNAL_RPCS = {
-    "Deliver": chat_pb2.DeliverRequest(),
-    "Presence": chat_pb2.PresenceRequest(),
+    "DeliverStream": chat_internal_pb2.DeliverRequest(),
+    "Presence": chat_internal_pb2.PresenceRequest(),
 }
 
 
 @pytest.mark.parametrize("secret", WRONG_SECRETS.values(), ids=WRONG_SECRETS.keys())
 @pytest.mark.parametrize("rpc", INTERNAL_RPCS)
 async def test_route_internal_without_the_secret_is_permission_denied(rr, raw, fails, rpc, secret):
-    err = await fails(getattr(raw.route_internal(rr), rpc)(INTERNAL_RPCS[rpc], metadata=secret))
+    err = await fails(_route_internal_call(raw, rr, rpc, secret))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _route_internal_call(raw, rr, rpc, metadata):
+    if rpc == "SubmitStream":
+        return raw.submit(rr, INTERNAL_RPCS[rpc], metadata)
+    return getattr(raw.route_internal(rr), rpc)(INTERNAL_RPCS[rpc], metadata=metadata)
+
+
+def _chat_internal_call(raw, address, rpc, metadata):
+    if rpc == "DeliverStream":
+        return raw.deliver(address, CHAT_INTERNAL_RPCS[rpc], metadata)
+    return getattr(raw.chat_internal(address), rpc)(CHAT_INTERNAL_RPCS[rpc], metadata=metadata)
 
 
 @pytest.mark.parametrize("rpc", INTERNAL_RPCS)
 async def test_route_internal_does_not_accept_a_session_token(rr, raw, fails, rpc):
     login = await raw.login(rr, "alice")
-    err = await fails(
-        getattr(raw.route_internal(rr), rpc)(
-            INTERNAL_RPCS[rpc], metadata=raw.auth(login.session_token)
-        )
-    )
+    err = await fails(_route_internal_call(raw, rr, rpc, raw.auth(login.session_token)))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -299,24 +310,24 @@ async def test_route_internal_does_not_accept_a_session_token(rr, raw, fails, rp
 async def test_chat_internal_without_the_secret_is_permission_denied(
     rr, raw, fails, rpc, secret, server
 ):
-    stub = raw.chat(rr.embedded.servers[server].address)
-    err = await fails(getattr(stub, rpc)(CHAT_INTERNAL_RPCS[rpc], metadata=secret))
+    address = rr.embedded.servers[server].address
+    err = await fails(_chat_internal_call(raw, address, rpc, secret))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_deliver_without_the_secret_pushes_nothing(rr, raw, fails):
     bob = await raw.login(rr, "bob")
     stream, _ = await raw.connect(bob)
-    fake = chat_pb2.DeliverRequest(
+    fake = chat_internal_pb2.DeliverRequest(
         deliveries=[
-            chat_pb2.Delivery(
+            chat_internal_pb2.Delivery(
                 receiver_id=bob.user_id,
                 message=common_pb2.ChatMessage(sender_name="mallory", text="fake"),
             )
         ],
-        kicks=[chat_pb2.Kick(user_id=bob.user_id, session_id=bob.session_id)],
+        kicks=[chat_internal_pb2.Kick(user_id=bob.user_id, session_id=bob.session_id)],
     )
-    await fails(raw.chat(bob.server.address).Deliver(fake, metadata=WRONG_SECRETS["wrong"]))
+    await fails(raw.deliver(bob.server.address, fake, WRONG_SECRETS["wrong"]))
     await stream.ping(7)
     frame = await stream.read()
     assert frame.WhichOneof("frame") == "pong"  # no fake message, no kick
@@ -329,11 +340,11 @@ async def test_route_internal_with_the_secret_works(rr, raw):
     bob_stream, _ = await raw.connect(bob)
 
     refreshed = await stub.RefreshSessions(
-        route_pb2.RefreshSessionsRequest(
+        route_internal_pb2.RefreshSessionsRequest(
             server_id=bob.server.server_id,
             sessions=[
-                route_pb2.SessionRef(user_id=bob.user_id, session_id=bob.session_id),
-                route_pb2.SessionRef(user_id=bob.user_id, session_id="not-a-session"),
+                common_pb2.SessionRef(user_id=bob.user_id, session_id=bob.session_id),
+                common_pb2.SessionRef(user_id=bob.user_id, session_id="not-a-session"),
             ],
         ),
         metadata=secret,
@@ -342,20 +353,21 @@ async def test_route_internal_with_the_secret_works(rr, raw):
         (bob.user_id, "not-a-session")
     ]
 
-    submitted = await stub.SubmitBatch(
-        route_pb2.SubmitBatchRequest(
+    submitted = await raw.submit(
+        rr,
+        route_internal_pb2.SubmitBatchRequest(
             server_id=alice.server.server_id,
             messages=[
-                route_pb2.SubmittedMessage(
+                route_internal_pb2.SubmittedMessage(
                     sender_id=alice.user_id,
                     session_id=alice.session_id,
                     sender_name="alice",
-                    private=route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="batch"),
+                    private=common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="batch"),
                 ),
-                route_pb2.SubmittedMessage(
+                route_internal_pb2.SubmittedMessage(
                     sender_id=alice.user_id,
                     sender_name="alice",
-                    private=route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=""),
+                    private=common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=""),
                 ),
             ],
         ),
@@ -368,7 +380,7 @@ async def test_route_internal_with_the_secret_works(rr, raw):
     assert (frame.message.text, frame.message.sender_id) == ("batch", alice.user_id)
 
     disconnected = await stub.SessionDisconnected(
-        route_pb2.SessionDisconnectedRequest(
+        route_internal_pb2.SessionDisconnectedRequest(
             server_id=bob.server.server_id, user_id=bob.user_id, session_id="not-a-session"
         ),
         metadata=secret,
@@ -376,7 +388,7 @@ async def test_route_internal_with_the_secret_works(rr, raw):
     assert disconnected.cleared is False
 
     connected = await stub.SessionConnected(
-        route_pb2.SessionConnectedRequest(
+        route_internal_pb2.SessionConnectedRequest(
             server_id=alice.server.server_id,
             user_id=alice.user_id,
             session_token=alice.session_token,
@@ -395,7 +407,7 @@ async def test_session_connected_with_the_secret_still_checks_the_token(rr, raw,
     bob = await raw.login(rr, "bob")
     err = await fails(
         raw.route_internal(rr).SessionConnected(
-            route_pb2.SessionConnectedRequest(
+            route_internal_pb2.SessionConnectedRequest(
                 server_id=alice.server.server_id,
                 user_id=bob.user_id,
                 session_token=alice.session_token,
@@ -409,24 +421,25 @@ async def test_session_connected_with_the_secret_still_checks_the_token(rr, raw,
 async def test_chat_internal_with_the_secret_works(rr, raw):
     bob = await raw.login(rr, "bob")
     stream, _ = await raw.connect(bob)
-    chat, secret = raw.chat(bob.server.address), raw.secret(rr)
+    chat, secret = raw.chat_internal(bob.server.address), raw.secret(rr)
 
     presence = await chat.Presence(
-        chat_pb2.PresenceRequest(
+        chat_internal_pb2.PresenceRequest(
             sessions=[
-                route_pb2.SessionRef(user_id=bob.user_id, session_id=bob.session_id),
-                route_pb2.SessionRef(user_id=bob.user_id, session_id="other"),
-                route_pb2.SessionRef(user_id=bob.user_id + 100, session_id=bob.session_id),
+                common_pb2.SessionRef(user_id=bob.user_id, session_id=bob.session_id),
+                common_pb2.SessionRef(user_id=bob.user_id, session_id="other"),
+                common_pb2.SessionRef(user_id=bob.user_id + 100, session_id=bob.session_id),
             ]
         ),
         metadata=secret,
     )
     assert list(presence.live) == [True, False, False]
 
-    delivered = await chat.Deliver(
-        chat_pb2.DeliverRequest(
+    delivered = await raw.deliver(
+        bob.server.address,
+        chat_internal_pb2.DeliverRequest(
             deliveries=[
-                chat_pb2.Delivery(
+                chat_internal_pb2.Delivery(
                     receiver_id=bob.user_id,
                     message=common_pb2.ChatMessage(message_id="m-1", text="pushed"),
                 )
@@ -440,9 +453,9 @@ async def test_chat_internal_with_the_secret_works(rr, raw):
 
     # The other server does not hold bob.
     other = next(s for s in rr.embedded.servers if s.server_id != bob.server.server_id)
-    elsewhere = await raw.chat(other.address).Presence(
-        chat_pb2.PresenceRequest(
-            sessions=[route_pb2.SessionRef(user_id=bob.user_id, session_id=bob.session_id)]
+    elsewhere = await raw.chat_internal(other.address).Presence(
+        chat_internal_pb2.PresenceRequest(
+            sessions=[common_pb2.SessionRef(user_id=bob.user_id, session_id=bob.session_id)]
         ),
         metadata=secret,
     )
@@ -452,12 +465,13 @@ async def test_chat_internal_with_the_secret_works(rr, raw):
 async def test_deliver_kick_with_the_secret_ends_only_that_session(rr, raw):
     alice = await raw.login(rr, "alice")
     stream, _ = await raw.connect(alice)
-    chat, secret = raw.chat(alice.server.address), raw.secret(rr)
+    address, secret = alice.server.address, raw.secret(rr)
 
     # A kick naming another session of the user is ignored ...
-    await chat.Deliver(
-        chat_pb2.DeliverRequest(
-            kicks=[chat_pb2.Kick(user_id=alice.user_id, session_id="other", reason="no")]
+    await raw.deliver(
+        address,
+        chat_internal_pb2.DeliverRequest(
+            kicks=[chat_internal_pb2.Kick(user_id=alice.user_id, session_id="other", reason="no")]
         ),
         metadata=secret,
     )
@@ -465,9 +479,14 @@ async def test_deliver_kick_with_the_secret_ends_only_that_session(rr, raw):
     assert (await stream.read()).WhichOneof("frame") == "pong"
 
     # ... the one naming this session ends the stream with a KICKED notice.
-    await chat.Deliver(
-        chat_pb2.DeliverRequest(
-            kicks=[chat_pb2.Kick(user_id=alice.user_id, session_id=alice.session_id, reason="bye")]
+    await raw.deliver(
+        address,
+        chat_internal_pb2.DeliverRequest(
+            kicks=[
+                chat_internal_pb2.Kick(
+                    user_id=alice.user_id, session_id=alice.session_id, reason="bye"
+                )
+            ]
         ),
         metadata=secret,
     )
@@ -487,14 +506,15 @@ async def _stream_status(call: Any, request: Any) -> grpc.StatusCode:
 
 @pytest.mark.parametrize("secret", list(WRONG_SECRETS), ids=list(WRONG_SECRETS))
 async def test_internal_streams_without_the_secret_are_permission_denied(rr, raw, secret):
-    chat = raw.chat(rr.embedded.servers[0].address)
+    chat = raw.chat_internal(rr.embedded.servers[0].address)
     code = await _stream_status(
-        chat.DeliverStream(metadata=WRONG_SECRETS[secret]), chat_pb2.DeliverRequest()
+        chat.DeliverStream(metadata=WRONG_SECRETS[secret]), chat_internal_pb2.DeliverRequest()
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED
     internal = raw.route_internal(rr)
     code = await _stream_status(
-        internal.SubmitStream(metadata=WRONG_SECRETS[secret]), route_pb2.SubmitBatchRequest()
+        internal.SubmitStream(metadata=WRONG_SECRETS[secret]),
+        route_internal_pb2.SubmitBatchRequest(),
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED
 
@@ -506,12 +526,12 @@ async def test_internal_streams_with_the_secret_answer_each_batch_in_order(rr, r
     submit = raw.route_internal(rr).SubmitStream(metadata=raw.secret(rr))
     for text in ("one", "two"):
         await submit.write(
-            route_pb2.SubmitBatchRequest(
+            route_internal_pb2.SubmitBatchRequest(
                 messages=[
-                    route_pb2.SubmittedMessage(
+                    route_internal_pb2.SubmittedMessage(
                         sender_id=alice.user_id,
                         sender_name="alice",
-                        private=route_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=text),
+                        private=common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text=text),
                     )
                 ]
             )
@@ -770,18 +790,18 @@ async def test_cluster_secrets_rotate_without_downtime(raw, fails, eventually):
         await bob.send_private(alice.user_id, "to alice")
         assert (await TestCluster.next_message(alice)).text == "to alice"
 
-        refresh = route_pb2.RefreshSessionsRequest(server_id="server-1")
-        internal = route_pb2_grpc.RouteInternalStub(raw.channel(route.address))
+        refresh = route_internal_pb2.RefreshSessionsRequest(server_id="server-1")
+        internal = route_internal_pb2_grpc.RouteInternalStub(raw.channel(route.address))
         for secret in ("new", "old"):
             await internal.RefreshSessions(refresh, metadata=secret_metadata(secret))
         err = await fails(internal.RefreshSessions(refresh, metadata=secret_metadata("other")))
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
 
         await servers[2].start()  # rotated: "old" is refused
-        chat = raw.chat(servers[2].address)
-        await chat.Presence(chat_pb2.PresenceRequest(), metadata=secret_metadata("new"))
+        chat = raw.chat_internal(servers[2].address)
+        await chat.Presence(chat_internal_pb2.PresenceRequest(), metadata=secret_metadata("new"))
         err = await fails(
-            chat.Presence(chat_pb2.PresenceRequest(), metadata=secret_metadata("old"))
+            chat.Presence(chat_internal_pb2.PresenceRequest(), metadata=secret_metadata("old"))
         )
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from cim.config import ServerConfig
+from cim.proto.internal.v1 import route_internal_pb2
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 from cim.testing import cluster
 from cim.testing import fast_route_config as route_config
@@ -108,7 +109,7 @@ async def test_cancelled_stream_goes_offline(rr, raw, eventually):
 
     await eventually(alice_offline)
     result = await raw.route(rr).SendPrivate(
-        route_pb2.SendPrivateRequest(receiver_id=alice.user_id, text="gone?"),
+        common_pb2.SendPrivateRequest(receiver_id=alice.user_id, text="gone?"),
         metadata=raw.auth(bob.session_token),
     )
     assert result.status == common_pb2.DELIVERY_STATUS_STORED
@@ -125,7 +126,7 @@ async def test_send_result_echoes_the_correlation_id(rr, raw):
         chat_pb2.ClientFrame(
             send=chat_pb2.SendFrame(
                 correlation_id=4242,
-                private=route_pb2.SendPrivateRequest(receiver_id=bob_id, text="hi"),
+                private=common_pb2.SendPrivateRequest(receiver_id=bob_id, text="hi"),
             )
         )
     )
@@ -155,7 +156,7 @@ async def test_errors_of_a_send_come_back_with_their_correlation_id(rr, raw):
         chat_pb2.ClientFrame(
             send=chat_pb2.SendFrame(
                 correlation_id=99,
-                private=route_pb2.SendPrivateRequest(receiver_id=987654, text="hi"),
+                private=common_pb2.SendPrivateRequest(receiver_id=987654, text="hi"),
             )
         )
     )
@@ -210,7 +211,7 @@ async def test_reconnecting_with_the_same_token_replaces_the_old_stream(rr, raw)
     assert [f.notice.kind for f in frames] == [chat_pb2.Notice.KIND_KICKED]
     bob = await raw.login(rr, "bob")
     await raw.route(rr).SendPrivate(
-        route_pb2.SendPrivateRequest(receiver_id=alice.user_id, text="to the new stream"),
+        common_pb2.SendPrivateRequest(receiver_id=alice.user_id, text="to the new stream"),
         metadata=raw.auth(bob.session_token),
     )
     assert (await new.read()).message.text == "to the new stream"
@@ -227,7 +228,7 @@ async def test_refresh_closes_streams_whose_session_ended_elsewhere(raw):
         stream, _ = await raw.connect(alice)
         # The route forgets the session without telling the server (as after an expiry).
         cleared = await raw.route_internal(c).SessionDisconnected(
-            route_pb2.SessionDisconnectedRequest(
+            route_internal_pb2.SessionDisconnectedRequest(
                 server_id=alice.server.server_id,
                 user_id=alice.user_id,
                 session_id=alice.session_id,
@@ -271,7 +272,7 @@ async def test_a_stale_stream_of_a_moved_session_does_not_take_the_user_offline(
 
     assert await _online(raw, rr, bob.session_token) == ["alice"]
     result = await raw.route(rr).SendPrivate(
-        route_pb2.SendPrivateRequest(receiver_id=alice.user_id, text="to the live stream"),
+        common_pb2.SendPrivateRequest(receiver_id=alice.user_id, text="to the live stream"),
         metadata=raw.auth(bob.session_token),
     )
     assert result.status == common_pb2.DELIVERY_STATUS_DELIVERED

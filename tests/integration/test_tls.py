@@ -24,7 +24,13 @@ from cim.client.client import CimClient
 from cim.config import ServerConfig, TlsConfig
 from cim.errors import Unavailable
 from cim.grpcutil import secret_metadata
-from cim.proto.v1 import chat_pb2, chat_pb2_grpc, route_pb2, route_pb2_grpc
+from cim.proto.internal.v1 import (
+    chat_internal_pb2,
+    chat_internal_pb2_grpc,
+    route_internal_pb2,
+    route_internal_pb2_grpc,
+)
+from cim.proto.v1 import route_pb2, route_pb2_grpc
 from cim.testing import TestCluster, cluster
 from cim.testing import fast_route_config as route_config
 from cim.tls import TlsError, is_loopback
@@ -136,8 +142,8 @@ async def test_plaintext_callers_get_unavailable(certs: Certs) -> None:
         server_address = c.embedded.servers[0].address
         async with grpc.aio.insecure_channel(server_address) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await chat_pb2_grpc.ChatStub(channel).Presence(
-                    chat_pb2.PresenceRequest(), metadata=_secret(c), timeout=5
+                await chat_internal_pb2_grpc.ChatInternalStub(channel).Presence(
+                    chat_internal_pb2.PresenceRequest(), metadata=_secret(c), timeout=5
                 )
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         plain = CimClient("plain", "pw", c.client_config())
@@ -202,8 +208,8 @@ async def test_mutual_tls_refuses_callers_without_a_client_certificate(certs: Ce
             statuses = []
             async with secure_channel(c.route_address, ca, cert) as channel:
                 try:
-                    await route_pb2_grpc.RouteInternalStub(channel).RefreshSessions(
-                        route_pb2.RefreshSessionsRequest(server_id="server-1"),
+                    await route_internal_pb2_grpc.RouteInternalStub(channel).RefreshSessions(
+                        route_internal_pb2.RefreshSessionsRequest(server_id="server-1"),
                         metadata=_secret(c),
                         timeout=5,
                     )
@@ -212,8 +218,8 @@ async def test_mutual_tls_refuses_callers_without_a_client_certificate(certs: Ce
                     statuses.append(exc.code())
             async with secure_channel(server_address, ca, cert) as channel:
                 try:
-                    await chat_pb2_grpc.ChatStub(channel).Presence(
-                        chat_pb2.PresenceRequest(), metadata=_secret(c), timeout=5
+                    await chat_internal_pb2_grpc.ChatInternalStub(channel).Presence(
+                        chat_internal_pb2.PresenceRequest(), metadata=_secret(c), timeout=5
                     )
                     statuses.append(grpc.StatusCode.OK)
                 except grpc.aio.AioRpcError as exc:
@@ -246,8 +252,8 @@ async def test_mutual_tls_keeps_the_cluster_secret(certs: Certs) -> None:
         secure_channel(c.route_address, certs.pki.ca, certs.user) as channel,
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await route_pb2_grpc.RouteInternalStub(channel).RefreshSessions(
-                route_pb2.RefreshSessionsRequest(server_id="server-1"), timeout=5
+            await route_internal_pb2_grpc.RouteInternalStub(channel).RefreshSessions(
+                route_internal_pb2.RefreshSessionsRequest(server_id="server-1"), timeout=5
             )
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 

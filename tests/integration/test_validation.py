@@ -7,7 +7,7 @@ import pytest
 
 from cim.config import ServerConfig
 from cim.errors import InvalidArgument, NotFound
-from cim.proto.v1 import common_pb2, route_pb2
+from cim.proto.v1 import common_pb2
 from cim.testing import cluster
 from cim.testing import fast_route_config as route_config
 
@@ -93,7 +93,7 @@ async def test_bad_text_status_on_the_unary_path(small, raw, fails, text):
     bob_id = await raw.register(small, "bob")
     err = await fails(
         raw.route(small).SendPrivate(
-            route_pb2.SendPrivateRequest(receiver_id=bob_id, text=text),
+            common_pb2.SendPrivateRequest(receiver_id=bob_id, text=text),
             metadata=raw.auth(alice.session_token),
         )
     )
@@ -131,10 +131,12 @@ async def test_receiver_status_codes_on_the_unary_path(small, raw, fails):
     alice = await raw.login(small, "alice")
     stub, auth = raw.route(small), raw.auth(alice.session_token)
     unknown = await fails(
-        stub.SendPrivate(route_pb2.SendPrivateRequest(receiver_id=424242, text="hi"), metadata=auth)
+        stub.SendPrivate(
+            common_pb2.SendPrivateRequest(receiver_id=424242, text="hi"), metadata=auth
+        )
     )
     zero = await fails(
-        stub.SendPrivate(route_pb2.SendPrivateRequest(receiver_id=0, text="hi"), metadata=auth)
+        stub.SendPrivate(common_pb2.SendPrivateRequest(receiver_id=0, text="hi"), metadata=auth)
     )
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
     assert zero.code() == grpc.StatusCode.INVALID_ARGUMENT
