@@ -1,5 +1,6 @@
-"""The gRPC edge shared by every cim process: options, auth metadata, errors,
-health and reflection."""
+"""The gRPC edge shared by every cim process: options, service registration
+(with a guard for requests that do not decode), auth metadata, errors, health
+and reflection."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ import contextlib
 import functools
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cim.errors import CimError, PermissionDenied, Unauthenticated
+from cim.errors import CimError, InvalidArgument, PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -233,3 +236,116 @@ async def refuse_stream(
                     break
     context.set_code(error.code)
     context.set_details(error.message)
+
+
+# --- services: registration with a decoding guard ---------------------------------
+
+
+class Malformed:
+    """What a request that does not decode becomes: the handler's guard
+    answers INVALID_ARGUMENT for it instead of gRPC's UNKNOWN and traceback."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
+class Throttled:
+    """One warning line per ``interval`` at most, counting what it held back:
+    a peer sending garbage in a loop must not flood the log."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._next = 0.0
+        self._held = 0
+
+    def warning(self, message: str) -> None:
+        now = self._clock()
+        if now < self._next:
+            self._held += 1
+            return
+        held, self._held = self._held, 0
+        self._next = now + self._interval
+        log.warning("%s%s", message, f" ({held} more since the last report)" if held else "")
+
+
+_malformed_log = Throttled()
+
+
+def _lenient(message_class: Any, method: str) -> Callable[[bytes], Any]:
+    parse = message_class.FromString
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # DecodeError, or invalid UTF-8 in a string field
+            reason = str(exc) or type(exc).__name__
+            _malformed_log.warning(f"malformed request to {method}: {reason}")
+            return Malformed(f"malformed request to {method}: {reason}")
+
+    return deserialize
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, Malformed):
+            raise InvalidArgument(request.what)
+        yield request
+
+
+def _guard_unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.what)
+        return await behaviour(request, context)
+
+    return guarded
+
+
+def _guard_stream(
+    behaviour: Callable[..., AsyncIterator[Any]],
+) -> Callable[..., AsyncIterator[Any]]:
+    async def guarded(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in behaviour(_checked(requests), context):
+                yield response
+        except CimError as exc:  # a malformed request, or a handler's own refusal
+            context.set_code(exc.code)
+            context.set_details(exc.message)
+
+    return guarded
+
+
+def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
+    """Serves ``servicer`` as ``service`` (what the generated
+    ``add_XServicer_to_server`` does), with a guard on every method: a request
+    that does not decode answers INVALID_ARGUMENT, with one throttled log line
+    and no traceback, before any handler (or auth check) runs. Unary and
+    bidi-streaming methods only (cim has no other kind)."""
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        deserialize = _lenient(request_class, f"/{service.full_name}/{method.name}")
+        serialize = response_class.SerializeToString
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _guard_stream(behaviour), deserialize, serialize
+            )
+        elif not method.client_streaming and not method.server_streaming:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _guard_unary(behaviour), deserialize, serialize
+            )
+        else:
+            raise ValueError(
+                f"{method.full_name}: only unary and bidi-streaming methods are served"
+            )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)

@@ -11,9 +11,16 @@ import grpc
 from cim.config import RouteConfig
 from cim.core.members import Member, MemberKind
 from cim.core.tokens import TokenSigner
-from cim.grpcutil import SecretCheck, add_standard_services, bind, new_server, set_serving
-from cim.proto.internal.v1 import route_internal_pb2, route_internal_pb2_grpc
-from cim.proto.v1 import route_pb2, route_pb2_grpc
+from cim.grpcutil import (
+    SecretCheck,
+    add_service,
+    add_standard_services,
+    bind,
+    new_server,
+    set_serving,
+)
+from cim.proto.internal.v1 import route_internal_pb2
+from cim.proto.v1 import route_pb2
 from cim.registry.base import Registry
 from cim.route.messages import MessageRouter
 from cim.route.servers import ServerDirectory
@@ -26,8 +33,10 @@ from cim.tls import warn_if_exposed
 
 log = logging.getLogger(__name__)
 
-PUBLIC_SERVICES = (route_pb2.DESCRIPTOR.services_by_name["Route"].full_name,)
-INTERNAL_SERVICES = (route_internal_pb2.DESCRIPTOR.services_by_name["RouteInternal"].full_name,)
+ROUTE = route_pb2.DESCRIPTOR.services_by_name["Route"]
+ROUTE_INTERNAL = route_internal_pb2.DESCRIPTOR.services_by_name["RouteInternal"]
+PUBLIC_SERVICES = (ROUTE.full_name,)
+INTERNAL_SERVICES = (ROUTE_INTERNAL.full_name,)
 SERVICE_NAMES = PUBLIC_SERVICES + INTERNAL_SERVICES
 PROBE_INTERVAL = 2.0
 
@@ -63,14 +72,13 @@ class RouteApp:
 
     async def start(self) -> None:
         server = new_server()
-        route_pb2_grpc.add_RouteServicer_to_server(
-            RouteService(self.sessions, self.router, self.limits), server
-        )
-        route_internal_pb2_grpc.add_RouteInternalServicer_to_server(
+        add_service(server, RouteService(self.sessions, self.router, self.limits), ROUTE)
+        add_service(
+            server,
             RouteInternalService(
                 self.sessions, self.router, SecretCheck(self.config.cluster_secrets)
             ),
-            server,
+            ROUTE_INTERNAL,
         )
         self._health = add_standard_services(server, PUBLIC_SERVICES)
         warn_if_exposed(f"route {self.config.route_id}", self.config.host, self.tls)

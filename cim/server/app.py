@@ -16,9 +16,16 @@ from cim.config import ServerConfig
 from cim.core.liveness import idle_streams
 from cim.core.members import Member, MemberKind
 from cim.errors import CimError
-from cim.grpcutil import SecretCheck, add_standard_services, bind, new_server, set_serving
-from cim.proto.internal.v1 import chat_internal_pb2, chat_internal_pb2_grpc, route_internal_pb2
-from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2
+from cim.grpcutil import (
+    SecretCheck,
+    add_service,
+    add_standard_services,
+    bind,
+    new_server,
+    set_serving,
+)
+from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
+from cim.proto.v1 import chat_pb2, common_pb2
 from cim.registry.base import Registry
 from cim.server.routes import RouteLinks
 from cim.server.service import ChatInternalService, ChatService
@@ -29,8 +36,10 @@ from cim.tls import warn_if_exposed
 
 log = logging.getLogger(__name__)
 
-PUBLIC_SERVICES = (chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name,)
-INTERNAL_SERVICES = (chat_internal_pb2.DESCRIPTOR.services_by_name["ChatInternal"].full_name,)
+CHAT = chat_pb2.DESCRIPTOR.services_by_name["Chat"]
+CHAT_INTERNAL = chat_internal_pb2.DESCRIPTOR.services_by_name["ChatInternal"]
+PUBLIC_SERVICES = (CHAT.full_name,)
+INTERNAL_SERVICES = (CHAT_INTERNAL.full_name,)
 SERVICE_NAMES = PUBLIC_SERVICES + INTERNAL_SERVICES
 
 
@@ -63,8 +72,8 @@ class ChatServerApp:
 
     async def start(self) -> None:
         server = new_server()
-        chat_pb2_grpc.add_ChatServicer_to_server(self.service, server)
-        chat_internal_pb2_grpc.add_ChatInternalServicer_to_server(self.internal, server)
+        add_service(server, self.service, CHAT)
+        add_service(server, self.internal, CHAT_INTERNAL)
         self._health = add_standard_services(server, PUBLIC_SERVICES)
         warn_if_exposed(f"chat server {self.server_id}", self.config.host, self.tls)
         self.port = bind(
