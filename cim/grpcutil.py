@@ -19,6 +19,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cim.core import limits
 from cim.errors import CimError, InvalidArgument, PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -242,8 +243,9 @@ async def refuse_stream(
 
 
 class Malformed:
-    """What a request that does not decode becomes: the handler's guard
-    answers INVALID_ARGUMENT for it instead of gRPC's UNKNOWN and traceback."""
+    """What a request that does not decode, or holds a field over its limit
+    (``cim.core.limits``), becomes: the handler's guard answers
+    INVALID_ARGUMENT for it instead of gRPC's UNKNOWN and traceback."""
 
     __slots__ = ("what",)
 
@@ -276,14 +278,21 @@ _malformed_log = Throttled()
 
 def _lenient(message_class: Any, method: str) -> Callable[[bytes], Any]:
     parse = message_class.FromString
+    limits.plan(message_class.DESCRIPTOR)  # built now, not on the first request
 
     def deserialize(data: bytes) -> Any:
         try:
-            return parse(data)
+            message = parse(data)
         except Exception as exc:  # DecodeError, or invalid UTF-8 in a string field
             reason = str(exc) or type(exc).__name__
             _malformed_log.warning(f"malformed request to {method}: {reason}")
             return Malformed(f"malformed request to {method}: {reason}")
+        try:
+            limits.check(message, len(data))
+        except InvalidArgument as exc:
+            _malformed_log.warning(f"oversized request to {method}: {exc.message}")
+            return Malformed(f"request to {method} too large: {exc.message}")
+        return message
 
     return deserialize
 
