@@ -8,13 +8,14 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import importlib.resources
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -110,26 +111,31 @@ INTERNAL_FILES = "cim/proto/internal/"
 
 class _PublicPool:
     """The default descriptor pool as reflection should see it: without the
-    cluster-internal package, and with look-up of files by method name.
+    cluster-internal package, with the protos' comments, and with look-up of
+    files by method name.
 
-    The upb protobuf runtime cannot find the file of a method symbol
-    ("cim.v1.Route.Login"), so `grpcurl describe` of a method failed
-    (grpc/grpc#34743); resolve it through the method's service.
+    Generated code carries no comments, so the public files come from the
+    descriptor set ``scripts/gen_protos.sh`` writes with source info
+    (``cim/proto/v1/described.binpb``): grpcurl describe then shows who may
+    call what and how it fails. The upb protobuf runtime cannot find the
+    file of a method symbol ("cim.v1.Route.Login"), so `grpcurl describe` of
+    a method failed (grpc/grpc#34743); resolve it through the method's service.
     """
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
+        self._sources: dict[str, descriptor_pb2.FileDescriptorProto] | None = None
 
     def FindFileByName(self, name: str) -> Any:
         if name.startswith(INTERNAL_FILES):
             raise KeyError(name)
-        return self._pool.FindFileByName(name)
+        return self._described(self._pool.FindFileByName(name))
 
     def FindFileContainingSymbol(self, symbol: str) -> Any:
         if symbol.startswith(INTERNAL_PACKAGE):
             raise KeyError(symbol)
         try:
-            return self._pool.FindFileContainingSymbol(symbol)
+            return self._described(self._pool.FindFileContainingSymbol(symbol))
         except KeyError:
             service_name, _, method = symbol.rpartition(".")
             try:
@@ -138,10 +144,46 @@ class _PublicPool:
                 raise KeyError(symbol) from None
             if method not in service.methods_by_name:
                 raise KeyError(symbol) from None
-            return service.file
+            return self._described(service.file)
+
+    def _described(self, file: Any) -> _DescribedFile:
+        if self._sources is None:
+            self._sources = _load_sources()
+        return _DescribedFile(file, self._sources)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
+
+
+class _DescribedFile:
+    """A file descriptor that copies itself with its comments, where the
+    described set has them (reflection reads only these three members)."""
+
+    def __init__(self, file: Any, sources: dict[str, descriptor_pb2.FileDescriptorProto]) -> None:
+        self._file = file
+        self._sources = sources
+        self.name: str = file.name
+
+    @property
+    def dependencies(self) -> list[_DescribedFile]:
+        return [_DescribedFile(d, self._sources) for d in self._file.dependencies]
+
+    def CopyToProto(self, proto: descriptor_pb2.FileDescriptorProto) -> None:
+        source = self._sources.get(self.name)
+        if source is None:
+            self._file.CopyToProto(proto)
+        else:
+            proto.CopyFrom(source)
+
+
+def _load_sources() -> dict[str, descriptor_pb2.FileDescriptorProto]:
+    described = importlib.resources.files("cim.proto") / "v1" / "described.binpb"
+    try:
+        files = descriptor_pb2.FileDescriptorSet.FromString(described.read_bytes()).file
+    except OSError:
+        log.warning("no %s: reflection serves the protos without comments", described)
+        return {}
+    return {file.name: file for file in files}
 
 
 async def set_serving(health_servicer: Any, service_names: Sequence[str], serving: bool) -> None:

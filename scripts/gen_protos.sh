@@ -10,12 +10,19 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 export PATH="$(dirname "$PYTHON"):$PATH"  # protoc-gen-mypy lives beside the interpreter
 out=cim/proto
-rm -f "$out"/v1/*_pb2*.py "$out"/v1/*_pb2*.pyi "$out"/internal/v1/*_pb2*.py "$out"/internal/v1/*_pb2*.pyi
+rm -f "$out"/v1/*_pb2*.py "$out"/v1/*_pb2*.pyi "$out"/v1/described.binpb "$out"/internal/v1/*_pb2*.py "$out"/internal/v1/*_pb2*.pyi
 mkdir -p "$out/v1" "$out/internal/v1"
 "$PYTHON" -m grpc_tools.protoc \
   -Icim/proto=protos \
   --python_out=. --grpc_python_out=. \
   --mypy_out=. --mypy_grpc_out=. \
   protos/v1/*.proto protos/internal/v1/*.proto
+# The public protos with their comments, for server reflection (grpcurl
+# describe shows them); generated code carries no comments.
+"$PYTHON" -m grpc_tools.protoc \
+  -Icim/proto=protos \
+  --include_source_info \
+  --descriptor_set_out="$out/v1/described.binpb" \
+  protos/v1/*.proto
 touch "$out/__init__.py" "$out/v1/__init__.py" "$out/internal/__init__.py" "$out/internal/v1/__init__.py"
 echo "generated: $(ls "$out"/v1/*_pb2*.py "$out"/internal/v1/*_pb2*.py | tr '\n' ' ')"

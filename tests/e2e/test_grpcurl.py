@@ -68,12 +68,16 @@ def test_describe_the_route_service(dev: Dev) -> None:
     assert "rpc Login ( .cim.v1.LoginRequest ) returns ( .cim.v1.LoginResponse );" in out
     out = grpcurl_ok(dev.route_address, "describe", "cim.v1.LoginRequest")
     assert "cim.v1.LoginRequest is a message:" in out
-    assert "string user_name = 1;" in out
+    # Each field's limit, and the comments, reach grpcurl users.
+    assert "string user_name = 1 [(.cim.v1.max_size) = 128];" in out
+    assert "// Instead of the password, after a lost connection" in out
 
 
 def test_describe_a_method(dev: Dev) -> None:
     out = grpcurl_ok(dev.route_address, "describe", "cim.v1.Route.Login")
     assert "cim.v1.Route.Login is a method:" in out
+    # The proto's comment reaches grpcurl users through reflection.
+    assert "Checks the account, picks a chat server" in out
     assert "rpc Login ( .cim.v1.LoginRequest ) returns ( .cim.v1.LoginResponse );" in out
 
 
@@ -81,23 +85,25 @@ def test_unary_session_with_grpcurl(dev: Dev) -> None:
     route = dev.route_address
     credentials = json.dumps({"user_name": "gina", "password": "pw"})
 
+    # grpcurl prints fields in protobuf's JSON form (lowerCamelCase), as for
+    # any server whose reflection carries full descriptors; it reads both forms.
     registered = grpcurl_json("-d", credentials, route, "cim.v1.Route/Register")
-    assert registered["user_name"] == "gina"
+    assert registered["userName"] == "gina"
     assert registered["created"] is True
-    user_id = registered["user_id"]  # int64: a JSON string
+    user_id = registered["userId"]  # int64: a JSON string
 
     login = grpcurl_json("-d", credentials, route, "cim.v1.Route/Login")
-    assert login["user_id"] == user_id
+    assert login["userId"] == user_id
     assert login["server"]["address"] in {dev.server_address(i) for i in range(2)}
-    token = login["session_token"]
+    token = login["sessionToken"]
     assert token
 
     auth = f"authorization: Bearer {token}"
     sent = grpcurl_json(
         "-H", auth, "-d", json.dumps({"text": "hi from grpcurl"}), route, "cim.v1.Route/SendGroup"
     )
-    assert sent["message_id"]
-    assert int(sent["server_time_ms"]) > 0
+    assert sent["messageId"]
+    assert int(sent["serverTimeMs"]) > 0
 
     online = grpcurl_json("-H", auth, "-d", "{}", route, "cim.v1.Route/ListOnlineUsers")
     assert isinstance(online.get("users", []), list)

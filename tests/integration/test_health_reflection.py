@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -111,3 +112,21 @@ async def test_draining_server_turns_not_serving(rr, raw):
         watch.cancel()
     # The other server keeps serving.
     assert await _check(raw, rr.embedded.servers[1].address, "cim.v1.Chat") == SERVING
+
+
+async def test_reflection_serves_the_protos_comments(rr, raw):
+    """So that grpcurl describe shows who may call what and how it fails."""
+    reply = await _file_containing(raw, rr.route_address, "cim.v1.Route")
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(data)
+        for data in reply.file_descriptor_response.file_descriptor_proto
+    ]
+    route = next(f for f in files if f.name == "cim/proto/v1/route.proto")
+    comments = " ".join(
+        location.leading_comments + " ".join(location.leading_detached_comments)
+        for location in route.source_code_info.location
+    )
+    assert "Who may call" in comments
+    assert "Creates an account" in comments  # Register's own comment
+    common = next(f for f in files if f.name == "cim/proto/v1/common.proto")
+    assert common.source_code_info.location
