@@ -15,6 +15,8 @@ Servers raise these; the gRPC edge (``cim.grpcutil``) turns them into a status
 with their message. Clients turn a status back into the matching class with
 :func:`from_rpc_error`, so callers catch ``cim.errors.NotFound``, never grpc's
 types. Anything else escaping a servicer is a bug and becomes INTERNAL.
+One item of a batch (a send result on a stream) carries its error as a
+``common_pb2.ItemError``: :func:`to_item` and :func:`from_item` map it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 import grpc
+
+from cim.proto.v1 import common_pb2
 
 
 class CimError(Exception):
@@ -106,6 +110,16 @@ def error_for_code(code: grpc.StatusCode, message: str) -> CimError:
 def error_for_number(number: int, message: str) -> CimError:
     """Same as :func:`error_for_code` for the numeric code carried in protobuf messages."""
     return error_for_code(_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN), message)
+
+
+def to_item(exc: CimError) -> common_pb2.ItemError:
+    """The protobuf form of ``exc`` for one item of a batch (a send result on a stream)."""
+    return common_pb2.ItemError(code=exc.code.value[0], message=exc.message)
+
+
+def from_item(item: common_pb2.ItemError) -> CimError:
+    """The cim error an ItemError stands for (the inverse of :func:`to_item`)."""
+    return error_for_number(item.code, item.message)
 
 
 def from_rpc_error(exc: grpc.RpcError) -> CimError:
