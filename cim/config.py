@@ -169,10 +169,6 @@ class RouteConfig:
         return self.cluster_secrets[0]
 
     @property
-    def advertised_address(self) -> str:
-        return f"{self.advertise_host or self.host}:{self.port}"
-
-    @property
     def retention(self) -> Retention:
         return Retention(self.inbox_max_messages, self.inbox_max_age, self.send_dedup_window)
 
@@ -212,10 +208,6 @@ class ServerConfig:
     def cluster_secret(self) -> str:
         """The secret this process sends on its internal calls."""
         return self.cluster_secrets[0]
-
-    @property
-    def advertised_address(self) -> str:
-        return f"{self.advertise_host or self.host}:{self.port}"
 
 
 @dataclass(frozen=True)

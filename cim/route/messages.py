@@ -7,6 +7,13 @@ they have one. A push that does not arrive costs nothing: the client sees
 the gap in its seqs (or reconnects) and the chat server replays from the
 inbox. Acks trim the inbox. Both send paths end here: the unary Route RPCs
 and the batches chat servers submit for messages sent on Chat streams.
+
+A batch of private sends moves as one :class:`PrivateSend` record per send
+through the steps (build, check receivers, append and claim, settle retries,
+push, answer), each step acting on the records still in flight, so the
+batch costs one store round trip and one push per chat server. Sends come
+to an :data:`Outcome`: their ``SendResponse`` or the ``CimError`` that
+refused them; the servicers turn those into protobuf results.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from cim.config import RouteConfig
 from cim.core import validation
@@ -22,8 +30,8 @@ from cim.core.ids import MessageIdGenerator, message_time_ms, new_trace_id
 from cim.errors import CimError, InvalidArgument, NotFound
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import common_pb2
-from cim.route.servers import ServerDirectory
-from cim.store.base import Appended, InboxItem, InboxPage, Store
+from cim.route.servers import Parcel, ServerDirectory
+from cim.store.base import Appended, InboxItem, InboxPage, SessionRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +45,131 @@ GROUP_APPEND_SLICE = 500
 MAX_PAGE = 1000
 DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
 STORED = common_pb2.DELIVERY_STATUS_STORED
-# For each send: the message id to use (a first attempt's, when this is a
-# retry of an unfinished one), or what a retry of a finished one gets.
-Claim = str | common_pb2.SendResponse | CimError
+# What a send comes to: its response, or the error that refused it.
+Outcome = common_pb2.SendResponse | CimError
+
+
+@dataclass(eq=False)
+class PrivateSend:
+    """One private send on its way through the router. It is in flight until
+    ``outcome`` is set: by a refusal, by an earlier attempt's remembered
+    result, or by :meth:`answer` once this attempt appended and pushed it."""
+
+    sender_id: int
+    sender_name: str
+    request: common_pb2.SendPrivateRequest
+    # Built from the request; gets its seq from the append, and an earlier
+    # attempt's id when this is a retry of an unfinished send.
+    message: common_pb2.ChatMessage = field(default_factory=common_pb2.ChatMessage)
+    # The receiver's session as the append read it (None: not logged in).
+    session: SessionRecord | None = None
+    outcome: Outcome | None = None
+    # The outcome is an earlier attempt's: nothing to push, nothing to remember.
+    answered_before: bool = False
+
+    @property
+    def in_flight(self) -> bool:
+        return self.outcome is None
+
+    def fail(self, exc: CimError) -> None:
+        self.outcome = exc
+
+    def answer_as_before(self, result: bytes) -> None:
+        """Settles a retry of a finished send with that send's result."""
+        self.outcome = common_pb2.SendResponse.FromString(result)
+        self.answered_before = True
+
+    def reuse(self, message_id: str) -> None:
+        """Takes an unfinished earlier attempt's message id (and so its time):
+        appended again, it gets that attempt's seq, never a second message."""
+        self.message.message_id = message_id
+        self.message.server_time_ms = message_time_ms(message_id)
+
+    def appended(self, stored: Appended) -> None:
+        self.message.seq = stored.seq
+        self.session = stored.session
+
+    def inbox_item(self, *, claim: bool) -> InboxItem:
+        """The message for its receiver's inbox; with ``claim``, the append
+        also claims the send (when it has a client_msg_id)."""
+        message = self.message
+        send = (
+            (message.sender_id, message.client_msg_id) if claim and message.client_msg_id else None
+        )
+        return InboxItem(message.receiver_id, message.message_id, message.SerializeToString(), send)
+
+    def parcel(self) -> tuple[str, Parcel] | None:
+        """The push to the receiver's chat server, if they have a stream."""
+        if self.session is None or not self.session.connected:
+            return None
+        delivery = chat_internal_pb2.Delivery(
+            receiver_id=self.message.receiver_id, message=self.message
+        )
+        return self.session.server_id, [delivery]
+
+    def answer(self, delivered: bool) -> None:
+        """Settles a send this attempt appended (and pushed, if ``delivered``)."""
+        self.outcome = common_pb2.SendResponse(
+            message_id=self.message.message_id,
+            status=DELIVERED if delivered else STORED,
+            recipients=1 if delivered else 0,
+            server_time_ms=self.message.server_time_ms,
+        )
+
+    @property
+    def result(self) -> Outcome:
+        if self.outcome is None:
+            raise RuntimeError("a private send left the router unsettled")
+        return self.outcome
+
+    @property
+    def to_remember(self) -> common_pb2.SendResponse | None:
+        """The result to remember for retries: this attempt's response to a
+        send with a client_msg_id."""
+        outcome = self.outcome
+        if (
+            isinstance(outcome, common_pb2.SendResponse)
+            and not self.answered_before
+            and self.message.client_msg_id
+        ):
+            return outcome
+        return None
+
+
+def settle_claims(sends: Sequence[PrivateSend], appended: Sequence[Appended]) -> list[PrivateSend]:
+    """Takes each send's claiming append. A send an earlier attempt claimed
+    was not appended: a finished one answers with its result; an unfinished
+    one (its route may have crashed) takes its message id and is returned,
+    to be appended again without a claim."""
+    again = []
+    for send, stored in zip(sends, appended, strict=True):
+        earlier = stored.earlier
+        if earlier is None:
+            send.appended(stored)
+        elif earlier.result is not None:
+            send.answer_as_before(earlier.result)
+        else:
+            send.reuse(earlier.message_id)
+            again.append(send)
+    return again
+
+
+def group_parcels(
+    message: common_pb2.ChatMessage, receivers: Sequence[int], appended: Sequence[Appended]
+) -> list[tuple[str, Parcel]]:
+    """The pushes of one group message to the receivers with a stream, one
+    parcel per chat server, each copy under its receiver's seq."""
+    by_server: dict[str, Parcel] = defaultdict(list)
+    for receiver, stored in zip(receivers, appended, strict=True):
+        if stored.session is None or not stored.session.connected:
+            continue  # gone since the walk: the inbox keeps it for them
+        copy = common_pb2.ChatMessage()
+        copy.CopyFrom(message)
+        copy.seq = stored.seq
+        by_server[stored.session.server_id].append(
+            chat_internal_pb2.Delivery(receiver_id=receiver, message=copy)
+        )
+    return list(by_server.items())
 
 
 class MessageRouter:
@@ -55,163 +185,138 @@ class MessageRouter:
         self._unremembered: list[tuple[int, int, str, bytes]] = []
         self._remembering: asyncio.Task[None] | None = None
 
-    def _new_message(
-        self, sender_id: int, sender_name: str, text: str, client_msg_id: str, message_id: str
+    def _compose(
+        self,
+        message: common_pb2.ChatMessage,
+        sender_id: int,
+        sender_name: str,
+        text: str,
+        client_msg_id: str,
+        message_id: str,
     ) -> common_pb2.ChatMessage:
+        """Fills in what every message carries (after checking its text)."""
         validation.check_text(text, self._config.max_text_bytes)
-        return common_pb2.ChatMessage(
-            message_id=message_id,
-            sender_id=sender_id,
-            sender_name=sender_name,
-            text=text,
-            # From the id, so every attempt of a retried send carries the same time.
-            server_time_ms=message_time_ms(message_id),
-            trace_id=new_trace_id(),
-            client_msg_id=client_msg_id,
-        )
+        message.message_id = message_id
+        message.sender_id = sender_id
+        message.sender_name = sender_name
+        message.text = text
+        # From the id, so every attempt of a retried send carries the same time.
+        message.server_time_ms = message_time_ms(message_id)
+        message.trace_id = new_trace_id()
+        message.client_msg_id = client_msg_id
+        return message
 
     # --- private ----------------------------------------------------------
     async def send_private(
         self, sender_id: int, sender_name: str, request: common_pb2.SendPrivateRequest
     ) -> common_pb2.SendResponse:
-        (outcome,) = await self._route_privates([(sender_id, sender_name, request)])
+        (outcome,) = await self._route_privates([PrivateSend(sender_id, sender_name, request)])
         if isinstance(outcome, CimError):
             raise outcome
         return outcome
 
-    async def _route_privates(
-        self, batch: Sequence[tuple[int, str, common_pb2.SendPrivateRequest]]
-    ) -> list[common_pb2.SendResponse | CimError]:
+    async def _route_privates(self, sends: Sequence[PrivateSend]) -> list[Outcome]:
         """Routes private messages together: one store round trip claims their
         sends, appends them (in order, so each sender's order holds) and
         finds their receivers' streams; then one push per chat server."""
-        outcomes: list[common_pb2.SendResponse | CimError] = []
-        messages: list[common_pb2.ChatMessage | None] = []
-        for sender_id, sender_name, request in batch:
-            try:
-                validation.check_user_id(request.receiver_id, "receiver id")
-                if request.client_msg_id:
-                    validation.check_client_msg_id(request.client_msg_id)
-                message = self._new_message(
-                    sender_id, sender_name, request.text, request.client_msg_id, self._ids.next()
+        for send in sends:
+            self._build(send)
+        await self._route(sends)
+        remember = []
+        for send in sends:
+            response = send.to_remember
+            if response is not None:
+                message = send.message
+                remember.append(
+                    (message.receiver_id, message.sender_id, message.client_msg_id, response)
                 )
-            except CimError as exc:
-                outcomes.append(exc)
-                messages.append(None)
-                continue
-            message.kind = common_pb2.MESSAGE_KIND_PRIVATE
-            message.receiver_id = request.receiver_id
-            outcomes.append(common_pb2.SendResponse())
-            messages.append(message)
-        first_attempts = await self._route_messages(messages, outcomes)
-        self._remember_later(
-            [
-                (message.receiver_id, message.sender_id, message.client_msg_id, outcomes[index])
-                for index, message in first_attempts
-            ]
+        self._remember_later(remember)
+        return [send.result for send in sends]
+
+    def _build(self, send: PrivateSend) -> None:
+        """Checks the request and builds its message; a refusal settles the send."""
+        request = send.request
+        try:
+            validation.check_user_id(request.receiver_id, "receiver id")
+            if request.client_msg_id:
+                validation.check_client_msg_id(request.client_msg_id)
+            self._compose(
+                send.message,
+                send.sender_id,
+                send.sender_name,
+                request.text,
+                request.client_msg_id,
+                self._ids.next(),
+            )
+        except CimError as exc:
+            send.fail(exc)
+            return
+        send.message.kind = common_pb2.MESSAGE_KIND_PRIVATE
+        send.message.receiver_id = request.receiver_id
+
+    async def _route(self, sends: Sequence[PrivateSend]) -> None:
+        """Checks the receivers, appends (claiming the sends), settles the
+        retries, pushes and answers: every send leaves settled."""
+        routed = [send for send in sends if send.in_flight]
+        if not routed:
+            return
+        try:
+            missing = await self._unknown_users([send.message.receiver_id for send in routed])
+        except CimError as exc:
+            for send in routed:
+                send.fail(exc)
+            return
+        for send in routed:
+            if send.message.receiver_id in missing:
+                send.fail(NotFound(f"no user with id {send.message.receiver_id}"))
+        routed = [send for send in routed if send.in_flight]
+        try:
+            await self._append(routed)
+        except CimError as exc:
+            for send in routed:  # every send the batch took to the store, answered retries too
+                send.fail(exc)
+            return
+        await self._push([send for send in routed if send.in_flight])
+
+    async def _append(self, sends: Sequence[PrivateSend]) -> None:
+        """Appends the sends, each claiming itself; appends again, under their
+        earlier message ids, the retries of unfinished sends (see
+        :func:`settle_claims`)."""
+        if not sends:
+            return
+        appended = await self._store.append_inbox(
+            [send.inbox_item(claim=True) for send in sends], self._retention
         )
-        return outcomes
-
-    async def _route_messages(
-        self,
-        messages: list[common_pb2.ChatMessage | None],
-        outcomes: list[common_pb2.SendResponse | CimError],
-    ) -> list[tuple[int, common_pb2.ChatMessage]]:
-        """Claims, appends and pushes; returns the sends with a client_msg_id
-        that this attempt made (their results are to be remembered)."""
-        receivers = [m.receiver_id for m in messages if m is not None]
-        if not receivers:
-            return []
-        try:
-            missing = await self._unknown_users(receivers)
-        except CimError as exc:
-            _fail_all(messages, outcomes, exc)
-            return []
-        for index, queued in enumerate(messages):
-            if queued is not None and queued.receiver_id in missing:
-                outcomes[index] = NotFound(f"no user with id {queued.receiver_id}")
-                messages[index] = None
-        routed = [(index, m) for index, m in enumerate(messages) if m is not None]
-        try:
-            first = await self._store.append_inbox(
-                [_inbox_item(m, claim=True) for _, m in routed], self._retention
-            )
-            appended = await self._retries(routed, first, outcomes)
-        except CimError as exc:
-            _fail_all(messages, outcomes, exc)
-            return []
-        pending: list[tuple[int, str, list[chat_internal_pb2.Delivery]]] = []
-        for (index, message), stored in zip(routed, appended, strict=True):
-            if stored is None:
-                continue  # a retry of a finished send: its result is the outcome
-            message.seq = stored.seq
-            if stored.session is not None and stored.session.connected:
-                parcel = [
-                    chat_internal_pb2.Delivery(receiver_id=message.receiver_id, message=message)
-                ]
-                pending.append((index, stored.session.server_id, parcel))
-        flags = await self._servers.deliver_many([(server, p) for _, server, p in pending])
-        delivered = {index for (index, _, _), ok in zip(pending, flags, strict=True) if ok[0]}
-        first_attempts = []
-        for (index, message), stored in zip(routed, appended, strict=True):
-            if stored is None:
-                continue
-            reached = index in delivered
-            outcomes[index] = common_pb2.SendResponse(
-                message_id=message.message_id,
-                status=DELIVERED if reached else STORED,
-                recipients=1 if reached else 0,
-                server_time_ms=message.server_time_ms,
-            )
-            if message.client_msg_id:
-                first_attempts.append((index, message))
-        return first_attempts
-
-    async def _retries(
-        self,
-        routed: list[tuple[int, common_pb2.ChatMessage]],
-        appended: list[Appended],
-        outcomes: list[common_pb2.SendResponse | CimError],
-    ) -> list[Appended | None]:
-        """Settles the sends an earlier attempt had claimed: a finished one
-        answers with its result (None: nothing to push); an unfinished one
-        (its route may have crashed) is appended under its message id, which
-        gets the same seq if it was appended then: never a second message."""
-        settled: list[Appended | None] = list(appended)
-        again = []
-        for position, ((index, message), stored) in enumerate(zip(routed, appended, strict=True)):
-            if stored.earlier is None:
-                continue
-            if stored.earlier.result is not None:
-                outcomes[index] = common_pb2.SendResponse.FromString(stored.earlier.result)
-                settled[position] = None
-                continue
-            message.message_id = stored.earlier.message_id
-            message.server_time_ms = message_time_ms(message.message_id)
-            again.append(position)
+        again = settle_claims(sends, appended)
         if again:
             redone = await self._store.append_inbox(
-                [_inbox_item(routed[p][1], claim=False) for p in again], self._retention
+                [send.inbox_item(claim=False) for send in again], self._retention
             )
-            for position, stored in zip(again, redone, strict=True):
-                settled[position] = stored
-        return settled
+            for send, stored in zip(again, redone, strict=True):
+                send.appended(stored)
 
-    async def _append(
-        self, receivers: Sequence[int], message: common_pb2.ChatMessage
-    ) -> list[Appended]:
-        """Appends one message (serialised once) to many receivers' inboxes."""
-        payload = message.SerializeToString()
-        return await self._store.append_inbox(
-            [InboxItem(receiver, message.message_id, payload) for receiver in receivers],
-            self._retention,
-        )
+    async def _push(self, sends: Sequence[PrivateSend]) -> None:
+        """Pushes the appended sends to their receivers' streams (the links
+        coalesce them: one push per chat server) and answers each."""
+        pushed: list[tuple[PrivateSend, tuple[str, Parcel]]] = []
+        for send in sends:
+            parcel = send.parcel()
+            if parcel is not None:
+                pushed.append((send, parcel))
+        flags = await self._servers.deliver_many([parcel for _, parcel in pushed])
+        for (send, _), ok in zip(pushed, flags, strict=True):
+            send.answer(delivered=ok[0])
+        for send in sends:
+            if send.in_flight:  # offline, or no stream
+                send.answer(delivered=False)
 
     # --- idempotent sends ---------------------------------------------------
     # A private send is claimed by its inbox append (under the receiver's
     # keys, one atomic step); a group send, which has many receivers, by a
     # claim under the sender's keys first.
-    async def _group_claim(self, sender_id: int, client_msg_id: str) -> Claim:
+    async def _group_claim(
+        self, sender_id: int, client_msg_id: str
+    ) -> str | common_pb2.SendResponse:
         """The message id to send a group message under: a new one, or an
         earlier unfinished attempt's (the appends are idempotent by message
         id, so a retry after a crash reaches nobody twice); or, for a retry
@@ -230,20 +335,18 @@ class MessageRouter:
         return earlier.message_id
 
     def _remember_later(
-        self, sends: Sequence[tuple[int, int, str, common_pb2.SendResponse | CimError]]
+        self, sends: Sequence[tuple[int, int, str, common_pb2.SendResponse]]
     ) -> None:
-        """Remembers the results of (owner, sender, client_msg_id, outcome)
+        """Remembers the results of (owner, sender, client_msg_id, response)
         without making the sender wait: a retry that comes first finds the
         claim and sends again under the same message id, which the inboxes
         already hold (no second message)."""
-        results = [
-            (owner, sender, client_msg_id, outcome.SerializeToString())
-            for owner, sender, client_msg_id, outcome in sends
-            if isinstance(outcome, common_pb2.SendResponse) and outcome.message_id
-        ]
-        if not results:
+        if not sends:
             return
-        self._unremembered.extend(results)
+        self._unremembered.extend(
+            (owner, sender, client_msg_id, response.SerializeToString())
+            for owner, sender, client_msg_id, response in sends
+        )
         if self._remembering is None:
             self._remembering = asyncio.create_task(self._remember_soon())
 
@@ -281,9 +384,7 @@ class MessageRouter:
     ) -> common_pb2.SendResponse:
         claim = await self._group_claim(sender_id, request.client_msg_id)
         if not isinstance(claim, str):
-            if isinstance(claim, CimError):
-                raise claim
-            return claim
+            return claim  # a retry of a finished send
         outcome = await self._send_group(sender_id, sender_name, request, claim)
         if request.client_msg_id:
             self._remember_later([(sender_id, sender_id, request.client_msg_id, outcome)])
@@ -296,8 +397,13 @@ class MessageRouter:
         request: common_pb2.SendGroupRequest,
         message_id: str,
     ) -> common_pb2.SendResponse:
-        message = self._new_message(
-            sender_id, sender_name, request.text, request.client_msg_id, message_id
+        message = self._compose(
+            common_pb2.ChatMessage(),
+            sender_id,
+            sender_name,
+            request.text,
+            request.client_msg_id,
+            message_id,
         )
         message.kind = common_pb2.MESSAGE_KIND_GROUP
         message.group_id = validation.check_group(request.group_id)
@@ -311,19 +417,11 @@ class MessageRouter:
         pushes = []
         for start in range(0, len(receivers), GROUP_APPEND_SLICE):
             some = receivers[start : start + GROUP_APPEND_SLICE]
-            appended = await self._append(some, message)
-            by_server: dict[str, list[chat_internal_pb2.Delivery]] = defaultdict(list)
-            for receiver, stored in zip(some, appended, strict=True):
-                if stored.session is None or not stored.session.connected:
-                    continue  # gone since the walk: the inbox keeps it for them
-                copy = common_pb2.ChatMessage()
-                copy.CopyFrom(message)
-                copy.seq = stored.seq
-                by_server[stored.session.server_id].append(
-                    chat_internal_pb2.Delivery(receiver_id=receiver, message=copy)
-                )
+            appended = await self._append_to_all(some, message)
             pushes.append(
-                asyncio.ensure_future(self._servers.deliver_many(list(by_server.items())))
+                asyncio.ensure_future(
+                    self._servers.deliver_many(group_parcels(message, some, appended))
+                )
             )
         await asyncio.gather(*pushes)
         return common_pb2.SendResponse(
@@ -331,6 +429,16 @@ class MessageRouter:
             status=DELIVERED,
             recipients=len(receivers),
             server_time_ms=message.server_time_ms,
+        )
+
+    async def _append_to_all(
+        self, receivers: Sequence[int], message: common_pb2.ChatMessage
+    ) -> list[Appended]:
+        """Appends one message (serialised once) to many receivers' inboxes."""
+        payload = message.SerializeToString()
+        return await self._store.append_inbox(
+            [InboxItem(receiver, message.message_id, payload) for receiver in receivers],
+            self._retention,
         )
 
     # --- inbox reads and acks ------------------------------------------------
@@ -360,57 +468,31 @@ class MessageRouter:
     # --- batches from chat servers ----------------------------------------
     async def submit_batch(
         self, items: Sequence[route_internal_pb2.SubmittedMessage]
-    ) -> list[route_internal_pb2.SubmitResult]:
+    ) -> list[Outcome]:
         """Routes a batch in order: runs of private messages together, group
         messages one by one between them (so every sender's order holds)."""
-        results: list[route_internal_pb2.SubmitResult] = []
-        run: list[tuple[int, str, common_pb2.SendPrivateRequest]] = []
+        outcomes: list[Outcome] = []
+        run: list[PrivateSend] = []
 
         async def flush() -> None:
             if run:
-                results.extend(_result(o) for o in await self._route_privates(run))
+                outcomes.extend(await self._route_privates(run))
                 run.clear()
 
         for item in items:
             target = item.WhichOneof("target")
             if target == "private":
-                run.append((item.sender_id, item.sender_name, item.private))
+                run.append(PrivateSend(item.sender_id, item.sender_name, item.private))
                 continue
             await flush()
             try:
                 if target != "group":
                     raise InvalidArgument("message has neither a private nor a group target")
-                outcome: common_pb2.SendResponse | CimError = await self.send_group(
+                outcome: Outcome = await self.send_group(
                     item.sender_id, item.sender_name, item.group
                 )
             except CimError as exc:
                 outcome = exc
-            results.append(_result(outcome))
+            outcomes.append(outcome)
         await flush()
-        return results
-
-
-def _fail_all(
-    messages: list[common_pb2.ChatMessage | None],
-    outcomes: list[common_pb2.SendResponse | CimError],
-    exc: CimError,
-) -> None:
-    for index, message in enumerate(messages):
-        if message is not None:
-            outcomes[index] = exc
-            messages[index] = None
-
-
-def _result(outcome: common_pb2.SendResponse | CimError) -> route_internal_pb2.SubmitResult:
-    if isinstance(outcome, CimError):
-        return route_internal_pb2.SubmitResult(
-            error=common_pb2.ItemError(code=outcome.code.value[0], message=outcome.message)
-        )
-    return route_internal_pb2.SubmitResult(ok=outcome)
-
-
-def _inbox_item(message: common_pb2.ChatMessage, *, claim: bool) -> InboxItem:
-    """A private message for its receiver's inbox; with ``claim``, the append
-    also claims its send (when it has a client_msg_id)."""
-    send = (message.sender_id, message.client_msg_id) if claim and message.client_msg_id else None
-    return InboxItem(message.receiver_id, message.message_id, message.SerializeToString(), send)
+        return outcomes

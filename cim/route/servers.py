@@ -127,9 +127,6 @@ class ServerDirectory:
                 return member
         return None
 
-    def is_suspect(self, server_id: str) -> bool:
-        return server_id in self._suspect
-
     def mark_suspect(self, server_id: str, why: str) -> None:
         if server_id not in self._suspect:
             log.warning("chat server %s is suspect: %s", server_id, why)
@@ -147,15 +144,11 @@ class ServerDirectory:
         self._links[server_id] = link
         return link
 
-    async def deliver(self, server_id: str, parcel: Parcel) -> list[bool]:
-        """Pushes the parcel; each flag says whether it reached a live stream.
-        A server that cannot be reached is marked suspect and gets all False."""
-        (flags,) = await self.deliver_many([(server_id, parcel)])
-        return flags
-
     async def deliver_many(self, requests: Sequence[tuple[str, Parcel]]) -> list[list[bool]]:
-        """Like ``deliver`` for several parcels: all are queued at once, in
-        order (one Deliver per server carries them), then awaited together."""
+        """Pushes each (server id, parcel); each flag says whether its delivery
+        reached a live stream. All are queued at once, in order (one Deliver
+        per server carries them), then awaited together. A server that cannot
+        be reached is marked suspect and its parcels get all False."""
         queued: list[tuple[str, asyncio.Future[list[bool]] | None, int]] = []
         for server_id, parcel in requests:
             link = self.link(server_id)

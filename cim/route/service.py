@@ -13,11 +13,11 @@ from cim.config import RouteConfig
 from cim.core import validation
 from cim.core.ratelimit import Clock, KeyedLimiter, describe_limit, peer_host
 from cim.core.tokens import TokenClaims
-from cim.errors import CimError, ResourceExhausted
+from cim.errors import CimError, ResourceExhausted, to_item
 from cim.grpcutil import SecretCheck, bearer_token, refuse_stream, unary_edge
 from cim.proto.internal.v1 import route_internal_pb2, route_internal_pb2_grpc
 from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
-from cim.route.messages import MessageRouter
+from cim.route.messages import MessageRouter, Outcome
 from cim.route.sessions import SessionManager
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -171,6 +171,13 @@ class RouteService(route_pb2_grpc.RouteServicer):
         return route_pb2.AckMessagesResponse()
 
 
+def submit_result(outcome: Outcome) -> route_internal_pb2.SubmitResult:
+    """One send's result in a SubmitBatchResponse: its response or its error."""
+    if isinstance(outcome, CimError):
+        return route_internal_pb2.SubmitResult(error=to_item(outcome))
+    return route_internal_pb2.SubmitResult(ok=outcome)
+
+
 class RouteInternalService(route_internal_pb2_grpc.RouteInternalServicer):
     def __init__(
         self, sessions: SessionManager, router: MessageRouter, secret: SecretCheck
@@ -190,8 +197,10 @@ class RouteInternalService(route_internal_pb2_grpc.RouteInternalServicer):
             await refuse_stream(context, request_iterator, exc)
             return
         async for request in request_iterator:  # in order: each sender's order holds
-            results = await self._router.submit_batch(request.messages)
-            yield route_internal_pb2.SubmitBatchResponse(results=results)
+            outcomes = await self._router.submit_batch(request.messages)
+            yield route_internal_pb2.SubmitBatchResponse(
+                results=[submit_result(outcome) for outcome in outcomes]
+            )
 
     @unary_edge
     async def SessionConnected(

@@ -284,9 +284,3 @@ class SessionManager:
             account for account in accounts.values() if account.user_name.startswith(name_prefix)
         ]
         return sorted(found, key=lambda account: account.user_id)
-
-    async def require_user(self, user_id: int) -> Account:
-        account = await self._store.get_account(validation.check_user_id(user_id, "receiver id"))
-        if account is None:
-            raise NotFound(f"no user with id {user_id}")
-        return account

@@ -120,8 +120,6 @@ class Store(Protocol):
 
     async def get_session(self, user_id: int) -> SessionRecord | None: ...
 
-    async def get_sessions(self, user_ids: Sequence[int]) -> dict[int, SessionRecord]: ...
-
     async def mark_connected(
         self, user_id: int, session_id: str, server_id: str, ttl: float
     ) -> SessionRecord | None:

@@ -119,15 +119,3 @@ class KeyLayout:
         inbox append claims it in the same script), the sender of a group
         message. Named ``send:`` since its value carries a tag byte."""
         return f"{self.prefix}{self.user_tag(owner_id)}:send:{sender_id}:{client_msg_id}"
-
-    def user_keys(self, user_id: int) -> tuple[str, ...]:
-        """Every per-user key of ``user_id`` (all in one cluster slot)."""
-        return (
-            self.account(user_id),
-            self.session(user_id),
-            self.inbox_meta(user_id),
-            self.inbox(user_id),
-            self.inbox_bodies(user_id),
-            self.inbox_ids(user_id),
-            self.inbox_id_seqs(user_id),
-        )

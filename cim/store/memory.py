@@ -105,10 +105,6 @@ class MemoryStore:
     async def get_session(self, user_id: int) -> SessionRecord | None:
         return self._live_session(user_id)
 
-    async def get_sessions(self, user_ids: Sequence[int]) -> dict[int, SessionRecord]:
-        found = {uid: self._live_session(uid) for uid in user_ids}
-        return {uid: record for uid, record in found.items() if record is not None}
-
     async def mark_connected(
         self, user_id: int, session_id: str, server_id: str, ttl: float
     ) -> SessionRecord | None:

@@ -662,14 +662,6 @@ class RedisStore:
             fields = await self._client.hmget(self._keys.session(user_id), keys.SESSION_FIELDS)
         return _session(user_id, fields)
 
-    async def get_sessions(self, user_ids: Sequence[int]) -> dict[int, SessionRecord]:
-        wanted = list(dict.fromkeys(user_ids))
-        if not wanted:
-            return {}
-        async with self._guard():
-            rows = await self._read_sessions(wanted)
-        return {record.user_id: record for record in rows if record is not None}
-
     async def _read_sessions(self, user_ids: Sequence[int]) -> list[SessionRecord | None]:
         def build(pipe: _Pipe) -> None:
             for user_id in user_ids:

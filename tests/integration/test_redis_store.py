@@ -89,17 +89,20 @@ async def test_every_key_has_the_prefix_and_a_users_keys_share_one_slot(target: 
         f"{target.prefix}{{u:{uid}}}:inbox:ids",
         f"{target.prefix}{{u:{uid}}}:inbox:idseq",
     }
-    assert expected == {
-        layout.user_id_counter,
-        layout.name("alice"),
-        layout.online,
-        *layout.user_keys(uid),
-    }
+    user_keys = (
+        layout.account(uid),
+        layout.session(uid),
+        layout.inbox_meta(uid),
+        layout.inbox(uid),
+        layout.inbox_bodies(uid),
+        layout.inbox_ids(uid),
+        layout.inbox_id_seqs(uid),
+    )
+    assert expected == {layout.user_id_counter, layout.name("alice"), layout.online, *user_keys}
     keys = await target.all_keys()
     assert keys == expected
     assert all(key.startswith(target.prefix) for key in keys)
 
-    user_keys = layout.user_keys(uid)
     assert len({key_slot(key.encode()) for key in user_keys}) == 1
     if target.cluster:
         assert isinstance(target.raw, RedisCluster)
@@ -162,7 +165,7 @@ async def test_outage_raises_unavailable_quickly_and_the_store_recovers(
                 "claim_session": lambda: store.claim_session(SessionRecord(1, "s", "a"), ttl=5),
                 "refresh_sessions": lambda: store.refresh_sessions([(1, "s")], ttl=5),
                 "release_session": lambda: store.release_session(1, "s"),
-                "get_sessions": lambda: store.get_sessions([1, 2]),
+                "get_session": lambda: store.get_session(1),
                 "append_inbox": lambda: store.append_inbox([InboxItem(1, "m", b"x")], Retention()),
                 "read_inbox": lambda: store.read_inbox(1, 0, 10, Retention()),
                 "ack_inbox": lambda: store.ack_inbox([(1, 1)]),
