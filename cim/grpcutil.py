@@ -11,7 +11,7 @@ import hmac
 import importlib.resources
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -318,7 +318,7 @@ class Throttled:
 _malformed_log = Throttled()
 
 
-def _lenient(message_class: Any, method: str) -> Callable[[bytes], Any]:
+def _lenient(message_class: Any, method: str, *, check_limits: bool) -> Callable[[bytes], Any]:
     parse = message_class.FromString
     limits.plan(message_class.DESCRIPTOR)  # built now, not on the first request
 
@@ -330,7 +330,8 @@ def _lenient(message_class: Any, method: str) -> Callable[[bytes], Any]:
             _malformed_log.warning(f"malformed request to {method}: {reason}")
             return Malformed(f"malformed request to {method}: {reason}")
         try:
-            limits.check(message, len(data))
+            if check_limits:
+                limits.check(message, len(data))
         except InvalidArgument as exc:
             _malformed_log.warning(f"oversized request to {method}: {exc.message}")
             return Malformed(f"request to {method} too large: {exc.message}")
@@ -371,17 +372,29 @@ def _guard_stream(
     return guarded
 
 
-def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
+def add_service(
+    server: grpc.aio.Server,
+    servicer: Any,
+    service: ServiceDescriptor,
+    checks_its_own_limits: Collection[str] = (),
+) -> None:
     """Serves ``servicer`` as ``service`` (what the generated
     ``add_XServicer_to_server`` does), with a guard on every method: a request
-    that does not decode answers INVALID_ARGUMENT, with one throttled log line
-    and no traceback, before any handler (or auth check) runs. Unary and
-    bidi-streaming methods only (cim has no other kind)."""
+    that does not decode, or holds a field over its declared limit, answers
+    INVALID_ARGUMENT, with one throttled log line and no traceback, before any
+    handler (or auth check) runs. Methods named in ``checks_its_own_limits``
+    skip the limits (their handler answers them more finely: a send on the
+    chat stream over a limit fails alone). Unary and bidi-streaming methods
+    only (cim has no other kind)."""
     handlers = {}
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
-        deserialize = _lenient(request_class, f"/{service.full_name}/{method.name}")
+        deserialize = _lenient(
+            request_class,
+            f"/{service.full_name}/{method.name}",
+            check_limits=method.name not in checks_its_own_limits,
+        )
         serialize = response_class.SerializeToString
         behaviour = getattr(servicer, method.name)
         if method.client_streaming and method.server_streaming:

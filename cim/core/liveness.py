@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 
@@ -32,16 +32,34 @@ class HeartbeatPolicy:
         """Server side: whether a stream last heard from at ``last_heard`` is dead."""
         return now - last_heard > self.idle_timeout
 
+    def idle_deadline(self, last_heard: float) -> float:
+        """Server side: when a stream last heard from at ``last_heard`` dies
+        (it is idle from just after this instant on)."""
+        return last_heard + self.idle_timeout
+
     @property
     def sweep_interval(self) -> float:
-        """How often the server looks for idle streams: a third of the timeout,
-        so a dead stream goes at most ~1.33 x idle_timeout after its last frame."""
-        return self.idle_timeout / 3
+        """The longest the server's idle sweep sleeps: streams that appear
+        meanwhile are looked at within this, so none outlives its deadline by
+        more than about a second."""
+        return min(self.idle_timeout / 3, MAX_SWEEP_INTERVAL)
 
 
-def idle_streams(last_heard: dict[int, float], now: float, policy: HeartbeatPolicy) -> list[int]:
-    """Keys of the streams the policy considers dead at ``now``."""
-    return [key for key, heard in last_heard.items() if policy.is_idle(heard, now)]
+# The idle sweep sleeps at most this long, and wakes this long after a deadline
+# (idleness starts just after it; waking exactly on it would find nothing).
+MAX_SWEEP_INTERVAL = 1.0
+SWEEP_SLACK = 0.01
+
+
+def next_sweep_at(deadlines: Iterable[float], now: float, policy: HeartbeatPolicy) -> float:
+    """When the idle sweep should look next: just after the earliest of the
+    streams' idle ``deadlines``, and no later than a sweep interval from
+    ``now``; never sooner than a moment from now (no busy loop on a deadline
+    that just passed)."""
+    wake = now + policy.sweep_interval
+    for deadline in deadlines:
+        wake = min(wake, deadline + SWEEP_SLACK)
+    return max(wake, now + SWEEP_SLACK)
 
 
 @dataclass(frozen=True)

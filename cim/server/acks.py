@@ -18,9 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class AckForwarder:
-    def __init__(self, routes: RouteLinks, server_id: str) -> None:
+    def __init__(self, routes: RouteLinks) -> None:
         self._routes = routes
-        self._server_id = server_id
         self._pending: dict[tuple[int, str], int] = {}
 
     def note(self, user_id: int, session_id: str, seq: int) -> None:
@@ -32,20 +31,12 @@ class AckForwarder:
         if not self._pending:
             return
         taken, self._pending = self._pending, {}
-        request = route_internal_pb2.AckRequest(
-            server_id=self._server_id,
-            acks=[
-                route_internal_pb2.SessionAck(user_id=user_id, session_id=session_id, seq=seq)
-                for (user_id, session_id), seq in taken.items()
-            ],
-        )
+        acks = [
+            route_internal_pb2.SessionAck(user_id=user_id, session_id=session_id, seq=seq)
+            for (user_id, session_id), seq in taken.items()
+        ]
         try:
-            await self._routes.call(
-                "Ack",
-                lambda stub: stub.Ack(
-                    request, metadata=self._routes.metadata, timeout=self._routes.timeout
-                ),
-            )
+            await self._routes.ack(acks)
         except CimError as exc:
             log.warning("could not forward %d acks: %s", len(taken), exc)
             for (user_id, session_id), seq in taken.items():

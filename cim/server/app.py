@@ -1,21 +1,16 @@
-"""A running chat server: gRPC server, registry membership, heartbeat sweeps,
-session refreshes, and a graceful drain."""
+"""A running chat server: gRPC server, registry membership, its upkeep
+(``cim.server.upkeep``: idle sweeps, session refreshes), and a graceful drain."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from cim.config import ServerConfig
-from cim.core.liveness import idle_streams
+from cim.core.chat_session import Drain, Stop
 from cim.core.members import Member, MemberKind
-from cim.errors import CimError
 from cim.grpcutil import (
     SecretCheck,
     add_service,
@@ -24,12 +19,14 @@ from cim.grpcutil import (
     new_server,
     set_serving,
 )
-from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
-from cim.proto.v1 import chat_pb2, common_pb2
+from cim.proto.internal.v1 import chat_internal_pb2
+from cim.proto.v1 import chat_pb2
 from cim.registry.base import Registry
+from cim.server.acks import AckForwarder
 from cim.server.routes import RouteLinks
 from cim.server.service import ChatInternalService, ChatService
-from cim.server.streams import StreamTable, notice
+from cim.server.streams import StreamTable
+from cim.server.upkeep import Upkeep
 from cim.tls import describe as describe_tls
 from cim.tls import load as load_tls
 from cim.tls import warn_if_exposed
@@ -55,12 +52,13 @@ class ChatServerApp:
         self.routes = RouteLinks(
             registry, config.server_id, config.cluster_secret, config.route_timeout, self.tls
         )
-        self.service = ChatService(config, self.streams, self.routes)
+        self.acks = AckForwarder(self.routes)
+        self.service = ChatService(config, self.streams, self.routes, self.acks)
         self.internal = ChatInternalService(self.streams, SecretCheck(config.cluster_secrets))
+        self.upkeep = Upkeep(config, self.streams, self.routes, self.acks, self._report_load)
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
         self._member: Member | None = None
-        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def server_id(self) -> str:
@@ -72,7 +70,8 @@ class ChatServerApp:
 
     async def start(self) -> None:
         server = new_server()
-        add_service(server, self.service, CHAT)
+        # The chat session checks each frame's limits: a send fails alone.
+        add_service(server, self.service, CHAT, checks_its_own_limits={"Connect"})
         add_service(server, self.internal, CHAT_INTERNAL)
         self._health = add_standard_services(server, PUBLIC_SERVICES)
         warn_if_exposed(f"chat server {self.server_id}", self.config.host, self.tls)
@@ -87,15 +86,7 @@ class ChatServerApp:
         await set_serving(self._health, SERVICE_NAMES, True)
         self._member = Member(MemberKind.SERVER, self.server_id, self.address)
         await self.registry.register(self._member)
-        self._tasks = [
-            asyncio.create_task(
-                self._every(lambda: self.config.heartbeat.sweep_interval, self.sweep)
-            ),
-            asyncio.create_task(self._every(lambda: self.service.refresh_interval, self.refresh)),
-            asyncio.create_task(
-                self._every(lambda: self.config.ack_interval, self.service.acks.flush)
-            ),
-        ]
+        self.upkeep.start()
         log.info(
             "chat server %s listening on %s (%s)",
             self.server_id,
@@ -103,71 +94,10 @@ class ChatServerApp:
             describe_tls(self.tls),
         )
 
-    async def _every(
-        self, interval: Callable[[], float], work: Callable[[], Awaitable[None]]
-    ) -> None:
-        # Short naps, so a shorter interval learned meanwhile applies at once.
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(min(interval(), 0.5))
-            if time.monotonic() - last < interval():
-                continue
-            last = time.monotonic()
-            try:
-                await work()
-            except Exception:
-                log.exception("periodic %s failed", getattr(work, "__name__", "work"))
-
-    async def sweep(self) -> None:
-        """Ends streams silent for longer than the idle timeout."""
-        streams = {id(stream): stream for stream in self.streams.streams()}
-        last_heard = {key: stream.last_heard for key, stream in streams.items()}
-        for key in idle_streams(last_heard, time.monotonic(), self.config.heartbeat):
-            stream = streams[key]
-            log.info(
-                "evicting user %s: silent for over %.0f s",
-                stream.user_id,
-                self.config.heartbeat.idle_timeout,
-            )
-            stream.close(
-                notice(chat_pb2.Notice.KIND_ERROR, "no heartbeat: connection timed out", 4),
-                "idle timeout",
-            )
-
-    async def refresh(self) -> None:
-        """Keeps live sessions' login state fresh at a route (one call for all of
-        them) and closes streams whose session has ended elsewhere."""
-        live = [stream for stream in self.streams.streams() if not stream.closed]
+    async def _report_load(self, connections: int) -> None:
         if self._member is not None:
-            self._member = Member(MemberKind.SERVER, self.server_id, self.address, len(live))
+            self._member = Member(MemberKind.SERVER, self.server_id, self.address, connections)
             await self.registry.update(self._member)
-        if not live:
-            return
-        request = route_internal_pb2.RefreshSessionsRequest(
-            server_id=self.server_id,
-            sessions=[
-                common_pb2.SessionRef(user_id=s.user_id, session_id=s.session_id) for s in live
-            ],
-            connections=len(live),
-        )
-        try:
-            reply = await self.routes.call(
-                "RefreshSessions",
-                lambda stub: stub.RefreshSessions(
-                    request, metadata=self.routes.metadata, timeout=self.routes.timeout
-                ),
-            )
-        except CimError as exc:
-            log.warning("session refresh failed: %s", exc.message)
-            return
-        self.service.learn_session_ttl(reply.session_ttl_ms)
-        for ref in reply.invalid:
-            stream = self.streams.get(ref.user_id)
-            if stream is not None and stream.session_id == ref.session_id:
-                stream.close(
-                    notice(chat_pb2.Notice.KIND_KICKED, "session ended: log in again"),
-                    "session invalid",
-                )
 
     async def drain(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, leave the registry, tell every client
@@ -179,30 +109,20 @@ class ChatServerApp:
             await self.registry.deregister(self._member)
             self._member = None
         for stream in self.streams.streams():
-            stream.close(
-                notice(
-                    chat_pb2.Notice.KIND_DRAINING, "server shutting down: reconnecting elsewhere"
-                ),
-                "server draining",
-            )
+            stream.handle(Drain())
         await self.stop(self.config.drain_grace if grace is None else grace)
 
     async def stop(self, grace: float = 1.0) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await self.upkeep.stop()
         if self._member is not None:
             await self.registry.deregister(self._member)
             self._member = None
         if self._server is not None:
             for stream in self.streams.streams():
-                stream.close(None, "server stopped")
+                stream.handle(Stop())
             await self._server.stop(grace)
         await self.service.wait_background()
-        await self.service.acks.flush()  # what clients acked last still trims their inbox
+        await self.acks.flush()  # what clients acked last still trims their inbox
         await self.routes.aclose()
 
     async def wait(self) -> None:

@@ -3,9 +3,10 @@ tried in turn when one is unreachable."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
@@ -16,6 +17,7 @@ from cim.core.members import Member, MemberKind
 from cim.errors import CimError, Unavailable, from_rpc_error
 from cim.grpcutil import secret_metadata
 from cim.proto.internal.v1 import route_internal_pb2, route_internal_pb2_grpc
+from cim.proto.v1 import common_pb2
 from cim.registry.base import Registry
 from cim.tls import Tls, open_channel
 
@@ -33,6 +35,10 @@ _FAILOVER = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 class RouteLinks:
+    """Typed calls to the routes (RouteInternal), each tried at the next route
+    when one is unreachable; sends are coalesced into batches over one
+    submit stream per route."""
+
     def __init__(
         self,
         registry: Registry,
@@ -44,16 +50,19 @@ class RouteLinks:
         self._registry = registry
         self._tls = tls
         self._server_id = server_id
-        self.metadata = secret_metadata(secret)
-        self.timeout = timeout
+        self._metadata = secret_metadata(secret)
+        self._timeout = timeout
         self._channels: dict[
             str, tuple[grpc.aio.Channel, route_internal_pb2_grpc.RouteInternalStub]
         ] = {}
         self._streams: dict[str, SubmitStream] = {}
         self._turn = itertools.count()
-        self.submissions: Coalescer[
+        self._submissions: Coalescer[
             route_internal_pb2.SubmittedMessage, route_internal_pb2.SubmitResult
         ] = Coalescer(self._submit_batch)
+        # How long routes keep login state without a refresh, as they said last
+        # (seconds; None until one said): refreshes must come well within it.
+        self.session_ttl: float | None = None
 
     def _stub(self, member: Member) -> route_internal_pb2_grpc.RouteInternalStub:
         entry = self._channels.get(member.address)
@@ -63,7 +72,90 @@ class RouteLinks:
             self._channels[member.address] = entry
         return entry[1]
 
-    async def call(self, what: str, call: Call[T]) -> T:
+    def _learn_session_ttl(self, session_ttl_ms: int) -> None:
+        if session_ttl_ms > 0:
+            self.session_ttl = session_ttl_ms / 1000
+
+    # --- the calls ---------------------------------------------------------------
+    async def session_connected(
+        self, user_id: int, session_token: str, device_id: str, last_seq: int
+    ) -> route_internal_pb2.SessionConnectedResponse:
+        """Presents a stream's session token: the session, or the route's refusal."""
+        request = route_internal_pb2.SessionConnectedRequest(
+            server_id=self._server_id,
+            user_id=user_id,
+            session_token=session_token,
+            device_id=device_id,
+            last_seq=last_seq,
+        )
+        reply: route_internal_pb2.SessionConnectedResponse = await self._call(
+            "SessionConnected",
+            lambda stub: stub.SessionConnected(
+                request, metadata=self._metadata, timeout=self._timeout
+            ),
+        )
+        self._learn_session_ttl(reply.session_ttl_ms)
+        return reply
+
+    async def replay_page(
+        self, user_id: int, session_id: str, after_seq: int, limit: int
+    ) -> route_internal_pb2.ReplayResponse:
+        """A page of the user's inbox after ``after_seq``."""
+        request = route_internal_pb2.ReplayRequest(
+            server_id=self._server_id,
+            user_id=user_id,
+            session_id=session_id,
+            after_seq=after_seq,
+            limit=limit,
+        )
+        return await self._call(
+            "Replay",
+            lambda stub: stub.Replay(request, metadata=self._metadata, timeout=self._timeout),
+        )
+
+    async def ack(self, acks: Sequence[route_internal_pb2.SessionAck]) -> None:
+        """Acks of many sessions in one call."""
+        request = route_internal_pb2.AckRequest(server_id=self._server_id, acks=acks)
+        await self._call(
+            "Ack", lambda stub: stub.Ack(request, metadata=self._metadata, timeout=self._timeout)
+        )
+
+    async def refresh(
+        self, sessions: Sequence[common_pb2.SessionRef]
+    ) -> route_internal_pb2.RefreshSessionsResponse:
+        """Keeps the sessions' login state fresh; the answer names those no longer valid."""
+        request = route_internal_pb2.RefreshSessionsRequest(
+            server_id=self._server_id, sessions=sessions, connections=len(sessions)
+        )
+        reply: route_internal_pb2.RefreshSessionsResponse = await self._call(
+            "RefreshSessions",
+            lambda stub: stub.RefreshSessions(
+                request, metadata=self._metadata, timeout=self._timeout
+            ),
+        )
+        self._learn_session_ttl(reply.session_ttl_ms)
+        return reply
+
+    async def disconnected(self, user_id: int, session_id: str, reason: str) -> bool:
+        """Reports a stream's end; False when the route had no such session."""
+        request = route_internal_pb2.SessionDisconnectedRequest(
+            server_id=self._server_id, user_id=user_id, session_id=session_id, reason=reason
+        )
+        reply = await self._call(
+            "SessionDisconnected",
+            lambda stub: stub.SessionDisconnected(
+                request, metadata=self._metadata, timeout=self._timeout
+            ),
+        )
+        return bool(reply.cleared)
+
+    def submit(
+        self, message: route_internal_pb2.SubmittedMessage
+    ) -> asyncio.Future[route_internal_pb2.SubmitResult]:
+        """Queues a message a client sent (batched with others); the future of its result."""
+        return self._submissions.enqueue(message)
+
+    async def _call(self, what: str, call: Call[T]) -> T:
         """Runs ``call`` against a route, trying the next one when a route is unreachable."""
         return await self._failover(what, lambda member: call(self._stub(member)))
 
@@ -101,15 +193,15 @@ class RouteLinks:
         if stream is None:
             stub = self._stub(member)
             stream = BatchStream(
-                lambda: stub.SubmitStream(metadata=self.metadata),
-                self.timeout,
+                lambda: stub.SubmitStream(metadata=self._metadata),
+                self._timeout,
                 f"SubmitBatch to {member.member_id}",
             )
             self._streams[member.address] = stream
         return stream
 
     async def aclose(self) -> None:
-        await self.submissions.aclose()
+        await self._submissions.aclose()
         for stream in self._streams.values():
             await stream.aclose()
         self._streams.clear()

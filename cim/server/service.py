@@ -1,313 +1,232 @@
 """The chat server's servicers: the client stream (``cim.v1.Chat.Connect``)
-and the route-facing pushes (``cim.internal.v1.ChatInternal``)."""
+and the route-facing pushes (``cim.internal.v1.ChatInternal``).
+
+Both are thin: the protocol is ``cim.core.chat_session``. Connect reads
+frames into a stream's session, writes what the session pushes, and carries
+out the route calls it asks for; ChatInternal feeds deliveries and kicks to
+the sessions held here.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeAlias
 
 import grpc
 
 from cim.config import ServerConfig
-from cim.core.ratelimit import KeyedLimiter, describe_limit
-from cim.errors import (
-    CimError,
-    Internal,
-    InvalidArgument,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
+from cim.core.chat_session import (
+    Action,
+    ChatSession,
+    CheckLogin,
+    ClientClosed,
+    Drain,
+    Ended,
+    FetchReplayPage,
+    ForwardAck,
+    FrameReceived,
+    Kick,
+    LoginAccepted,
+    LoginRefused,
+    LoginTimedOut,
+    Push,
+    ReadFailed,
+    Replaced,
+    ReplayFailed,
+    ReplayPageQueued,
+    ReplayPageReceived,
+    ReportDisconnected,
+    SendSettled,
+    SessionSettings,
+    Submit,
 )
+from cim.core.ratelimit import KeyedLimiter
+from cim.errors import CimError, Internal
 from cim.grpcutil import SecretCheck, refuse_stream, unary_edge
 from cim.proto.internal.v1 import chat_internal_pb2, chat_internal_pb2_grpc, route_internal_pb2
-from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2
+from cim.proto.v1 import chat_pb2, chat_pb2_grpc
 from cim.server.acks import AckForwarder
 from cim.server.routes import RouteLinks
-from cim.server.streams import ClientStream, StreamTable, notice
+from cim.server.streams import ClientStream, StreamTable
 
 log = logging.getLogger(__name__)
 
 Context: TypeAlias = grpc.aio.ServicerContext
-LOGIN_TIMEOUT = 10.0
 # How long a delivery waits for a login of its receiver that is being checked.
 CHECK_WAIT = 5.0
-MAX_OUTSTANDING_SENDS = 256
-KICKED = chat_pb2.Notice.KIND_KICKED
-ERROR = chat_pb2.Notice.KIND_ERROR
-BEHIND = chat_pb2.Notice.KIND_BEHIND
-# Inbox entries one Replay call reads.
-REPLAY_PAGE = 200
 
 
-def _error_notice(exc: CimError) -> chat_pb2.ServerFrame:
-    return notice(ERROR, exc.message, exc.code.value[0])
+def session_settings(config: ServerConfig) -> SessionSettings:
+    return SessionSettings(
+        server_id=config.server_id,
+        heartbeat=config.heartbeat,
+        max_text_bytes=config.max_text_bytes,
+        max_held=config.outbound_queue,
+    )
 
 
 class ChatService(chat_pb2_grpc.ChatServicer):
-    """The client stream: login, heartbeat, sends, acks, replay and pushes."""
+    """The client stream: a gRPC driver of :class:`ChatSession`."""
 
-    def __init__(self, config: ServerConfig, streams: StreamTable, routes: RouteLinks) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        streams: StreamTable,
+        routes: RouteLinks,
+        acks: AckForwarder,
+    ) -> None:
         self._config = config
+        self._settings = session_settings(config)
         self._streams = streams
         self._routes = routes
+        self._acks = acks
         self._background: set[asyncio.Task[None]] = set()
-        self.acks = AckForwarder(routes, config.server_id)
-        # Refreshes must come well within the routes' session TTL, which
-        # routes tell us; our own interval is only an upper bound.
-        self.refresh_interval = config.refresh_interval
         self.accepting = True
         # This server holds the user's one stream, so it sees all its stream sends.
         self.send_limits: KeyedLimiter[int] = KeyedLimiter(
             config.max_msgs_per_sec, config.msg_burst
         )
 
-    # --- the client stream -------------------------------------------------
     async def Connect(
         self, request_iterator: AsyncIterator[chat_pb2.ClientFrame], context: Context
     ) -> AsyncIterator[chat_pb2.ServerFrame]:
+        stream = ClientStream(
+            ChatSession(self._settings, self.send_limits), self._config.outbound_queue
+        )
+        if not self.accepting:
+            stream.handle(Drain())
+        reader: asyncio.Task[None] | None = None
         try:
-            stream = await self._login(request_iterator)
-        except CimError as exc:
-            yield _error_notice(exc)
-            return
-        reader = asyncio.create_task(self._read(stream, request_iterator))
-        stream.replay_task = asyncio.create_task(self._replay(stream, stream.login_seq))
-        try:
+            # The login is handled here, the reader starts after it: LoginOk is
+            # being written before the next frame is read (one gRPC refuses,
+            # too big, would end the call before the client heard anything).
+            if await self._login(stream, request_iterator):
+                reader = asyncio.create_task(self._read(stream, request_iterator))
             while (frame := await stream.next_frame()) is not None:
                 yield frame
+            error = stream.close_error
+            if error is not None:
+                # The notice said it to clients that read frames; the status
+                # says it to every client.
+                context.set_code(error.code)
+                context.set_details(error.message)
         finally:
-            reader.cancel()
-            stream.replay_task.cancel()
-            stream.close(None, stream.close_reason or "disconnected")
+            if reader is not None:
+                reader.cancel()
+            if stream.replay_task is not None:
+                stream.replay_task.cancel()
+            report = stream.handle(Ended())
             if self._streams.remove(stream):
-                self._spawn(self._disconnected(stream))
-            log.info("user %s left (%s)", stream.user_id, stream.close_reason)
+                for action in report:
+                    if isinstance(action, ReportDisconnected):
+                        self._spawn(self._disconnected(action))
+            if stream.session_id:
+                log.info("user %s left (%s)", stream.user_id, stream.close_reason)
 
-    async def _login(self, request_iterator: AsyncIterator[chat_pb2.ClientFrame]) -> ClientStream:
-        if not self.accepting:
-            raise Unavailable("this chat server is shutting down: log in again through a route")
+    async def _login(
+        self, stream: ClientStream, request_iterator: AsyncIterator[chat_pb2.ClientFrame]
+    ) -> bool:
+        """Reads the first frame and has the login checked; True when the
+        stream goes on."""
         try:
-            first = await asyncio.wait_for(anext(request_iterator), LOGIN_TIMEOUT)
-        except (StopAsyncIteration, TimeoutError):
-            raise Unauthenticated("no login frame: the first frame must be a login") from None
-        if first.WhichOneof("frame") != "login":
-            raise Unauthenticated("the first frame must be a login")
-        login = first.login
-        if login.user_id <= 0 or not login.session_token:
-            raise Unauthenticated("login needs a user id and a session token")
-        stream = ClientStream(login.user_id, login.device_id, self._config.outbound_queue)
-        stream.login_seq = login.last_seq
-        # Held back from here on: live messages wait for the replay (Connect starts it).
-        stream.begin_replay()
-        check = self._streams.begin_check(login.user_id)
-        try:
-            request = route_internal_pb2.SessionConnectedRequest(
-                server_id=self._config.server_id,
-                user_id=login.user_id,
-                session_token=login.session_token,
-                device_id=login.device_id,
-                last_seq=login.last_seq,
-            )
-            reply = await self._routes.call(
-                "SessionConnected",
-                lambda stub: stub.SessionConnected(
-                    request, metadata=self._routes.metadata, timeout=self._routes.timeout
-                ),
-            )
-            stream.session_id = reply.session_id
-            stream.user_name = reply.user_name
-            self.learn_session_ttl(reply.session_ttl_ms)
-            replaced = self._streams.add(stream)
-        finally:
-            self._streams.end_check(login.user_id, check)
-        if replaced is not None:
-            replaced.close(notice(KICKED, "logged in from another client"), "replaced")
-        stream.push(
-            chat_pb2.ServerFrame(
-                login_ok=chat_pb2.LoginOk(
-                    user_id=stream.user_id,
-                    user_name=stream.user_name,
-                    server_id=self._config.server_id,
-                    heartbeat_interval_ms=int(self._config.heartbeat.ping_interval * 1000),
-                    idle_timeout_ms=int(self._config.heartbeat.idle_timeout * 1000),
-                )
-            )
-        )
-        log.info("user %s (%s) connected", stream.user_id, stream.user_name)
-        return stream
+            first = await asyncio.wait_for(anext(request_iterator), self._settings.login_timeout)
+        except TimeoutError:
+            stream.handle(LoginTimedOut())
+        except StopAsyncIteration:
+            stream.handle(ClientClosed())
+        except Exception as exc:
+            self._read_failed(stream, exc)
+        else:
+            for action in stream.handle(FrameReceived(first)):
+                if isinstance(action, CheckLogin):
+                    await self._check_login(stream, action)
+        return not stream.closed
 
     async def _read(
         self, stream: ClientStream, request_iterator: AsyncIterator[chat_pb2.ClientFrame]
     ) -> None:
+        """Feeds the frames after the login to the session until it ends."""
         try:
             async for frame in request_iterator:
-                stream.heard()
-                kind = frame.WhichOneof("frame")
-                if kind == "ping":
-                    stream.push(
-                        chat_pb2.ServerFrame(
-                            pong=chat_pb2.Pong(
-                                client_time_ms=frame.ping.client_time_ms,
-                                server_time_ms=_now_ms(),
-                            )
-                        )
-                    )
-                elif kind == "send":
-                    self._send(stream, frame.send)
-                elif kind == "ack":
-                    # The user is the stream's, never one named in the frame.
-                    self.acks.note(stream.user_id, stream.session_id, frame.ack.seq)
-                elif kind == "sync":
-                    if not stream.replaying:
-                        stream.begin_replay()
-                        stream.replay_task = asyncio.create_task(
-                            self._replay(stream, frame.sync.after_seq)
-                        )
-                else:
-                    stream.close(
-                        _error_notice(InvalidArgument(f"unexpected {kind or 'empty'} frame")),
-                        "protocol error",
-                    )
-                    return
-        except (asyncio.CancelledError, grpc.aio.AioRpcError):
-            pass
-        stream.close(None, stream.close_reason or "client closed the stream")
+                self._carry_out(stream, stream.handle(FrameReceived(frame)))
+        except Exception as exc:
+            self._read_failed(stream, exc)
+        else:
+            stream.handle(ClientClosed())
 
-    def _send(self, stream: ClientStream, send: chat_pb2.SendFrame) -> None:
-        correlation_id = send.correlation_id
-        target = send.WhichOneof("target")
-        item = route_internal_pb2.SubmittedMessage(
-            sender_id=stream.user_id, session_id=stream.session_id, sender_name=stream.user_name
-        )
+    @staticmethod
+    def _read_failed(stream: ClientStream, exc: Exception) -> None:
+        if isinstance(exc, CimError):  # a frame that does not decode: a protocol error
+            stream.handle(ReadFailed(exc))
+        elif isinstance(exc, grpc.aio.AioRpcError):
+            stream.handle(ClientClosed())
+        else:
+            log.error("reading the stream of user %s failed", stream.user_id, exc_info=exc)
+            stream.handle(ReadFailed(Internal("internal error; see the chat server log")))
+
+    async def _check_login(self, stream: ClientStream, check: CheckLogin) -> None:
+        waiting = self._streams.begin_check(check.user_id)
+        replaced = None
         try:
-            if target == "private":
-                item.private.CopyFrom(send.private)
-                text = send.private.text
-            elif target == "group":
-                item.group.CopyFrom(send.group)
-                text = send.group.text
+            try:
+                reply = await self._routes.session_connected(
+                    check.user_id, check.session_token, check.device_id, check.last_seq
+                )
+            except CimError as exc:
+                stream.handle(LoginRefused(exc))
+                return
+            self._carry_out(stream, stream.handle(LoginAccepted(reply.session_id, reply.user_name)))
+            replaced = self._streams.add(stream)
+        finally:
+            self._streams.end_check(check.user_id, waiting)
+        if replaced is not None:
+            replaced.handle(Replaced())
+        log.info("user %s (%s) connected", stream.user_id, stream.user_name)
+
+    def _carry_out(self, stream: ClientStream, actions: list[Action]) -> None:
+        """The route calls a session asked for (its pushes are queued already)."""
+        for action in actions:
+            if isinstance(action, Submit):
+                future = self._routes.submit(action.message)
+                future.add_done_callback(functools.partial(_settle, stream, action.correlation_id))
+            elif isinstance(action, ForwardAck):
+                self._acks.note(action.user_id, action.session_id, action.seq)
+            elif isinstance(action, FetchReplayPage):
+                stream.replay_task = asyncio.create_task(self._replay(stream, action))
             else:
-                raise InvalidArgument("send frame has neither a private nor a group target")
-            if len(text.encode()) > self._config.max_text_bytes:
-                raise InvalidArgument(
-                    f"message text is over the limit of {self._config.max_text_bytes} bytes"
-                )
-            if stream.outstanding_sends >= MAX_OUTSTANDING_SENDS:
-                raise ResourceExhausted(
-                    f"more than {MAX_OUTSTANDING_SENDS} sends await their result: slow down"
-                )
-            if not self.send_limits.allow(stream.user_id):
-                raise ResourceExhausted(
-                    describe_limit(
-                        "messages from this user",
-                        self.send_limits.rate,
-                        self.send_limits.burst,
-                        self.send_limits.retry_after(stream.user_id),
-                    )
-                )
-        except CimError as exc:
-            stream.push(_send_error(correlation_id, exc))
-            return
-        stream.outstanding_sends += 1
-        future = self._routes.submissions.enqueue(item)
+                raise AssertionError(f"unexpected action {action!r}")
 
-        def answer(done: asyncio.Future[route_internal_pb2.SubmitResult]) -> None:
-            stream.outstanding_sends -= 1
-            if done.cancelled():
+    async def _replay(self, stream: ClientStream, fetch: FetchReplayPage | None) -> None:
+        """Reads the inbox pages the session asks for and queues them at the
+        client's pace."""
+        while fetch is not None:
+            try:
+                reply = await self._routes.replay_page(
+                    fetch.user_id, fetch.session_id, fetch.after_seq, fetch.limit
+                )
+            except CimError as exc:
+                stream.handle(ReplayFailed(exc))
                 return
-            exc = done.exception()
-            if isinstance(exc, CimError):
-                stream.push(_send_error(correlation_id, exc))
-                return
-            if exc is not None:
-                log.error("submitting a message failed", exc_info=exc)
-                stream.push(
-                    _send_error(
-                        correlation_id,
-                        Internal("internal error while sending; see the chat server log"),
-                    )
-                )
-                return
-            result = done.result()
-            frame = chat_pb2.SendResultFrame(correlation_id=correlation_id)
-            if result.WhichOneof("outcome") == "ok":
-                frame.ok.CopyFrom(result.ok)
-            else:
-                frame.error.CopyFrom(result.error)
-            stream.push(chat_pb2.ServerFrame(send_result=frame))
-
-        future.add_done_callback(answer)
-
-    def learn_session_ttl(self, session_ttl_ms: int) -> None:
-        if session_ttl_ms > 0:
-            self.refresh_interval = min(self._config.refresh_interval, session_ttl_ms / 3000)
-
-    async def _replay(self, stream: ClientStream, after_seq: int) -> None:
-        """Sends the stream's inbox after ``after_seq`` in order, at the
-        client's pace, then goes live with what was held back meanwhile."""
-        cursor = after_seq
-        dropped = 0
-        try:
-            while True:
-                reply = await self._replay_page(stream, cursor)
-                for message in reply.messages:
-                    if not await stream.push_paced(chat_pb2.ServerFrame(message=message)):
-                        return
-                    cursor = message.seq
-                dropped = max(dropped, reply.dropped_through_seq)
-                if reply.more:
-                    continue
-                # Every seq up to the head was in a page or is gone (acked, dropped).
-                if stream.finish_replay(
-                    reply.head_seq, _replay_done(after_seq, reply.head_seq, dropped)
-                ):
+            for action in stream.handle(ReplayPageReceived(reply)):
+                if isinstance(action, Push) and not await stream.push_paced(action.frame):
                     return
-        except CimError as exc:
-            stream.close(
-                _error_notice(Unavailable(f"could not replay stored messages: {exc.message}")),
-                "replay failed",
-            )
+            fetch = None
+            for action in stream.handle(ReplayPageQueued()):
+                if isinstance(action, FetchReplayPage):
+                    fetch = action
 
-    async def _replay_page(
-        self, stream: ClientStream, after_seq: int
-    ) -> route_internal_pb2.ReplayResponse:
-        request = route_internal_pb2.ReplayRequest(
-            server_id=self._config.server_id,
-            user_id=stream.user_id,
-            session_id=stream.session_id,
-            after_seq=after_seq,
-            limit=REPLAY_PAGE,
-        )
-        return await self._routes.call(
-            "Replay",
-            lambda stub: stub.Replay(
-                request, metadata=self._routes.metadata, timeout=self._routes.timeout
-            ),
-        )
-
-    async def _disconnected(self, stream: ClientStream) -> None:
+    async def _disconnected(self, report: ReportDisconnected) -> None:
         # Its last acks first: a login that follows the end of this session
         # then replays nothing the client already had.
-        await self.acks.flush()
-        request = route_internal_pb2.SessionDisconnectedRequest(
-            server_id=self._config.server_id,
-            user_id=stream.user_id,
-            session_id=stream.session_id,
-            reason=stream.close_reason,
-        )
+        await self._acks.flush()
         try:
-            await self._routes.call(
-                "SessionDisconnected",
-                lambda stub: stub.SessionDisconnected(
-                    request, metadata=self._routes.metadata, timeout=self._routes.timeout
-                ),
-            )
+            await self._routes.disconnected(report.user_id, report.session_id, report.reason)
         except CimError as exc:
             # The login state then expires by itself (no refresh keeps it).
-            log.warning("could not report user %s leaving: %s", stream.user_id, exc.message)
+            log.warning("could not report user %s leaving: %s", report.user_id, exc.message)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -317,6 +236,27 @@ class ChatService(chat_pb2_grpc.ChatServicer):
     async def wait_background(self) -> None:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _settle(
+    stream: ClientStream,
+    correlation_id: int,
+    done: asyncio.Future[route_internal_pb2.SubmitResult],
+) -> None:
+    """A submitted send's outcome, back to its session."""
+    if done.cancelled():
+        stream.handle(SendSettled(correlation_id))
+        return
+    exc = done.exception()
+    outcome: route_internal_pb2.SubmitResult | CimError
+    if exc is None:
+        outcome = done.result()
+    elif isinstance(exc, CimError):
+        outcome = exc
+    else:
+        log.error("submitting a message failed", exc_info=exc)
+        outcome = Internal("internal error while sending; see the chat server log")
+    stream.handle(SendSettled(correlation_id, outcome))
 
 
 class ChatInternalService(chat_internal_pb2_grpc.ChatInternalServicer):
@@ -342,17 +282,14 @@ class ChatInternalService(chat_internal_pb2_grpc.ChatInternalServicer):
     ) -> chat_internal_pb2.DeliverResponse:
         for kick in request.kicks:
             stream = self._streams.get(kick.user_id)
-            if stream is not None and stream.session_id == kick.session_id:
-                stream.close(notice(KICKED, kick.reason or "session ended"), "kicked")
+            if stream is not None:
+                stream.handle(Kick(kick.session_id, kick.reason))
         delivered = []
         for delivery in request.deliveries:
             stream = self._streams.get(delivery.receiver_id)
             if stream is None:
                 stream = await self._streams.find(delivery.receiver_id, CHECK_WAIT)
-            delivered.append(
-                stream is not None
-                and stream.push_message(chat_pb2.ServerFrame(message=delivery.message))
-            )
+            delivered.append(stream is not None and stream.deliver(delivery.message))
         return chat_internal_pb2.DeliverResponse(delivered=delivered)
 
     @unary_edge
@@ -367,34 +304,3 @@ class ChatInternalService(chat_internal_pb2_grpc.ChatInternalServicer):
                 stream is not None and not stream.closed and stream.session_id == ref.session_id
             )
         return chat_internal_pb2.PresenceResponse(live=live)
-
-
-def _replay_done(after_seq: int, head_seq: int, dropped: int) -> list[chat_pb2.ServerFrame]:
-    """The frames that end a replay: a notice if retention dropped messages
-    the client never had, then ReplayDone."""
-    frames = []
-    dropped = dropped if dropped > after_seq else 0
-    if dropped:
-        frames.append(
-            notice(
-                BEHIND,
-                f"messages up to #{dropped} were dropped before you fetched them "
-                "(older or more than the route keeps)",
-            )
-        )
-    done = chat_pb2.ReplayDone(through_seq=head_seq, dropped_through_seq=dropped, head_seq=head_seq)
-    frames.append(chat_pb2.ServerFrame(replay_done=done))
-    return frames
-
-
-def _send_error(correlation_id: int, exc: CimError) -> chat_pb2.ServerFrame:
-    return chat_pb2.ServerFrame(
-        send_result=chat_pb2.SendResultFrame(
-            correlation_id=correlation_id,
-            error=common_pb2.ItemError(code=exc.code.value[0], message=exc.message),
-        )
-    )
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -1,135 +1,75 @@
 """Client streams held by a chat server, and the table that finds them by user.
 
-Each stream has one bounded outbound buffer and a single writer (the Connect
-handler); every other task only appends. A client that stops reading fills
-its buffer and is disconnected (it catches up by replay when it comes back)
-instead of growing memory without limit.
+A stream is a protocol session (``cim.core.chat_session.ChatSession``, no
+I/O) plus its outbound queue. The queue is bounded and has a single writer
+(the Connect handler); every other task only appends. A client that stops
+reading fills it and is disconnected "too slow" (it catches up by replay when
+it comes back) instead of growing memory without limit.
 
-While a stream replays its inbox, live messages for it are held back and
-sent after the replay, minus those the replay already carried: the client
-sees its sequence in order, with no gap between replay and live.
+:class:`ClientStream` carries out the actions that stay on the stream (pushes,
+the close) and hands back the rest (route calls, paced pushes) to its driver.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
-from collections.abc import Sequence
 
-from cim.proto.v1 import chat_pb2
+from cim.core.chat_session import (
+    Action,
+    ChatSession,
+    Close,
+    Deliver,
+    Event,
+    OutboundOverflow,
+    Push,
+    State,
+)
+from cim.errors import CimError
+from cim.proto.v1 import chat_pb2, common_pb2
 
-# How many recently pushed seqs a stream remembers to drop repeated pushes.
-RECENT_SEQS = 256
 
+class Outbox:
+    """Frames waiting for the stream's one writer, at most ``max_buffered``
+    (plus a final frame at the close)."""
 
-class ClientStream:
-    def __init__(self, user_id: int, device_id: str, max_buffered: int) -> None:
-        self.user_id = user_id
-        self.device_id = device_id
-        self.session_id = ""
-        self.user_name = ""
-        self.last_heard = time.monotonic()
-        self.outstanding_sends = 0
-        # The seq the client said it holds at login; the replay starts after it.
-        self.login_seq = 0
-        self.replay_task: asyncio.Task[None] | None = None
+    def __init__(self, max_buffered: int) -> None:
         self._max_buffered = max_buffered
         self._frames: deque[chat_pb2.ServerFrame] = deque()
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._closed = False
-        self.close_reason = ""
-        # Live messages held back during a replay; overflowing means the
-        # replay must read the inbox once more (they are all stored there).
-        self.replaying = False
-        # Every seq up to here was sent by a replay (or is gone).
-        self.replayed_through = 0
-        self._held: list[chat_pb2.ServerFrame] = []
-        # The last seqs pushed live, oldest first (an ordered set).
-        self._recent: dict[int, None] = {}
-        self._held_overflow = False
+
+    def __len__(self) -> int:
+        return len(self._frames)
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def heard(self) -> None:
-        self.last_heard = time.monotonic()
-
     def push(self, frame: chat_pb2.ServerFrame) -> bool:
-        """Queues a frame; False if the stream is closed or too far behind
-        (then it is closed with an error notice)."""
-        if self._closed:
-            return False
-        if len(self._frames) >= self._max_buffered:
-            self.close(
-                notice(chat_pb2.Notice.KIND_ERROR, "too slow: messages are waiting unread", 8),
-                "slow consumer",
-            )
+        """Queues a frame; False (queueing nothing) if closed or full."""
+        if self._closed or len(self._frames) >= self._max_buffered:
             return False
         self._frames.append(frame)
         self._ready.set()
         return True
 
-    def push_message(self, frame: chat_pb2.ServerFrame) -> bool:
-        """Queues a live message, or holds it back while the stream replays.
-        A seq the last replay covered, or one pushed lately, is a duplicate
-        (a retried send pushes again): dropped."""
-        seq = frame.message.seq
-        if seq and (seq <= self.replayed_through or seq in self._recent):
-            return not self._closed
-        if not self.replaying:
-            queued = self.push(frame)
-            if queued and seq:
-                self._recent[seq] = None
-                if len(self._recent) > RECENT_SEQS:
-                    del self._recent[next(iter(self._recent))]
-            return queued
-        if self._closed:
-            return False
-        if len(self._held) >= self._max_buffered:
-            self._held.clear()
-            self._held_overflow = True
-        self._held.append(frame)
-        return True
-
-    def begin_replay(self) -> None:
-        self.replaying = True
-
-    def finish_replay(self, through_seq: int, closing: Sequence[chat_pb2.ServerFrame] = ()) -> bool:
-        """Goes live after a replay that sent everything up to ``through_seq``:
-        queues ``closing`` (what tells the client the replay is done), then
-        the held messages after it. False (still replaying) if held messages
-        were dropped: the caller reads the inbox again first."""
-        if self._held_overflow:
-            self._held_overflow = False
-            return False
-        for frame in closing:
-            self.push(frame)
-        held, self._held = self._held, []
-        self.replaying = False
-        self.replayed_through = max(self.replayed_through, through_seq)
-        for frame in held:
-            self.push_message(frame)
-        return True
-
     async def push_paced(self, frame: chat_pb2.ServerFrame) -> bool:
-        """Queues a frame once the buffer is at most half full: a long replay
-        goes at the client's pace instead of overflowing the buffer."""
+        """Queues a frame once the queue is at most half full: a long replay
+        goes at the client's pace instead of filling the queue."""
         while len(self._frames) > self._max_buffered // 2 and not self._closed:
             self._room.clear()
             await self._room.wait()
         return self.push(frame)
 
-    def close(self, final: chat_pb2.ServerFrame | None, reason: str) -> None:
-        """Ends the stream after what is queued (and ``final``, past the bound)."""
+    def close(self, final: chat_pb2.ServerFrame | None = None) -> None:
+        """Ends the queue after what it holds (and ``final``, past the bound)."""
         if self._closed:
             return
         if final is not None:
             self._frames.append(final)
         self._closed = True
-        self.close_reason = reason
         self._ready.set()
         self._room.set()
 
@@ -146,8 +86,71 @@ class ClientStream:
         return frame
 
 
-def notice(kind: chat_pb2.Notice.Kind.ValueType, text: str, code: int = 0) -> chat_pb2.ServerFrame:
-    return chat_pb2.ServerFrame(notice=chat_pb2.Notice(kind=kind, text=text, code=code))
+class ClientStream:
+    """One client's stream on this server: its session and its outbox."""
+
+    def __init__(self, session: ChatSession, max_buffered: int) -> None:
+        self.session = session
+        self.outbox = Outbox(max_buffered)
+        # The driver's replay, if one runs (it cancels it at the end).
+        self.replay_task: asyncio.Task[None] | None = None
+
+    @property
+    def user_id(self) -> int:
+        return self.session.user_id
+
+    @property
+    def session_id(self) -> str:
+        return self.session.session_id
+
+    @property
+    def user_name(self) -> str:
+        return self.session.user_name
+
+    @property
+    def closed(self) -> bool:
+        return self.session.closed
+
+    @property
+    def close_reason(self) -> str:
+        return self.session.close_reason
+
+    @property
+    def close_error(self) -> CimError | None:
+        """Why the stream ended, if an error ended it: the call's status."""
+        return self.session.close_error
+
+    def handle(self, event: Event) -> list[Action]:
+        """Feeds the session; queues its pushes and carries out its close.
+        Returns what is left for the driver: route calls and paced pushes."""
+        return self._carry_out(self.session.handle(event))
+
+    def deliver(self, message: common_pb2.ChatMessage) -> bool:
+        """A live message from a route; True when the stream took it (queued,
+        held for after a replay, or dropped as one it already has)."""
+        if self.session.closed or self.session.state is State.AWAITING_LOGIN:
+            return False
+        self.handle(Deliver(message))
+        return not self.session.closed
+
+    async def push_paced(self, frame: chat_pb2.ServerFrame) -> bool:
+        """Queues a replayed frame at the client's pace; False once closed."""
+        return await self.outbox.push_paced(frame)
+
+    async def next_frame(self) -> chat_pb2.ServerFrame | None:
+        return await self.outbox.next_frame()
+
+    def _carry_out(self, actions: list[Action]) -> list[Action]:
+        rest: list[Action] = []
+        for action in actions:
+            if isinstance(action, Push) and not action.paced:
+                if not self.outbox.push(action.frame) and not self.outbox.closed:
+                    self._carry_out(self.session.handle(OutboundOverflow()))
+            elif isinstance(action, Close):
+                self.outbox.close(action.final)
+            else:
+                rest.append(action)
+        return rest
 
 
 class StreamTable:

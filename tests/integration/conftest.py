@@ -11,6 +11,7 @@ test modules; under its own name pytest would collect it as a test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -110,11 +111,14 @@ class ChatStream:
             return await self.call.read()
 
     async def read_until_end(self, timeout: float = READ_TIMEOUT) -> list[chat_pb2.ServerFrame]:
-        """Every frame up to the end of the stream (which must come within ``timeout``)."""
+        """Every frame up to the end of the stream (which must come within
+        ``timeout``), whatever its status: a stream ended by an error carries
+        it as its status too (``await stream.call.code()``)."""
         frames = []
         async with asyncio.timeout(timeout):
-            while (frame := await self.call.read()) is not grpc.aio.EOF:
-                frames.append(frame)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                while (frame := await self.call.read()) is not grpc.aio.EOF:
+                    frames.append(frame)
         return frames
 
     async def expect_login_ok(self) -> chat_pb2.LoginOk:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -48,13 +50,23 @@ async def test_login_ok_announces_the_heartbeat_policy(fast, raw):
     assert ok.idle_timeout_ms == int(IDLE_TIMEOUT * 1000)
 
 
+async def _end_of(stream: Any, timeout: float) -> tuple[list[chat_pb2.ServerFrame], Any]:
+    """The frames up to the end of the stream, and the status it ended with."""
+    frames = []
+    async with asyncio.timeout(timeout):
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            while (frame := await stream.call.read()) is not grpc.aio.EOF:
+                frames.append(frame)
+        return frames, await stream.call.code()
+
+
 async def test_silent_stream_is_evicted_and_login_state_cleared(fast, raw, eventually):
     login = await raw.login(fast, "alice")
+    started = time.monotonic()  # the server hears the login frame after this
     stream, _ = await raw.connect(login)
     assert await _online(raw, fast, login.session_token) == ["alice"]
-    started = time.monotonic()
 
-    frames = await stream.read_until_end(timeout=3.0)
+    frames, code = await _end_of(stream, timeout=3.0)
 
     elapsed = time.monotonic() - started
     assert len(frames) == 1, frames
@@ -62,7 +74,10 @@ async def test_silent_stream_is_evicted_and_login_state_cleared(fast, raw, event
     assert notice.kind == chat_pb2.Notice.KIND_ERROR
     assert notice.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     assert notice.text
-    assert IDLE_TIMEOUT <= elapsed < IDLE_TIMEOUT * 2 + 0.5
+    # The status says it too, for clients that do not read notices.
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert await stream.call.details() == notice.text
+    assert IDLE_TIMEOUT <= elapsed < IDLE_TIMEOUT + 0.5
 
     async def offline() -> bool:
         return "alice" not in await _online(raw, fast, login.session_token)
@@ -75,11 +90,40 @@ async def test_silent_stream_is_evicted_and_login_state_cleared(fast, raw, event
     assert again.session_id != login.session_id
 
 
+async def test_silent_streams_end_within_a_moment_of_their_deadline(raw):
+    """Streams that fall silent at different moments each end right after
+    their own deadline, not at the next of a few periodic sweeps (with a
+    sweep every idle_timeout/3 = 0.5 s, one of four streams started 1/8 s
+    apart would be at least 0.375 s late)."""
+    idle = 1.5
+    async with cluster(
+        servers=1,
+        route_config=route_config(),
+        server_config=ServerConfig(
+            cluster_secrets=("x",),
+            heartbeat=HeartbeatPolicy(ping_interval=0.5, idle_timeout=idle),
+        ),
+    ) as c:
+
+        async def silent_user(name: str, delay: float) -> float:
+            login = await raw.login(c, name)
+            await asyncio.sleep(delay)
+            started = time.monotonic()
+            stream, _ = await raw.connect(login)
+            frames, code = await _end_of(stream, timeout=idle + 2)
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (frames, code)
+            return time.monotonic() - started - idle
+
+        late = await asyncio.gather(*(silent_user(f"u{i}", i / 8) for i in range(4)))
+
+    assert all(0 <= lateness < 0.3 for lateness in late), late
+
+
 async def test_evicted_users_messages_are_stored(fast, raw, eventually):
     alice = await raw.login(fast, "alice")
     bob = await raw.login(fast, "bob")
     stream, _ = await raw.connect(bob)
-    await stream.read_until_end(timeout=3.0)
+    await _end_of(stream, timeout=3.0)
 
     async def bob_offline() -> bool:
         return "bob" not in await _online(raw, fast, alice.session_token)
@@ -166,7 +210,7 @@ async def test_library_client_keeps_its_stream_alive(fast):
 
 async def test_client_gives_up_a_stream_whose_server_went_silent_and_reconnects(fast, monkeypatch):
     from cim.client.client import EventKind
-    from cim.server.streams import ClientStream
+    from cim.server.streams import Outbox
 
     client = await fast.client("alice", config=fast.client_config(ping_interval=PING_INTERVAL))
     events: list[ClientEvent] = []
@@ -180,12 +224,12 @@ async def test_client_gives_up_a_stream_whose_server_went_silent_and_reconnects(
     client.on_event = on_event
     # The server keeps hearing the client but answers nothing on this stream,
     # as when the path back is broken while TCP looks fine.
-    stream = fast.embedded.servers[0].streams.get(client.user_id)
-    original_push = ClientStream.push
+    outbox = fast.embedded.servers[0].streams.get(client.user_id).outbox
+    original_push = Outbox.push
     monkeypatch.setattr(
-        ClientStream,
+        Outbox,
         "push",
-        lambda self, frame: False if self is stream else original_push(self, frame),
+        lambda self, frame: True if self is outbox else original_push(self, frame),
     )
     started = time.monotonic()
     async with asyncio.timeout(5):
