@@ -18,6 +18,13 @@ it missed. With a file cursor that survives restarts too.
 Sending: sends to one conversation (a receiver, a group) go one at a time,
 each retried with the same client_msg_id until it has a result, so a
 sender's messages reach each receiver once and in the order they were sent.
+
+Errors: public methods raise ``cim.errors`` classes only (each docstring says
+which); grpc's exceptions are mapped at one seam (``cim.client.route``), so
+``_Connection`` raises CimError for whatever breaks the stream (the class of
+its status; Unavailable for a write on a call that has ended or a call
+cancelled under it). Past the login, any of it is one thing, a lost stream:
+the client reconnects and a send retries with the same client_msg_id.
 """
 
 from __future__ import annotations
@@ -36,18 +43,20 @@ from enum import StrEnum
 import grpc
 
 from cim.client.cursor import MemoryCursor, SeqCursor
-from cim.client.route import RouteClient
+from cim.client.route import RouteClient, build_request, map_grpc_errors
 from cim.config import ClientConfig
 from cim.core.liveness import HeartbeatPolicy
 from cim.core.sequence import SequenceTracker
 from cim.errors import (
     CimError,
     FailedPrecondition,
+    Internal,
     NotFound,
     PermissionDenied,
     Unauthenticated,
     Unavailable,
     error_for_number,
+    from_item,
 )
 from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2, route_pb2
 from cim.tls import Tls, open_channel
@@ -84,19 +93,47 @@ EventCallback = Callable[[ClientEvent], None]
 
 
 class _Connection:
-    """One Chat stream and its channel."""
+    """One Chat stream and its channel. Reads and writes raise CimError (its
+    message says why) for anything that breaks the stream."""
 
-    def __init__(self, address: str, tls: Tls | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        channel: grpc.aio.Channel,
+        call: grpc.aio.StreamStreamCall[chat_pb2.ClientFrame, chat_pb2.ServerFrame],
+    ) -> None:
         self.address = address
-        self.channel = open_channel(address, tls)
-        self.call = chat_pb2_grpc.ChatStub(self.channel).Connect()
+        self.channel = channel
+        self.call = call
         self.write_lock = asyncio.Lock()
         self.last_sent = self.last_heard = time.monotonic()
 
+    @classmethod
+    def open(cls, address: str, tls: Tls | None = None) -> _Connection:
+        channel = open_channel(address, tls)
+        return cls(address, channel, chat_pb2_grpc.ChatStub(channel).Connect())
+
     async def write(self, frame: chat_pb2.ClientFrame) -> None:
         async with self.write_lock:
-            await self.call.write(frame)
+            # The stream may have ended while this write waited for the lock:
+            # grpc then raises InvalidStateError, mapped like any lost stream.
+            with map_grpc_errors():
+                await self.call.write(frame)
             self.last_sent = time.monotonic()
+
+    async def read(self) -> chat_pb2.ServerFrame | None:
+        """The next frame; None when the server ended the stream."""
+        with map_grpc_errors():
+            frame = await self.call.read()
+        if frame is grpc.aio.EOF:
+            return None
+        if not isinstance(frame, chat_pb2.ServerFrame):  # None: grpc logged a DecodeError
+            raise Internal("the chat server sent a frame that does not decode")
+        return frame
+
+    async def done_writing(self) -> None:
+        with map_grpc_errors():
+            await self.call.done_writing()
 
     async def aclose(self) -> None:
         self.call.cancel()
@@ -135,6 +172,7 @@ class CimClient:
         self._correlation = itertools.count(1)
         self._inbox: asyncio.Queue[common_pb2.ChatMessage | None] = asyncio.Queue()
         self._cursor = cursor or MemoryCursor()
+        self._cursor_failing = False
         self.sequence: SequenceTracker[common_pb2.ChatMessage] = SequenceTracker(
             self._cursor.load()
         )
@@ -154,7 +192,14 @@ class CimClient:
 
     async def register(self) -> bool:
         """Creates the account (or confirms it exists with this password);
-        True if it was created."""
+        True if it was created.
+
+        Raises InvalidArgument (a name or password the rules refuse),
+        AlreadyExists (the name is taken, with another password),
+        ResourceExhausted (too many registrations from this address),
+        Unavailable (no route answers), DeadlineExceeded (no answer in time),
+        FailedPrecondition (the client is closed).
+        """
         reply = await self.route.register(self.user_name, self._password)
         self.user_id = reply.user_id
         return reply.created
@@ -162,7 +207,14 @@ class CimClient:
     async def login(self, *, resume: bool = False) -> route_pb2.LoginResponse:
         """Logs in with the password; with ``resume``, first with the token of
         the session being replaced (no password hashing at the route), falling
-        back to the password when that session is over."""
+        back to the password when that session is over.
+
+        Raises NotFound (no such user), PermissionDenied (bad credentials),
+        AlreadyExists (logged in from another client, or another login in
+        progress), ResourceExhausted (too many logins from this address),
+        InvalidArgument, Unavailable (no route answers, or no chat server is
+        up), DeadlineExceeded, FailedPrecondition (the client is closed).
+        """
         reply: route_pb2.LoginResponse | None = None
         if resume and self.route.token:
             try:
@@ -180,38 +232,33 @@ class CimClient:
         return reply
 
     async def start(self, *, register: bool = True) -> None:
-        """Register (optional), log in and connect: ready to chat when it returns."""
+        """Register (optional), log in and connect: ready to chat when it returns.
+
+        Raises what :meth:`register`, :meth:`login` and :meth:`connect` raise.
+        """
         if register:
             await self.register()
         await self.login()
         await self.connect()
 
     async def connect(self) -> None:
-        """Opens the Chat stream to the server of the last login."""
+        """Opens the Chat stream to the server of the last login.
+
+        Raises FailedPrecondition (not logged in), Unavailable (the chat
+        server cannot be reached, does not answer within ``rpc_timeout``, or
+        ends the stream), Internal (it answers with something that does not
+        decode), or the error its refusal names (in a notice or as the
+        stream's status): Unauthenticated (the session is over), AlreadyExists
+        (another stream holds the session), Unavailable (the server is draining).
+        """
         if self.server is None or not self.route.token:
             raise FailedPrecondition("log in before connecting")
-        conn = _Connection(self.server.address, self._tls)
+        conn = _Connection.open(self.server.address, self._tls)
         try:
-            await conn.write(
-                chat_pb2.ClientFrame(
-                    login=chat_pb2.LoginFrame(
-                        user_id=self.user_id,
-                        session_token=self.route.token,
-                        device_id=self.config.device_id,
-                        last_seq=self.sequence.through,
-                    )
-                )
-            )
-            first = await asyncio.wait_for(conn.call.read(), self.config.rpc_timeout)
-        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            ok = await self._log_in_on(conn)
+        except BaseException:
             await conn.aclose()
-            raise Unavailable(f"chat server {self.server.address} unreachable: {exc}") from None
-        if first is grpc.aio.EOF or first.WhichOneof("frame") != "login_ok":
-            await conn.aclose()
-            if first is not grpc.aio.EOF and first.WhichOneof("frame") == "notice":
-                raise error_for_number(first.notice.code, first.notice.text)
-            raise Unavailable("chat server closed the stream during login")
-        ok = first.login_ok
+            raise
         if ok.heartbeat_interval_ms > 0:
             interval = min(self.config.ping_interval, ok.heartbeat_interval_ms / 1000)
             self._heartbeat = HeartbeatPolicy(
@@ -224,8 +271,40 @@ class CimClient:
         self._spawn(self._ack_and_sync(conn))
         self._event(EventKind.CONNECTED, f"connected to {ok.server_id} ({conn.address})")
 
+    async def _log_in_on(self, conn: _Connection) -> chat_pb2.LoginOk:
+        login = chat_pb2.LoginFrame(
+            user_id=self.user_id,
+            session_token=self.route.token,
+            device_id=self.config.device_id,
+            last_seq=self.sequence.through,
+        )
+        try:
+            # The login write too: a fresh call's first write waits for the
+            # connection, and grpc may never wake a write whose call is cancelled.
+            async with asyncio.timeout(self.config.rpc_timeout):
+                await conn.write(chat_pb2.ClientFrame(login=login))
+                first = await conn.read()
+        except TimeoutError:
+            raise Unavailable(
+                f"chat server {conn.address} unreachable: "
+                f"no answer within {self.config.rpc_timeout:g} s"
+            ) from None
+        except CimError as exc:
+            if type(exc) in (CimError, Unavailable):  # broken (CANCELLED, UNKNOWN, ...) or down
+                raise Unavailable(f"chat server {conn.address} unreachable: {exc.message}") from exc
+            raise  # the server's verdict on the login, said as a status
+        if first is None:
+            raise Unavailable("chat server closed the stream during login")
+        if first.WhichOneof("frame") == "notice":
+            raise error_for_number(first.notice.code, first.notice.text)
+        if first.WhichOneof("frame") != "login_ok":
+            raise Unavailable("chat server closed the stream during login")
+        return first.login_ok
+
     async def close(self) -> None:
-        """Logs out at the route and closes the stream."""
+        """Logs out at the route and closes the stream. Raises nothing: a
+        route that cannot be reached for the logout is skipped, and sends
+        still waiting fail with Unavailable."""
         if self._closing:
             return
         self._closing = True
@@ -242,15 +321,15 @@ class CimClient:
         conn, self._conn = self._conn, None
         self._connected.clear()
         if conn is not None:
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                await conn.call.done_writing()
+            with contextlib.suppress(CimError):
+                await conn.done_writing()
             await conn.aclose()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_pending(Unavailable("client closed"))
         self._inbox.put_nowait(None)
-        self._cursor.save(self.sequence.through)
+        self._save_cursor()
         await self.route.aclose()
 
     async def __aenter__(self) -> CimClient:
@@ -264,31 +343,56 @@ class CimClient:
         self, receiver_id: int, text: str, client_msg_id: str = ""
     ) -> common_pb2.SendResponse:
         """Sends over the stream; returns the message id and whether it was
-        delivered or stored for an offline receiver."""
-        frame = chat_pb2.SendFrame(
-            private=common_pb2.SendPrivateRequest(
-                receiver_id=receiver_id, text=text, client_msg_id=client_msg_id
-            )
+        delivered or stored for an offline receiver. A lost stream is retried
+        (same client_msg_id, so at most one delivery) until ``rpc_timeout``.
+
+        Raises InvalidArgument (empty or oversized text, a receiver id out of
+        range), NotFound (no such receiver), ResourceExhausted (over the
+        sender's message rate), Unavailable (no stream, or no result, within
+        ``rpc_timeout``: the message may or may not be sent; the client closed
+        meanwhile), FailedPrecondition (the client is closed or gave up).
+        """
+        request = build_request(
+            common_pb2.SendPrivateRequest,
+            "message",
+            receiver_id=receiver_id,
+            text=text,
+            client_msg_id=client_msg_id,
         )
-        return await self._send(frame)
+        return await self._send(chat_pb2.SendFrame(private=request))
 
     async def send_group(self, text: str, client_msg_id: str = "") -> common_pb2.SendResponse:
-        frame = chat_pb2.SendFrame(
-            group=common_pb2.SendGroupRequest(text=text, client_msg_id=client_msg_id)
+        """Sends to every user online, as :meth:`send_private` does (same
+        errors, but for NotFound)."""
+        request = build_request(
+            common_pb2.SendGroupRequest, "message", text=text, client_msg_id=client_msg_id
         )
-        return await self._send(frame)
+        return await self._send(chat_pb2.SendFrame(group=request))
 
     async def list_online(self, name_prefix: str = "") -> list[common_pb2.UserInfo]:
+        """Users online whose name starts with ``name_prefix``.
+
+        Raises Unauthenticated (not logged in, or the session is over),
+        InvalidArgument, Unavailable (no route answers, or the client closed
+        during the call), DeadlineExceeded, FailedPrecondition (the client is
+        closed).
+        """
         return await self.route.list_online(name_prefix)
 
     async def fetch_offline(
         self, limit: int = 0, after_seq: int = 0
     ) -> route_pb2.FetchOfflineResponse:
-        """Reads the inbox without a stream (a connected client gets it replayed)."""
+        """Reads the inbox without a stream (a connected client gets it replayed).
+
+        Raises Unauthenticated, InvalidArgument (``limit`` past the page
+        size), Unavailable, DeadlineExceeded, FailedPrecondition (the client
+        is closed).
+        """
         return await self.route.fetch_offline(limit, after_seq)
 
     async def messages(self) -> AsyncIterator[common_pb2.ChatMessage]:
-        """Pushed messages in arrival order; ends when the client closes or gives up."""
+        """Pushed messages in arrival order; ends when the client closes or
+        gives up. Raises nothing."""
         while (message := await self._inbox.get()) is not None:
             yield message
 
@@ -339,43 +443,49 @@ class CimClient:
             raise Unavailable("not connected to a chat server")
         frame.correlation_id = next(self._correlation)
         future: asyncio.Future[common_pb2.SendResponse] = asyncio.get_running_loop().create_future()
+        # Registered before the write: the result can be read before the write returns.
         self._pending[frame.correlation_id] = future
         try:
-            await conn.write(chat_pb2.ClientFrame(send=frame))
+            try:
+                await conn.write(chat_pb2.ClientFrame(send=frame))
+            except CimError as exc:  # whatever its status said, the stream is lost: retry
+                raise Unavailable(f"connection lost while sending: {exc.message}") from exc
             async with asyncio.timeout(timeout):
                 return await future
-        except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"connection lost while sending: {exc.details()}") from None
         except TimeoutError:
             raise Unavailable("no result for the message in time; it may not be sent") from None
         finally:
             self._pending.pop(frame.correlation_id, None)
+            if future.done() and not future.cancelled():
+                # A lost stream may have failed it too; this attempt's own error stands.
+                future.exception()
 
     # --- the stream ---------------------------------------------------------
     async def _read(self, conn: _Connection) -> None:
         reconnect, why = True, "connection lost"
-        try:
-            while True:
-                frame = await conn.call.read()
-                if frame is grpc.aio.EOF:
-                    break
-                conn.last_heard = time.monotonic()
-                kind = frame.WhichOneof("frame")
-                if kind == "message":
-                    self._accept(frame.message)
-                elif kind == "send_result":
-                    self._on_result(frame.send_result)
-                elif kind == "replay_done":
-                    self._replayed(frame.replay_done)
-                elif kind == "notice":
-                    if frame.notice.kind == chat_pb2.Notice.KIND_BEHIND:
-                        self._event(EventKind.BEHIND, frame.notice.text)
-                        continue
-                    why = frame.notice.text
-                    if frame.notice.kind == chat_pb2.Notice.KIND_KICKED:
-                        reconnect = False
-        except grpc.aio.AioRpcError as exc:
-            why = exc.details() or exc.code().name
+        while True:
+            try:
+                frame = await conn.read()
+            except CimError as exc:  # the stream broke, or sent a frame that does not decode
+                why = exc.message
+                break
+            if frame is None:
+                break
+            conn.last_heard = time.monotonic()
+            kind = frame.WhichOneof("frame")
+            if kind == "message":
+                self._accept(frame.message)
+            elif kind == "send_result":
+                self._on_result(frame.send_result)
+            elif kind == "replay_done":
+                self._replayed(frame.replay_done)
+            elif kind == "notice":
+                if frame.notice.kind == chat_pb2.Notice.KIND_BEHIND:
+                    self._event(EventKind.BEHIND, frame.notice.text)
+                    continue
+                why = frame.notice.text
+                if frame.notice.kind == chat_pb2.Notice.KIND_KICKED:
+                    reconnect = False
         if conn is self._conn and not self._closing:
             await self._lost(conn, why, reconnect)
 
@@ -405,7 +515,20 @@ class CimClient:
             self._inbox.put_nowait(message)
             if self.on_message is not None:
                 self.on_message(message)
-        self._cursor.save(self.sequence.through)
+        self._save_cursor()
+
+    def _save_cursor(self) -> None:
+        # A cursor file that cannot be written costs at most a replay of what
+        # was shown (the server's acks still trim the inbox): no reason to
+        # stop reading the stream, or to fail close().
+        try:
+            self._cursor.save(self.sequence.through)
+        except OSError as exc:
+            if not self._cursor_failing:  # once per streak, not once per message
+                log.warning("cannot save the last seq %d: %s", self.sequence.through, exc)
+            self._cursor_failing = True
+        else:
+            self._cursor_failing = False
 
     async def _ack_and_sync(self, conn: _Connection) -> None:
         """Acks what was released, and asks for a replay when a gap lasts."""
@@ -427,7 +550,7 @@ class CimClient:
             try:
                 for frame in frames:
                     await conn.write(frame)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            except CimError:
                 return  # the reader notices the broken stream
             if frames and frames[0].WhichOneof("frame") == "ack":
                 self._acked = through
@@ -439,7 +562,7 @@ class CimClient:
         if result.WhichOneof("outcome") == "ok":
             future.set_result(result.ok)
         else:
-            future.set_exception(error_for_number(result.error.code, result.error.message))
+            future.set_exception(from_item(result.error))
 
     async def _keep_alive(self, conn: _Connection) -> None:
         """Pings after ``ping_interval`` of silence, and gives the stream up when
@@ -457,7 +580,7 @@ class CimClient:
                 ping = chat_pb2.ClientFrame(ping=chat_pb2.Ping(client_time_ms=now_ms))
                 try:
                     await conn.write(ping)
-                except grpc.aio.AioRpcError:
+                except CimError:
                     return  # the reader notices the broken stream
                 now = time.monotonic()
             wake = min(

@@ -8,7 +8,6 @@ from stdin and prints plainly, which keeps it scriptable.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -195,8 +194,8 @@ class Console:
         self, message: commands.GroupMessage | commands.PrivateMessage, seconds: float
     ) -> None:
         await asyncio.sleep(seconds)
-        with contextlib.suppress(asyncio.CancelledError):
-            try:
-                await self.send(message)
-            except CimError as exc:
-                self.error(f"delayed message not sent: {exc.message}")
+        # The library raises only CimError; a cancellation (shutdown) ends the task.
+        try:
+            await self.send(message)
+        except CimError as exc:
+            self.error(f"delayed message not sent: {exc.message}")

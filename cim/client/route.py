@@ -1,15 +1,31 @@
-"""Unary calls to the routes, with failover between the addresses given."""
+"""Unary calls to the routes, with failover between the addresses given.
+
+This module is also the client library's one seam between grpc's exceptions
+and cim's (:func:`map_grpc_errors`, :func:`build_request`): every public
+method of the library raises :class:`cim.errors.CimError` subclasses only,
+besides ``TypeError`` and the like for arguments of the wrong type (a bug in
+the caller) and ``asyncio.CancelledError`` when the caller's task is cancelled.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
 import grpc
 
-from cim.errors import CimError, Unavailable, from_rpc_error
+from cim.errors import (
+    CimError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    Unavailable,
+    from_rpc_error,
+)
 from cim.grpcutil import token_metadata
 from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
 from cim.tls import Tls, open_channel
@@ -17,11 +33,66 @@ from cim.tls import Tls, open_channel
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M")
 _FAILOVER = {grpc.StatusCode.UNAVAILABLE}
 
 
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+@contextlib.contextmanager
+def map_grpc_errors() -> Iterator[None]:
+    """Turns what grpc.aio raises into cim errors (``raise ... from exc``):
+
+    * ``AioRpcError``: the class of its status code (:func:`from_rpc_error`);
+    * ``asyncio.InvalidStateError`` (a write on a call that has already ended,
+      e.g. its server died while the write waited its turn): ``Unavailable``;
+    * ``grpc.aio.UsageError`` (a call on a closed channel): ``FailedPrecondition``;
+    * ``grpc.aio.InternalError`` (grpc's core failed the call's operations):
+      ``Unavailable``, as a call that broke;
+    * ``asyncio.CancelledError`` while the current task is not being cancelled:
+      grpc raises it from a call that another task cancelled (a stream given
+      up, a channel closed by ``close()``), so it is ``Unavailable`` here. A
+      cancellation of the task itself propagates untouched.
+    """
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from exc
+    except asyncio.InvalidStateError as exc:
+        raise Unavailable(f"the call has already ended ({exc})") from exc
+    except grpc.aio.UsageError as exc:
+        raise FailedPrecondition(f"the client is closed ({exc})") from exc
+    except grpc.aio.InternalError as exc:
+        raise Unavailable(f"grpc failed the call ({exc})") from exc
+    except asyncio.CancelledError as exc:
+        if _being_cancelled():
+            raise
+        raise Unavailable("the call was cancelled: its connection was closed") from exc
+
+
+def build_request(message_type: Callable[..., M], what: str, **fields: object) -> M:
+    """A request carrying what a user typed. Protobuf refuses text that is not
+    valid Unicode (a lone surrogate from a badly decoded terminal) and numbers
+    outside the field's range with ``ValueError``: bad input, so InvalidArgument.
+    Values of the wrong type stay a ``TypeError`` (a bug, not input)."""
+    try:
+        return message_type(**fields)
+    except ValueError as exc:
+        raise InvalidArgument(f"invalid {what}: {exc}") from exc
+
+
 class RouteClient:
-    """Talks to whichever of the given routes answers; routes are interchangeable."""
+    """Talks to whichever of the given routes answers; routes are interchangeable.
+
+    Every call raises ``Unavailable`` when no route answers (or a route has no
+    chat server for a login), ``DeadlineExceeded`` when the answer takes longer
+    than ``timeout``, ``FailedPrecondition`` after :meth:`aclose`, and
+    ``Internal`` for a reply that does not decode; the other errors of each
+    method are in its docstring.
+    """
 
     def __init__(
         self, addresses: Sequence[str], timeout: float = 10.0, tls: Tls | None = None
@@ -36,22 +107,29 @@ class RouteClient:
         self._preferred = 0
         self.token = ""
 
-    async def _call(self, what: str, call: Callable[[route_pb2_grpc.RouteStub], Awaitable[T]]) -> T:
+    async def _call(
+        self, what: str, call: Callable[[route_pb2_grpc.RouteStub], Awaitable[T | None]]
+    ) -> T:
         last: CimError | None = None
         last_address = ""
-        for offset in range(len(self._stubs)):
-            index = (self._preferred + offset) % len(self._stubs)
-            try:
-                result = await call(self._stubs[index])
-            except grpc.aio.AioRpcError as exc:
-                error = from_rpc_error(exc)
-                if exc.code() not in _FAILOVER:
-                    raise error from exc
-                log.debug("%s: route %s unavailable: %s", what, self.addresses[index], exc)
-                last, last_address = error, self.addresses[index]
-                continue
-            self._preferred = index  # stick to a route that answers
-            return result
+        with map_grpc_errors():
+            for offset in range(len(self._stubs)):
+                index = (self._preferred + offset) % len(self._stubs)
+                try:
+                    result = await call(self._stubs[index])
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in _FAILOVER:
+                        raise
+                    log.debug("%s: route %s unavailable: %s", what, self.addresses[index], exc)
+                    last, last_address = from_rpc_error(exc), self.addresses[index]
+                    continue
+                if result is None:
+                    # grpc logs the DecodeError and hands over None.
+                    raise Internal(
+                        f"{what}: route {self.addresses[index]} sent a reply that does not decode"
+                    )
+                self._preferred = index  # stick to a route that answers
+                return result
         # UNAVAILABLE is both "route unreachable" and "route up, no chat server":
         # the route's own words say which.
         detail = last.message if last else "no answer"
@@ -61,7 +139,18 @@ class RouteClient:
         return token_metadata(self.token) if self.token else ()
 
     async def register(self, user_name: str, password: str) -> route_pb2.RegisterResponse:
-        request = route_pb2.RegisterRequest(user_name=user_name, password=password)
+        """Creates the account, or confirms it exists with this password.
+
+        Raises InvalidArgument (a name or password the rules refuse),
+        AlreadyExists (the name is taken, with another password),
+        ResourceExhausted (too many registrations from this address).
+        """
+        request = build_request(
+            route_pb2.RegisterRequest,
+            "user name or password",
+            user_name=user_name,
+            password=password,
+        )
         return await self._call(
             "register", lambda stub: stub.Register(request, timeout=self._timeout)
         )
@@ -75,8 +164,16 @@ class RouteClient:
         resume_token: str = "",
     ) -> route_pb2.LoginResponse:
         """Logs in with the password, or with ``resume_token`` (the session
-        token of the user's current session) instead of it."""
-        request = route_pb2.LoginRequest(
+        token of the user's current session) instead of it.
+
+        Raises NotFound (no such user), PermissionDenied (bad credentials),
+        Unauthenticated (a resume token whose session is over), AlreadyExists
+        (logged in elsewhere, or another login in progress), ResourceExhausted
+        (too many logins from this address), InvalidArgument (bad input).
+        """
+        request = build_request(
+            route_pb2.LoginRequest,
+            "login",
             user_name=user_name,
             password=password,
             user_id=user_id,
@@ -90,6 +187,7 @@ class RouteClient:
         return reply
 
     async def logout(self) -> None:
+        """Ends the session (again: a no-op). Raises Unauthenticated for a bad token."""
         request = route_pb2.LogoutRequest()
         await self._call(
             "logout",
@@ -98,7 +196,14 @@ class RouteClient:
         self.token = ""
 
     async def list_online(self, name_prefix: str = "") -> list[common_pb2.UserInfo]:
-        request = route_pb2.ListOnlineUsersRequest(name_prefix=name_prefix)
+        """Users online whose name starts with ``name_prefix``.
+
+        Raises Unauthenticated (not logged in, or the session is over),
+        InvalidArgument (a prefix that is not valid text).
+        """
+        request = build_request(
+            route_pb2.ListOnlineUsersRequest, "name prefix", name_prefix=name_prefix
+        )
         reply = await self._call(
             "list online users",
             lambda stub: stub.ListOnlineUsers(
@@ -110,8 +215,15 @@ class RouteClient:
     async def send_private(
         self, receiver_id: int, text: str, client_msg_id: str = ""
     ) -> common_pb2.SendResponse:
-        request = common_pb2.SendPrivateRequest(
-            receiver_id=receiver_id, text=text, client_msg_id=client_msg_id
+        """Sends without a stream. Raises InvalidArgument (empty or oversized
+        text, bad receiver id), NotFound (no such receiver), Unauthenticated,
+        ResourceExhausted (over the sender's message rate)."""
+        request = build_request(
+            common_pb2.SendPrivateRequest,
+            "message",
+            receiver_id=receiver_id,
+            text=text,
+            client_msg_id=client_msg_id,
         )
         return await self._call(
             "send",
@@ -119,7 +231,11 @@ class RouteClient:
         )
 
     async def send_group(self, text: str, client_msg_id: str = "") -> common_pb2.SendResponse:
-        request = common_pb2.SendGroupRequest(text=text, client_msg_id=client_msg_id)
+        """Sends to the group without a stream. Raises InvalidArgument (empty or
+        oversized text), Unauthenticated, ResourceExhausted."""
+        request = build_request(
+            common_pb2.SendGroupRequest, "message", text=text, client_msg_id=client_msg_id
+        )
         return await self._call(
             "send",
             lambda stub: stub.SendGroup(request, metadata=self._auth(), timeout=self._timeout),
@@ -128,6 +244,8 @@ class RouteClient:
     async def fetch_offline(
         self, limit: int = 0, after_seq: int = 0
     ) -> route_pb2.FetchOfflineResponse:
+        """Reads the inbox after ``after_seq``. Raises Unauthenticated,
+        InvalidArgument (a limit out of range)."""
         request = route_pb2.FetchOfflineRequest(limit=limit, after_seq=after_seq)
         return await self._call(
             "fetch offline messages",
@@ -135,7 +253,8 @@ class RouteClient:
         )
 
     async def ack(self, seq: int) -> None:
-        """Trims the caller's inbox up to ``seq`` (for clients without a stream)."""
+        """Trims the caller's inbox up to ``seq`` (for clients without a stream).
+        Raises Unauthenticated."""
         request = route_pb2.AckMessagesRequest(seq=seq)
         await self._call(
             "ack messages",
@@ -143,5 +262,7 @@ class RouteClient:
         )
 
     async def aclose(self) -> None:
+        """Closes the channels: calls in flight raise Unavailable, later ones
+        FailedPrecondition."""
         for channel in self._channels:
             await channel.close()
