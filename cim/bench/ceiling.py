@@ -49,6 +49,7 @@ from typing import IO, Any, TypeVar
 import grpc
 
 from cim.bench import procstats
+from cim.bench.stats import percentiles_ms
 from cim.grpcutil import CHANNEL_OPTIONS, SERVER_OPTIONS, bind
 
 T = TypeVar("T")
@@ -361,19 +362,6 @@ class _Child:
 # --------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------
-
-
-def percentiles_ms(samples: list[float]) -> dict[str, float]:
-    """p50/p90/p99/max in ms of latencies in seconds (nearest rank, all samples)."""
-    if not samples:
-        return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
-    ordered = sorted(samples)
-    n = len(ordered)
-
-    def rank(p: float) -> float:
-        return round(ordered[min(n - 1, max(0, math.ceil(p * n) - 1))] * 1000, 3)
-
-    return {"p50": rank(0.50), "p90": rank(0.90), "p99": rank(0.99), "max": rank(1.0)}
 
 
 class _Window:

@@ -36,6 +36,7 @@ from typing import Any
 
 import grpc
 
+from cim.bench.stats import percentiles_ms
 from cim.client.client import ACK_INTERVAL
 from cim.core.passwords import ScryptParams, hash_password
 from cim.grpcutil import CHANNEL_OPTIONS, token_metadata
@@ -54,24 +55,13 @@ USER_CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.use_local_subchannel_pool", 1),
 ]
 DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
+NS = 1e-9  # latencies are perf_counter_ns() differences
 
 Params = dict[str, Any]
 Result = dict[str, Any]
 
 
 # --- helpers ---------------------------------------------------------------------
-def percentiles_ms(samples_ns: Sequence[int]) -> dict[str, float]:
-    """p50/p90/p99/max in milliseconds (nearest rank); zeros without samples."""
-    if not samples_ns:
-        return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
-    ordered = sorted(samples_ns)
-
-    def rank(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
-
-    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": ordered[-1] / 1e6}
-
-
 def cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
@@ -332,7 +322,7 @@ class Phase:
             "sent": self.sent,
             "received": self.received,
             "elapsed_s": self.elapsed,
-            "latency_ms": percentiles_ms(self.latencies_ns),
+            "latency_ms": percentiles_ms(self.latencies_ns, unit=NS),
             "errors": sum(self.errors.values()),
             "error_kinds": dict(self.errors),
             "load_cpu_s": self.cpu,
@@ -658,7 +648,7 @@ class ConnectionsBench:
             "end": ended_wall,
             "elapsed_s": elapsed,
             "connect_per_s": len(population.users) / elapsed if elapsed else 0.0,
-            "connect_latency_ms": percentiles_ms(population.connect_ns),
+            "connect_latency_ms": percentiles_ms(population.connect_ns, unit=NS),
             "pings": population.pings,
             "pongs": self.pongs,
             "notices": dict(self.notices),
@@ -699,7 +689,7 @@ class LoginBench:
             "logins": len(latencies),
             "elapsed_s": elapsed,
             "logins_per_s": len(latencies) / elapsed if elapsed else 0.0,
-            "latency_ms": percentiles_ms(latencies),
+            "latency_ms": percentiles_ms(latencies, unit=NS),
             "errors": sum(errors.values()),
             "error_kinds": dict(errors),
             "concurrency": concurrency,

@@ -10,7 +10,6 @@ import pytest
 
 from cim.bench.ceiling import (
     CeilingOptions,
-    percentiles_ms,
     relay_ceiling,
     stream_memory_ceiling,
     streaming_ceiling,
@@ -47,12 +46,6 @@ def _check_processes(result: dict[str, Any], names: tuple[str, ...]) -> None:
 
 def _check_latency(latency: dict[str, float]) -> None:
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
-
-
-def test_percentiles_use_all_samples_by_nearest_rank() -> None:
-    samples = [i / 1000 for i in range(100, 0, -1)]  # 1..100 ms, unordered
-    assert percentiles_ms(samples) == {"p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0}
-    assert percentiles_ms([]) == {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
 
 
 def test_unary_ceiling() -> None:
