@@ -1,0 +1,103 @@
+"""Every flag of every ``cim`` command, its ``CIM_*`` variable, default, type
+and help text stay as they were before the CLI became a package: the snapshot
+``data/cli_options.json`` was taken from the single-module CLI (regenerate it
+with ``python -m tests.unit.test_cli_options`` only for a change meant to be
+seen). A command may only gain options, listed in ``ADDED``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+from click.testing import CliRunner
+
+from cim.cli import main
+
+SNAPSHOT = Path(__file__).parent / "data" / "cli_options.json"
+HOME = str(Path.home())
+WIDTH = 100
+
+# Options a command has gained since the snapshot.
+ADDED: dict[str, set[str]] = {}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str, sort_keys=True).replace(HOME, "~"))
+
+
+def describe_option(param: click.Parameter) -> dict[str, Any]:
+    """What ``--help`` and the parser make of an option (its rendering is
+    checked on the help text itself)."""
+    info: dict[str, Any] = _jsonable(param.to_info_dict())
+    return info
+
+
+def help_text(command: str) -> str:
+    args = [command, "--help"] if command else ["--help"]
+    result = CliRunner().invoke(main, args, terminal_width=WIDTH)
+    assert result.exit_code == 0, result.output
+    return result.output.replace(HOME, "~")
+
+
+def describe() -> dict[str, Any]:
+    """Each command's options by their first flag, and its rendered --help."""
+    commands: dict[str, click.Command] = {"": main, **main.commands}
+    return {
+        name: {
+            "options": {
+                param.opts[0]: describe_option(param)
+                for param in command.params
+                if isinstance(param, click.Option)
+            },
+            "help": help_text(name),
+        }
+        for name, command in commands.items()
+    }
+
+
+def without_options(text: str, flags: set[str]) -> str:
+    """``--help`` text less the entries of ``flags`` (an entry: its line and
+    the indented lines that continue it)."""
+    kept: list[str] = []
+    dropping = False
+    for line in text.splitlines(keepends=True):
+        entry = re.match(r"  (-\w, )?(--[\w-]+)", line)
+        if entry:
+            dropping = entry.group(2) in flags
+        elif not line.startswith("      "):
+            dropping = False
+        if not dropping:
+            kept.append(line)
+    return "".join(kept)
+
+
+def _snapshot() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(SNAPSHOT.read_text())
+    return data
+
+
+def test_every_command_is_still_there() -> None:
+    assert set(main.commands) == set(_snapshot()) - {""}
+
+
+def test_every_option_keeps_its_flag_variable_default_and_help() -> None:
+    before, now = _snapshot(), describe()
+    for command, old in before.items():
+        options = now[command]["options"]
+        assert set(options) - ADDED.get(command, set()) == set(old["options"]), command
+        for flag, description in old["options"].items():
+            assert options[flag] == description, (command, flag)
+
+
+def test_help_text_is_unchanged_but_for_added_options() -> None:
+    before, now = _snapshot(), describe()
+    for command, old in before.items():
+        added = ADDED.get(command, set())
+        assert without_options(now[command]["help"], added) == old["help"], command
+
+
+if __name__ == "__main__":  # python -m tests.unit.test_cli_options: rewrites the snapshot
+    SNAPSHOT.write_text(json.dumps(describe(), indent=1, sort_keys=True) + "\n")
