@@ -95,6 +95,10 @@ class EmbeddedCluster:
             self.route.config.route_id in routes
         )
 
+    async def wait(self) -> None:
+        """Until the route has stopped."""
+        await self.route.wait()
+
     async def stop(self) -> None:
         await asyncio.gather(*(server.stop(0.5) for server in self.servers))
         await self.route.stop(0.5)

@@ -72,6 +72,56 @@ def open_channel(address: str, tls: Tls | None) -> grpc.aio.Channel:
     return tls.channel(address)
 
 
+def listener_tls(
+    cert: str | None,
+    key: str | None,
+    ca: str | None,
+    client_auth: bool,
+    host: str,
+    insecure_plaintext: bool,
+) -> TlsConfig | None:
+    """The TLS of a route or chat server listening on ``host``, from its
+    ``--tls-*`` flags, checked and its files read: None for plaintext, which is
+    only for loopback unless ``insecure_plaintext``. ``ValueError`` (``TlsError``
+    for a file) naming the flags to fix when they do not fit together."""
+    if cert is None and key is None:
+        if ca is not None or client_auth:
+            raise ValueError("--tls-ca and --tls-client-auth need --tls-cert and --tls-key")
+        if not is_loopback(host) and not insecure_plaintext:
+            raise ValueError(
+                f"listening on {host} without TLS would send passwords, tokens and messages "
+                "in clear: give --tls-cert and --tls-key (or --insecure-plaintext)"
+            )
+        return None
+    if cert is None or key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    if client_auth and ca is None:
+        raise ValueError("--tls-client-auth needs --tls-ca, the CA that signs client certificates")
+    return _checked(TlsConfig(cert, key, ca, client_auth))
+
+
+def client_tls(
+    use_tls: bool,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    server_name: str | None,
+) -> TlsConfig | None:
+    """The TLS of a client from its flags: None (plaintext) unless ``use_tls``
+    or any other of them is given; checked and its files read. ``ValueError``
+    (``TlsError`` for a file) naming the flags to fix."""
+    if not use_tls and all(value is None for value in (ca, cert, key, server_name)):
+        return None
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs both --tls-cert and --tls-key")
+    return _checked(TlsConfig(cert, key, ca, server_name=server_name))
+
+
+def _checked(config: TlsConfig) -> TlsConfig:
+    load(config)
+    return config
+
+
 def is_loopback(host: str) -> bool:
     name = host.strip("[]")
     if name.lower() == "localhost":

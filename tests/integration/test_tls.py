@@ -321,10 +321,10 @@ def test_plaintext_beyond_loopback_needs_an_explicit_flag() -> None:
         assert result.exit_code != 0, result.output
         assert "without TLS" in result.output and "--insecure-plaintext" in result.output
         assert "Traceback" not in result.output
-    from cim.cli import _listener_tls
+    from cim.tls import listener_tls
 
-    assert _listener_tls(None, None, None, False, "0.0.0.0", insecure_plaintext=True) is None
-    assert _listener_tls(None, None, None, False, "127.0.0.1", insecure_plaintext=False) is None
+    assert listener_tls(None, None, None, False, "0.0.0.0", insecure_plaintext=True) is None
+    assert listener_tls(None, None, None, False, "127.0.0.1", insecure_plaintext=False) is None
 
 
 async def test_plaintext_beyond_loopback_is_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,7 +1,7 @@
 """Every flag of every ``cim`` command, its ``CIM_*`` variable, default, type
 and help text stay as they were before the CLI became a package: the snapshot
 ``data/cli_options.json`` was taken from the single-module CLI (regenerate it
-with ``python -m tests.unit.test_cli_options`` only for a change meant to be
+with ``python -m tests.cli.test_cli_options`` only for a change meant to be
 seen). A command may only gain options, listed in ``ADDED``."""
 
 from __future__ import annotations
@@ -99,5 +99,5 @@ def test_help_text_is_unchanged_but_for_added_options() -> None:
         assert without_options(now[command]["help"], added) == old["help"], command
 
 
-if __name__ == "__main__":  # python -m tests.unit.test_cli_options: rewrites the snapshot
+if __name__ == "__main__":  # python -m tests.cli.test_cli_options: rewrites the snapshot
     SNAPSHOT.write_text(json.dumps(describe(), indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,140 @@
+"""``cim bench``: the click command over :func:`cim.bench.runner.run`."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option(
+    "--scenarios",
+    envvar="CIM_BENCH_SCENARIOS",
+    default="ceiling,private,group,connections,login",
+    help="Comma list from ceiling, private, group, connections, login.",
+)
+@click.option(
+    "--users",
+    envvar="CIM_BENCH_USERS",
+    default=200,
+    type=click.IntRange(min=2),
+    help="Users exchanging private messages.",
+)
+@click.option(
+    "--rate",
+    envvar="CIM_BENCH_RATE",
+    default=500.0,
+    type=click.FloatRange(min=1.0),
+    help="Fixed total rate of private messages (per second).",
+)
+@click.option(
+    "--duration",
+    envvar="CIM_BENCH_DURATION",
+    default=8.0,
+    type=click.FloatRange(min=0.1),
+    help="Seconds of each private-message phase (ceilings: at most 5).",
+)
+@click.option(
+    "--fanout-users",
+    envvar="CIM_BENCH_FANOUT_USERS",
+    default=1000,
+    type=click.IntRange(min=2),
+    help="Users online for the group fan-out.",
+)
+@click.option(
+    "--connections",
+    envvar="CIM_BENCH_CONNECTIONS",
+    default=2000,
+    type=click.IntRange(min=1, max=10_000),
+    help="Clients connected to one chat server.",
+)
+@click.option(
+    "--logins",
+    envvar="CIM_BENCH_LOGINS",
+    default=1000,
+    type=click.IntRange(min=1),
+    help="Logins of the login storm.",
+)
+@click.option(
+    "--output",
+    envvar="CIM_BENCH_OUTPUT",
+    default="bench-results.json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where the JSON results go.",
+)
+@click.option("--no-uvloop", is_flag=True, help="The load and ceilings on asyncio's own loop.")
+@click.option(
+    "--redis-fsync",
+    envvar="CIM_BENCH_REDIS_FSYNC",
+    default="off",
+    type=click.Choice(("off", "everysec", "always")),
+    help="Redis persistence during the run: none, or an AOF fsynced every second or every write.",
+)
+def bench(
+    scenarios: str,
+    users: int,
+    rate: float,
+    duration: float,
+    fanout_users: int,
+    connections: int,
+    logins: int,
+    output: Path,
+    no_uvloop: bool,
+    redis_fsync: str,
+) -> None:
+    """Benchmark cim on a real local cluster (ZooKeeper, Redis, a route, chat
+    servers) against bare gRPC ceilings; prints a table, writes JSON."""
+    from cim.bench import report, runner
+    from cim.bench.procstats import raise_open_file_limit
+    from cim.cli.runtime import setup_logging  # not at the top: cim.cli imports this module
+
+    setup_logging("warning")
+    chosen = tuple(name.strip() for name in scenarios.split(",") if name.strip())
+    try:
+        options = runner.BenchOptions(
+            scenarios=chosen,
+            users=users,
+            rate=rate,
+            duration=duration,
+            fanout_users=fanout_users,
+            connections=connections,
+            logins=logins,
+            use_uvloop=not no_uvloop,
+            redis_fsync=redis_fsync,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scenarios") from None
+    raise_open_file_limit()
+
+    tty = sys.stderr.isatty()
+
+    def progress(text: str) -> None:
+        if tty:
+            sys.stderr.write(f"\r\x1b[K{text}")
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # stops every process of the run on the way out
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        results = runner.run(options, progress)
+    except KeyboardInterrupt:
+        if tty:
+            sys.stderr.write("\n")
+        raise click.ClickException("interrupted; every benchmark process was stopped") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if tty:
+        sys.stderr.write("\n")
+    rows = report.figures(results)
+    report.write_json(results, output, rows)
+    click.echo(report.render_table(results, rows))
+    click.echo(f"results: {output}")
+    if results["errors"]:
+        raise click.ClickException(f"{len(results['errors'])} part(s) of the run failed")

@@ -1,0 +1,129 @@
+"""The settings of each process, built from its command's option groups
+(``ValueError``, or ``TlsError`` for a TLS file, when they do not fit; the
+commands turn it into one line)."""
+
+from __future__ import annotations
+
+import secrets
+
+from cim import tls
+from cim.cli.options import (
+    ClientTlsFlags,
+    HeartbeatFlags,
+    Listen,
+    ListenerTlsFlags,
+    LoginLimits,
+    MessageLimits,
+    RetentionFlags,
+    RoutingFlags,
+)
+from cim.config import (
+    ClientConfig,
+    RouteConfig,
+    ServerConfig,
+    TlsConfig,
+    parse_cluster_secrets,
+    parse_token_keys,
+    random_secret,
+)
+from cim.core.liveness import HeartbeatPolicy
+
+
+def listener_tls(host: str, flags: ListenerTlsFlags) -> TlsConfig | None:
+    """See :func:`cim.tls.listener_tls`: TLS, or plaintext only on loopback."""
+    return tls.listener_tls(
+        flags.tls_cert,
+        flags.tls_key,
+        flags.tls_ca,
+        flags.tls_client_auth,
+        host,
+        flags.insecure_plaintext,
+    )
+
+
+def route_config(
+    *,
+    listen: Listen,
+    route_id: str | None,
+    cluster_secret: str,
+    token_keys: str,
+    routing: RoutingFlags,
+    max_text_bytes: int,
+    message_limits: MessageLimits,
+    login_limits: LoginLimits,
+    retention: RetentionFlags,
+    tls_flags: ListenerTlsFlags,
+) -> RouteConfig:
+    """``cim route``: its id defaults to its advertised address."""
+    keys, current = parse_token_keys(token_keys)
+    return RouteConfig(
+        cluster_secrets=parse_cluster_secrets(cluster_secret),
+        token_keys=keys,
+        token_key_id=current,
+        host=listen.host,
+        port=listen.port,
+        advertise_host=listen.advertise_host,
+        route_id=route_id or listen.advertised,
+        routing=routing.routing,
+        duplicate_login=routing.duplicate_login,
+        max_text_bytes=max_text_bytes,
+        session_ttl=retention.session_ttl,
+        inbox_max_messages=retention.inbox_max_messages,
+        inbox_max_age=retention.inbox_max_age,
+        max_msgs_per_sec=message_limits.max_msgs_per_sec,
+        msg_burst=message_limits.msg_burst,
+        max_logins_per_sec=login_limits.max_logins_per_sec,
+        login_burst=login_limits.login_burst,
+        tls=listener_tls(listen.host, tls_flags),
+    )
+
+
+def server_config(
+    *,
+    listen: Listen,
+    server_id: str | None,
+    cluster_secret: str,
+    heartbeat: HeartbeatFlags,
+    drain_grace: float,
+    message_limits: MessageLimits,
+    tls_flags: ListenerTlsFlags,
+) -> ServerConfig:
+    """``cim server``: its id defaults to its advertised address."""
+    return ServerConfig(
+        cluster_secrets=parse_cluster_secrets(cluster_secret),
+        server_id=server_id or listen.advertised,
+        host=listen.host,
+        port=listen.port,
+        advertise_host=listen.advertise_host,
+        heartbeat=HeartbeatPolicy(heartbeat.heartbeat_interval, heartbeat.idle_timeout),
+        drain_grace=drain_grace,
+        max_msgs_per_sec=message_limits.max_msgs_per_sec,
+        msg_burst=message_limits.msg_burst,
+        tls=listener_tls(listen.host, tls_flags),
+    )
+
+
+def dev_route_config(routing: RoutingFlags) -> RouteConfig:
+    """``cim dev``'s route: secrets of its own (nothing outside the process needs them)."""
+    return RouteConfig(
+        cluster_secrets=(random_secret(),),
+        token_keys={"dev": secrets.token_bytes(32)},
+        token_key_id="dev",
+        routing=routing.routing,
+        duplicate_login=routing.duplicate_login,
+    )
+
+
+def client_tls(flags: ClientTlsFlags) -> TlsConfig | None:
+    """See :func:`cim.tls.client_tls`: plaintext unless a TLS flag is given."""
+    return tls.client_tls(
+        flags.use_tls, flags.tls_ca, flags.tls_cert, flags.tls_key, flags.tls_server_name
+    )
+
+
+def client_config(
+    routes: tuple[str, ...], heartbeat_interval: float, tls_config: TlsConfig | None
+) -> ClientConfig:
+    if not routes:
+        raise ValueError("give a route with --route HOST:PORT")
+    return ClientConfig(routes=routes, ping_interval=heartbeat_interval, tls=tls_config)

@@ -1,0 +1,74 @@
+"""``cim dev``: a route and chat servers in one process."""
+
+from __future__ import annotations
+
+import click
+
+from cim.cli import configs, runtime
+from cim.cli.options import RoutingFlags, host_option, log_level_option, routing_options
+from cim.config import DEFAULT_ROUTE_PORT, DEFAULT_SERVER_PORTS, RouteConfig
+
+
+def parse_ports(text: str) -> list[int]:
+    """``"7201,7202"`` -> ``[7201, 7202]``; ``click.BadParameter`` otherwise."""
+    try:
+        ports = [int(port) for port in text.split(",") if port.strip()]
+    except ValueError:
+        raise click.BadParameter("ports must be numbers", param_hint="--server-ports") from None
+    if not ports:
+        raise click.BadParameter("at least one chat server port", param_hint="--server-ports")
+    return ports
+
+
+@click.command()
+@host_option("Address to listen on.")
+@click.option("--route-port", envvar="CIM_ROUTE_PORT", default=DEFAULT_ROUTE_PORT, type=int)
+@click.option(
+    "--server-ports",
+    envvar="CIM_SERVER_PORTS",
+    default=",".join(map(str, DEFAULT_SERVER_PORTS)),
+    help="Comma-separated chat server ports.",
+)
+@routing_options
+@log_level_option()
+def dev(
+    host: str,
+    route_port: int,
+    server_ports: str,
+    routing: RoutingFlags,
+    log_level: str,
+) -> None:
+    """Run a route and chat servers in one process (in-memory store, in-process registry)."""
+    runtime.setup_logging(log_level)
+    ports = parse_ports(server_ports)
+    with runtime.user_errors():
+        route_config = configs.dev_route_config(routing)
+    runtime.run(serve(host, route_port, ports, route_config))
+
+
+async def serve(
+    host: str, route_port: int, server_ports: list[int], route_config: RouteConfig
+) -> None:
+    """Runs the embedded cluster until SIGINT/SIGTERM."""
+    from cim.embedded import EmbeddedCluster
+
+    cluster = EmbeddedCluster(
+        host=host, route_port=route_port, server_ports=server_ports, route_config=route_config
+    )
+
+    def started() -> str:
+        return "\n".join(
+            [
+                f"cim dev: route on {cluster.route_address}; chat servers on "
+                + ", ".join(server.address for server in cluster.servers),
+                "Connect a client in another terminal:  make client NAME=alice",
+                f"  (or: cim client --user alice --route {cluster.route_address})",
+                "Press Ctrl-C to stop.",
+            ]
+        )
+
+    await runtime.serve(cluster, stop=cluster.stop, release=_nothing, started=started)
+
+
+async def _nothing() -> None:
+    return None
