@@ -5,6 +5,7 @@ commands turn it into one line)."""
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 
 from cim import tls
 from cim.cli.options import (
@@ -56,7 +57,7 @@ def route_config(
 ) -> RouteConfig:
     """``cim route``: its id defaults to its advertised address."""
     keys, current = parse_token_keys(token_keys)
-    return RouteConfig(
+    identity = RouteConfig(
         cluster_secrets=parse_cluster_secrets(cluster_secret),
         token_keys=keys,
         token_key_id=current,
@@ -64,17 +65,15 @@ def route_config(
         port=listen.port,
         advertise_host=listen.advertise_host,
         route_id=route_id or listen.advertised,
-        routing=routing.routing,
-        duplicate_login=routing.duplicate_login,
-        max_text_bytes=max_text_bytes,
-        session_ttl=retention.session_ttl,
-        inbox_max_messages=retention.inbox_max_messages,
-        inbox_max_age=retention.inbox_max_age,
-        max_msgs_per_sec=message_limits.max_msgs_per_sec,
-        msg_burst=message_limits.msg_burst,
-        max_logins_per_sec=login_limits.max_logins_per_sec,
-        login_burst=login_limits.login_burst,
-        tls=listener_tls(listen.host, tls_flags),
+    )
+    return _route_behaviour(
+        identity,
+        routing,
+        max_text_bytes,
+        message_limits,
+        login_limits,
+        retention,
+        listener_tls(listen.host, tls_flags),
     )
 
 
@@ -103,14 +102,68 @@ def server_config(
     )
 
 
-def dev_route_config(routing: RoutingFlags) -> RouteConfig:
-    """``cim dev``'s route: secrets of its own (nothing outside the process needs them)."""
-    return RouteConfig(
+def dev_configs(
+    *,
+    host: str,
+    advertise_host: str | None,
+    routing: RoutingFlags,
+    max_text_bytes: int,
+    message_limits: MessageLimits,
+    login_limits: LoginLimits,
+    retention: RetentionFlags,
+    heartbeat: HeartbeatFlags,
+    tls_flags: ListenerTlsFlags,
+) -> tuple[RouteConfig, ServerConfig]:
+    """``cim dev``'s route and chat servers, with the route's and the chat
+    servers' settings that mean something in one process (the embedded
+    cluster gives them their ports, ids and a cluster secret of its own)."""
+    tls_config = listener_tls(host, tls_flags)
+    identity = RouteConfig(
         cluster_secrets=(random_secret(),),
         token_keys={"dev": secrets.token_bytes(32)},
         token_key_id="dev",
+        host=host,
+        advertise_host=advertise_host,
+    )
+    route = _route_behaviour(
+        identity, routing, max_text_bytes, message_limits, login_limits, retention, tls_config
+    )
+    server = ServerConfig(
+        cluster_secrets=route.cluster_secrets,
+        host=host,
+        advertise_host=advertise_host,
+        heartbeat=HeartbeatPolicy(heartbeat.heartbeat_interval, heartbeat.idle_timeout),
+        max_text_bytes=max_text_bytes,
+        max_msgs_per_sec=message_limits.max_msgs_per_sec,
+        msg_burst=message_limits.msg_burst,
+        tls=tls_config,
+    )
+    return route, server
+
+
+def _route_behaviour(
+    identity: RouteConfig,
+    routing: RoutingFlags,
+    max_text_bytes: int,
+    message_limits: MessageLimits,
+    login_limits: LoginLimits,
+    retention: RetentionFlags,
+    tls_config: TlsConfig | None,
+) -> RouteConfig:
+    """A route's identity with what ``cim route`` and ``cim dev`` both set."""
+    return replace(
+        identity,
         routing=routing.routing,
         duplicate_login=routing.duplicate_login,
+        max_text_bytes=max_text_bytes,
+        session_ttl=retention.session_ttl,
+        inbox_max_messages=retention.inbox_max_messages,
+        inbox_max_age=retention.inbox_max_age,
+        max_msgs_per_sec=message_limits.max_msgs_per_sec,
+        msg_burst=message_limits.msg_burst,
+        max_logins_per_sec=login_limits.max_logins_per_sec,
+        login_burst=login_limits.login_burst,
+        tls=tls_config,
     )
 
 

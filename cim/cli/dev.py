@@ -5,8 +5,25 @@ from __future__ import annotations
 import click
 
 from cim.cli import configs, runtime
-from cim.cli.options import RoutingFlags, host_option, log_level_option, routing_options
-from cim.config import DEFAULT_ROUTE_PORT, DEFAULT_SERVER_PORTS, RouteConfig
+from cim.cli.options import (
+    HeartbeatFlags,
+    ListenerTlsFlags,
+    LoginLimits,
+    MessageLimits,
+    RetentionFlags,
+    RoutingFlags,
+    advertise_host_option,
+    heartbeat_options,
+    host_option,
+    log_level_option,
+    login_limit_options,
+    max_text_bytes_option,
+    message_limit_options,
+    retention_options,
+    routing_options,
+    tls_listener_options,
+)
+from cim.config import DEFAULT_ROUTE_PORT, DEFAULT_SERVER_PORTS, RouteConfig, ServerConfig
 
 
 def parse_ports(text: str) -> list[int]:
@@ -22,6 +39,7 @@ def parse_ports(text: str) -> list[int]:
 
 @click.command()
 @host_option("Address to listen on.")
+@advertise_host_option("Host clients use to reach the route and chat servers (default: --host).")
 @click.option("--route-port", envvar="CIM_ROUTE_PORT", default=DEFAULT_ROUTE_PORT, type=int)
 @click.option(
     "--server-ports",
@@ -30,30 +48,57 @@ def parse_ports(text: str) -> list[int]:
     help="Comma-separated chat server ports.",
 )
 @routing_options
+@max_text_bytes_option
+@message_limit_options
+@login_limit_options
+@retention_options
+@heartbeat_options
+@tls_listener_options
 @log_level_option()
 def dev(
     host: str,
+    advertise_host: str | None,
     route_port: int,
     server_ports: str,
     routing: RoutingFlags,
+    max_text_bytes: int,
+    message_limits: MessageLimits,
+    login_limits: LoginLimits,
+    retention: RetentionFlags,
+    heartbeat: HeartbeatFlags,
+    tls: ListenerTlsFlags,
     log_level: str,
 ) -> None:
     """Run a route and chat servers in one process (in-memory store, in-process registry)."""
     runtime.setup_logging(log_level)
     ports = parse_ports(server_ports)
     with runtime.user_errors():
-        route_config = configs.dev_route_config(routing)
-    runtime.run(serve(host, route_port, ports, route_config))
+        route_config, server_config = configs.dev_configs(
+            host=host,
+            advertise_host=advertise_host,
+            routing=routing,
+            max_text_bytes=max_text_bytes,
+            message_limits=message_limits,
+            login_limits=login_limits,
+            retention=retention,
+            heartbeat=heartbeat,
+            tls_flags=tls,
+        )
+    runtime.run(serve(route_port, ports, route_config, server_config))
 
 
 async def serve(
-    host: str, route_port: int, server_ports: list[int], route_config: RouteConfig
+    route_port: int, server_ports: list[int], route_config: RouteConfig, server_config: ServerConfig
 ) -> None:
     """Runs the embedded cluster until SIGINT/SIGTERM."""
     from cim.embedded import EmbeddedCluster
 
     cluster = EmbeddedCluster(
-        host=host, route_port=route_port, server_ports=server_ports, route_config=route_config
+        host=route_config.host,
+        route_port=route_port,
+        server_ports=server_ports,
+        route_config=route_config,
+        server_config=server_config,
     )
 
     def started() -> str:

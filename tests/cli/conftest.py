@@ -8,8 +8,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -40,8 +41,15 @@ def assert_fails(result: Result, exit_code: int, *expected: str) -> None:
         assert text in errors[0], result.output
 
 
-async def serving(address: str) -> bool:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def serving(address: str, ca: str | None = None) -> bool:
+    """The health service at ``address`` says SERVING (over TLS with ``ca``)."""
+    roots = Path(ca).read_bytes() if ca else None  # noqa: ASYNC240 - a small file, once
+    channel = (
+        grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(roots))
+        if roots
+        else grpc.aio.insecure_channel(address)
+    )
+    async with channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=5.0
         )
@@ -49,28 +57,34 @@ async def serving(address: str) -> bool:
 
 
 StartAndStop = Callable[..., Result]
+Then = Callable[[], Awaitable[None]]
 
 
 @pytest.fixture
 def start_and_stop(monkeypatch: pytest.MonkeyPatch) -> StartAndStop:
     """``start_and_stop(*args, ports=[...])``: runs a long-running command
     which, once started, checks that every port in ``ports`` answers health
-    SERVING (in the command's event loop) instead of waiting for SIGINT or
-    SIGTERM, then stops as on a signal. Returns the result of a command that
-    exited 0 after the check."""
+    SERVING (over TLS with ``ca``) and runs ``then`` (in the command's event
+    loop) instead of waiting for SIGINT or SIGTERM, then stops as on a signal.
+    Returns the result of a command that exited 0 after all that."""
 
-    def run(*args: str, ports: list[int]) -> Result:
+    def run(
+        *args: str, ports: list[int], ca: str | None = None, then: Then | None = None
+    ) -> Result:
         checked: list[int] = []
 
         async def instead_of_a_signal() -> None:
             for port in ports:
-                assert await serving(f"127.0.0.1:{port}"), port
+                assert await serving(f"127.0.0.1:{port}", ca), port
                 checked.append(port)
+            if then is not None:
+                await then()
+                checked.append(0)
 
         monkeypatch.setattr(runtime, "wait_for_signal", instead_of_a_signal)
         result = invoke(*args)
         assert result.exit_code == 0, result.output
-        assert checked == ports, result.output
+        assert checked == ports + ([0] if then else []), result.output
         return result
 
     return run

@@ -12,9 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from cim.cli import configs
+from cim.cli.options import (
+    HeartbeatFlags,
+    ListenerTlsFlags,
+    LoginLimits,
+    MessageLimits,
+    RetentionFlags,
+    RoutingFlags,
+)
 from cim.client.client import CimClient
-from cim.config import ClientConfig
+from cim.config import ClientConfig, TlsConfig
+from cim.errors import ResourceExhausted
 from tests.e2e.helpers import free_ports
+from tests.fixtures.pki import make_ca
 
 from .conftest import DevProcess, StartAndStop, assert_fails, invoke
 
@@ -125,8 +136,9 @@ def test_server_serves_until_stopped(start_and_stop: StartAndStop) -> None:
     assert f"cim server {address} on {address}; routes 127.0.0.1:1" in result.output
 
 
-# --- TLS of route and server -----------------------------------------------------------
+# --- TLS of dev, route and server ---------------------------------------------------------
 LISTENERS = {
+    "dev": ["dev"],
     "route": ["route", *SECRET, *TOKEN_KEYS, "--server", "127.0.0.1:1"],
     "server": ["server", *SECRET, "--route", "127.0.0.1:1"],
 }
@@ -170,6 +182,75 @@ def test_dev_serves_until_stopped(start_and_stop: StartAndStop) -> None:
         ports=ports,
     )
     assert f"cim dev: route on 127.0.0.1:{ports[0]}; chat servers on " in result.output
+
+
+def test_dev_applies_the_limits_it_is_given(start_and_stop: StartAndStop) -> None:
+    """One registration or login a second, one at once: the second is refused."""
+    ports = free_ports(2)
+    route = f"127.0.0.1:{ports[0]}"
+
+    async def register_then_login() -> None:
+        user = CimClient("lim", "pw", ClientConfig(routes=(route,)))
+        try:
+            assert await user.register()
+            with pytest.raises(ResourceExhausted):
+                await user.login()
+        finally:
+            await user.close()
+
+    start_and_stop(
+        "dev", "--route-port", str(ports[0]), "--server-ports", str(ports[1]),
+        "--max-logins-per-sec", "1", "--login-burst", "1",
+        ports=ports, then=register_then_login,
+    )  # fmt: skip
+
+
+def test_dev_limits_can_be_lifted() -> None:
+    flags = {
+        "host": "127.0.0.1",
+        "advertise_host": None,
+        "routing": RoutingFlags("round-robin", "kick-old"),
+        "max_text_bytes": 100,
+        "message_limits": MessageLimits(0.0, 1),
+        "login_limits": LoginLimits(0.0, 1),
+        "retention": RetentionFlags(5.0, 10, 60.0),
+        "heartbeat": HeartbeatFlags(2.0, 6.0),
+        "tls_flags": ListenerTlsFlags(None, None, None, False, False),
+    }
+    route, server = configs.dev_configs(**flags)  # type: ignore[arg-type]
+    assert (route.max_msgs_per_sec, route.max_logins_per_sec, server.max_msgs_per_sec) == (0, 0, 0)
+    assert (route.routing, route.duplicate_login, route.max_text_bytes) == (
+        "round-robin",
+        "kick-old",
+        100,
+    )
+    assert (route.session_ttl, route.inbox_max_messages, route.inbox_max_age) == (5, 10, 60)
+    assert (server.heartbeat.ping_interval, server.heartbeat.idle_timeout) == (2, 6)
+    assert server.max_text_bytes == 100 and route.tls is None and server.tls is None
+
+
+def test_dev_over_tls(start_and_stop: StartAndStop, tmp_path: Path) -> None:
+    pki = make_ca(tmp_path)
+    node = pki.node()
+    ports = free_ports(2)
+    route = f"127.0.0.1:{ports[0]}"
+
+    async def chat_over_tls() -> None:
+        tls = TlsConfig(ca_file=pki.ca)
+        user = CimClient("tee", "pw", ClientConfig(routes=(route,), tls=tls))
+        try:
+            await user.register()
+            await user.login()
+            await user.connect()
+        finally:
+            await user.close()
+
+    result = start_and_stop(
+        "dev", "--route-port", str(ports[0]), "--server-ports", str(ports[1]),
+        "--tls-cert", node.cert, "--tls-key", node.key, "--tls-ca", pki.ca,
+        ports=ports, ca=pki.ca, then=chat_over_tls,
+    )  # fmt: skip
+    assert f"cim dev: route on {route}" in result.output
 
 
 # --- cim client -------------------------------------------------------------------
