@@ -11,13 +11,12 @@ and ``cim server``, each its own process, on free loopback ports.
 
 Every child runs in its own session (a Ctrl-C at the terminal reaches only the
 bench, which then stops the children in order) and is killed by the kernel if
-the bench itself dies without cleaning up (PR_SET_PDEATHSIG).
+the bench itself dies without cleaning up (:mod:`cim.processes`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
@@ -34,6 +33,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from cim import processes
+from cim.processes import free_ports, log_tail
+
 log = logging.getLogger(__name__)
 
 JAVA_DIR = Path("/usr/share/java")
@@ -44,32 +46,9 @@ STOP_TIMEOUT = 10.0
 # A draining chat server waits up to its drain grace (5 s) for its streams.
 SERVER_STOP_TIMEOUT = 15.0
 
-_PR_SET_PDEATHSIG = 1
-
 
 class ClusterError(RuntimeError):
     """A process of the cluster did not start or is not healthy."""
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that were free a moment ago."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Runs in the child between fork and exec: SIGKILL when the bench dies."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def spawn(
@@ -83,38 +62,14 @@ def spawn(
     """Starts a child in its own session, stderr (and stdout unless given) to
     ``log_path``; it is killed if this process dies first."""
     with log_path.open("ab") as log_file:
-        return subprocess.Popen(
+        return processes.spawn(
             args,
             stdin=stdin,
             stdout=log_file if stdout is None else stdout,
             stderr=log_file,
             env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
+            new_session=True,
         )
-
-
-def log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def stop_process(popen: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM, then SIGKILL if it has not ended within ``timeout``; always reaped."""
-    if popen.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            popen.send_signal(signal.SIGTERM)
-        try:
-            popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("pid %d ignored SIGTERM for %.0f s: killing it", popen.pid, timeout)
-            with contextlib.suppress(ProcessLookupError):
-                popen.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        popen.wait(5.0)
 
 
 @dataclass
@@ -427,22 +382,15 @@ def _cim_command(command: str) -> list[str]:
     return [sys.executable, "-m", "cim.cli", command]
 
 
-def _stop_all(processes: list[ManagedProcess], timeout: float) -> None:
+def _stop_all(members: list[ManagedProcess], timeout: float) -> None:
     """SIGTERM to all of them at once, then wait (SIGKILL after ``timeout``).
     Survives a second Ctrl-C: every process is ended before it returns."""
-    for process in processes:
+    for process in members:
         if process.alive():
             with contextlib.suppress(ProcessLookupError):
                 process.popen.send_signal(signal.SIGTERM)
-    pending = list(processes)
-    while pending:
-        try:
-            stop_process(pending[0].popen, timeout)
-        except KeyboardInterrupt:
-            with contextlib.suppress(ProcessLookupError):
-                pending[0].popen.kill()
-            continue
-        pending.pop(0)
+    for process in members:
+        processes.stop(process.popen, timeout)
 
 
 def _wait_until(

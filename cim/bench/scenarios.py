@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cim import processes
 from cim.bench import procstats
-from cim.bench.cluster import BenchCluster, Deployment, log_tail, spawn, stop_process
+from cim.bench.cluster import BenchCluster, Deployment, spawn
+from cim.processes import log_tail
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +190,7 @@ class LoadProcess:
         with contextlib.suppress(OSError):
             if self.popen.stdin is not None:
                 self.popen.stdin.close()
-        stop_process(self.popen, 5.0)
+        processes.stop(self.popen, 5.0)
         self._selector.close()
         if self.popen.stdout is not None:
             self.popen.stdout.close()

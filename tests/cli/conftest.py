@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cim.cli import main, runtime
-from tests.e2e.helpers import free_ports
+from cim.processes import free_ports
 
 CIM = shutil.which("cim", path=os.path.dirname(sys.executable)) or "cim"
 

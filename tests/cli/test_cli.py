@@ -24,7 +24,7 @@ from cim.cli.options import (
 from cim.client.client import CimClient
 from cim.config import ClientConfig, TlsConfig
 from cim.errors import ResourceExhausted
-from tests.e2e.helpers import free_ports
+from cim.processes import free_ports
 from tests.fixtures.pki import make_ca
 
 from .conftest import DevProcess, StartAndStop, assert_fails, invoke

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,8 @@ from typing import Any, TypeVar
 
 import pexpect
 import pexpect.popen_spawn
+
+from cim.processes import free_ports
 
 BIN_DIR = os.path.dirname(sys.executable)
 CIM = shutil.which("cim", path=BIN_DIR) or shutil.which("cim") or "cim"
@@ -52,20 +53,6 @@ def strip_ansi(text: str) -> str:
     if cut != -1 and len(cleaned) - cut < 32:
         cleaned = cleaned[:cut]
     return cleaned
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that were free a moment ago."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def cim_env(**extra: str) -> dict[str, str]:

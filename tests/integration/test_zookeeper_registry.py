@@ -21,10 +21,11 @@ from kazoo.client import KazooClient
 
 from cim.core.members import Member, MemberKind
 from cim.errors import AlreadyExists, InvalidArgument, Unavailable
+from cim.processes import free_ports
 from cim.registry.base import Registry
 from cim.registry.paths import RegistryPaths
 from cim.registry.zookeeper import ZooKeeperRegistry
-from tests.fixtures.zookeeper_server import ZooKeeperEnsemble, ZooKeeperServer, free_ports
+from tests.fixtures.zookeeper_server import ZooKeeperEnsemble, ZooKeeperServer
 
 SERVER = Member(MemberKind.SERVER, "127.0.0.1:7201", "127.0.0.1:7201")
 ROUTE = Member(MemberKind.ROUTE, "route-1", "127.0.0.1:7100")
