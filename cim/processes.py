@@ -86,14 +86,17 @@ def spawn(
     return _fork_thread().submit(start).result()
 
 
-def stop(popen: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
-    """SIGTERM, then SIGKILL if it has not ended within ``timeout``; always
-    reaped, even through a Ctrl-C meanwhile (which kills it at once).
-    Returns its exit status."""
+def stop(
+    popen: subprocess.Popen[bytes], timeout: float = 10.0, *, terminated: bool = False
+) -> int | None:
+    """SIGTERM (unless already ``terminated``), then SIGKILL if it has not
+    ended within ``timeout``; always reaped, even through a Ctrl-C meanwhile
+    (which kills it at once). Returns its exit status."""
     try:
         if popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                popen.send_signal(signal.SIGTERM)
+            if not terminated:
+                with contextlib.suppress(ProcessLookupError):
+                    popen.send_signal(signal.SIGTERM)
             try:
                 popen.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -18,9 +18,8 @@ Four figures:
   TCP connection, and how fast such streams can be opened.
 
 Each function is synchronous, starts its own processes (``python -m
-cim.bench.ceiling serve|load|hold ...``) on 127.0.0.1, and stops them before it
-returns, whatever happens. Children exit on their own when their standard input
-closes, so they cannot outlive the process that started them.
+cim.bench.ceiling serve|load|hold ...``, :class:`cim.bench.child.Child`) on
+127.0.0.1, and stops them before it returns, whatever happens.
 
 ``python -m cim.bench.ceiling all --duration 3`` prints all four as one JSON object.
 """
@@ -34,21 +33,18 @@ import json
 import math
 import os
 import random
-import selectors
 import signal
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from cim.bench import procstats
+from cim.bench.child import Child, emit, exit_on_eof, open_stdin, until_eof, wait_go
 from cim.bench.stats import percentiles_ms
 from cim.grpcutil import CHANNEL_OPTIONS, SERVER_OPTIONS, bind
 
@@ -73,7 +69,6 @@ HOLD_BATCH = 500  # idle streams opened at once (grpc-notes: pending-call caps)
 HOLD_STREAMS_PER_PROCESS = 5_000
 HOLD_SETTLE_S = 0.5  # idle time after the last stream opened, before reading RSS
 
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _MODULE = "cim.bench.ceiling"
 
 # Relay frame: recipient, sender, send time (perf_counter of the load process),
@@ -154,41 +149,29 @@ def stream_memory_ceiling(
     ]
     loop_flag = "--uvloop" if o.use_uvloop else "--no-uvloop"
     with _server("hold", o) as (server, port):
-        loads: list[_Child] = []
+        loads: list[Child] = []
         try:
-            for share in shares:
-                loads.append(
-                    _Child(
-                        [
-                            "hold",
-                            "--port",
-                            str(port),
-                            "--count",
-                            str(share),
-                            "--batch",
-                            str(batch),
-                            loop_flag,
-                        ]
-                    )
-                )
+            for i, share in enumerate(shares):
+                args = ["hold", "--port", str(port), "--count", str(share), "--batch", str(batch)]
+                loads.append(Child.python(f"hold load {i + 1}", _MODULE, [*args, loop_flag]))
             for load in loads:
-                load.expect("READY", timeout=30)
+                load.expect("ready", time.monotonic() + 30)
             time.sleep(0.2)  # let the server settle after the loads' start-up
             before = procstats.read(server.pid)
             fds_before = _open_fds(server.pid)
             procstats.reset_peak(server.pid)
             for load in loads:
-                load.send("GO")
+                load.go()
             spans = []
             for load in loads:
-                words = load.expect("OPEN", timeout=30 + connections / 100).split()
-                spans.append((float(words[1]), float(words[2])))
+                opened = load.expect("open", time.monotonic() + 30 + connections / 100)
+                spans.append((float(opened["start"]), float(opened["end"])))
             time.sleep(HOLD_SETTLE_S)
             after = procstats.read(server.pid)
             fds_after = _open_fds(server.pid)
         finally:
             for load in loads:
-                load.stop(grace=2.0)
+                load.stop(5.0, grace=2.0)
     opening = max(end for _, end in spans) - min(start for start, _ in spans)
     return {
         "connections": connections,
@@ -239,36 +222,26 @@ def _measure(kind: str, o: CeilingOptions) -> dict[str, Any]:
     # Other work on the machine lowers every figure: keep a trace of it.
     load_average = os.getloadavg()[0]
     with _server(kind, o) as (server, port):
-        load = _Child(
-            [
-                "load",
-                kind,
-                "--port",
-                str(port),
-                "--server-pid",
-                str(server.pid),
-                "--options",
-                o.to_json(),
-            ]
-        )
+        args = ["load", kind, "--port", str(port), "--server-pid", str(server.pid)]
+        load = Child.python(f"{kind} load", _MODULE, [*args, "--options", o.to_json()])
         try:
-            line = load.expect("{", timeout=o.warmup + o.duration + 30)
+            done = load.expect("result", time.monotonic() + o.warmup + o.duration + 30)
         finally:
-            load.stop(grace=3.0)
-    result: dict[str, Any] = json.loads(line)
+            load.stop(5.0, grace=3.0)
+    result: dict[str, Any] = done["result"]
     result["load_average_1m_at_start"] = load_average
     return result
 
 
 @contextlib.contextmanager
-def _server(kind: str, o: CeilingOptions) -> Iterator[tuple[_Child, int]]:
+def _server(kind: str, o: CeilingOptions) -> Iterator[tuple[Child, int]]:
     loop_flag = "--uvloop" if o.use_uvloop else "--no-uvloop"
-    server = _Child(["serve", kind, "--port", "0", loop_flag])
+    server = Child.python(f"{kind} server", _MODULE, ["serve", kind, "--port", "0", loop_flag])
     try:
-        port = int(server.expect("PORT", timeout=30).split()[1])
+        port = int(server.expect("port", time.monotonic() + 30)["port"])
         yield server, port
     finally:
-        server.stop(grace=3.0)
+        server.stop(5.0, grace=3.0)
 
 
 def _open_fds(pid: int) -> int:
@@ -276,87 +249,6 @@ def _open_fds(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return 0
-
-
-class _Child:
-    """A ``python -m cim.bench.ceiling ...`` process speaking lines on stdin/stdout.
-
-    It exits when its stdin closes; ``stop`` closes it, then kills after ``grace``.
-    """
-
-    def __init__(self, args: list[str]) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        # Closed in stop(): it outlives this method.
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
-        self._args = args
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", _MODULE, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=env,
-            cwd=str(_PROJECT_ROOT),
-        )
-        self._buffer = b""
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def send(self, line: str) -> None:
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(line.encode() + b"\n")
-        self._proc.stdin.flush()
-
-    def expect(self, prefix: str, timeout: float) -> str:
-        """The next stdout line starting with ``prefix`` (others are skipped)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self._readline(deadline)
-            if line.startswith(prefix):
-                return line
-
-    def _readline(self, deadline: float) -> str:
-        assert self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while b"\n" not in self._buffer:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(self._failure("timed out waiting for output"))
-                if not selector.select(left):
-                    continue
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    self._proc.wait(timeout=5)
-                    raise RuntimeError(self._failure(f"exited with status {self._proc.returncode}"))
-                self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
-
-    def _failure(self, what: str) -> str:
-        self._stderr.seek(0)
-        tail = self._stderr.read()[-2000:].decode(errors="replace")
-        return f"{_MODULE} {' '.join(self._args[:2])} {what}; stderr: {tail}"
-
-    def stop(self, grace: float) -> None:
-        try:
-            if self._proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=10)
-        finally:
-            if self._proc.stdout is not None:
-                self._proc.stdout.close()
-            self._stderr.close()
 
 
 # --------------------------------------------------------------------------
@@ -704,12 +596,12 @@ async def _serve(kind: str, port: int) -> None:
     server.add_registered_method_handlers(SERVICE, handlers)
     bound = bind(server, HOST, port)
     await server.start()
-    _emit(f"PORT {bound}")
-    stdin = await _stdin_reader()
+    emit("port", port=bound)
+    stdin = await open_stdin()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    eof = asyncio.create_task(_until_eof(stdin))
+    eof = asyncio.create_task(until_eof(stdin))
     eof.add_done_callback(lambda _: stop.set())
     await stop.wait()
     loop.call_later(3.0, os._exit, 0)  # backstop: never outlive the parent
@@ -718,19 +610,18 @@ async def _serve(kind: str, port: int) -> None:
 
 async def _load(kind: str, port: int, server_pid: int, o: CeilingOptions) -> None:
     procstats.raise_open_file_limit()
-    await _exit_on_eof()
+    exit_on_eof(await open_stdin())
     result = await _LOADS[kind](port, server_pid, o)
-    _emit(json.dumps(result))
-    _emit_and_exit()
+    emit("result", result=result)
+    _exit_at_once()
 
 
 async def _hold_load(port: int, count: int, batch_size: int) -> None:
     """Opens ``count`` idle streams, each on its own channel, in batches, when told."""
     procstats.raise_open_file_limit()
-    stdin = await _stdin_reader()
-    _emit("READY")
-    if (await stdin.readline()).strip() != b"GO":
-        os._exit(0)
+    stdin = await open_stdin()
+    emit("ready")
+    await wait_go(stdin)
     calls: list[Any] = []
     channels: list[Any] = []
 
@@ -746,9 +637,9 @@ async def _hold_load(port: int, count: int, batch_size: int) -> None:
     for first in range(0, count, batch_size):
         batch = min(batch_size, count - first)
         await asyncio.wait_for(asyncio.gather(*(open_one() for _ in range(batch))), 60)
-    _emit(f"OPEN {started} {time.monotonic()}")
-    await _until_eof(stdin)
-    _emit_and_exit()
+    emit("open", start=started, end=time.monotonic())
+    await until_eof(stdin)
+    _exit_at_once()
 
 
 # --------------------------------------------------------------------------
@@ -756,37 +647,9 @@ async def _hold_load(port: int, count: int, batch_size: int) -> None:
 # --------------------------------------------------------------------------
 
 
-def _emit(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _emit_and_exit() -> None:
+def _exit_at_once() -> None:
     sys.stdout.flush()
     os._exit(0)  # skip tearing down thousands of channels one by one
-
-
-async def _stdin_reader() -> asyncio.StreamReader:
-    reader = asyncio.StreamReader()
-    loop = asyncio.get_running_loop()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
-
-
-async def _until_eof(reader: asyncio.StreamReader) -> None:
-    while await reader.readline():
-        pass
-
-
-async def _exit_on_eof() -> None:
-    """Exits this process at once when the parent closes our stdin (or dies)."""
-    reader = await _stdin_reader()
-    task = asyncio.create_task(_until_eof(reader))
-    task.add_done_callback(lambda _: os._exit(3))
-    _BACKGROUND.add(task)
-
-
-_BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 def _run_async(main: Coroutine[Any, Any, T], use_uvloop: bool) -> T:
@@ -869,7 +732,7 @@ def main(argv: list[str] | None = None) -> None:
         result = relay_ceiling(o)
     else:
         result = stream_memory_ceiling(args.connections, o)
-    _emit(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -16,25 +16,20 @@ the bench itself dies without cleaning up (:mod:`cim.processes`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
-from cim import processes
-from cim.processes import free_ports, log_tail
+from cim.bench.child import Child, ChildError
+from cim.processes import free_ports
 
 log = logging.getLogger(__name__)
 
@@ -47,57 +42,30 @@ STOP_TIMEOUT = 10.0
 SERVER_STOP_TIMEOUT = 15.0
 
 
-class ClusterError(RuntimeError):
+class ClusterError(ChildError):
     """A process of the cluster did not start or is not healthy."""
 
 
-def spawn(
-    args: list[str],
-    log_path: Path,
-    env: dict[str, str] | None = None,
-    *,
-    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
-    stdout: int | IO[bytes] | None = None,
-) -> subprocess.Popen[bytes]:
-    """Starts a child in its own session, stderr (and stdout unless given) to
-    ``log_path``; it is killed if this process dies first."""
-    with log_path.open("ab") as log_file:
-        return processes.spawn(
-            args,
-            stdin=stdin,
-            stdout=log_file if stdout is None else stdout,
-            stderr=log_file,
-            env=env,
-            new_session=True,
-        )
-
-
 @dataclass
-class ManagedProcess:
-    name: str  # "zookeeper", "redis", "route", "server-1", ...
+class Member:
+    """A process of the cluster: what it is and where it serves."""
+
     role: str  # "zookeeper", "redis", "route" or "server"
     address: str  # host:port it serves
-    popen: subprocess.Popen[bytes]
-    log_path: Path
+    process: Child  # named "zookeeper", "redis", "route", "server-1", ...
     member_id: str = ""  # its id in ZooKeeper (cim processes)
 
     @property
+    def name(self) -> str:
+        return self.process.name
+
+    @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.process.pid
 
     @property
     def port(self) -> int:
         return int(self.address.rpartition(":")[2])
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def check_alive(self) -> None:
-        if not self.alive():
-            raise ClusterError(
-                f"{self.name} exited with status {self.popen.returncode}; "
-                f"log {self.log_path}:\n{log_tail(self.log_path)}"
-            )
 
 
 @dataclass
@@ -107,8 +75,8 @@ class Deployment:
     zk_root: str
     redis_prefix: str
     routing: str
-    routes: list[ManagedProcess] = field(default_factory=list)
-    servers: list[ManagedProcess] = field(default_factory=list)
+    routes: list[Member] = field(default_factory=list)
+    servers: list[Member] = field(default_factory=list)
 
     @property
     def route_address(self) -> str:
@@ -133,8 +101,8 @@ class BenchCluster:
         self.log_level = log_level
         self.cluster_secret = secrets.token_hex(32)
         self.token_keys = f"bench:{secrets.token_hex(32)}"
-        self.zookeeper: ManagedProcess | None = None
-        self.redis: ManagedProcess | None = None
+        self.zookeeper: Member | None = None
+        self.redis: Member | None = None
         self.deployment: Deployment | None = None
         self._deployments = 0
 
@@ -151,7 +119,7 @@ class BenchCluster:
             raise ClusterError("Redis is not running")
         return f"redis://{self.redis.address}/0"
 
-    def processes(self) -> list[ManagedProcess]:
+    def processes(self) -> list[Member]:
         """Every running process of the cluster, backends first."""
         found = [p for p in (self.zookeeper, self.redis) if p is not None]
         if self.deployment is not None:
@@ -159,7 +127,7 @@ class BenchCluster:
         return found
 
     def pids(self) -> dict[str, int]:
-        return {p.name: p.pid for p in self.processes() if p.alive()}
+        return {m.name: m.pid for m in self.processes() if m.process.alive()}
 
     # --- ZooKeeper and Redis ---------------------------------------------------
     def start_backends(self) -> None:
@@ -173,7 +141,7 @@ class BenchCluster:
         _wait_until(lambda: _zk_serving(zookeeper.port), zookeeper, START_TIMEOUT, "serve")
         log.info("backends up: ZooKeeper %s, Redis %s", self.zk_hosts, self.redis_url)
 
-    def _start_zookeeper(self) -> ManagedProcess:
+    def _start_zookeeper(self) -> Member:
         java = shutil.which("java")
         missing = [str(jar) for jar in ZK_CLASSPATH if not jar.exists()]
         if java is None or missing:
@@ -197,12 +165,10 @@ class BenchCluster:
             str(port),
             str(data),
         ]
-        path = self.workdir / "zookeeper.log"
-        return ManagedProcess(
-            "zookeeper", "zookeeper", f"127.0.0.1:{port}", spawn(args, path), path
-        )
+        process = Child("zookeeper", args, self.workdir / "zookeeper.log")
+        return Member("zookeeper", f"127.0.0.1:{port}", process)
 
-    def _start_redis(self) -> ManagedProcess:
+    def _start_redis(self) -> Member:
         redis_server = shutil.which("redis-server")
         if redis_server is None:
             raise ClusterError("the benchmark needs redis-server (apt-get install redis-server)")
@@ -227,18 +193,14 @@ class BenchCluster:
             "--daemonize",
             "no",
         ]
-        path = self.workdir / "redis.log"
-        return ManagedProcess("redis", "redis", f"127.0.0.1:{port}", spawn(args, path), path)
+        process = Child("redis", args, self.workdir / "redis.log")
+        return Member("redis", f"127.0.0.1:{port}", process)
 
     # --- cim ------------------------------------------------------------------
     def child_env(self) -> dict[str, str]:
         """The environment of a cim child: no inherited CIM_* settings, the secrets."""
         env = {key: value for key, value in os.environ.items() if not key.startswith("CIM_")}
-        env.update(
-            CIM_CLUSTER_SECRET=self.cluster_secret,
-            CIM_TOKEN_KEYS=self.token_keys,
-            PYTHONUNBUFFERED="1",
-        )
+        env.update(CIM_CLUSTER_SECRET=self.cluster_secret, CIM_TOKEN_KEYS=self.token_keys)
         return env
 
     def start_cim(
@@ -265,7 +227,7 @@ class BenchCluster:
         for i, port in enumerate(ports[:routes], start=1):
             name = f"route-{i}" if routes > 1 else "route"
             args = [
-                *_cim_command("route"),
+                "route",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -288,7 +250,7 @@ class BenchCluster:
         for i, port in enumerate(ports[routes:], start=1):
             name = f"server-{i}"
             args = [
-                *_cim_command("server"),
+                "server",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -311,10 +273,10 @@ class BenchCluster:
 
     def _start_cim_process(
         self, name: str, role: str, port: int, args: list[str], n: int
-    ) -> ManagedProcess:
-        path = self.workdir / f"{name}.{n}.log"
-        popen = spawn(args, path, self.child_env())
-        return ManagedProcess(name, role, f"127.0.0.1:{port}", popen, path, f"bench-{name}")
+    ) -> Member:
+        log_path = self.workdir / f"{name}.{n}.log"
+        process = Child.python(name, "cim.cli", args, log_path, env=self.child_env(), talk=False)
+        return Member(role, f"127.0.0.1:{port}", process, f"bench-{name}")
 
     def _wait_registered(self, deployment: Deployment) -> None:
         """Until every route and chat server has its node in ZooKeeper."""
@@ -338,8 +300,8 @@ class BenchCluster:
                     missing += sorted(names - present)
                 if not missing:
                     return
-                for process in deployment.routes + deployment.servers:
-                    process.check_alive()
+                for member in deployment.routes + deployment.servers:
+                    member.process.check_alive()
                 if time.monotonic() > deadline:
                     raise ClusterError(f"not registered in ZooKeeper: {', '.join(missing)}")
                 time.sleep(0.05)
@@ -378,31 +340,22 @@ class BenchCluster:
         self.close()
 
 
-def _cim_command(command: str) -> list[str]:
-    return [sys.executable, "-m", "cim.cli", command]
-
-
-def _stop_all(members: list[ManagedProcess], timeout: float) -> None:
+def _stop_all(members: list[Member], timeout: float) -> None:
     """SIGTERM to all of them at once, then wait (SIGKILL after ``timeout``).
     Survives a second Ctrl-C: every process is ended before it returns."""
-    for process in members:
-        if process.alive():
-            with contextlib.suppress(ProcessLookupError):
-                process.popen.send_signal(signal.SIGTERM)
-    for process in members:
-        processes.stop(process.popen, timeout)
+    for member in members:
+        member.process.signal_stop()
+    for member in members:
+        member.process.stop(timeout)
 
 
-def _wait_until(
-    ready: Callable[[], bool], process: ManagedProcess, timeout: float, what: str
-) -> None:
+def _wait_until(ready: Callable[[], bool], member: Member, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
-        process.check_alive()
+        member.process.check_alive()
         if time.monotonic() > deadline:
             raise ClusterError(
-                f"{process.name} did not {what} within {timeout:.0f} s; "
-                f"log {process.log_path}:\n{log_tail(process.log_path)}"
+                f"{member.name} did not {what} within {timeout:.0f} s{member.process.log_excerpt()}"
             )
         time.sleep(0.05)
 

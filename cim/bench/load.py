@@ -8,10 +8,10 @@ own TCP connection) to its chat server with its own Chat stream. Accounts are
 written straight into Redis through cim's store before the scenario starts, so
 set-up does not pay a password hash per user (see ``hash`` in the params).
 
-Protocol with the runner: JSON lines on stdout.
-    {"event": "phase", "name": ..., "state": "start"|"end"}   then waits for a line on stdin
-    {"event": "ready", "alive": N, ...}  (connections: all joined) then waits for a line on stdin
-    {"event": "result", "result": {...}}                        the last line
+Events for the harness (the protocol of :mod:`cim.bench.child`):
+    {"event": "phase", "name": ..., "state": "start"|"end"}   then waits for go
+    {"event": "ready", "alive": N, ...}  (connections: all joined) then waits for go
+    {"event": "result", "result": {...}}                        the last one
 Without ``"interactive": true`` in the params it does not wait (for use by hand).
 Logs go to stderr.
 """
@@ -36,6 +36,7 @@ from typing import Any
 
 import grpc
 
+from cim.bench.child import emit, open_stdin, wait_go
 from cim.bench.stats import percentiles_ms
 from cim.client.client import ACK_INTERVAL
 from cim.core.passwords import ScryptParams, hash_password
@@ -68,21 +69,22 @@ def cpu_seconds() -> float:
 
 
 class Reporter:
-    """Writes protocol lines on stdout; in interactive mode waits for the runner's go."""
+    """Events for the harness (:mod:`cim.bench.child`); in interactive mode it
+    waits for the harness's go after each."""
 
     def __init__(self, interactive: bool) -> None:
         self.interactive = interactive
+        self._stdin: asyncio.StreamReader | None = None
 
-    async def emit(self, event: dict[str, Any], wait: bool = True) -> None:
-        sys.stdout.write(json.dumps(event) + "\n")
-        sys.stdout.flush()
+    async def emit(self, event: str, wait: bool = True, **fields: Any) -> None:
+        emit(event, **fields)
         if wait and self.interactive:
-            line = await asyncio.to_thread(sys.stdin.readline)
-            if not line:
-                raise SystemExit("the runner went away")
+            if self._stdin is None:
+                self._stdin = await open_stdin()
+            await wait_go(self._stdin)
 
     async def phase(self, name: str, state: str) -> None:
-        await self.emit({"event": "phase", "name": name, "state": state})
+        await self.emit("phase", name=name, state=state)
 
 
 async def seed_accounts(params: Params, names: Sequence[str], hash_kind: str) -> dict[str, int]:
@@ -632,9 +634,7 @@ class ConnectionsBench:
         ended_wall = time.time()
         load_cpu = cpu_seconds() - cpu
         await self.reporter.phase("connect", "end")
-        await self.reporter.emit(
-            {"event": "ready", "connected": len(population.users), "alive": population.alive()}
-        )
+        await self.reporter.emit("ready", connected=len(population.users), alive=population.alive())
         alive_after_hold = population.alive()
         await population.close()
         return {
@@ -761,8 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         result = runner.run(run_scenario(args.scenario, params))
-    sys.stdout.write(json.dumps({"event": "result", "result": result}) + "\n")
-    sys.stdout.flush()
+    emit("result", result=result)
     return 0
 
 

@@ -11,19 +11,15 @@ import json
 import logging
 import math
 import os
-import selectors
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cim import processes
 from cim.bench import procstats
-from cim.bench.cluster import BenchCluster, Deployment, spawn
-from cim.processes import log_tail
+from cim.bench.child import Child
+from cim.bench.cluster import BenchCluster, Deployment
 
 log = logging.getLogger(__name__)
 
@@ -136,64 +132,12 @@ class StatsWatch:
 
 
 # --- one load process -------------------------------------------------------------------
-class LoadProcess:
-    """``python -m cim.bench.load`` with the line protocol described there."""
-
-    def __init__(self, ctx: Context, scenario: str, params: Result, name: str = "load") -> None:
-        self.name = name
-        self.log_path = ctx.workdir / f"{name}-{scenario}.log"
-        args = [sys.executable, "-m", "cim.bench.load", scenario, "--params", json.dumps(params)]
-        self.popen = spawn(args, self.log_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._buffer = b""
-        self._selector = selectors.DefaultSelector()
-        assert self.popen.stdout is not None
-        os.set_blocking(self.popen.stdout.fileno(), False)
-        self._selector.register(self.popen.stdout, selectors.EVENT_READ)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def next_event(self, deadline: float) -> Result:
-        """The next protocol line; ScenarioError if it ends or ``deadline`` passes."""
-        assert self.popen.stdout is not None
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ScenarioError(f"{self.name}: no answer in time; log:\n{self._tail()}")
-            if self._selector.select(min(remaining, 1.0)):
-                chunk = self.popen.stdout.read(65536)
-                if not chunk:
-                    self.popen.wait(5.0)
-                    raise ScenarioError(
-                        f"{self.name} ended (status {self.popen.returncode}) without a "
-                        f"result; log:\n{self._tail()}"
-                    )
-                self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        try:
-            event: Result = json.loads(line)
-        except ValueError:
-            raise ScenarioError(f"{self.name}: unreadable line {line[:200]!r}") from None
-        return event
-
-    def go(self) -> None:
-        """Lets the load process carry on after a phase or ready line."""
-        assert self.popen.stdin is not None
-        self.popen.stdin.write(b"go\n")
-        self.popen.stdin.flush()
-
-    def _tail(self) -> str:
-        return log_tail(self.log_path)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            if self.popen.stdin is not None:
-                self.popen.stdin.close()
-        processes.stop(self.popen, 5.0)
-        self._selector.close()
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
+def start_load(ctx: Context, scenario: str, params: Result, name: str = "load") -> Child:
+    """``python -m cim.bench.load`` (its events: see that module)."""
+    log_path = ctx.workdir / f"{name}-{scenario}.log"
+    return Child.python(
+        name, "cim.bench.load", [scenario, "--params", json.dumps(params)], log_path
+    )
 
 
 def run_load(ctx: Context, scenario: str, params: Result, timeout: float) -> Result:
@@ -201,13 +145,13 @@ def run_load(ctx: Context, scenario: str, params: Result, timeout: float) -> Res
     memory figures of every process (``phases``)."""
     deadline = time.monotonic() + timeout
     whole = StatsWatch(ctx.pids()).start()
-    load = LoadProcess(ctx, scenario, params)
+    load = start_load(ctx, scenario, params)
     phases: Result = {}
     watch: StatsWatch | None = None
     try:
         while True:
             event = load.next_event(deadline)
-            kind = event.get("event")
+            kind = event["event"]
             if kind == "result":
                 result: Result = event["result"]
                 result["phases"] = phases
@@ -221,7 +165,7 @@ def run_load(ctx: Context, scenario: str, params: Result, timeout: float) -> Res
                 watch = None
             load.go()
     finally:
-        load.close()
+        load.stop(5.0)
 
 
 # --- the scenarios ------------------------------------------------------------------------
@@ -278,7 +222,7 @@ def connections(ctx: Context, count: int, in_flight: int = 200) -> Result:
     rss_before = procstats.read(server.pid).rss_kb
     whole = StatsWatch(ctx.pids()).start()
     loads = [
-        LoadProcess(
+        start_load(
             ctx,
             "connections",
             {**ctx.base_params(), "users": share, "index": i, "batch": batch},
@@ -304,10 +248,10 @@ def connections(ctx: Context, count: int, in_flight: int = 200) -> Result:
         ctx.progress("connections: closing")
         for load in loads:
             load.go()
-        parts = [_expect_result(load, deadline) for load in loads]
+        parts: list[Result] = [load.expect("result", deadline)["result"] for load in loads]
     finally:
         for load in loads:
-            load.close()
+            load.stop(5.0)
     phases = {"connect": connect_phase}
     totals = whole.stop(phases)
     for i, part in enumerate(parts):
@@ -358,22 +302,8 @@ def _with_load(totals: Result, result: Result) -> Result:
     return totals
 
 
-def _expect_all(loads: list[LoadProcess], kind: str, deadline: float) -> list[Result]:
-    events = []
-    for load in loads:
-        event = load.next_event(deadline)
-        if event.get("event") != kind:
-            raise ScenarioError(f"{load.name}: expected a {kind} line, got {event}")
-        events.append(event)
-    return events
-
-
-def _expect_result(load: LoadProcess, deadline: float) -> Result:
-    event = load.next_event(deadline)
-    if event.get("event") != "result":
-        raise ScenarioError(f"{load.name}: expected its result, got {event}")
-    result: Result = event["result"]
-    return result
+def _expect_all(loads: list[Child], kind: str, deadline: float) -> list[Result]:
+    return [load.expect(kind, deadline) for load in loads]
 
 
 def _merge_counts(counts: Any) -> dict[str, int]:

@@ -65,16 +65,14 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 async def wait_for_signal() -> None:
-    """Returns on SIGINT or SIGTERM (handled: the process stops in order)."""
+    """Returns on SIGINT or SIGTERM. The handlers stay until the loop closes:
+    a second signal while the process stops in order (a chat server drains)
+    does not cut that short."""
     loop = asyncio.get_running_loop()
     signalled = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, signalled.set)
-    try:
-        await signalled.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    await signalled.wait()
 
 
 class Service(Protocol):
