@@ -21,7 +21,7 @@ Each function is synchronous, starts its own processes (``python -m
 cim.bench.ceiling serve|load|hold ...``, :class:`cim.bench.child.Child`) on
 127.0.0.1, and stops them before it returns, whatever happens.
 
-``python -m cim.bench.ceiling all --duration 3`` prints all four as one JSON object.
+``python -m cim.bench.ceiling all --duration 3`` prints all of them as one JSON object.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -45,10 +46,22 @@ import grpc
 
 from cim.bench import procstats
 from cim.bench.child import Child, emit, exit_on_eof, open_stdin, until_eof, wait_go
+from cim.bench.records import (
+    CeilingRun,
+    Ceilings,
+    RelayCeiling,
+    StreamingCeiling,
+    StreamMemoryCeiling,
+    UnaryCeiling,
+    WindowUse,
+    decode,
+)
 from cim.bench.stats import percentiles_ms
 from cim.grpcutil import CHANNEL_OPTIONS, SERVER_OPTIONS, bind
 
 T = TypeVar("T")
+R = TypeVar("R", bound=CeilingRun)
+log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 SERVICE = "cim.bench.Ceiling"
@@ -103,17 +116,17 @@ class CeilingOptions:
 # --------------------------------------------------------------------------
 
 
-def unary_ceiling(o: CeilingOptions) -> dict[str, Any]:
+def unary_ceiling(o: CeilingOptions) -> UnaryCeiling:
     """Echo calls/s with ``unary_concurrency`` calls in flight on one channel."""
-    return _measure("unary", o)
+    return _measure("unary", o, UnaryCeiling)
 
 
-def streaming_ceiling(o: CeilingOptions) -> dict[str, Any]:
+def streaming_ceiling(o: CeilingOptions) -> StreamingCeiling:
     """Messages/s of one server-streaming call pushing as fast as the client reads."""
-    return _measure("streaming", o)
+    return _measure("streaming", o, StreamingCeiling)
 
 
-def relay_ceiling(o: CeilingOptions) -> dict[str, Any]:
+def relay_ceiling(o: CeilingOptions) -> RelayCeiling:
     """Messages/s and send-to-receive latency through a one-hop relay process.
 
     ``relay_users`` bidi streams, ``RELAY_STREAMS_PER_CHANNEL`` per channel (one
@@ -125,7 +138,7 @@ def relay_ceiling(o: CeilingOptions) -> dict[str, Any]:
     if not 2 <= o.relay_users <= RELAY_QUEUE_BOUND:
         # More senders than a queue holds could lose a message and stall its sender.
         raise ValueError(f"relay_users must be between 2 and {RELAY_QUEUE_BOUND}")
-    return _measure("relay", o)
+    return _measure("relay", o, RelayCeiling)
 
 
 def stream_memory_ceiling(
@@ -134,7 +147,7 @@ def stream_memory_ceiling(
     *,
     batch: int = HOLD_BATCH,
     load_processes: int = 0,
-) -> dict[str, Any]:
+) -> StreamMemoryCeiling:
     """Server RSS per idle bidi stream (own channel and TCP connection each), and
     how fast they open: each of ``load_processes`` (0: one per
     ``HOLD_STREAMS_PER_PROCESS``) opens its share in batches of ``batch``."""
@@ -173,51 +186,69 @@ def stream_memory_ceiling(
             for load in loads:
                 load.stop(5.0, grace=2.0)
     opening = max(end for _, end in spans) - min(start for start, _ in spans)
-    return {
-        "connections": connections,
-        "server_rss_kb_before": before.rss_kb,
-        "server_rss_kb_after": after.rss_kb,
-        "rss_per_connection_kb": round((after.rss_kb - before.rss_kb) / connections, 2),
-        "connect_per_s": round(connections / opening, 1) if opening > 0 else 0.0,
-        "open_seconds": round(opening, 3),
-        "server_open_fds_added": fds_after - fds_before,
-        "load_processes": n_loads,
-        "load_average_1m_at_start": load_average,
-        "batch": batch,
-        "processes": {
-            "server": procstats.ProcStats(
+    return StreamMemoryCeiling(
+        connections=connections,
+        server_rss_kb_before=before.rss_kb,
+        server_rss_kb_after=after.rss_kb,
+        rss_per_connection_kb=round((after.rss_kb - before.rss_kb) / connections, 2),
+        connect_per_s=round(connections / opening, 1) if opening > 0 else 0.0,
+        open_seconds=round(opening, 3),
+        server_open_fds_added=fds_after - fds_before,
+        load_processes=n_loads,
+        load_average_1m_at_start=load_average,
+        batch=batch,
+        processes={
+            "server": WindowUse(
                 round(after.cpu_seconds - before.cpu_seconds, 3), after.rss_kb, after.peak_rss_kb
-            ).as_dict()
+            )
         },
-    }
+    )
 
 
 def all_ceilings(
-    o: CeilingOptions, connections: int = 2_000, relay_rate: float = 500.0
-) -> dict[str, Any]:
-    """All four, plus the relay once more at ``relay_rate`` messages/s."""
-    started = time.monotonic()
-    result: dict[str, Any] = {"options": asdict(o), "machine": _machine()}
-    result["unary"] = unary_ceiling(o)
-    result["streaming"] = streaming_ceiling(o)
-    result["relay"] = relay_ceiling(replace(o, relay_rate=0.0))
-    if relay_rate > 0:
-        result["relay_at_rate"] = relay_ceiling(replace(o, relay_rate=relay_rate))
-    result["stream_memory"] = stream_memory_ceiling(connections, o)
-    result["seconds"] = round(time.monotonic() - started, 1)
-    return result
+    o: CeilingOptions,
+    *,
+    relay_rate: float = 500.0,
+    connections: int | None = 2_000,
+    progress: Callable[[str], None] = lambda text: None,
+) -> Ceilings:
+    """All of them, the relay also at ``relay_rate`` messages/s (relay_fixed)
+    and the stream memory with ``connections`` streams (None: not that one).
+    A ceiling that fails is recorded in ``failed``; the others still run."""
+    jobs: list[tuple[str, str, Callable[[], CeilingRun]]] = [
+        ("unary", "unary calls", lambda: unary_ceiling(o)),
+        ("streaming", "server-streaming push", lambda: streaming_ceiling(o)),
+        ("relay", "stream-to-stream relay", lambda: relay_ceiling(replace(o, relay_rate=0.0))),
+        (
+            "relay_fixed",
+            f"relay at {relay_rate:g}/s",
+            lambda: relay_ceiling(replace(o, relay_rate=relay_rate)),
+        ),
+    ]
+    if connections is not None:
+        jobs.append(
+            (
+                "stream_memory",
+                f"memory of {connections} idle streams",
+                lambda: stream_memory_ceiling(connections, o),
+            )
+        )
+    ceilings = Ceilings(duration=o.duration)
+    for key, what, job in jobs:
+        progress(f"ceiling: {what}")
+        started = time.perf_counter()
+        try:
+            figures = job()
+        except Exception as exc:
+            log.exception("ceiling %s failed", key)
+            ceilings.failed[key] = f"{type(exc).__name__}: {exc}"
+            continue
+        figures.wall_s = round(time.perf_counter() - started, 2)
+        setattr(ceilings, key, figures)
+    return ceilings
 
 
-def _machine() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "grpcio": grpc.__version__,
-        "load_average_1m_at_start": os.getloadavg()[0],
-    }
-
-
-def _measure(kind: str, o: CeilingOptions) -> dict[str, Any]:
+def _measure(kind: str, o: CeilingOptions, record: type[R]) -> R:
     procstats.raise_open_file_limit()
     # Other work on the machine lowers every figure: keep a trace of it.
     load_average = os.getloadavg()[0]
@@ -228,8 +259,8 @@ def _measure(kind: str, o: CeilingOptions) -> dict[str, Any]:
             done = load.expect("result", time.monotonic() + o.warmup + o.duration + 30)
         finally:
             load.stop(5.0, grace=3.0)
-    result: dict[str, Any] = done["result"]
-    result["load_average_1m_at_start"] = load_average
+    result = decode(record, done["result"])
+    result.load_average_1m_at_start = load_average
     return result
 
 
@@ -286,13 +317,12 @@ class _Window:
     def seconds(self) -> float:
         return self._end - self._start
 
-    def processes(self) -> dict[str, dict[str, float]]:
+    def processes(self) -> dict[str, WindowUse]:
         out = {}
         for name, after in self._after.items():
             cpu = after.cpu_seconds - self._before[name].cpu_seconds
-            figures = procstats.ProcStats(round(cpu, 3), after.rss_kb, after.peak_rss_kb).as_dict()
-            figures["cpu_percent"] = round(100 * cpu / self.seconds, 1) if self.seconds else 0.0
-            out[name] = figures
+            percent = round(100 * cpu / self.seconds, 1) if self.seconds else 0.0
+            out[name] = WindowUse(round(cpu, 3), after.rss_kb, after.peak_rss_kb, percent)
         return out
 
 
@@ -318,7 +348,7 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]], timeout: float = 5.0) -> N
         await asyncio.wait(tasks, timeout=timeout)
 
 
-async def _unary_load(port: int, server_pid: int, o: CeilingOptions) -> dict[str, Any]:
+async def _unary_load(port: int, server_pid: int, o: CeilingOptions) -> UnaryCeiling:
     channel = _connect(port)
     try:
         await asyncio.wait_for(channel.channel_ready(), 10)
@@ -341,19 +371,19 @@ async def _unary_load(port: int, server_pid: int, o: CeilingOptions) -> dict[str
         finally:
             await _cancel_all(callers)
         _raise_failed(callers)
-        return {
-            "calls_per_s": round(len(samples) / window.seconds, 1),
-            "latency_ms": percentiles_ms(samples),
-            "concurrency": o.unary_concurrency,
-            "payload_bytes": o.payload_bytes,
-            "seconds": round(window.seconds, 3),
-            "processes": window.processes(),
-        }
+        return UnaryCeiling(
+            calls_per_s=round(len(samples) / window.seconds, 1),
+            latency_ms=percentiles_ms(samples),
+            concurrency=o.unary_concurrency,
+            payload_bytes=o.payload_bytes,
+            seconds=round(window.seconds, 3),
+            processes=window.processes(),
+        )
     finally:
         await channel.close()
 
 
-async def _streaming_load(port: int, server_pid: int, o: CeilingOptions) -> dict[str, Any]:
+async def _streaming_load(port: int, server_pid: int, o: CeilingOptions) -> StreamingCeiling:
     channel = _connect(port)
     try:
         await asyncio.wait_for(channel.channel_ready(), 10)
@@ -377,17 +407,17 @@ async def _streaming_load(port: int, server_pid: int, o: CeilingOptions) -> dict
             call.cancel()
             await _cancel_all([task])
         _raise_failed([task])
-        return {
-            "msgs_per_s": round(received / window.seconds, 1),
-            "payload_bytes": o.payload_bytes,
-            "seconds": round(window.seconds, 3),
-            "processes": window.processes(),
-        }
+        return StreamingCeiling(
+            msgs_per_s=round(received / window.seconds, 1),
+            payload_bytes=o.payload_bytes,
+            seconds=round(window.seconds, 3),
+            processes=window.processes(),
+        )
     finally:
         await channel.close()
 
 
-async def _relay_load(port: int, server_pid: int, o: CeilingOptions) -> dict[str, Any]:
+async def _relay_load(port: int, server_pid: int, o: CeilingOptions) -> RelayCeiling:
     users = o.relay_users
     n_channels = math.ceil(users / RELAY_STREAMS_PER_CHANNEL)
     channels = [_connect(port, SEPARATE_CONNECTION_OPTIONS) for _ in range(n_channels)]
@@ -477,22 +507,22 @@ async def _relay_load(port: int, server_pid: int, o: CeilingOptions) -> dict[str
         window.end()
         sent_in_window = sent - sent_at_start
         _raise_failed(tasks)
-        return {
-            "msgs_per_s": round(len(samples) / window.seconds, 1),
-            "latency_ms": percentiles_ms(samples),
-            "mode": "open loop" if o.relay_rate > 0 else "closed loop, one in flight per sender",
-            "rate": o.relay_rate,
-            "latency_from": "the sender's write() call to the recipient's read()",
-            "sent_in_window": sent_in_window,
-            "received_in_window": len(samples),
-            "users": users,
-            "channels": n_channels,
-            "streams_per_channel": RELAY_STREAMS_PER_CHANNEL,
-            "tcp_connections": n_channels,
-            "payload_bytes": max(o.payload_bytes, _RELAY_HEADER.size),
-            "seconds": round(window.seconds, 3),
-            "processes": window.processes(),
-        }
+        return RelayCeiling(
+            msgs_per_s=round(len(samples) / window.seconds, 1),
+            latency_ms=percentiles_ms(samples),
+            mode="open loop" if o.relay_rate > 0 else "closed loop, one in flight per sender",
+            rate=o.relay_rate,
+            latency_from="the sender's write() call to the recipient's read()",
+            sent_in_window=sent_in_window,
+            received_in_window=len(samples),
+            users=users,
+            channels=n_channels,
+            streams_per_channel=RELAY_STREAMS_PER_CHANNEL,
+            tcp_connections=n_channels,
+            payload_bytes=max(o.payload_bytes, _RELAY_HEADER.size),
+            seconds=round(window.seconds, 3),
+            processes=window.processes(),
+        )
     finally:
         for call in calls:
             call.cancel()
@@ -507,7 +537,7 @@ def _raise_failed(tasks: list[asyncio.Task[Any]]) -> None:
             raise RuntimeError(f"load task failed: {task.exception()!r}")
 
 
-_LOADS: dict[str, Callable[[int, int, CeilingOptions], Awaitable[dict[str, Any]]]] = {
+_LOADS: dict[str, Callable[[int, int, CeilingOptions], Awaitable[CeilingRun]]] = {
     "unary": _unary_load,
     "streaming": _streaming_load,
     "relay": _relay_load,
@@ -612,7 +642,7 @@ async def _load(kind: str, port: int, server_pid: int, o: CeilingOptions) -> Non
     procstats.raise_open_file_limit()
     exit_on_eof(await open_stdin())
     result = await _LOADS[kind](port, server_pid, o)
-    emit("result", result=result)
+    emit("result", result=asdict(result))
     _exit_at_once()
 
 
@@ -721,7 +751,7 @@ def main(argv: list[str] | None = None) -> None:
         relay_rate=args.relay_rate if args.command == "relay" else 0.0,
         use_uvloop=args.uvloop,
     )
-    result: dict[str, Any]
+    result: Ceilings | CeilingRun
     if args.command == "all":
         result = all_ceilings(o, connections=args.connections, relay_rate=args.relay_rate)
     elif args.command == "unary":
@@ -732,7 +762,7 @@ def main(argv: list[str] | None = None) -> None:
         result = relay_ceiling(o)
     else:
         result = stream_memory_ceiling(args.connections, o)
-    print(json.dumps(result, indent=2))
+    print(json.dumps({"options": asdict(o), **asdict(result)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -136,5 +136,5 @@ def bench(
     report.write_json(results, output, rows)
     click.echo(report.render_table(results, rows))
     click.echo(f"results: {output}")
-    if results["errors"]:
-        raise click.ClickException(f"{len(results['errors'])} part(s) of the run failed")
+    if results.errors:
+        raise click.ClickException(f"{len(results.errors)} part(s) of the run failed")

@@ -30,13 +30,28 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
+from cim.bench import procstats
 from cim.bench.child import emit, open_stdin, wait_go
+from cim.bench.records import (
+    ConnectionsPart,
+    FanOut,
+    GroupResult,
+    GroupRound,
+    HashParams,
+    Joined,
+    LoadRun,
+    LoginResult,
+    LoginStorm,
+    MessagePath,
+    MessagePhase,
+    PrivateResult,
+)
 from cim.bench.stats import percentiles_ms
 from cim.client.client import ACK_INTERVAL
 from cim.core.passwords import ScryptParams, hash_password
@@ -59,7 +74,6 @@ DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
 NS = 1e-9  # latencies are perf_counter_ns() differences
 
 Params = dict[str, Any]
-Result = dict[str, Any]
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -287,6 +301,15 @@ class Population:
         """Users per chat server address."""
         return dict(Counter(user.server_address for user in self.users))
 
+    def joined(self) -> Joined:
+        return Joined(
+            users=len(self.users),
+            join_errors=dict(self.errors),
+            servers=self.servers(),
+            streams_per_channel=self.streams_per_channel,
+            tcp_connections=self.channel_count(),
+        )
+
     async def close(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
@@ -318,18 +341,19 @@ class Phase:
     cpu: float = 0.0
     pacer_late_ms: float = 0.0
 
-    def result(self) -> Result:
-        return {
-            "msgs_per_s": self.received / self.elapsed if self.elapsed else 0.0,
-            "sent": self.sent,
-            "received": self.received,
-            "elapsed_s": self.elapsed,
-            "latency_ms": percentiles_ms(self.latencies_ns, unit=NS),
-            "errors": sum(self.errors.values()),
-            "error_kinds": dict(self.errors),
-            "load_cpu_s": self.cpu,
-            "pacer_late_ms": self.pacer_late_ms,
-        }
+    def result(self, rate: float | None = None) -> MessagePhase:
+        return MessagePhase(
+            msgs_per_s=self.received / self.elapsed if self.elapsed else 0.0,
+            sent=self.sent,
+            received=self.received,
+            elapsed_s=self.elapsed,
+            latency_ms=percentiles_ms(self.latencies_ns, unit=NS),
+            errors=sum(self.errors.values()),
+            error_kinds=dict(self.errors),
+            load_cpu_s=self.cpu,
+            pacer_late_ms=self.pacer_late_ms,
+            rate=rate,
+        )
 
 
 SendFn = Callable[["User", "User", int, str], Awaitable[None]]
@@ -465,48 +489,43 @@ class PrivateBench:
             await asyncio.gather(*tasks)
         self.phase.pacer_late_ms = late * 1000
 
-    async def run_phase(self, name: str, work: Callable[[], Awaitable[None]]) -> Result:
+    async def run_phase(
+        self, name: str, work: Callable[[], Awaitable[None]], rate: float | None = None
+    ) -> MessagePhase:
         await self.reporter.phase(name, "start")
         self.phase = Phase(name)
         cpu, started = cpu_seconds(), time.perf_counter()
         await work()
         self.phase.elapsed = time.perf_counter() - started
         self.phase.cpu = cpu_seconds() - cpu
-        result = self.phase.result()
+        result = self.phase.result(rate)
         self.phase = Phase("between")
         await self.reporter.phase(name, "end")
         return result
 
-    async def run(self) -> Result:
+    async def run(self) -> PrivateResult:
         duration = float(self.params.get("duration", 8.0))
         rate = float(self.params.get("rate", 500.0))
-        warmup = min(1.0, duration / 4)
         await self.population.start()
         if len(self.population.users) < 2:
             raise RuntimeError("fewer than two users could join")
-        result: Result = {
-            "users": len(self.population.users),
-            "join_errors": dict(self.population.errors),
-            "servers": self.population.servers(),
-            "streams_per_channel": self.population.streams_per_channel,
-            "tcp_connections": self.population.channel_count(),
-            "payload_bytes": self.payload,
-        }
-        paths: list[tuple[str, SendFn]] = [("stream", self.send_stream), ("unary", self.send_unary)]
-        for path, send in paths:
-            self.phase = Phase("warmup")
-            await self.closed_loop(send, warmup)
-            result[path] = {
-                "max": await self.run_phase(
-                    f"{path}-max", partial(self.closed_loop, send, duration)
-                ),
-                "fixed": await self.run_phase(
-                    f"{path}-fixed", partial(self.open_loop, send, duration, rate)
-                ),
-            }
-            result[path]["fixed"]["rate"] = rate
+        joined = self.population.joined()
+        stream = await self.run_path("stream", self.send_stream, duration, rate)
+        unary = await self.run_path("unary", self.send_unary, duration, rate)
         await self.population.close()
-        return result
+        return PrivateResult(
+            **asdict(joined), payload_bytes=self.payload, stream=stream, unary=unary
+        )
+
+    async def run_path(self, path: str, send: SendFn, duration: float, rate: float) -> MessagePath:
+        """A warm-up, then as fast as one message in flight per user allows, then ``rate``."""
+        self.phase = Phase("warmup")
+        await self.closed_loop(send, min(1.0, duration / 4))
+        fastest = await self.run_phase(f"{path}-max", partial(self.closed_loop, send, duration))
+        fixed = await self.run_phase(
+            f"{path}-fixed", partial(self.open_loop, send, duration, rate), rate
+        )
+        return MessagePath(max=fastest, fixed=fixed)
 
 
 # --- scenario 2: group fan-out -----------------------------------------------------
@@ -540,7 +559,7 @@ class GroupBench:
             else:
                 self.recipients = result.ok.recipients
 
-    async def run(self) -> Result:
+    async def run(self) -> GroupResult:
         repeats = int(self.params.get("repeats", 5))
         await self.population.start()
         users = self.population.users
@@ -548,7 +567,7 @@ class GroupBench:
             raise RuntimeError("fewer than two users could join")
         sender = users[0]
         self.expected = len(users) - 1
-        rounds: list[Result] = []
+        rounds: list[GroupRound] = []
         await asyncio.sleep(0.5)  # every stream settled
         await self.reporter.phase("fanout", "start")
         cpu = cpu_seconds()
@@ -571,38 +590,26 @@ class GroupBench:
             missing = self.expected - self.count
             if missing:
                 self.errors["missing"] += missing
-            rounds.append(
-                {
-                    "seconds": elapsed,
-                    "received": self.count,
-                    "deliveries_per_s": self.count / elapsed if elapsed else 0.0,
-                }
-            )
+            rounds.append(GroupRound(elapsed, self.count, self.count / elapsed if elapsed else 0.0))
             await asyncio.sleep(0.3)
         load_cpu = cpu_seconds() - cpu
         await self.reporter.phase("fanout", "end")
+        joined = self.population.joined()
         await self.population.close()
-        complete = [r for r in rounds if r["received"] == self.expected] or rounds
-        times = sorted(r["seconds"] for r in complete)
-        rates = sorted((r["deliveries_per_s"] for r in complete), reverse=True)
-        return {
-            "users": len(users),
-            "join_errors": dict(self.population.errors),
-            "servers": self.population.servers(),
-            "streams_per_channel": self.population.streams_per_channel,
-            "tcp_connections": self.population.channel_count(),
-            "receivers": self.expected,
-            "recipients_reported": self.recipients,
-            "rounds": rounds,
-            "best": {"seconds": times[0], "deliveries_per_s": rates[0]},
-            "median": {
-                "seconds": times[len(times) // 2],
-                "deliveries_per_s": rates[len(rates) // 2],
-            },
-            "errors": sum(self.errors.values()),
-            "error_kinds": dict(self.errors),
-            "load_cpu_s": load_cpu,
-        }
+        complete = [r for r in rounds if r.received == self.expected] or rounds
+        times = sorted(r.seconds for r in complete)
+        rates = sorted((r.deliveries_per_s for r in complete), reverse=True)
+        return GroupResult(
+            **asdict(joined),
+            receivers=self.expected,
+            recipients_reported=self.recipients,
+            rounds=rounds,
+            best=FanOut(times[0], rates[0]),
+            median=FanOut(times[len(times) // 2], rates[len(rates) // 2]),
+            errors=sum(self.errors.values()),
+            error_kinds=dict(self.errors),
+            load_cpu_s=load_cpu,
+        )
 
 
 # --- scenario 3: connections --------------------------------------------------------
@@ -622,7 +629,7 @@ class ConnectionsBench:
         elif kind == "notice":
             self.notices[str(frame.notice.kind)] += 1
 
-    async def run(self) -> Result:
+    async def run(self) -> ConnectionsPart:
         batch = int(self.params.get("batch", 200))
         population = self.population
         await population.seed()
@@ -637,23 +644,23 @@ class ConnectionsBench:
         await self.reporter.emit("ready", connected=len(population.users), alive=population.alive())
         alive_after_hold = population.alive()
         await population.close()
-        return {
-            "users": len(population.users),
-            "alive_after_hold": alive_after_hold,
-            "errors": sum(population.errors.values()),
-            "error_kinds": dict(population.errors),
-            "servers": population.servers(),
-            "tcp_connections": population.channel_count(),
-            "start": started_wall,
-            "end": ended_wall,
-            "elapsed_s": elapsed,
-            "connect_per_s": len(population.users) / elapsed if elapsed else 0.0,
-            "connect_latency_ms": percentiles_ms(population.connect_ns, unit=NS),
-            "pings": population.pings,
-            "pongs": self.pongs,
-            "notices": dict(self.notices),
-            "load_cpu_s": load_cpu,
-        }
+        return ConnectionsPart(
+            users=len(population.users),
+            alive_after_hold=alive_after_hold,
+            errors=sum(population.errors.values()),
+            error_kinds=dict(population.errors),
+            servers=population.servers(),
+            tcp_connections=population.channel_count(),
+            start=started_wall,
+            end=ended_wall,
+            elapsed_s=elapsed,
+            connect_per_s=len(population.users) / elapsed if elapsed else 0.0,
+            connect_latency_ms=percentiles_ms(population.connect_ns, unit=NS),
+            pings=population.pings,
+            pongs=self.pongs,
+            notices=dict(self.notices),
+            load_cpu_s=load_cpu,
+        )
 
 
 # --- scenario 4: login storm --------------------------------------------------------
@@ -662,7 +669,7 @@ class LoginBench:
         self.params = params
         self.reporter = reporter
 
-    async def storm(self, route: route_pb2_grpc.RouteStub, ids: dict[str, int]) -> Result:
+    async def storm(self, route: route_pb2_grpc.RouteStub, ids: dict[str, int]) -> LoginStorm:
         concurrency = int(self.params.get("concurrency", 64))
         queue = list(ids.items())
         latencies: list[int] = []
@@ -685,18 +692,18 @@ class LoginBench:
         cpu, started = cpu_seconds(), time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-        return {
-            "logins": len(latencies),
-            "elapsed_s": elapsed,
-            "logins_per_s": len(latencies) / elapsed if elapsed else 0.0,
-            "latency_ms": percentiles_ms(latencies, unit=NS),
-            "errors": sum(errors.values()),
-            "error_kinds": dict(errors),
-            "concurrency": concurrency,
-            "load_cpu_s": cpu_seconds() - cpu,
-        }
+        return LoginStorm(
+            logins=len(latencies),
+            elapsed_s=elapsed,
+            logins_per_s=len(latencies) / elapsed if elapsed else 0.0,
+            latency_ms=percentiles_ms(latencies, unit=NS),
+            errors=sum(errors.values()),
+            error_kinds=dict(errors),
+            concurrency=concurrency,
+            load_cpu_s=cpu_seconds() - cpu,
+        )
 
-    async def run(self) -> Result:
+    async def run(self) -> LoginResult:
         count = int(self.params.get("logins", 1000))
         variants = self.params.get("variants", ["default", "cheap"])
         seeded = {
@@ -705,21 +712,29 @@ class LoginBench:
         }
         channel = grpc.aio.insecure_channel(self.params["route"], options=CHANNEL_OPTIONS)
         route = route_pb2_grpc.RouteStub(channel)
-        result: Result = {"hash_params": {}}
+        result = LoginResult(hash_params={})
         try:
             for kind in variants:
                 await self.reporter.phase(f"login-{kind}", "start")
-                result[kind] = await self.storm(route, seeded[kind])
+                storm = await self.storm(route, seeded[kind])
                 await self.reporter.phase(f"login-{kind}", "end")
+                if kind == "default":
+                    result.default = storm
+                else:
+                    result.cheap = storm
                 scrypt = ScryptParams() if kind == "default" else ScryptParams.for_tests()
-                result["hash_params"][kind] = {"n": scrypt.n, "r": scrypt.r, "p": scrypt.p}
+                result.hash_params[kind] = HashParams(scrypt.n, scrypt.r, scrypt.p)
         finally:
             await channel.close()
         return result
 
 
 # --- entry point -----------------------------------------------------------------
-BENCHES: dict[str, Callable[[Params, Reporter], Any]] = {
+class Bench(Protocol):
+    async def run(self) -> LoadRun: ...
+
+
+BENCHES: dict[str, Callable[[Params, Reporter], Bench]] = {
     "private": PrivateBench,
     "group": GroupBench,
     "connections": ConnectionsBench,
@@ -727,15 +742,13 @@ BENCHES: dict[str, Callable[[Params, Reporter], Any]] = {
 }
 
 
-async def run_scenario(scenario: str, params: Params) -> Result:
+async def run_scenario(scenario: str, params: Params) -> LoadRun:
     reporter = Reporter(bool(params.get("interactive", False)))
     bench = BENCHES[scenario](params, reporter)
     started = time.perf_counter()
-    result: Result = await bench.run()
-    result["wall_s"] = time.perf_counter() - started
-    from cim.bench.procstats import read
-
-    result["load_process"] = read(os.getpid()).as_dict()
+    result = await bench.run()
+    result.wall_s = time.perf_counter() - started
+    result.load_process = procstats.read(os.getpid())
     return result
 
 
@@ -750,9 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from cim.bench.procstats import raise_open_file_limit
-
-    raise_open_file_limit()
+    procstats.raise_open_file_limit()
     loop_factory = None
     if params.get("uvloop", True):
         with contextlib.suppress(ImportError):
@@ -761,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         result = runner.run(run_scenario(args.scenario, params))
-    emit("result", result=result)
+    emit("result", result=asdict(result))
     return 0
 
 

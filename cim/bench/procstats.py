@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -16,9 +16,6 @@ class ProcStats:
     cpu_seconds: float  # user + system
     rss_kb: int  # now
     peak_rss_kb: int  # high-water mark (VmHWM)
-
-    def as_dict(self) -> dict[str, float]:
-        return {key: float(value) for key, value in asdict(self).items()}
 
 
 def read(pid: int) -> ProcStats:

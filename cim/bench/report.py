@@ -1,10 +1,10 @@
 """The figures of a benchmark run: each cim figure next to its bare-gRPC ceiling,
 the ratio and the target, as a plain-text table and as JSON.
 
-:func:`figures` is pure: it reads the result dict of :func:`cim.bench.runner.run`
-(``ceilings`` and ``scenarios``) and derives every row; a missing part (a
-scenario not run, a ceiling that failed) leaves the row's value or ratio empty
-and its verdict undecided instead of failing.
+:func:`figures` is pure: it reads a :class:`~cim.bench.records.BenchResults`
+and derives every row from the tables below (one per scenario); a missing part
+(a scenario not run, a ceiling that failed) leaves the row's value or ratio
+empty and its verdict undecided instead of failing.
 """
 
 from __future__ import annotations
@@ -12,12 +12,25 @@ from __future__ import annotations
 import json
 import math
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-Result = Mapping[str, Any]
+from cim.bench.records import (
+    BenchResults,
+    ConnectionsResult,
+    GroupResult,
+    Latency,
+    LoginResult,
+    LoginStorm,
+    Machine,
+    Measured,
+    PrivateResult,
+)
+
+R = TypeVar("R")
+T = TypeVar("T")
 
 # Targets: cim's figure divided by the ceiling's, or an absolute bound.
 STREAM_RATIO_MIN = 0.6  # private, stream path msgs/s / relay msgs/s
@@ -73,15 +86,6 @@ class Figure:
         return asdict(self)
 
 
-def _get(data: Any, *path: str) -> Any:
-    """``data[p0][p1]...``, or None where anything is missing or an error."""
-    for key in path:
-        if not isinstance(data, Mapping) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -117,258 +121,212 @@ def figure(
     )
 
 
-def figures(results: Result) -> list[Figure]:
-    """Every row of the report, in table order."""
-    ceilings = results.get("ceilings") or {}
-    runs = results.get("scenarios") or {}
-    rows: list[Figure] = []
-    unary_calls = _get(ceilings, "unary", "calls_per_s")
-    streaming = _get(ceilings, "streaming", "msgs_per_s")
-    relay = _get(ceilings, "relay", "msgs_per_s")
+# --- what cim's figures are divided by ----------------------------------------------------
+def _of(record: T | None, get: Callable[[T], float]) -> float | None:
+    return get(record) if record is not None else None
 
-    if ceilings:
-        for name, path, unit in (
-            ("unary calls/s (64 in flight)", ("unary", "calls_per_s"), "/s"),
-            ("streaming push msgs/s", ("streaming", "msgs_per_s"), "/s"),
-            ("relay msgs/s (1 in flight/user)", ("relay", "msgs_per_s"), "/s"),
-            ("relay p99 at fixed rate", ("relay_fixed", "latency_ms", "p99"), "ms"),
-            ("RSS per idle stream", ("stream_memory", "rss_per_connection_kb"), "KB"),
-        ):
-            rows.append(figure("ceiling", name, _get(ceilings, *path), unit))
 
-    private = runs.get("private")
-    if private is not None:
-        rate = _get(private, "stream", "fixed", "rate") or _get(results, "options", "rate")
-        at = f"{rate:g}/s" if isinstance(rate, int | float) else "fixed rate"
-        p99_target = Target("<", P99_AT_RATE_MAX_MS)
-        rows += [
-            figure(
-                "private",
-                "stream path msgs/s (max)",
-                _get(private, "stream", "max", "msgs_per_s"),
-                "/s",
-                ceiling=relay,
-                ceiling_name="relay",
-                target=Target(">=", STREAM_RATIO_MIN, on_ratio=True),
-            ),
-            figure(
-                "private",
-                "stream path p99 (max rate)",
-                _get(private, "stream", "max", "latency_ms", "p99"),
-                "ms",
-                ceiling=_get(ceilings, "relay", "latency_ms", "p99"),
-                ceiling_name="relay p99",
-            ),
-            figure(
-                "private",
-                f"stream path p50 at {at}",
-                _get(private, "stream", "fixed", "latency_ms", "p50"),
-                "ms",
-                ceiling=_get(ceilings, "relay_fixed", "latency_ms", "p50"),
-                ceiling_name="relay p50",
-            ),
-            figure(
-                "private",
-                f"stream path p99 at {at}",
-                _get(private, "stream", "fixed", "latency_ms", "p99"),
-                "ms",
-                ceiling=_get(ceilings, "relay_fixed", "latency_ms", "p99"),
-                ceiling_name="relay p99",
-                target=p99_target,
-            ),
-            figure(
-                "private",
-                "unary path msgs/s (max)",
-                _get(private, "unary", "max", "msgs_per_s"),
-                "/s",
-                ceiling=unary_calls,
-                ceiling_name="unary",
-                target=Target(">=", UNARY_RATIO_MIN, on_ratio=True),
-            ),
-            figure(
-                "private",
-                "unary path p99 (max rate)",
-                _get(private, "unary", "max", "latency_ms", "p99"),
-                "ms",
-                ceiling=_get(ceilings, "unary", "latency_ms", "p99"),
-                ceiling_name="unary p99",
-            ),
-            figure(
-                "private",
-                f"unary path p50 at {at}",
-                _get(private, "unary", "fixed", "latency_ms", "p50"),
-                "ms",
-            ),
-            figure(
-                "private",
-                f"unary path p99 at {at}",
-                _get(private, "unary", "fixed", "latency_ms", "p99"),
-                "ms",
-                target=p99_target,
-            ),
-            _errors("private", _sum_errors(private, ("stream", "unary"), ("max", "fixed"))),
-        ]
+@dataclass(frozen=True)
+class Bounds:
+    """The ceilings of one run (None: not measured), and the scrypt bound."""
 
-    group = runs.get("group")
-    if group is not None:
-        rows += [
-            figure(
-                "group",
-                f"fan-out deliveries/s (best of {len(_get(group, 'rounds') or []) or '?'})",
-                _get(group, "best", "deliveries_per_s"),
-                "/s",
-                ceiling=streaming,
-                ceiling_name="streaming",
-                target=Target(">=", FANOUT_RATIO_MIN, on_ratio=True),
-            ),
-            figure(
-                "group",
-                "fan-out deliveries/s (median)",
-                _get(group, "median", "deliveries_per_s"),
-                "/s",
-                ceiling=streaming,
-                ceiling_name="streaming",
-            ),
-            figure(
-                "group",
-                f"time to last of {_get(group, 'receivers') or '?'} (best)",
-                _ms(_get(group, "best", "seconds")),
-                "ms",
-            ),
-            figure(
-                "group",
-                "time to last (median)",
-                _ms(_get(group, "median", "seconds")),
-                "ms",
-            ),
-            _errors("group", _get(group, "errors")),
-        ]
+    unary_calls: float | None = None
+    unary_p99: float | None = None
+    streaming_msgs: float | None = None
+    relay_msgs: float | None = None
+    relay_p99: float | None = None
+    relay_fixed_p50: float | None = None
+    relay_fixed_p99: float | None = None
+    stream_rss: float | None = None
+    stream_connect: float | None = None
+    scrypt_bound: float | None = None
+    scrypt_ms: float | None = None
 
-    connections = runs.get("connections")
-    if connections is not None:
-        rows += [
-            figure(
-                "connections",
-                f"clients connected to 1 server (of {_get(connections, 'connections')})",
-                _get(connections, "alive_at_measurement"),
-                ceiling=_get(connections, "connections"),
-                ceiling_name="asked",
-                target=Target("==", 1.0, on_ratio=True),
-            ),
-            figure(
-                "connections",
-                "server RSS per connection",
-                _get(connections, "rss_per_connection_kb"),
-                "KB",
-                ceiling=_get(ceilings, "stream_memory", "rss_per_connection_kb"),
-                ceiling_name="bare stream",
-                target=Target("<=", MEMORY_RATIO_MAX, on_ratio=True),
-            ),
-            figure(
-                "connections",
-                "connect+login rate",
-                _get(connections, "connect_per_s"),
-                "/s",
-                ceiling=_get(ceilings, "stream_memory", "connect_per_s"),
-                ceiling_name="bare connect",
-            ),
-            _errors("connections", _get(connections, "errors")),
-        ]
+    @classmethod
+    def of(cls, results: BenchResults) -> Bounds:
+        c = results.ceilings
+        if c is None:
+            return cls(
+                scrypt_bound=results.scrypt.logins_per_s_bound,
+                scrypt_ms=results.scrypt.ms_per_hash,
+            )
+        return cls(
+            unary_calls=_of(c.unary, lambda r: r.calls_per_s),
+            unary_p99=_of(c.unary, lambda r: r.latency_ms.p99),
+            streaming_msgs=_of(c.streaming, lambda r: r.msgs_per_s),
+            relay_msgs=_of(c.relay, lambda r: r.msgs_per_s),
+            relay_p99=_of(c.relay, lambda r: r.latency_ms.p99),
+            relay_fixed_p50=_of(c.relay_fixed, lambda r: r.latency_ms.p50),
+            relay_fixed_p99=_of(c.relay_fixed, lambda r: r.latency_ms.p99),
+            stream_rss=_of(c.stream_memory, lambda r: r.rss_per_connection_kb),
+            stream_connect=_of(c.stream_memory, lambda r: r.connect_per_s),
+            scrypt_bound=results.scrypt.logins_per_s_bound,
+            scrypt_ms=results.scrypt.ms_per_hash,
+        )
 
-    login = runs.get("login")
-    if login is not None:
-        scrypt = results.get("scrypt") or {}
-        n_default = _get(login, "hash_params", "default", "n") or scrypt.get("n")
-        n_cheap = _get(login, "hash_params", "cheap", "n")
-        rows += [
-            figure(
-                "login",
-                f"logins/s (scrypt n=2^{_log2(n_default)})",
-                _get(login, "default", "logins_per_s"),
-                "/s",
-                ceiling=unary_calls,
-                ceiling_name="unary",
-                target=Target(">=", LOGIN_RATIO_MIN, on_ratio=True),
-            ),
-            figure(
-                "login",
-                "logins/s vs the scrypt bound (cores/hash time)",
-                _get(login, "default", "logins_per_s"),
-                "/s",
-                ceiling=scrypt.get("logins_per_s_bound"),
-                ceiling_name="scrypt bound",
-            ),
-            figure("login", "scrypt time per login", scrypt.get("ms_per_hash"), "ms"),
-            figure(
-                "login",
-                f"login p50 (scrypt n=2^{_log2(n_default)})",
-                _get(login, "default", "latency_ms", "p50"),
-                "ms",
-            ),
-            figure(
-                "login",
-                f"login p99 (scrypt n=2^{_log2(n_default)})",
-                _get(login, "default", "latency_ms", "p99"),
-                "ms",
-            ),
-        ]
-        if _get(login, "cheap") is not None:
-            rows += [
-                figure(
-                    "login",
-                    f"logins/s (accounts hashed n=2^{_log2(n_cheap)})",
-                    _get(login, "cheap", "logins_per_s"),
-                    "/s",
-                    ceiling=unary_calls,
-                    ceiling_name="unary",
-                    target=Target(">=", LOGIN_RATIO_MIN, on_ratio=True),
-                ),
-                figure(
-                    "login",
-                    f"login p99 (n=2^{_log2(n_cheap)})",
-                    _get(login, "cheap", "latency_ms", "p99"),
-                    "ms",
-                ),
-            ]
-        rows.append(_errors("login", _sum_errors(login, ("default", "cheap"), ())))
 
-    failed = {
-        name
-        for name, outcome in runs.items()
-        if isinstance(outcome, Mapping) and "error" in outcome
+# --- the rows, as data ---------------------------------------------------------------------
+Getter = Callable[[R, Bounds], float | int | None]
+
+
+def _nothing(record: Any, bounds: Bounds) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Row(Generic[R]):
+    """One figure of a scenario: its name (``{label}`` fields filled from the
+    scenario's labels), unit, value and ceiling, and its target."""
+
+    figure: str
+    unit: str
+    value: Getter[R]
+    ceiling: Getter[R] = _nothing
+    ceiling_name: str = ""
+    target: Target | None = None
+    shown: Callable[[R], bool] = lambda record: True
+
+
+def _at_least(ratio: float) -> Target:
+    return Target(">=", ratio, on_ratio=True)
+
+
+NO_ERRORS = Target("==", 0)
+P99_AT_RATE = Target("<", P99_AT_RATE_MAX_MS)
+
+CEILING_ROWS: tuple[Row[Bounds], ...] = (
+    Row("unary calls/s (64 in flight)", "/s", lambda b, _: b.unary_calls),
+    Row("streaming push msgs/s", "/s", lambda b, _: b.streaming_msgs),
+    Row("relay msgs/s (1 in flight/user)", "/s", lambda b, _: b.relay_msgs),
+    Row("relay p99 at fixed rate", "ms", lambda b, _: b.relay_fixed_p99),
+    Row("RSS per idle stream", "KB", lambda b, _: b.stream_rss),
+)
+
+PRIVATE_ROWS: tuple[Row[PrivateResult], ...] = (
+    Row("stream path msgs/s (max)", "/s", lambda p, _: p.stream.max.msgs_per_s,
+        lambda p, b: b.relay_msgs, "relay", _at_least(STREAM_RATIO_MIN)),
+    Row("stream path p99 (max rate)", "ms", lambda p, _: p.stream.max.latency_ms.p99,
+        lambda p, b: b.relay_p99, "relay p99"),
+    Row("stream path p50 at {at}", "ms", lambda p, _: p.stream.fixed.latency_ms.p50,
+        lambda p, b: b.relay_fixed_p50, "relay p50"),
+    Row("stream path p99 at {at}", "ms", lambda p, _: p.stream.fixed.latency_ms.p99,
+        lambda p, b: b.relay_fixed_p99, "relay p99", P99_AT_RATE),
+    Row("unary path msgs/s (max)", "/s", lambda p, _: p.unary.max.msgs_per_s,
+        lambda p, b: b.unary_calls, "unary", _at_least(UNARY_RATIO_MIN)),
+    Row("unary path p99 (max rate)", "ms", lambda p, _: p.unary.max.latency_ms.p99,
+        lambda p, b: b.unary_p99, "unary p99"),
+    Row("unary path p50 at {at}", "ms", lambda p, _: p.unary.fixed.latency_ms.p50),
+    Row("unary path p99 at {at}", "ms", lambda p, _: p.unary.fixed.latency_ms.p99,
+        target=P99_AT_RATE),
+    Row("errors", "", lambda p, _: p.errors(), target=NO_ERRORS),
+)  # fmt: skip
+
+GROUP_ROWS: tuple[Row[GroupResult], ...] = (
+    Row("fan-out deliveries/s (best of {rounds})", "/s", lambda g, _: g.best.deliveries_per_s,
+        lambda g, b: b.streaming_msgs, "streaming", _at_least(FANOUT_RATIO_MIN)),
+    Row("fan-out deliveries/s (median)", "/s", lambda g, _: g.median.deliveries_per_s,
+        lambda g, b: b.streaming_msgs, "streaming"),
+    Row("time to last of {receivers} (best)", "ms", lambda g, _: g.best.seconds * 1000),
+    Row("time to last (median)", "ms", lambda g, _: g.median.seconds * 1000),
+    Row("errors", "", lambda g, _: g.errors, target=NO_ERRORS),
+)  # fmt: skip
+
+CONNECTIONS_ROWS: tuple[Row[ConnectionsResult], ...] = (
+    Row("clients connected to 1 server (of {asked})", "", lambda c, _: c.alive_at_measurement,
+        lambda c, _: c.connections, "asked", Target("==", 1.0, on_ratio=True)),
+    Row("server RSS per connection", "KB", lambda c, _: c.rss_per_connection_kb,
+        lambda c, b: b.stream_rss, "bare stream", Target("<=", MEMORY_RATIO_MAX, on_ratio=True)),
+    Row("connect+login rate", "/s", lambda c, _: c.connect_per_s,
+        lambda c, b: b.stream_connect, "bare connect"),
+    Row("errors", "", lambda c, _: c.errors, target=NO_ERRORS),
+)  # fmt: skip
+
+
+def _logins(storm: LoginStorm | None) -> float | None:
+    return _of(storm, lambda s: s.logins_per_s)
+
+
+def _login_ms(storm: LoginStorm | None, get: Callable[[Latency], float]) -> float | None:
+    return _of(storm, lambda s: get(s.latency_ms))
+
+
+LOGIN_ROWS: tuple[Row[LoginResult], ...] = (
+    Row("logins/s (scrypt n=2^{n})", "/s", lambda r, _: _logins(r.default),
+        lambda r, b: b.unary_calls, "unary", _at_least(LOGIN_RATIO_MIN)),
+    Row("logins/s vs the scrypt bound (cores/hash time)", "/s", lambda r, _: _logins(r.default),
+        lambda r, b: b.scrypt_bound, "scrypt bound"),
+    Row("scrypt time per login", "ms", lambda r, b: b.scrypt_ms),
+    Row("login p50 (scrypt n=2^{n})", "ms", lambda r, _: _login_ms(r.default, lambda t: t.p50)),
+    Row("login p99 (scrypt n=2^{n})", "ms", lambda r, _: _login_ms(r.default, lambda t: t.p99)),
+    Row("logins/s (accounts hashed n=2^{n_cheap})", "/s", lambda r, _: _logins(r.cheap),
+        lambda r, b: b.unary_calls, "unary", _at_least(LOGIN_RATIO_MIN),
+        shown=lambda r: r.cheap is not None),
+    Row("login p99 (n=2^{n_cheap})", "ms", lambda r, _: _login_ms(r.cheap, lambda t: t.p99),
+        shown=lambda r: r.cheap is not None),
+    Row("errors", "", lambda r, _: r.errors(), target=NO_ERRORS),
+)  # fmt: skip
+
+
+def _log2(n: int | None) -> str:
+    return f"{math.log2(n):g}" if n else "?"
+
+
+def _private_labels(p: PrivateResult, results: BenchResults) -> dict[str, object]:
+    rate = p.stream.fixed.rate or results.options.rate
+    return {"at": f"{rate:g}/s"}
+
+
+def _login_labels(r: LoginResult, results: BenchResults) -> dict[str, object]:
+    default, cheap = r.hash_params.get("default"), r.hash_params.get("cheap")
+    return {
+        "n": _log2(default.n if default else results.scrypt.n),
+        "n_cheap": _log2(cheap.n if cheap else None),
     }
-    rows = [row for row in rows if row.scenario not in failed]
-    rows += [Figure(name, "FAILED (see errors)", None, passed=False) for name in failed]
+
+
+def _rows(
+    scenario: str,
+    record: R,
+    rows: Sequence[Row[R]],
+    bounds: Bounds,
+    labels: dict[str, object],
+) -> list[Figure]:
+    return [
+        figure(
+            scenario,
+            row.figure.format(**labels),
+            row.value(record, bounds),
+            row.unit,
+            ceiling=row.ceiling(record, bounds),
+            ceiling_name=row.ceiling_name,
+            target=row.target,
+        )
+        for row in rows
+        if row.shown(record)
+    ]
+
+
+def figures(results: BenchResults) -> list[Figure]:
+    """Every row of the report, in table order."""
+    bounds = Bounds.of(results)
+    runs = results.scenarios
+    rows: list[Figure] = []
+    if results.ceilings is not None:
+        rows += _rows("ceiling", bounds, CEILING_ROWS, bounds, {})
+    if runs.private is not None:
+        labels = _private_labels(runs.private, results)
+        rows += _rows("private", runs.private, PRIVATE_ROWS, bounds, labels)
+    if runs.group is not None:
+        labels = {"rounds": len(runs.group.rounds) or "?", "receivers": runs.group.receivers}
+        rows += _rows("group", runs.group, GROUP_ROWS, bounds, labels)
+    if runs.connections is not None:
+        labels = {"asked": runs.connections.connections}
+        rows += _rows("connections", runs.connections, CONNECTIONS_ROWS, bounds, labels)
+    if runs.login is not None:
+        labels = _login_labels(runs.login, results)
+        rows += _rows("login", runs.login, LOGIN_ROWS, bounds, labels)
+    rows += [Figure(name, "FAILED (see errors)", None, passed=False) for name in runs.failed]
     return rows
-
-
-def _errors(scenario: str, count: Any) -> Figure:
-    return figure(scenario, "errors", count, target=Target("==", 0))
-
-
-def _sum_errors(data: Any, outer: Iterable[str], inner: Iterable[str]) -> int | None:
-    inner = tuple(inner)
-    total, found = 0, False
-    for first in outer:
-        paths: list[tuple[str, ...]] = [(first, second) for second in inner] or [(first,)]
-        for path in paths:
-            count = _get(data, *path, "errors")
-            if isinstance(count, int):
-                total += count
-                found = True
-    return total if found else None
-
-
-def _ms(seconds: Any) -> float | None:
-    number = _number(seconds)
-    return number * 1000 if number is not None else None
-
-
-def _log2(n: Any) -> str:
-    number = _number(n)
-    if number is None or number <= 0:
-        return "?"
-    return f"{math.log2(number):g}"
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -390,7 +348,7 @@ def _verdict(passed: bool | None) -> str:
     return {True: "yes", False: "NO", None: ""}[passed]
 
 
-def render_table(results: Result, rows: list[Figure] | None = None) -> str:
+def render_table(results: BenchResults, rows: list[Figure] | None = None) -> str:
     """The plain-text report: machine, the figures table, CPU per phase, errors."""
     rows = figures(results) if rows is None else rows
     header = ("scenario", "figure", "value", "ceiling", "ratio", "target", "pass")
@@ -408,7 +366,7 @@ def render_table(results: Result, rows: list[Figure] | None = None) -> str:
         )
         for row in rows
     ]
-    lines = [_machine_line(results)]
+    lines = [_machine_line(results.machine)]
     lines += _table(header, cells, right=(2, 3, 4))
     checked = [row for row in rows if row.passed is not None]
     passed = sum(1 for row in checked if row.passed)
@@ -416,24 +374,18 @@ def render_table(results: Result, rows: list[Figure] | None = None) -> str:
     cpu = _cpu_lines(results)
     if cpu:
         lines += ["", "CPU (% of one core) and peak RSS (MB) per phase:", *cpu]
-    errors = results.get("errors") or []
-    if errors:
-        lines += ["", "errors:", *(f"  {error}" for error in errors)]
-    if "elapsed_s" in results:
-        lines.append(f"run time: {results['elapsed_s']:.0f} s")
+    if results.errors:
+        lines += ["", "errors:", *(f"  {error}" for error in results.errors)]
+    if results.elapsed_s:
+        lines.append(f"run time: {results.elapsed_s:.0f} s")
     return "\n".join(lines)
 
 
-def _machine_line(results: Result) -> str:
-    m = results.get("machine") or {}
-    if not m:
-        return "machine: unknown"
-    load = m.get("load_average")
+def _machine_line(m: Machine) -> str:
+    load = m.load_average
     return (
-        f"machine: {m.get('cores', '?')} cores ({m.get('cpu', '?')}), {m.get('ram_mb', '?')} MB,"
-        f" {m.get('python', '?')}, grpcio {m.get('grpcio', '?')}, uvloop {m.get('uvloop', '?')},"
-        f" {m.get('date', '?')}"
-        + (f", load average at start {load[0]:.2f}" if isinstance(load, list) and load else "")
+        f"machine: {m.cores} cores ({m.cpu}), {m.ram_mb} MB, {m.python}, grpcio {m.grpcio},"
+        f" uvloop {m.uvloop}, {m.date}" + (f", load average at start {load[0]:.2f}" if load else "")
     )
 
 
@@ -453,36 +405,37 @@ def _table(
     return [line(header), rule, *(line(row) for row in cells)]
 
 
-def _cpu_lines(results: Result) -> list[str]:
+def _cpu_lines(results: BenchResults) -> list[str]:
     """One line per phase: each process's CPU% and peak RSS, busiest first."""
+    runs = results.scenarios
+    measured: dict[str, Measured | None] = {
+        "private": runs.private,
+        "group": runs.group,
+        "login": runs.login,
+        "connections": runs.connections,
+    }
     lines = []
-    for scenario, outcome in (results.get("scenarios") or {}).items():
-        phases = _get(outcome, "phases") or {}
-        for phase, stats in phases.items():
-            processes = _get(stats, "processes") or {}
-            ranked = sorted(
-                processes.items(), key=lambda item: -float(item[1].get("cpu_percent", 0))
-            )
+    for scenario, outcome in measured.items():
+        for phase, usage in (outcome.phases if outcome else {}).items():
+            ranked = sorted(usage.processes.items(), key=lambda item: -(item[1].cpu_percent or 0))
             parts = [
-                f"{name} {p.get('cpu_percent', 0):.0f}%/{p.get('peak_rss_kb', 0) / 1024:.0f}"
+                f"{name} {p.cpu_percent or 0:.0f}%/{(p.peak_rss_kb or 0) / 1024:.0f}"
                 for name, p in ranked
             ]
-            other = _get(stats, "other_cpu_s")
-            wall = _get(stats, "wall_s")
-            if isinstance(other, int | float) and isinstance(wall, int | float) and wall > 0:
-                parts.append(f"(other processes {100 * other / wall:.0f}%)")
+            if usage.wall_s > 0:
+                parts.append(f"(other processes {100 * usage.other_cpu_s / usage.wall_s:.0f}%)")
             lines.append(f"  {scenario}/{phase}: " + ", ".join(parts))
     return lines
 
 
-def to_json(results: Result, rows: list[Figure] | None = None) -> str:
+def to_json(results: BenchResults, rows: list[Figure] | None = None) -> str:
     """The whole result, with the figures, as indented JSON."""
     rows = figures(results) if rows is None else rows
-    document = {**results, "figures": [row.as_dict() for row in rows]}
+    document = {**asdict(results), "figures": [row.as_dict() for row in rows]}
     return json.dumps(document, indent=2, sort_keys=False, default=str) + "\n"
 
 
-def write_json(results: Result, path: Path, rows: list[Figure] | None = None) -> Path:
+def write_json(results: BenchResults, path: Path, rows: list[Figure] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(to_json(results, rows))
     return path

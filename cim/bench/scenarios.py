@@ -12,19 +12,32 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cim.bench import procstats
-from cim.bench.child import Child
+from cim.bench.child import Child, Event
 from cim.bench.cluster import BenchCluster, Deployment
+from cim.bench.records import (
+    ConnectionsPart,
+    ConnectionsResult,
+    GroupResult,
+    LoadRun,
+    LoginResult,
+    PrivateResult,
+    ProcessUse,
+    Usage,
+    decode,
+)
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-Result = dict[str, Any]
+# The parameters of a load process (JSON on its command line: see cim.bench.load).
+Params = dict[str, Any]
+R = TypeVar("R", PrivateResult, GroupResult, LoginResult)
 
 # Connections one load process holds at most (each is a socket of its own).
 CONNECTIONS_PER_LOAD = 2500
@@ -46,7 +59,7 @@ class Context:
     use_uvloop: bool
     progress: Progress
 
-    def base_params(self) -> Result:
+    def base_params(self) -> Params:
         return {
             "route": self.deployment.route_address,
             "redis_url": self.cluster.redis_url,
@@ -92,11 +105,11 @@ class StatsWatch:
         self._busy = _machine_busy_seconds()
         return self
 
-    def stop(self, phases: Result | None = None) -> Result:
+    def stop(self, phases: dict[str, Usage] | None = None) -> Usage:
         """The figures since ``start``. A peak is reset when a phase starts, so
         the peaks of ``phases`` within this span (if given) count too."""
         wall = time.perf_counter() - self._started
-        processes: Result = {}
+        processes: dict[str, ProcessUse] = {}
         for name, pid in self.pids.items():
             before = self._before.get(name)
             try:
@@ -106,33 +119,30 @@ class StatsWatch:
             if before is None:
                 continue
             cpu = after.cpu_seconds - before.cpu_seconds
-            peak = max(
-                [after.peak_rss_kb]
-                + [
-                    int(phase["processes"][name]["peak_rss_kb"])
-                    for phase in (phases or {}).values()
-                    if name in phase.get("processes", {})
-                ]
+            peaks = [after.peak_rss_kb] + [
+                phase.processes[name].peak_rss_kb or 0
+                for phase in (phases or {}).values()
+                if name in phase.processes
+            ]
+            processes[name] = ProcessUse(
+                cpu_s=round(cpu, 3),
+                cpu_percent=round(100 * cpu / wall, 1) if wall > 0 else 0.0,
+                peak_rss_kb=max(peaks),
+                rss_kb_before=before.rss_kb,
+                rss_kb_after=after.rss_kb,
             )
-            processes[name] = {
-                "cpu_s": round(cpu, 3),
-                "cpu_percent": round(100 * cpu / wall, 1) if wall > 0 else 0.0,
-                "peak_rss_kb": peak,
-                "rss_kb_before": before.rss_kb,
-                "rss_kb_after": after.rss_kb,
-            }
         busy = _machine_busy_seconds() - self._busy
-        ours = sum(p["cpu_s"] for p in processes.values())
-        return {
-            "wall_s": round(wall, 3),
-            "processes": processes,
-            "machine_cpu_s": round(busy, 2),
-            "other_cpu_s": round(max(0.0, busy - ours), 2),
-        }
+        ours = sum(p.cpu_s or 0.0 for p in processes.values())
+        return Usage(
+            wall_s=round(wall, 3),
+            processes=processes,
+            machine_cpu_s=round(busy, 2),
+            other_cpu_s=round(max(0.0, busy - ours), 2),
+        )
 
 
 # --- one load process -------------------------------------------------------------------
-def start_load(ctx: Context, scenario: str, params: Result, name: str = "load") -> Child:
+def start_load(ctx: Context, scenario: str, params: Params, name: str = "load") -> Child:
     """``python -m cim.bench.load`` (its events: see that module)."""
     log_path = ctx.workdir / f"{name}-{scenario}.log"
     return Child.python(
@@ -140,22 +150,22 @@ def start_load(ctx: Context, scenario: str, params: Result, name: str = "load") 
     )
 
 
-def run_load(ctx: Context, scenario: str, params: Result, timeout: float) -> Result:
+def run_load(ctx: Context, scenario: str, params: Params, timeout: float, record: type[R]) -> R:
     """Runs one load process to its end; each of its phases gets the CPU and
     memory figures of every process (``phases``)."""
     deadline = time.monotonic() + timeout
     whole = StatsWatch(ctx.pids()).start()
     load = start_load(ctx, scenario, params)
-    phases: Result = {}
+    phases: dict[str, Usage] = {}
     watch: StatsWatch | None = None
     try:
         while True:
             event = load.next_event(deadline)
             kind = event["event"]
             if kind == "result":
-                result: Result = event["result"]
-                result["phases"] = phases
-                result["processes"] = _with_load(whole.stop(phases), result)
+                result = decode(record, event["result"])
+                result.phases = phases
+                result.processes = _with_load(whole.stop(phases), {"load": result})
                 return result
             if kind == "phase" and event["state"] == "start":
                 ctx.progress(f"{scenario}: {event['name']}")
@@ -171,7 +181,7 @@ def run_load(ctx: Context, scenario: str, params: Result, timeout: float) -> Res
 # --- the scenarios ------------------------------------------------------------------------
 def private(
     ctx: Context, users: int, duration: float, rate: float, payload_bytes: int = 64
-) -> Result:
+) -> PrivateResult:
     """N users, each sending to random others with one message in flight; then a
     fixed total rate; over the Chat stream and over Route.SendPrivate."""
     params = {
@@ -183,10 +193,11 @@ def private(
         "streams_per_channel": STREAMS_PER_CHANNEL,
     }
     setup = 30.0 + users / 50
-    return run_load(ctx, "private", params, timeout=setup + 4 * (duration + 1) + 60)
+    timeout = setup + 4 * (duration + 1) + 60
+    return run_load(ctx, "private", params, timeout, PrivateResult)
 
 
-def group(ctx: Context, users: int, repeats: int = 5) -> Result:
+def group(ctx: Context, users: int, repeats: int = 5) -> GroupResult:
     """M users online over the chat servers; one sends a group message R times."""
     params = {
         **ctx.base_params(),
@@ -194,18 +205,18 @@ def group(ctx: Context, users: int, repeats: int = 5) -> Result:
         "repeats": repeats,
         "streams_per_channel": STREAMS_PER_CHANNEL,
     }
-    return run_load(ctx, "group", params, timeout=60.0 + users / 20 + 30 * repeats)
+    return run_load(ctx, "group", params, 60.0 + users / 20 + 30 * repeats, GroupResult)
 
 
-def login(ctx: Context, logins: int, concurrency: int = 64) -> Result:
+def login(ctx: Context, logins: int, concurrency: int = 64) -> LoginResult:
     """L logins from C concurrent callers: accounts with cim's scrypt parameters,
     then (for comparison) accounts hashed with the test suites' cheap ones."""
     params = {**ctx.base_params(), "logins": logins, "concurrency": concurrency}
     # Each default login costs one scrypt n=2^14 (~0.1 s of one core).
-    return run_load(ctx, "login", params, timeout=60.0 + logins * 0.2)
+    return run_load(ctx, "login", params, 60.0 + logins * 0.2, LoginResult)
 
 
-def connections(ctx: Context, count: int, in_flight: int = 200) -> Result:
+def connections(ctx: Context, count: int, in_flight: int = 200) -> ConnectionsResult:
     """K clients connect and log in to the (single) chat server of the
     deployment, spread over load processes, ``in_flight`` joins at a time in
     all; they heartbeat while held. The server's RSS before and after, divided
@@ -248,65 +259,61 @@ def connections(ctx: Context, count: int, in_flight: int = 200) -> Result:
         ctx.progress("connections: closing")
         for load in loads:
             load.go()
-        parts: list[Result] = [load.expect("result", deadline)["result"] for load in loads]
+        parts = [
+            decode(ConnectionsPart, load.expect("result", deadline)["result"]) for load in loads
+        ]
     finally:
         for load in loads:
             load.stop(5.0)
     phases = {"connect": connect_phase}
-    totals = whole.stop(phases)
-    for i, part in enumerate(parts):
-        totals["processes"][f"load-{i + 1}"] = _load_totals(part)
-    connected = sum(part["users"] for part in parts)
-    span = max(part["end"] for part in parts) - min(part["start"] for part in parts)
-    return {
-        "connections": count,
-        "connected": connected,
-        # Streams open when the server's memory was read (a stream evicted
-        # meanwhile, e.g. for a missed heartbeat, does not count).
-        "alive_at_measurement": alive,
-        "alive_after_hold": sum(part["alive_after_hold"] for part in parts),
-        "in_flight": batch * processes,
-        "load_processes": processes,
-        "errors": sum(part["errors"] for part in parts),
-        "error_kinds": _merge_counts(part["error_kinds"] for part in parts),
-        "connect_per_s": connected / span if span > 0 else 0.0,
-        "connect_seconds": span,
-        "connect_latency_ms_worst_process": max(
-            (part["connect_latency_ms"] for part in parts), key=lambda p: float(p["p99"])
+    totals = _with_load(whole.stop(phases), {f"load-{i + 1}": p for i, p in enumerate(parts)})
+    connected = sum(part.users for part in parts)
+    span = max(part.end for part in parts) - min(part.start for part in parts)
+    return ConnectionsResult(
+        connections=count,
+        connected=connected,
+        alive_at_measurement=alive,
+        alive_after_hold=sum(part.alive_after_hold for part in parts),
+        in_flight=batch * processes,
+        load_processes=processes,
+        errors=sum(part.errors for part in parts),
+        error_kinds=_merge_counts(part.error_kinds for part in parts),
+        connect_per_s=connected / span if span > 0 else 0.0,
+        connect_seconds=span,
+        connect_latency_ms_worst_process=max(
+            (part.connect_latency_ms for part in parts), key=lambda latency: latency.p99
         ),
-        "server_rss_kb_before": rss_before,
-        "server_rss_kb_after": held.rss_kb,
-        "server_peak_rss_kb": held.peak_rss_kb,
-        "rss_per_connection_kb": (held.rss_kb - rss_before) / alive if alive else 0.0,
-        "pings": sum(part["pings"] for part in parts),
-        "pongs": sum(part["pongs"] for part in parts),
-        "notices": _merge_counts(part["notices"] for part in parts),
-        "parts": parts,
-        "phases": phases,
-        "processes": totals,
-    }
+        server_rss_kb_before=rss_before,
+        server_rss_kb_after=held.rss_kb,
+        server_peak_rss_kb=held.peak_rss_kb,
+        rss_per_connection_kb=(held.rss_kb - rss_before) / alive if alive else 0.0,
+        pings=sum(part.pings for part in parts),
+        pongs=sum(part.pongs for part in parts),
+        notices=_merge_counts(part.notices for part in parts),
+        parts=parts,
+        phases=phases,
+        processes=totals,
+    )
 
 
-def _load_totals(result: Result) -> Result:
-    """The load process's own figures for its whole life (it reports them last)."""
-    own = result.get("load_process") or {}
-    return {
-        "cpu_s": own.get("cpu_seconds"),
-        "peak_rss_kb": own.get("peak_rss_kb"),
-        "note": "whole process life, start-up included",
-    }
-
-
-def _with_load(totals: Result, result: Result) -> Result:
-    totals["processes"]["load"] = _load_totals(result)
+def _with_load(totals: Usage, loads: dict[str, LoadRun]) -> Usage:
+    """``totals`` with each load process's own figures for its whole life
+    (it reports them last: start-up included)."""
+    for name, run in loads.items():
+        own = run.load_process
+        totals.processes[name] = ProcessUse(
+            cpu_s=own.cpu_seconds if own else None,
+            peak_rss_kb=own.peak_rss_kb if own else None,
+            note="whole process life, start-up included",
+        )
     return totals
 
 
-def _expect_all(loads: list[Child], kind: str, deadline: float) -> list[Result]:
+def _expect_all(loads: list[Child], kind: str, deadline: float) -> list[Event]:
     return [load.expect(kind, deadline) for load in loads]
 
 
-def _merge_counts(counts: Any) -> dict[str, int]:
+def _merge_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
     merged: dict[str, int] = {}
     for part in counts:
         for key, value in part.items():

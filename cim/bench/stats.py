@@ -17,6 +17,8 @@ import math
 from collections.abc import Sequence
 from fractions import Fraction
 
+from cim.bench.records import Latency
+
 # Reported percentiles (and "max", the 100th).
 PERCENTILES = (50, 90, 99)
 
@@ -32,18 +34,17 @@ def nearest_rank(ordered: Sequence[float], percent: float) -> float:
     return ordered[max(1, rank) - 1]
 
 
-def percentiles_ms(samples: Sequence[float], unit: float = 1.0) -> dict[str, float]:
+def percentiles_ms(samples: Sequence[float], unit: float = 1.0) -> Latency:
     """p50/p90/p99/max in milliseconds, rounded to the microsecond, of
     latencies in ``unit`` seconds (1e-9 for ``perf_counter_ns`` samples);
     zeros without samples."""
     if not samples:
-        return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
+        return Latency(0.0, 0.0, 0.0, 0.0)
     ordered = sorted(samples)
     to_ms = unit * 1000
 
     def ms(value: float) -> float:
         return round(value * to_ms, 3)
 
-    figures = {f"p{p}": ms(nearest_rank(ordered, p)) for p in PERCENTILES}
-    figures["max"] = ms(ordered[-1])
-    return figures
+    p50, p90, p99 = (ms(nearest_rank(ordered, p)) for p in PERCENTILES)
+    return Latency(p50, p90, p99, ms(ordered[-1]))

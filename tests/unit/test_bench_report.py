@@ -11,83 +11,143 @@ from typing import Any
 import pytest
 
 from cim.bench import report
+from cim.bench.records import (
+    BenchOptions,
+    BenchResults,
+    Ceilings,
+    ConnectionsResult,
+    FanOut,
+    GroupResult,
+    GroupRound,
+    HashParams,
+    Latency,
+    LoginResult,
+    LoginStorm,
+    Machine,
+    MessagePath,
+    MessagePhase,
+    PrivateResult,
+    ProcessUse,
+    RelayCeiling,
+    Scenarios,
+    ScryptCost,
+    StreamingCeiling,
+    StreamMemoryCeiling,
+    UnaryCeiling,
+    Usage,
+    decode,
+)
 from cim.bench.report import Figure, Target
 
 
-def _latency(p50: float, p99: float) -> dict[str, float]:
-    return {"p50": p50, "p90": (p50 + p99) / 2, "p99": p99, "max": p99 * 2}
+def _latency(p50: float, p99: float) -> Latency:
+    return Latency(p50, (p50 + p99) / 2, p99, p99 * 2)
 
 
-RESULTS: dict[str, Any] = {
-    "machine": {
-        "cores": 2,
-        "cpu": "Test CPU",
-        "ram_mb": 4096,
-        "python": "CPython 3.11.7",
-        "grpcio": "1.85.0",
-        "uvloop": "0.23.0",
-        "date": "2026-11-28T08:00:00+00:00",
-        "load_average": [0.5, 0.4, 0.3],
+def _relay(msgs: float, latency: Latency, rate: float = 0.0) -> RelayCeiling:
+    return RelayCeiling(
+        msgs_per_s=msgs, latency_ms=latency, mode="", rate=rate, latency_from="",
+        sent_in_window=0, received_in_window=0, users=200, channels=4,
+        streams_per_channel=50, tcp_connections=4, payload_bytes=64, seconds=5.0, processes={},
+    )  # fmt: skip
+
+
+def _phase(
+    msgs: float, latency: Latency, errors: int = 0, rate: float | None = None
+) -> MessagePhase:
+    return MessagePhase(
+        msgs_per_s=msgs, sent=0, received=0, elapsed_s=8.0, latency_ms=latency, errors=errors,
+        error_kinds={}, load_cpu_s=0.0, pacer_late_ms=0.0, rate=rate,
+    )  # fmt: skip
+
+
+def _storm(logins_per_s: float, latency: Latency, errors: int) -> LoginStorm:
+    return LoginStorm(
+        logins=1000, elapsed_s=1.0, logins_per_s=logins_per_s, latency_ms=latency, errors=errors,
+        error_kinds={}, concurrency=64, load_cpu_s=0.0,
+    )  # fmt: skip
+
+
+JOINED: dict[str, Any] = {
+    "users": 1000, "join_errors": {}, "servers": {}, "streams_per_channel": 50,
+    "tcp_connections": 20,
+}  # fmt: skip
+STREAM_MAX = Usage(
+    wall_s=8.0,
+    processes={
+        "route": ProcessUse(cpu_s=3.2, cpu_percent=40.0, peak_rss_kb=51200),
+        "load": ProcessUse(cpu_s=5.6, cpu_percent=70.0, peak_rss_kb=61440),
     },
-    "options": {"rate": 500.0},
-    "scrypt": {"n": 16384, "r": 8, "p": 1, "ms_per_hash": 50.0, "logins_per_s_bound": 40.0},
-    "ceilings": {
-        "unary": {"calls_per_s": 4000.0, "latency_ms": _latency(10.0, 30.0)},
-        "streaming": {"msgs_per_s": 20000.0},
-        "relay": {"msgs_per_s": 10000.0, "latency_ms": _latency(20.0, 50.0)},
-        "relay_fixed": {"msgs_per_s": 500.0, "latency_ms": _latency(0.5, 1.5)},
-        "stream_memory": {"rss_per_connection_kb": 40.0, "connect_per_s": 1000.0},
-    },
-    "scenarios": {
-        "private": {
-            "stream": {
-                "max": {"msgs_per_s": 7000.0, "latency_ms": _latency(25.0, 80.0), "errors": 0},
-                "fixed": {
-                    "msgs_per_s": 500.0,
-                    "latency_ms": _latency(2.0, 4.5),
-                    "errors": 1,
-                    "rate": 500.0,
-                },
-            },
-            "unary": {
-                "max": {"msgs_per_s": 1600.0, "latency_ms": _latency(60.0, 200.0), "errors": 0},
-                "fixed": {"msgs_per_s": 500.0, "latency_ms": _latency(3.0, 9.0), "errors": 0},
-            },
-            "phases": {
-                "stream-max": {
-                    "wall_s": 8.0,
-                    "other_cpu_s": 0.8,
-                    "processes": {
-                        "route": {"cpu_percent": 40.0, "peak_rss_kb": 51200},
-                        "load": {"cpu_percent": 70.0, "peak_rss_kb": 61440},
-                    },
-                }
-            },
-        },
-        "group": {
-            "receivers": 999,
-            "rounds": [{}, {}, {}, {}, {}],
-            "best": {"seconds": 0.08, "deliveries_per_s": 12487.5},
-            "median": {"seconds": 0.1, "deliveries_per_s": 9990.0},
-            "errors": 0,
-        },
-        "connections": {
-            "connections": 2000,
-            "connected": 2000,
-            "alive_at_measurement": 2000,
-            "rss_per_connection_kb": 70.0,
-            "connect_per_s": 300.0,
-            "errors": 0,
-        },
-        "login": {
-            "hash_params": {"default": {"n": 16384}, "cheap": {"n": 256}},
-            "default": {"logins_per_s": 40.0, "latency_ms": _latency(1500.0, 1800.0), "errors": 0},
-            "cheap": {"logins_per_s": 1400.0, "latency_ms": _latency(40.0, 90.0), "errors": 2},
-        },
-    },
-    "errors": [],
-    "elapsed_s": 123.4,
-}
+    machine_cpu_s=9.6,
+    other_cpu_s=0.8,
+)
+
+RESULTS = BenchResults(
+    machine=Machine(
+        cores=2, cpu="Test CPU", ram_mb=4096, os="Linux", python="CPython 3.11.7",
+        grpcio="1.85.0", protobuf="6.31", uvloop="0.23.0", redis_py="8.2",
+        date="2026-11-28T08:00:00+00:00", load_average=[0.5, 0.4, 0.3],
+    ),
+    options=BenchOptions(rate=500.0),
+    scrypt=ScryptCost(
+        n=16384, r=8, p=1, ms_per_hash=50.0, ms_per_hash_median=55.0, logins_per_s_bound=40.0
+    ),
+    ceilings=Ceilings(
+        duration=5.0,
+        unary=UnaryCeiling(
+            calls_per_s=4000.0, latency_ms=_latency(10.0, 30.0), concurrency=64,
+            payload_bytes=64, seconds=5.0, processes={},
+        ),
+        streaming=StreamingCeiling(msgs_per_s=20000.0, payload_bytes=64, seconds=5.0, processes={}),
+        relay=_relay(10000.0, _latency(20.0, 50.0)),
+        relay_fixed=_relay(500.0, _latency(0.5, 1.5), rate=500.0),
+        stream_memory=StreamMemoryCeiling(
+            connections=2000, server_rss_kb_before=40000, server_rss_kb_after=120000,
+            rss_per_connection_kb=40.0, connect_per_s=1000.0, open_seconds=2.0,
+            server_open_fds_added=2000, load_processes=1, batch=500, processes={},
+        ),
+    ),
+    scenarios=Scenarios(
+        private=PrivateResult(
+            **JOINED,
+            payload_bytes=64,
+            stream=MessagePath(
+                max=_phase(7000.0, _latency(25.0, 80.0)),
+                fixed=_phase(500.0, _latency(2.0, 4.5), errors=1, rate=500.0),
+            ),
+            unary=MessagePath(
+                max=_phase(1600.0, _latency(60.0, 200.0)),
+                fixed=_phase(500.0, _latency(3.0, 9.0), rate=500.0),
+            ),
+            phases={"stream-max": STREAM_MAX},
+        ),
+        group=GroupResult(
+            **JOINED,
+            receivers=999,
+            recipients_reported=999,
+            rounds=[GroupRound(0.1, 999, 9990.0)] * 5,
+            best=FanOut(0.08, 12487.5),
+            median=FanOut(0.1, 9990.0),
+            errors=0,
+            error_kinds={},
+            load_cpu_s=0.1,
+        ),
+        connections=ConnectionsResult(
+            connections=2000, connected=2000, alive_at_measurement=2000, alive_after_hold=2000,
+            in_flight=200, load_processes=1, errors=0, error_kinds={}, connect_per_s=300.0,
+            connect_seconds=6.7, connect_latency_ms_worst_process=_latency(100.0, 300.0),
+            server_rss_kb_before=40000, server_rss_kb_after=180000, server_peak_rss_kb=180000,
+            rss_per_connection_kb=70.0, pings=0, pongs=0, notices={}, parts=[],
+        ),
+        login=LoginResult(
+            hash_params={"default": HashParams(16384, 8, 1), "cheap": HashParams(256, 8, 1)},
+            default=_storm(40.0, _latency(1500.0, 1800.0), errors=0),
+            cheap=_storm(1400.0, _latency(40.0, 90.0), errors=2),
+        ),
+    ),
+    errors=[],
+    elapsed_s=123.4,
+)  # fmt: skip
 
 
 def _row(rows: list[Figure], scenario: str, starts: str) -> Figure:
@@ -172,7 +232,7 @@ def test_figure_without_ceiling_has_no_ratio() -> None:
 
 def test_missing_ceilings_leave_ratio_targets_undecided() -> None:
     results = copy.deepcopy(RESULTS)
-    results["ceilings"] = {}
+    results.ceilings = None
     rows = report.figures(results)
     assert not [r for r in rows if r.scenario == "ceiling"]
     stream = _row(rows, "private", "stream path msgs/s")
@@ -183,8 +243,9 @@ def test_missing_ceilings_leave_ratio_targets_undecided() -> None:
 
 def test_a_failed_scenario_is_one_failed_row() -> None:
     results = copy.deepcopy(RESULTS)
-    results["scenarios"]["group"] = {"error": "load ended without a result", "phases": {}}
-    results["errors"] = ["group: load ended without a result"]
+    results.scenarios.group = None
+    results.scenarios.failed["group"] = "load ended without a result"
+    results.errors = ["group: load ended without a result"]
     rows = report.figures(results)
     group = [r for r in rows if r.scenario == "group"]
     assert [(r.figure, r.passed) for r in group] == [("FAILED (see errors)", False)]
@@ -195,7 +256,7 @@ def test_a_failed_scenario_is_one_failed_row() -> None:
 
 def test_only_the_scenarios_run_are_reported() -> None:
     results = copy.deepcopy(RESULTS)
-    results["scenarios"] = {"login": results["scenarios"]["login"]}
+    results.scenarios = Scenarios(login=results.scenarios.login)
     assert {r.scenario for r in report.figures(results)} == {"ceiling", "login"}
 
 
@@ -234,9 +295,16 @@ def test_format_value() -> None:
 def test_json(rows: list[Figure], tmp_path: Path) -> None:
     path = report.write_json(RESULTS, tmp_path / "out" / "bench-results.json", rows)
     document = json.loads(path.read_text())
-    assert document["scenarios"] == RESULTS["scenarios"]
-    assert document["ceilings"] == RESULTS["ceilings"]
+    assert document["scenarios"]["private"]["stream"]["max"]["msgs_per_s"] == 7000.0
+    assert document["ceilings"]["relay"]["latency_ms"] == {
+        "p50": 20.0,
+        "p90": 35.0,
+        "p99": 50.0,
+        "max": 100.0,
+    }
     assert document["machine"]["cores"] == 2
+    # Read back, it is the same run.
+    assert decode(BenchResults, document) == RESULTS
     assert document["figures"] == [row.as_dict() for row in rows]
     first = document["figures"][0]
     assert set(first) == {

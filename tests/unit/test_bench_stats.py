@@ -10,6 +10,7 @@ from fractions import Fraction
 
 import pytest
 
+from cim.bench.records import Latency
 from cim.bench.stats import nearest_rank, percentiles_ms
 
 
@@ -21,7 +22,7 @@ def by_definition(samples: list[float], percent: int) -> float:
 
 def test_one_to_a_hundred_milliseconds() -> None:
     samples = [i / 1000 for i in range(100, 0, -1)]  # 1..100 ms, unordered
-    assert percentiles_ms(samples) == {"p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0}
+    assert percentiles_ms(samples) == Latency(50.0, 90.0, 99.0, 100.0)
     # Nanosecond samples give the same figures.
     ns = [i * 1_000_000 for i in range(1, 101)]
     assert percentiles_ms(ns, unit=1e-9) == percentiles_ms(samples)
@@ -30,12 +31,12 @@ def test_one_to_a_hundred_milliseconds() -> None:
 def test_ten_samples_by_hand() -> None:
     samples = [float(i) for i in range(1, 11)]  # seconds
     # ranks ceil(0.5*10)=5, ceil(0.9*10)=9, ceil(0.99*10)=10
-    assert percentiles_ms(samples) == {"p50": 5000.0, "p90": 9000.0, "p99": 10000.0, "max": 10000.0}
-    assert percentiles_ms([0.0042]) == {"p50": 4.2, "p90": 4.2, "p99": 4.2, "max": 4.2}
+    assert percentiles_ms(samples) == Latency(5000.0, 9000.0, 10000.0, 10000.0)
+    assert percentiles_ms([0.0042]) == Latency(4.2, 4.2, 4.2, 4.2)
 
 
 def test_no_samples_give_zeros() -> None:
-    assert percentiles_ms([]) == {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
+    assert percentiles_ms([]) == Latency(0.0, 0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
         nearest_rank([], 50)
     with pytest.raises(ValueError):
@@ -43,7 +44,7 @@ def test_no_samples_give_zeros() -> None:
 
 
 def test_rounded_to_the_microsecond() -> None:
-    assert percentiles_ms([1_234_567], unit=1e-9)["p50"] == 1.235
+    assert percentiles_ms([1_234_567], unit=1e-9).p50 == 1.235
 
 
 @pytest.mark.parametrize("seed", range(40))
