@@ -3,12 +3,13 @@
     CimError                        (base; never raised itself)
     ├── InvalidArgument             INVALID_ARGUMENT   bad or oversized input
     ├── NotFound                    NOT_FOUND          unknown user
-    ├── AlreadyExists               ALREADY_EXISTS     name taken, duplicate login
+    ├── AlreadyExists               ALREADY_EXISTS     name taken (or a look-alike), duplicate login
     ├── PermissionDenied            PERMISSION_DENIED  bad credentials, no cluster secret
     ├── Unauthenticated             UNAUTHENTICATED    missing, invalid or expired token
     ├── Unavailable                 UNAVAILABLE        no chat server, store or route down
     ├── ResourceExhausted           RESOURCE_EXHAUSTED limits
-    ├── FailedPrecondition          FAILED_PRECONDITION a call out of order (send before login)
+    ├── FailedPrecondition          FAILED_PRECONDITION a call out of order (send before login),
+    │                                                  a client_msg_id reused for another message
     └── DeadlineExceeded            DEADLINE_EXCEEDED
 
 Servers raise these; the gRPC edge (``cim.grpcutil``) turns them into a status

@@ -85,3 +85,14 @@ def name_keys(name: str) -> frozenset[str]:
             _folded_skeleton(unicodedata.normalize("NFC", name)),
         )
     )
+
+
+def existing_name_keys(name: str) -> frozenset[str]:
+    """The keys an existing account's name is indexed under: its
+    :func:`name_keys`; for a name registered before this rule that PRECIS
+    refuses (it cannot be registered again), the key of the name as typed,
+    so new look-alikes of it are still refused."""
+    try:
+        return name_keys(name)
+    except InvalidArgument:
+        return frozenset((_folded_skeleton(unicodedata.normalize("NFC", name)),))

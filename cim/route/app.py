@@ -11,6 +11,7 @@ import grpc
 from cim.config import RouteConfig
 from cim.core.members import Member, MemberKind
 from cim.core.tokens import TokenSigner
+from cim.errors import CimError
 from cim.grpcutil import (
     SecretCheck,
     add_service,
@@ -39,6 +40,8 @@ PUBLIC_SERVICES = (ROUTE.full_name,)
 INTERNAL_SERVICES = (ROUTE_INTERNAL.full_name,)
 SERVICE_NAMES = PUBLIC_SERVICES + INTERNAL_SERVICES
 PROBE_INTERVAL = 2.0
+# How long after a failed attempt (the store down) the name backfill tries again.
+NAME_INDEX_RETRY = 5.0
 
 
 class RouteApp:
@@ -65,6 +68,7 @@ class RouteApp:
         self._health: object = None
         self._member: Member | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._name_indexer: asyncio.Task[int] | None = None
 
     @property
     def address(self) -> str:
@@ -94,6 +98,9 @@ class RouteApp:
         self._member = Member(MemberKind.ROUTE, self.config.route_id, self.address)
         await self.registry.register(self._member)
         self._prober = asyncio.create_task(self._probe_suspects())
+        # Accounts registered before look-alike names were refused get their
+        # name keys; in the background, so serving never waits for it.
+        self._name_indexer = asyncio.create_task(self._index_names())
         log.info(
             "route %s listening on %s (%s)",
             self.config.route_id,
@@ -109,11 +116,34 @@ class RouteApp:
             except Exception:
                 log.exception("probing suspect chat servers failed")
 
+    async def _index_names(self) -> int:
+        while True:
+            try:
+                return await self.sessions.index_names()
+            except CimError as exc:
+                log.warning(
+                    "indexing the names of older accounts failed (%s); again in %g s",
+                    exc.message,
+                    NAME_INDEX_RETRY,
+                )
+            except Exception:
+                log.exception("indexing the names of older accounts failed")
+                return 0
+            await asyncio.sleep(NAME_INDEX_RETRY)
+
+    async def names_indexed(self) -> int:
+        """Waits for the start-up backfill of older accounts' name keys (see
+        ``Store.index_names``); how many keys it added."""
+        if self._name_indexer is None:
+            raise RuntimeError("the route has not started")
+        return await asyncio.shield(self._name_indexer)
+
     async def stop(self, grace: float = 2.0) -> None:
-        if self._prober is not None:
-            self._prober.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._prober
+        for task in (self._prober, self._name_indexer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._member is not None:
             await self.registry.deregister(self._member)
         if self._health is not None:

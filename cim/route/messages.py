@@ -14,11 +14,18 @@ push, answer), each step acting on the records still in flight, so the
 batch costs one store round trip and one push per chat server. Sends come
 to an :data:`Outcome`: their ``SendResponse`` or the ``CimError`` that
 refused them; the servicers turn those into protobuf results.
+
+A send with a client_msg_id is idempotent within ``send_dedup_window``: its
+claim (a :class:`~cim.store.base.SendKey`) keeps the digest of its target and
+text (:func:`send_digest`), so a retry gets the first attempt's result while
+the same client_msg_id with another message is refused (FAILED_PRECONDITION).
+A request is always checked before any claim is read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,11 +34,11 @@ from dataclasses import dataclass, field
 from cim.config import RouteConfig
 from cim.core import validation
 from cim.core.ids import MessageIdGenerator, message_time_ms, new_trace_id
-from cim.errors import CimError, InvalidArgument, NotFound
+from cim.errors import CimError, FailedPrecondition, InvalidArgument, NotFound
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import common_pb2
 from cim.route.servers import Parcel, ServerDirectory
-from cim.store.base import Appended, InboxItem, InboxPage, SessionRecord, Store
+from cim.store.base import Appended, InboxItem, InboxPage, SendKey, SessionRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +52,24 @@ GROUP_APPEND_SLICE = 500
 MAX_PAGE = 1000
 DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
 STORED = common_pb2.DELIVERY_STATUS_STORED
+NO_RECIPIENTS = common_pb2.DELIVERY_STATUS_NO_RECIPIENTS
+# Bytes of blake2b kept in a send's claim: 2**-64 odds that two different
+# messages under one client_msg_id pass for a retry.
+SEND_DIGEST_SIZE = 8
+REUSED_CLIENT_MSG_ID = "client_msg_id reused with a different message"
 # What a send comes to: its response, or the error that refused it.
 Outcome = common_pb2.SendResponse | CimError
+
+
+def send_digest(target: str, text: str) -> bytes:
+    """What a send carries besides its client_msg_id, in a few bytes: a
+    blake2b digest of its target (``private:<receiver id>`` or
+    ``group:<group id>``) and text. A retry has the same digest."""
+    digest = hashlib.blake2b(digest_size=SEND_DIGEST_SIZE, person=b"cim-send")
+    digest.update(target.encode())
+    digest.update(b"\0")
+    digest.update(text.encode())
+    return digest.digest()
 
 
 @dataclass(eq=False)
@@ -66,6 +89,8 @@ class PrivateSend:
     outcome: Outcome | None = None
     # The outcome is an earlier attempt's: nothing to push, nothing to remember.
     answered_before: bool = False
+    # The send_digest of the checked request (set with the message).
+    digest: bytes = b""
 
     @property
     def in_flight(self) -> bool:
@@ -89,13 +114,19 @@ class PrivateSend:
         self.message.seq = stored.seq
         self.session = stored.session
 
+    @property
+    def key(self) -> SendKey | None:
+        """Its claim (owned by the receiver), if it has a client_msg_id."""
+        message = self.message
+        if not message.client_msg_id:
+            return None
+        return SendKey(message.receiver_id, message.sender_id, message.client_msg_id, self.digest)
+
     def inbox_item(self, *, claim: bool) -> InboxItem:
         """The message for its receiver's inbox; with ``claim``, the append
         also claims the send (when it has a client_msg_id)."""
         message = self.message
-        send = (
-            (message.sender_id, message.client_msg_id) if claim and message.client_msg_id else None
-        )
+        send = self.key if claim else None
         return InboxItem(message.receiver_id, message.message_id, message.SerializeToString(), send)
 
     def parcel(self) -> tuple[str, Parcel] | None:
@@ -138,14 +169,18 @@ class PrivateSend:
 
 def settle_claims(sends: Sequence[PrivateSend], appended: Sequence[Appended]) -> list[PrivateSend]:
     """Takes each send's claiming append. A send an earlier attempt claimed
-    was not appended: a finished one answers with its result; an unfinished
-    one (its route may have crashed) takes its message id and is returned,
-    to be appended again without a claim."""
+    was not appended: one with another message under the same client_msg_id
+    is refused; a retry of a finished one answers with its result; of an
+    unfinished one (its route may have crashed), takes its message id and is
+    returned, to be appended again without a claim. A claim written before
+    claims kept a digest counts as a retry."""
     again = []
     for send, stored in zip(sends, appended, strict=True):
         earlier = stored.earlier
         if earlier is None:
             send.appended(stored)
+        elif earlier.digest is not None and earlier.digest != send.digest:
+            send.fail(FailedPrecondition(REUSED_CLIENT_MSG_ID))
         elif earlier.result is not None:
             send.answer_as_before(earlier.result)
         else:
@@ -182,11 +217,11 @@ class MessageRouter:
         self._known_users: set[int] = set()
         # Results to remember for retries: collected for REMEMBER_DELAY and
         # written in one pipeline, off the sender's critical path.
-        self._unremembered: list[tuple[int, int, str, bytes]] = []
+        self._unremembered: list[tuple[SendKey, bytes]] = []
         self._remembering: asyncio.Task[None] | None = None
 
+    @staticmethod
     def _compose(
-        self,
         message: common_pb2.ChatMessage,
         sender_id: int,
         sender_name: str,
@@ -194,8 +229,7 @@ class MessageRouter:
         client_msg_id: str,
         message_id: str,
     ) -> common_pb2.ChatMessage:
-        """Fills in what every message carries (after checking its text)."""
-        validation.check_text(text, self._config.max_text_bytes)
+        """Fills in what every message carries (its text checked before)."""
         message.message_id = message_id
         message.sender_id = sender_id
         message.sender_name = sender_name
@@ -224,12 +258,9 @@ class MessageRouter:
         await self._route(sends)
         remember = []
         for send in sends:
-            response = send.to_remember
-            if response is not None:
-                message = send.message
-                remember.append(
-                    (message.receiver_id, message.sender_id, message.client_msg_id, response)
-                )
+            response, key = send.to_remember, send.key
+            if response is not None and key is not None:
+                remember.append((key, response))
         self._remember_later(remember)
         return [send.result for send in sends]
 
@@ -238,6 +269,7 @@ class MessageRouter:
         request = send.request
         try:
             validation.check_user_id(request.receiver_id, "receiver id")
+            validation.check_text(request.text, self._config.max_text_bytes)
             if request.client_msg_id:
                 validation.check_client_msg_id(request.client_msg_id)
             self._compose(
@@ -253,6 +285,7 @@ class MessageRouter:
             return
         send.message.kind = common_pb2.MESSAGE_KIND_PRIVATE
         send.message.receiver_id = request.receiver_id
+        send.digest = send_digest(f"private:{request.receiver_id}", request.text)
 
     async def _route(self, sends: Sequence[PrivateSend]) -> None:
         """Checks the receivers, appends (claiming the sends), settles the
@@ -314,39 +347,34 @@ class MessageRouter:
     # A private send is claimed by its inbox append (under the receiver's
     # keys, one atomic step); a group send, which has many receivers, by a
     # claim under the sender's keys first.
-    async def _group_claim(
-        self, sender_id: int, client_msg_id: str
-    ) -> str | common_pb2.SendResponse:
+    async def _group_claim(self, key: SendKey | None) -> str | common_pb2.SendResponse:
         """The message id to send a group message under: a new one, or an
         earlier unfinished attempt's (the appends are idempotent by message
         id, so a retry after a crash reaches nobody twice); or, for a retry
-        of a finished send, its result."""
+        of a finished send, its result. FailedPrecondition for another
+        message under the same client_msg_id."""
         message_id = self._ids.next()
-        if not client_msg_id:
+        if key is None:
             return message_id
-        validation.check_client_msg_id(client_msg_id)
         (earlier,) = await self._store.claim_sends(
-            [(sender_id, sender_id, client_msg_id, message_id)], self._config.send_dedup_window
+            [(key, message_id)], self._config.send_dedup_window
         )
         if earlier is None:
             return message_id
+        if earlier.digest is not None and earlier.digest != key.digest:
+            raise FailedPrecondition(REUSED_CLIENT_MSG_ID)
         if earlier.result is not None:
             return common_pb2.SendResponse.FromString(earlier.result)
         return earlier.message_id
 
-    def _remember_later(
-        self, sends: Sequence[tuple[int, int, str, common_pb2.SendResponse]]
-    ) -> None:
-        """Remembers the results of (owner, sender, client_msg_id, response)
-        without making the sender wait: a retry that comes first finds the
-        claim and sends again under the same message id, which the inboxes
-        already hold (no second message)."""
+    def _remember_later(self, sends: Sequence[tuple[SendKey, common_pb2.SendResponse]]) -> None:
+        """Remembers the results of (send, response) without making the
+        sender wait: a retry that comes first finds the claim and sends again
+        under the same message id, which the inboxes already hold (no second
+        message)."""
         if not sends:
             return
-        self._unremembered.extend(
-            (owner, sender, client_msg_id, response.SerializeToString())
-            for owner, sender, client_msg_id, response in sends
-        )
+        self._unremembered.extend((key, response.SerializeToString()) for key, response in sends)
         if self._remembering is None:
             self._remembering = asyncio.create_task(self._remember_soon())
 
@@ -382,21 +410,17 @@ class MessageRouter:
     async def send_group(
         self, sender_id: int, sender_name: str, request: common_pb2.SendGroupRequest
     ) -> common_pb2.SendResponse:
-        claim = await self._group_claim(sender_id, request.client_msg_id)
-        if not isinstance(claim, str):
-            return claim  # a retry of a finished send
-        outcome = await self._send_group(sender_id, sender_name, request, claim)
+        # Checked first: a refused request never reads (or answers from) a claim.
+        validation.check_text(request.text, self._config.max_text_bytes)
+        group_id = validation.check_group(request.group_id)
+        key = None
         if request.client_msg_id:
-            self._remember_later([(sender_id, sender_id, request.client_msg_id, outcome)])
-        return outcome
-
-    async def _send_group(
-        self,
-        sender_id: int,
-        sender_name: str,
-        request: common_pb2.SendGroupRequest,
-        message_id: str,
-    ) -> common_pb2.SendResponse:
+            validation.check_client_msg_id(request.client_msg_id)
+            digest = send_digest(f"group:{group_id}", request.text)
+            key = SendKey(sender_id, sender_id, request.client_msg_id, digest)
+        message_id = await self._group_claim(key)
+        if not isinstance(message_id, str):
+            return message_id  # a retry of a finished send: its result
         message = self._compose(
             common_pb2.ChatMessage(),
             sender_id,
@@ -406,7 +430,14 @@ class MessageRouter:
             message_id,
         )
         message.kind = common_pb2.MESSAGE_KIND_GROUP
-        message.group_id = validation.check_group(request.group_id)
+        message.group_id = group_id
+        outcome = await self._send_group(message)
+        if key is not None:
+            self._remember_later([(key, outcome)])
+        return outcome
+
+    async def _send_group(self, message: common_pb2.ChatMessage) -> common_pb2.SendResponse:
+        sender_id = message.sender_id
         receivers = [
             session.user_id
             async for session in self._store.online_sessions()
@@ -426,7 +457,7 @@ class MessageRouter:
         await asyncio.gather(*pushes)
         return common_pb2.SendResponse(
             message_id=message.message_id,
-            status=DELIVERED,
+            status=DELIVERED if receivers else NO_RECIPIENTS,
             recipients=len(receivers),
             server_time_ms=message.server_time_ms,
         )

@@ -126,9 +126,10 @@ class RouteService(route_pb2_grpc.RouteServicer):
         self, request: route_pb2.ListOnlineUsersRequest, context: Context
     ) -> route_pb2.ListOnlineUsersResponse:
         await self._caller(context)
-        accounts = await self._sessions.online_users(request.name_prefix)
+        accounts, truncated = await self._sessions.online_users(request.name_prefix)
         return route_pb2.ListOnlineUsersResponse(
-            users=[common_pb2.UserInfo(user_id=a.user_id, user_name=a.user_name) for a in accounts]
+            users=[common_pb2.UserInfo(user_id=a.user_id, user_name=a.user_name) for a in accounts],
+            truncated=truncated,
         )
 
     @unary_edge

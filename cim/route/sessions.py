@@ -13,19 +13,22 @@ route within that bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cim.config import RouteConfig
-from cim.core import validation
+from cim.core import names, validation
 from cim.core.ids import new_session_id
+from cim.core.limits import max_size
 from cim.core.members import Member
 from cim.core.passwords import hash_password, verify_password
 from cim.core.routing import ServerChooser, make_chooser
 from cim.core.tokens import TokenClaims, TokenSigner
 from cim.errors import AlreadyExists, NotFound, PermissionDenied, Unauthenticated
+from cim.proto.v1 import route_pb2
 from cim.route.servers import ServerDirectory
 from cim.store.base import Account, SessionRecord, Store
 
@@ -37,6 +40,10 @@ SESSION_ENDED = "session ended (logged out or replaced by a newer login): log in
 # The store keeps a token session this much longer than the tokens live, so
 # clock differences between routes never end a token early.
 TOKEN_SESSION_MARGIN = 60.0
+# The most users one ListOnlineUsers reply holds: what the proto declares.
+ONLINE_LIST_LIMIT = max_size(route_pb2.ListOnlineUsersResponse.DESCRIPTOR.fields_by_name["users"])
+# Online users are looked up (their accounts read) this many at a time.
+ONLINE_LIST_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -69,20 +76,40 @@ class SessionManager:
         # Bumped by every local revocation: a store answer read before one is not cached.
         self._revocations = 0
         self._next_sweep = 0.0
+        # The most users online_users returns (tests lower it).
+        self.online_list_limit = ONLINE_LIST_LIMIT
 
     # --- accounts ---------------------------------------------------------
     async def register(self, user_name: str, password: str) -> tuple[Account, bool]:
+        """The new account, or the existing one of that exact name and password.
+        AlreadyExists for the name with another password, and for a new name
+        too much like an existing one (``cim.core.names``: case, width,
+        confusable letters); existing accounts keep their names as they are."""
         validation.check_user_name(user_name)
         validation.check_password(password)
         existing = await self._store.get_account_by_name(user_name)
         if existing is not None:
             return await self._existing(existing, password), False
+        name_keys = names.name_keys(user_name)  # InvalidArgument for a name PRECIS refuses
         password_hash = await asyncio.to_thread(hash_password, password, self._config.scrypt)
-        account, created = await self._store.create_account(user_name, password_hash)
-        if not created:  # another register of the same name won the race
+        account, created = await self._store.create_account(user_name, password_hash, name_keys)
+        if not created:
+            if account.user_name != user_name:
+                raise AlreadyExists(
+                    f"user name {user_name!r} is too much like an existing user's name"
+                )
+            # another register of the same name won the race
             return await self._existing(account, password), False
         log.info("registered user %s (%s)", account.user_id, user_name)
         return account, True
+
+    async def index_names(self) -> int:
+        """Indexes the name keys of accounts registered before look-alike
+        names were refused (see ``Store.index_names``); how many keys it added."""
+        added = await self._store.index_names(names.existing_name_keys)
+        if added:
+            log.info("indexed %d name keys of accounts older than the look-alike rule", added)
+        return added
 
     async def _existing(self, account: Account, password: str) -> Account:
         if not await asyncio.to_thread(verify_password, password, account.password_hash):
@@ -167,6 +194,18 @@ class SessionManager:
         current = await self._store.claim_session(record, ttl)
         if current is None:
             return
+        if not current.connected:
+            # A login whose stream has not arrived (and may never: a client
+            # that crashed or gave up in between). These credentials replace
+            # it, unless its stream connects first; its token stops working.
+            current = await self._store.claim_session(
+                record, ttl, current.session_id, pending_only=True
+            )
+            if current is None:
+                log.info("user %s: replaced a login that had not connected", record.user_id)
+                return
+            if not current.connected:
+                raise AlreadyExists("another login for this user is in progress; try again")
         if await self._holds_live_stream(current):
             if self._config.duplicate_login == "reject":
                 raise AlreadyExists("already logged in from another client; log out there first")
@@ -182,14 +221,10 @@ class SessionManager:
             raise AlreadyExists("another login for this user is in progress; try again")
 
     async def _holds_live_stream(self, session: SessionRecord) -> bool:
-        """Whether a recorded session still counts. A login whose stream has not
-        arrived yet counts while its server is registered (its record expires
-        after connect_grace); a connected one only while a registered chat
+        """Whether a connected session still counts: while a registered chat
         server confirms it holds the stream."""
         if self._servers.find(session.server_id) is None:
             return False
-        if not session.connected:
-            return True
         return await self._servers.is_live(session.server_id, session.user_id, session.session_id)
 
     async def logout(self, claims: TokenClaims) -> None:
@@ -277,10 +312,35 @@ class SessionManager:
             return []
         return await self._store.refresh_sessions(sessions, self._config.session_ttl)
 
-    async def online_users(self, name_prefix: str = "") -> list[Account]:
-        user_ids = [record.user_id async for record in self._store.online_sessions()]
-        accounts = await self._store.get_accounts(user_ids)
-        found = [
-            account for account in accounts.values() if account.user_name.startswith(name_prefix)
-        ]
-        return sorted(found, key=lambda account: account.user_id)
+    async def online_users(self, name_prefix: str = "") -> tuple[list[Account], bool]:
+        """Users online whose name starts with ``name_prefix``, by user id, at
+        most ``online_list_limit`` of them; and whether more matched (the walk
+        stops there: the reply then holds some of the matching users)."""
+        limit = self.online_list_limit
+        found: list[Account] = []
+
+        async def look_up(user_ids: list[int]) -> None:
+            accounts = await self._store.get_accounts(user_ids)
+            found.extend(
+                account
+                for account in accounts.values()
+                if account.user_name.startswith(name_prefix)
+            )
+
+        pending: list[int] = []
+        async with contextlib.aclosing(self._store.online_sessions()) as online:
+            async for record in online:
+                pending.append(record.user_id)
+                if len(pending) >= ONLINE_LIST_CHUNK:
+                    await look_up(pending)
+                    pending = []
+                    if len(found) > limit:
+                        break
+        if pending and len(found) <= limit:
+            await look_up(pending)
+        found.sort(key=_by_id)
+        return found[:limit], len(found) > limit
+
+
+def _by_id(account: Account) -> int:
+    return account.user_id

@@ -7,7 +7,7 @@ unless refreshed (a crashed chat server cannot lock its users out).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -47,15 +47,30 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class SendKey:
+    """One idempotent send: where its claim lives and what it carried."""
+
+    # The user whose keys hold the claim: the receiver of a private send
+    # (so its inbox append claims it), the sender of a group send.
+    owner_id: int
+    sender_id: int
+    client_msg_id: str
+    # A digest of the send's target and text (cim.route.messages.send_digest),
+    # kept in the claim: the same client_msg_id with another digest is
+    # another message, not a retry.
+    digest: bytes = b""
+
+
+@dataclass(frozen=True)
 class InboxItem:
     """A message to append to one receiver's inbox."""
 
     user_id: int
     message_id: str
     payload: bytes
-    # (sender id, client_msg_id) of an idempotent send: the append first
-    # claims it (see claim_sends; owner: the receiver) in the same atomic step.
-    send: tuple[int, str] | None = None
+    # The idempotent send this append carries (its owner is ``user_id``): the
+    # append first claims it (see claim_sends) in the same atomic step.
+    send: SendKey | None = None
 
 
 @dataclass(frozen=True)
@@ -94,15 +109,30 @@ class SendClaim:
     message_id: str
     # Its remembered result, or None while it is unfinished (or crashed).
     result: bytes | None
+    # The digest of what it sent (SendKey.digest); None for a claim written
+    # before claims kept one, which is taken for an exact retry.
+    digest: bytes | None = None
 
 
 class Store(Protocol):
     # --- accounts ---------------------------------------------------------
-    async def create_account(self, user_name: str, password_hash: str) -> tuple[Account, bool]:
-        """Creates the account, or returns the existing one with that name.
+    async def create_account(
+        self, user_name: str, password_hash: str, name_keys: Collection[str] = ()
+    ) -> tuple[Account, bool]:
+        """Creates the account, or returns the existing one with that name,
+        or one whose name shares a key with ``name_keys`` (a look-alike:
+        its ``user_name`` differs from ``user_name``).
 
-        The boolean says whether it was created. Names are unique.
+        The boolean says whether it was created. Names are unique, and so are
+        name keys: of two concurrent creations that share a key, one wins.
         """
+
+    async def index_names(self, keys_of: Callable[[str], Collection[str]]) -> int:
+        """Indexes the name keys (``keys_of(user_name)``) of the accounts
+        created without them, before look-alike names were refused; returns
+        how many keys it added. Idempotent, in bounded steps, and safe to run
+        from several routes at once. Where two such accounts share a key, the
+        key stays with whichever was indexed first: both keep working."""
 
     async def get_account(self, user_id: int) -> Account | None: ...
 
@@ -112,11 +142,18 @@ class Store(Protocol):
 
     # --- sessions (login state + route) -----------------------------------
     async def claim_session(
-        self, record: SessionRecord, ttl: float, replace_session_id: str | None = None
+        self,
+        record: SessionRecord,
+        ttl: float,
+        replace_session_id: str | None = None,
+        *,
+        pending_only: bool = False,
     ) -> SessionRecord | None:
         """Stores ``record`` if the user has no session (or exactly the session
-        ``replace_session_id``, or ``record``'s own: a retry is safe). Returns
-        None on success, else the session in the way."""
+        ``replace_session_id``, or ``record``'s own: a retry is safe). With
+        ``pending_only``, ``replace_session_id`` is replaced only while its
+        stream has not connected. Returns None on success, else the session
+        in the way."""
 
     async def get_session(self, user_id: int) -> SessionRecord | None: ...
 
@@ -135,7 +172,7 @@ class Store(Protocol):
         """Deletes the session if it is still this one (and, when ``server_id``
         is given, still recorded on that server); True if it was deleted."""
 
-    def online_sessions(self) -> AsyncIterator[SessionRecord]:
+    def online_sessions(self) -> AsyncGenerator[SessionRecord, None]:
         """Every connected session, walked without blocking the store."""
 
     # --- inboxes: every message a user receives, by per-user sequence -----
@@ -164,19 +201,16 @@ class Store(Protocol):
 
     # --- idempotent sends -------------------------------------------------
     async def claim_sends(
-        self, claims: Sequence[tuple[int, int, str, str]], ttl: float
+        self, claims: Sequence[tuple[SendKey, str]], ttl: float
     ) -> list[SendClaim | None]:
-        """For each (owner id, sender id, client_msg_id, message id): marks the
-        send as started with that message id for ``ttl`` seconds. None: this
-        is the first attempt; else what an earlier attempt left. The owner is
-        the user whose keys hold the claim (the receiver of a private send,
-        the sender of a group send)."""
+        """For each (send, message id): marks the send as started with that
+        message id and its digest for ``ttl`` seconds. None: this is the
+        first attempt; else what an earlier attempt left (its digest tells a
+        retry from a reused client_msg_id)."""
 
-    async def finish_sends(
-        self, results: Sequence[tuple[int, int, str, bytes]], ttl: float
-    ) -> None:
-        """For each (owner id, sender id, client_msg_id, result): remembers
-        the send's result for ``ttl`` seconds."""
+    async def finish_sends(self, results: Sequence[tuple[SendKey, bytes]], ttl: float) -> None:
+        """For each (send, result): remembers the send's result, with its
+        digest, for ``ttl`` seconds."""
 
     # --- token sessions: which session's tokens authorize (revocation) ----
     # One entry per user, apart from the session record: that one expires

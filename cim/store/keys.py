@@ -3,12 +3,17 @@
 Every key starts with a configurable prefix, so several clusters can share one
 Redis. Per-user keys carry a hash tag on the user id (``cim:{u:42}:session``):
 all of one user's keys live in one slot of a Redis Cluster, so a Lua script
-can change them together. Global keys (id counter, name index, online index)
-each live in their own slot and are never touched by the same script as a
-per-user key.
+can change them together. The name keys (look-alike names, see
+``cim.core.names``) share the tag ``{names}``: one script claims all the keys
+of a new name at once. Other global keys (id counter, name index, online
+index) each live in their own slot and are never touched by the same script
+as a per-user key.
 
     {prefix}user_ids                  string  last user id handed out (INCR)
-    {prefix}name:<user name>          string  user id owning the name
+    {prefix}name:<user name>          string  user id owning the exact name
+    {prefix}{names}:key:<name key>    string  user id owning the name key
+    {prefix}{names}:indexed_through   string  the accounts up to this user id have
+                                              their name keys (the backfill's mark)
     {prefix}online                    zset    user id -> session expiry (ms), a hint
     {prefix}{u:<id>}:account          hash    name, password_hash
     {prefix}{u:<id>}:session          hash    sid, server, device, connected, exp (PEXPIRE)
@@ -21,8 +26,13 @@ per-user key.
     {prefix}{u:<id>}:inbox:ids        zset    message id, score append time (ms): the
                                               ids remembered for retried appends
     {prefix}{u:<id>}:inbox:idseq      hash    message id -> seq, for the same ids
-    {prefix}{u:<id>}:send:<client id> string  "m" + message id while a send runs,
-                                              "r" + result after (PEXPIRE)
+    {prefix}{u:<id>}:send:<sender id>:<client id>
+                                      string  "M" + digest + message id while a send
+                                              runs, "R" + digest + result after
+                                              (PEXPIRE); the digest is one length
+                                              byte, then that many bytes. Written
+                                              before digests: "m" + message id, "r"
+                                              + result (read as exact retries).
 """
 
 from __future__ import annotations
@@ -54,6 +64,15 @@ SESSION_FIELDS = (
 # Inbox meta hash fields.
 INBOX_HEAD = "head"
 INBOX_DROPPED = "dropped"
+# The hash tag of every name key: one slot, so a script claims a name's keys together.
+NAMES_TAG = "{names}"
+
+# The tag bytes of a send's claim (see the table above).
+SEND_RUNNING = b"M"
+SEND_FINISHED = b"R"
+SEND_RUNNING_UNHASHED = b"m"
+SEND_FINISHED_UNHASHED = b"r"
+
 # An inbox body starts with its append time, ms since the epoch, in this many
 # zero-padded digits (Lua reads it with string.sub), then the payload bytes.
 INBOX_TIME_DIGITS = 13
@@ -78,6 +97,15 @@ class KeyLayout:
 
     def name(self, user_name: str) -> str:
         return f"{self.prefix}name:{user_name}"
+
+    # --- name keys (one hash tag, one slot) ------------------------------
+    def name_key(self, key: str) -> str:
+        """Who holds a name key (a look-alike class of names)."""
+        return f"{self.prefix}{NAMES_TAG}:key:{key}"
+
+    @property
+    def names_indexed_through(self) -> str:
+        return f"{self.prefix}{NAMES_TAG}:indexed_through"
 
     @property
     def online(self) -> str:

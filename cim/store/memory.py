@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -16,6 +16,7 @@ from cim.store.base import (
     InboxPage,
     Retention,
     SendClaim,
+    SendKey,
     SessionRecord,
 )
 
@@ -54,6 +55,8 @@ class MemoryStore:
         self._ids = count(1)
         self._accounts: dict[int, Account] = {}
         self._by_name: dict[str, int] = {}
+        # name key (cim.core.names) -> the user id holding it
+        self._by_name_key: dict[str, int] = {}
         self._sessions: dict[int, tuple[SessionRecord, float]] = {}
         # user id -> (session whose tokens are good, expires at): see set_token_session.
         self._token_sessions: dict[int, tuple[str, float]] = {}
@@ -61,14 +64,33 @@ class MemoryStore:
         # (owner, sender, client_msg_id) -> (claim or result, expires at)
         self._sent: dict[tuple[int, int, str], tuple[SendClaim, float]] = {}
 
-    async def create_account(self, user_name: str, password_hash: str) -> tuple[Account, bool]:
+    async def create_account(
+        self, user_name: str, password_hash: str, name_keys: Collection[str] = ()
+    ) -> tuple[Account, bool]:
         existing = self._by_name.get(user_name)
         if existing is not None:
             return self._accounts[existing], False
+        for key in sorted(name_keys):
+            holder = self._by_name_key.get(key)
+            if holder is not None:
+                return self._accounts[holder], False
         account = Account(next(self._ids), user_name, password_hash)
         self._accounts[account.user_id] = account
         self._by_name[user_name] = account.user_id
+        for key in name_keys:
+            self._by_name_key[key] = account.user_id
         return account, True
+
+    async def index_names(self, keys_of: Callable[[str], Collection[str]]) -> int:
+        added = 0
+        for user_id in sorted(self._accounts):
+            for key in keys_of(self._accounts[user_id].user_name):
+                if key not in self._by_name_key:
+                    self._by_name_key[key] = user_id
+                    added += 1
+            if user_id % 1000 == 0:
+                await asyncio.sleep(0)
+        return added
 
     async def get_account(self, user_id: int) -> Account | None:
         return self._accounts.get(user_id)
@@ -91,12 +113,18 @@ class MemoryStore:
         return record
 
     async def claim_session(
-        self, record: SessionRecord, ttl: float, replace_session_id: str | None = None
+        self,
+        record: SessionRecord,
+        ttl: float,
+        replace_session_id: str | None = None,
+        *,
+        pending_only: bool = False,
     ) -> SessionRecord | None:
         current = self._live_session(record.user_id)
-        if current is not None and current.session_id not in (
-            record.session_id,  # a retried claim succeeds again
-            replace_session_id,
+        if (
+            current is not None
+            and current.session_id != record.session_id  # else a retried claim: it succeeds
+            and (current.session_id != replace_session_id or (pending_only and current.connected))
         ):
             return current
         self._sessions[record.user_id] = (record, self._clock() + ttl)
@@ -137,7 +165,7 @@ class MemoryStore:
         del self._sessions[user_id]
         return True
 
-    async def online_sessions(self) -> AsyncIterator[SessionRecord]:
+    async def online_sessions(self) -> AsyncGenerator[SessionRecord, None]:
         # Walk a snapshot in slices, yielding to the loop between them, as a
         # SCAN would: a huge table never stalls other requests.
         user_ids = list(self._sessions)
@@ -155,10 +183,10 @@ class MemoryStore:
         appended = []
         for item in items:
             if item.send is not None:
-                sender_id, client_msg_id = item.send
+                if item.send.owner_id != item.user_id:
+                    raise ValueError("an append claims only sends its receiver owns")
                 (earlier,) = await self.claim_sends(
-                    [(item.user_id, sender_id, client_msg_id, item.message_id)],
-                    retention.id_window,
+                    [(item.send, item.message_id)], retention.id_window
                 )
                 if earlier is not None:
                     appended.append(Appended(0, None, earlier))
@@ -196,28 +224,27 @@ class MemoryStore:
                 del inbox.entries[doomed]
 
     async def claim_sends(
-        self, claims: Sequence[tuple[int, int, str, str]], ttl: float
+        self, claims: Sequence[tuple[SendKey, str]], ttl: float
     ) -> list[SendClaim | None]:
         now = self._clock()
         if len(self._sent) > 100_000:  # keep the window bounded: drop what expired
             self._sent = {k: v for k, v in self._sent.items() if v[1] > now}
         found: list[SendClaim | None] = []
-        for owner_id, sender_id, client_msg_id, message_id in claims:
-            key = (owner_id, sender_id, client_msg_id)
+        for send, message_id in claims:
+            key = (send.owner_id, send.sender_id, send.client_msg_id)
             entry = self._sent.get(key)
             if entry is not None and entry[1] > now:
                 found.append(entry[0])
                 continue
-            self._sent[key] = (SendClaim(message_id, None), now + ttl)
+            self._sent[key] = (SendClaim(message_id, None, send.digest), now + ttl)
             found.append(None)
         return found
 
-    async def finish_sends(
-        self, results: Sequence[tuple[int, int, str, bytes]], ttl: float
-    ) -> None:
+    async def finish_sends(self, results: Sequence[tuple[SendKey, bytes]], ttl: float) -> None:
         expires_at = self._clock() + ttl
-        for owner_id, sender_id, client_msg_id, result in results:
-            self._sent[(owner_id, sender_id, client_msg_id)] = (SendClaim("", result), expires_at)
+        for send, result in results:
+            key = (send.owner_id, send.sender_id, send.client_msg_id)
+            self._sent[key] = (SendClaim("", result, send.digest), expires_at)
 
     # --- token sessions (revocation) -----------------------------------------
     async def set_token_session(self, user_id: int, session_id: str, ttl: float) -> bool:

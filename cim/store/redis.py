@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Sequence
 from string import Template
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +46,7 @@ from cim.store.base import (
     InboxPage,
     Retention,
     SendClaim,
+    SendKey,
     SessionRecord,
 )
 from cim.store.keys import KeyLayout
@@ -97,12 +98,14 @@ def _lua(source: str) -> str:
 
 
 # KEYS: session. ARGV: sid, server, device, connected, ttl_ms, exp ('' if not
-# connected), has_replace ('0'/'1'), replace_sid.
+# connected), has_replace ('0'/'1'), replace_sid, pending_only ('0'/'1': replace
+# replace_sid only while it is not connected).
 # Returns nil when stored, else the session in the way (sid, server, device, connected).
 _CLAIM = _lua("""
 local cur = redis.call('HMGET', KEYS[1], '$sid', '$server', '$device', '$connected')
 -- The same session again is a retried claim (a reply lost in transit): it succeeds.
-if cur[1] and cur[1] ~= ARGV[1] and (ARGV[7] == '0' or cur[1] ~= ARGV[8]) then
+if cur[1] and cur[1] ~= ARGV[1] and (ARGV[7] == '0' or cur[1] ~= ARGV[8]
+                                     or (ARGV[9] == '1' and cur[4] == '1')) then
   return cur
 end
 redis.call('DEL', KEYS[1])
@@ -173,6 +176,59 @@ end
 return 0
 """
 
+# --- name keys (look-alike names; one hash tag) -------------------------------------
+# KEYS: the name keys of one new name. ARGV: user id. Claims them all for the
+# user, or none: returns the id holding one of them already (nil when claimed).
+# Keys the user holds already (a retried claim) count as free.
+_CLAIM_NAME_KEYS = """
+for i = 1, #KEYS do
+  local holder = redis.call('GET', KEYS[i])
+  if holder and holder ~= ARGV[1] then
+    return holder
+  end
+end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[1])
+end
+return false
+"""
+
+# KEYS: name keys. ARGV: from id, to id ('' deletes). Moves the keys `from`
+# holds to `to`; returns how many moved.
+_MOVE_NAME_KEYS = """
+local moved = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    if ARGV[2] == '' then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], ARGV[2])
+    end
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+# KEYS: name key 1..n, then the indexed-through mark. ARGV: the user id for
+# each name key, then the highest user id this step covered. Gives each key
+# to its user unless someone holds it, and raises the mark (never lowers it).
+# Returns how many keys it gave.
+_INDEX_NAMES = """
+local n = #KEYS - 1
+local added = 0
+for i = 1, n do
+  if redis.call('SET', KEYS[i], ARGV[i], 'NX') then
+    added = added + 1
+  end
+end
+local through = tonumber(redis.call('GET', KEYS[#KEYS]) or '0')
+if tonumber(ARGV[#ARGV]) > through then
+  redis.call('SET', KEYS[#KEYS], ARGV[#ARGV])
+end
+return added
+"""
+
 # --- inboxes -----------------------------------------------------------------------
 # A user's inbox is five keys under the user's hash tag (see cim.store.keys):
 # meta {head, dropped}, the zset of unacked message ids by seq, their bodies
@@ -211,16 +267,16 @@ end
 
 # KEYS: inbox meta, inbox, bodies, ids, id seqs, session[, send claim]. ARGV:
 # message id, body (time + payload), now_ms, max_messages, max_age_ms,
-# id_window_ms. With a send claim key, the send is claimed first (SET NX GET,
-# for the id window): if an earlier attempt holds it, returns {-1, its value}
-# and appends nothing. An id appended within the id window gets its seq back
-# and is not appended again. Returns the seq, then the session's fields as
-# HMGET reads them.
+# id_window_ms[, the send claim's value]. With a send claim key, the send is
+# claimed first (SET NX GET, for the id window): if an earlier attempt holds
+# it, returns {-1, its value} and appends nothing. An id appended within the
+# id window gets its seq back and is not appended again. Returns the seq, then
+# the session's fields as HMGET reads them.
 _APPEND_INBOX = _lua(
     _TRIM
     + """
 if #KEYS >= 7 then
-  local earlier = redis.call('SET', KEYS[7], 'm' .. ARGV[1], 'NX', 'GET', 'PX',
+  local earlier = redis.call('SET', KEYS[7], ARGV[7], 'NX', 'GET', 'PX',
                              math.max(1, tonumber(ARGV[6])))
   if earlier then
     return {-1, earlier}
@@ -354,21 +410,41 @@ def _bound_ms(seconds: float) -> int:
 def _appended(item: InboxItem, row: Sequence[Any]) -> Appended:
     if int(row[0]) == -1:  # the send was claimed before: nothing appended
         # An unreadable claim: go ahead under this attempt's own id.
-        earlier = _send_claim(str(item.send), row[1]) or SendClaim(item.message_id, None)
+        earlier = _send_claim(str(item.send), row[1]) or SendClaim(
+            item.message_id, None, item.send.digest if item.send else None
+        )
         return Appended(0, None, earlier)
     return Appended(int(row[0]), _session(item.user_id, row[1:]))
 
 
+def _claim_value(tag: bytes, send: SendKey, body: bytes) -> bytes:
+    """A send key's value: its tag, the digest (a length byte, then the
+    digest), then the message id or the result."""
+    if len(send.digest) > 255:
+        raise ValueError("a send digest is at most 255 bytes")
+    return tag + bytes((len(send.digest),)) + send.digest + body
+
+
 def _send_claim(name: str, found: Any) -> SendClaim | None:
-    """What a send's key held: b"m" + the message id while the send runs,
-    b"r" + its result once finished; None if it was free."""
+    """What a send's key held (see cim.store.keys): the message id while the
+    send runs, its result once finished, each with the send's digest (None
+    for a key written before digests); None if it was free."""
     if found is None:
         return None
     value = found if isinstance(found, bytes) else str(found).encode()
-    if value.startswith(b"r"):
-        return SendClaim("", value[1:])
-    if value.startswith(b"m") and len(value) > 1:
-        return SendClaim(value[1:].decode(), None)
+    tag, rest = value[:1], value[1:]
+    if tag in (keys.SEND_RUNNING, keys.SEND_FINISHED) and rest:
+        size = rest[0]
+        digest, body = rest[1 : 1 + size], rest[1 + size :]
+        if len(digest) == size:
+            if tag == keys.SEND_FINISHED:
+                return SendClaim("", body, digest)
+            if body:
+                return SendClaim(body.decode(), None, digest)
+    elif tag == keys.SEND_FINISHED_UNHASHED:
+        return SendClaim("", rest)
+    elif tag == keys.SEND_RUNNING_UNHASHED and rest:
+        return SendClaim(rest.decode(), None)
     # Only a key written behind the store's back gets here: never hand out
     # an empty message id, let this attempt go ahead.
     log.warning("unreadable send claim %r: ignoring it", name)
@@ -430,6 +506,9 @@ class RedisStore:
         self._release = client.register_script(_RELEASE)
         self._drop_from_index = client.register_script(_DROP_FROM_INDEX)
         self._delete_name_if = client.register_script(_DELETE_NAME_IF)
+        self._claim_name_keys = client.register_script(_CLAIM_NAME_KEYS)
+        self._move_name_keys = client.register_script(_MOVE_NAME_KEYS)
+        self._index_names = client.register_script(_INDEX_NAMES)
         self._set_token_session = client.register_script(_SET_TOKEN_SESSION)
         self._revoke_token_session = client.register_script(_REVOKE_TOKEN_SESSION)
         self._append_inbox = client.register_script(_APPEND_INBOX)
@@ -557,10 +636,16 @@ class RedisStore:
         pipe.execute_command("EVALSHA", script.sha, len(key_names), *key_names, *args)
 
     # --- accounts ---------------------------------------------------------
-    async def create_account(self, user_name: str, password_hash: str) -> tuple[Account, bool]:
-        # Allocate id -> write account -> claim the name. Until the name points
-        # at it, an account is unreachable, so a crash before the last step
-        # leaves only an orphan that a retry does not trip over.
+    async def create_account(
+        self, user_name: str, password_hash: str, name_keys: Collection[str] = ()
+    ) -> tuple[Account, bool]:
+        # Allocate id -> write account -> claim the name keys (one script, all
+        # or none: this decides between look-alikes) -> claim the exact name.
+        # Until its name keys point at it, an account is unreachable, so a
+        # crash before that leaves only an orphan that a retry does not trip
+        # over; a crash after it, an account whose exact name the next
+        # registration of that name completes (see _name_key_holder).
+        alike = [self._keys.name_key(key) for key in sorted(set(name_keys))]
         async with self._guard():
             for _ in range(3):
                 user_id = int(await self._client.incr(self._keys.user_id_counter))
@@ -572,13 +657,112 @@ class RedisStore:
                         keys.ACCOUNT_PASSWORD_HASH: password_hash,
                     },
                 )
-                if await self._client.set(self._keys.name(user_name), user_id, nx=True):
+                if alike:
+                    holder = await self._claim_name_keys(keys=alike, args=[user_id])
+                    if holder is not None:
+                        await self._discard_orphan(user_id)
+                        found = await self._name_key_holder(int(holder), user_name, alike)
+                        if found is not None:
+                            return found, False
+                        continue
+                previous = await self._client.set(
+                    self._keys.name(user_name), user_id, nx=True, get=True
+                )
+                # Our own id: a registration of the same name found our name
+                # keys and completed the exact name for us.
+                if previous is None or int(previous) == user_id:
                     return account, True
-                await self._discard_orphan(user_id)
+                # An account of this exact name from before name keys (or a
+                # racing registration without them): it keeps the name, and
+                # the name keys go to it.
                 winner = await self._account_by_name(user_name)
+                if alike:
+                    await self._move_name_keys(
+                        keys=alike, args=[user_id, "" if winner is None else winner.user_id]
+                    )
+                await self._discard_orphan(user_id)
                 if winner is not None:
                     return winner, False
             raise Unavailable(f"store unavailable: cannot claim user name {user_name!r}")
+
+    async def _name_key_holder(
+        self, holder_id: int, user_name: str, alike: Sequence[str]
+    ) -> Account | None:
+        """The account holding one of a new name's keys: a look-alike, or the
+        account of the same exact name (whose registration is finished here
+        if it stopped before claiming the exact name). None if the key was
+        held by nobody real and was freed: try again."""
+        holder = await self._get_account(holder_id)
+        if holder is None:
+            # Only an account deleted behind our back gets here (the keys
+            # are claimed after the account is written).
+            log.warning("name keys point at missing account %s: freeing them", holder_id)
+            await self._move_name_keys(keys=list(alike), args=[holder_id, ""])
+            return None
+        if holder.user_name != user_name:
+            return holder
+        previous = await self._client.set(self._keys.name(user_name), holder_id, nx=True, get=True)
+        if previous is None or int(previous) == holder_id:
+            return holder
+        return await self._account_by_name(user_name)
+
+    async def index_names(self, keys_of: Callable[[str], Collection[str]]) -> int:
+        # Walks the user ids up to the counter, from the mark a previous walk
+        # left, a chunk at a time: read the accounts, keep those their exact
+        # name points at (an orphan never got a name), give each of their
+        # keys to them unless someone holds it, and raise the mark. Several
+        # routes walking at once only repeat each other's work.
+        def marks(pipe: _Pipe) -> None:
+            pipe.get(self._keys.user_id_counter)
+            pipe.get(self._keys.names_indexed_through)
+
+        async with self._guard():
+            top_raw, mark_raw = await self._pipeline(marks)
+        top, start = int(top_raw or 0), int(mark_raw or 0)
+        added = 0
+        while start < top:
+            end = min(start + self._chunk_size, top)
+            async with self._guard():
+                named = await self._committed_names(range(start + 1, end + 1))
+            name_keys: list[str] = []
+            holders: list[int] = []
+            for user_id, user_name in named:
+                for key in sorted(set(keys_of(user_name))):
+                    name_keys.append(self._keys.name_key(key))
+                    holders.append(user_id)
+            async with self._guard():
+                added += int(
+                    await self._index_names(
+                        keys=[*name_keys, self._keys.names_indexed_through], args=[*holders, end]
+                    )
+                )
+            start = end
+        return added
+
+    async def _committed_names(self, user_ids: Sequence[int]) -> list[tuple[int, str]]:
+        """(user id, name) of each of the accounts whose exact name points at
+        them (an orphan never got its name)."""
+
+        def read_names(pipe: _Pipe) -> None:
+            for user_id in user_ids:
+                pipe.hget(self._keys.account(user_id), keys.ACCOUNT_NAME)
+
+        names = await self._pipeline(read_names)
+        found = zip(user_ids, names, strict=True)
+        named = [(uid, _text(name)) for uid, name in found if name is not None]
+        if not named:
+            return []
+
+        def read_owners(pipe: _Pipe) -> None:
+            for _, user_name in named:
+                pipe.get(self._keys.name(user_name))
+
+        owners = await self._pipeline(read_owners)
+        return [
+            (uid, user_name)
+            for (uid, user_name), owner in zip(named, owners, strict=True)
+            if owner is not None and int(owner) == uid
+        ]
 
     async def _discard_orphan(self, user_id: int) -> None:
         try:
@@ -633,7 +817,12 @@ class RedisStore:
 
     # --- sessions ---------------------------------------------------------
     async def claim_session(
-        self, record: SessionRecord, ttl: float, replace_session_id: str | None = None
+        self,
+        record: SessionRecord,
+        ttl: float,
+        replace_session_id: str | None = None,
+        *,
+        pending_only: bool = False,
     ) -> SessionRecord | None:
         ttl_ms = _ttl_ms(ttl)
         expiry = _now_ms() + ttl_ms if record.connected else None
@@ -646,6 +835,7 @@ class RedisStore:
             "" if expiry is None else expiry,
             "0" if replace_session_id is None else "1",
             replace_session_id or "",
+            "1" if pending_only else "0",
         ]
 
         def build(pipe: _Pipe) -> None:
@@ -729,7 +919,7 @@ class RedisStore:
                 )
         return True
 
-    async def online_sessions(self) -> AsyncIterator[SessionRecord]:
+    async def online_sessions(self) -> AsyncGenerator[SessionRecord, None]:
         # ZSCAN walks the index a chunk at a time (it may repeat a member while
         # the set is rehashed: `seen` keeps each user once). The session key is
         # the truth, the index only says where to look; entries that point at
@@ -802,14 +992,15 @@ class RedisStore:
                     self._keys.inbox_id_seqs(uid),
                     self._keys.session(uid),
                 ]
+                args = [item.message_id, stamp + item.payload, now, *bounds]
                 if item.send is not None:
-                    names.append(self._keys.sent(uid, *item.send))
-                self._queue(
-                    pipe,
-                    self._append_inbox,
-                    names,
-                    [item.message_id, stamp + item.payload, now, *bounds],
-                )
+                    if item.send.owner_id != uid:
+                        raise ValueError("an append claims only sends its receiver owns")
+                    names.append(self._sent_key(item.send))
+                    args.append(
+                        _claim_value(keys.SEND_RUNNING, item.send, item.message_id.encode())
+                    )
+                self._queue(pipe, self._append_inbox, names, args)
 
         async with self._guard():
             # Rerunning the batch after a NOSCRIPT is safe: a message id already
@@ -851,35 +1042,38 @@ class RedisStore:
             await self._pipeline(build)
 
     # --- idempotent sends -------------------------------------------------
-    # The key holds b"m" + the message id while the send runs, b"r" + its
-    # result once finished.
+    # The key holds the message id while the send runs, its result once
+    # finished, each with the send's digest (see cim.store.keys).
+    def _sent_key(self, send: SendKey) -> str:
+        return self._keys.sent(send.owner_id, send.sender_id, send.client_msg_id)
+
     async def claim_sends(
-        self, claims: Sequence[tuple[int, int, str, str]], ttl: float
+        self, claims: Sequence[tuple[SendKey, str]], ttl: float
     ) -> list[SendClaim | None]:
         if not claims:
             return []
         px = _ttl_ms(ttl)
-        names = [self._keys.sent(owner, sender, cmid) for owner, sender, cmid, _ in claims]
+        names = [self._sent_key(send) for send, _ in claims]
 
         def build(pipe: _Pipe) -> None:
             # SET NX GET: claims the key, or returns what is there, in one atomic step.
-            for name, (_, _, _, message_id) in zip(names, claims, strict=True):
-                pipe.set(name, b"m" + message_id.encode(), nx=True, get=True, px=px)
+            for name, (send, message_id) in zip(names, claims, strict=True):
+                value = _claim_value(keys.SEND_RUNNING, send, message_id.encode())
+                pipe.set(name, value, nx=True, get=True, px=px)
 
         async with self._guard():
             found = await self._pipeline(build)
         return [_send_claim(name, value) for name, value in zip(names, found, strict=True)]
 
-    async def finish_sends(
-        self, results: Sequence[tuple[int, int, str, bytes]], ttl: float
-    ) -> None:
+    async def finish_sends(self, results: Sequence[tuple[SendKey, bytes]], ttl: float) -> None:
         if not results:
             return
         px = _ttl_ms(ttl)
 
         def build(pipe: _Pipe) -> None:
-            for owner, sender, cmid, result in results:
-                pipe.set(self._keys.sent(owner, sender, cmid), b"r" + result, px=px)
+            for send, result in results:
+                value = _claim_value(keys.SEND_FINISHED, send, result)
+                pipe.set(self._sent_key(send), value, px=px)
 
         async with self._guard():
             await self._pipeline(build)

@@ -123,3 +123,67 @@ async def test_concurrent_registers_with_different_passwords_let_one_win(rr, raw
     assert len(created) == 1
     assert created[0].created is True
     assert all(err.code() == grpc.StatusCode.ALREADY_EXISTS for err in refused)
+
+
+# --- look-alike names ---------------------------------------------------------------------------
+
+# Case, a Cyrillic small ie for the e, full width: each is "secA" to a reader.
+LOOK_ALIKES = ["SECA", "s\u0435cA", "\uff33\uff25\uff23\uff21", "seca"]
+
+
+@pytest.mark.parametrize("alike", LOOK_ALIKES, ids=["case", "cyrillic", "full-width", "lower"])
+async def test_a_name_too_much_like_an_existing_one_is_already_exists(rr, raw, fails, alike):
+    stub = raw.route(rr)
+    first = await stub.Register(route_pb2.RegisterRequest(user_name="secA", password="pw-1"))
+    # Whatever the password, even the first account's own: it is another name.
+    for password in ("pw-2", "pw-1"):
+        err = await fails(
+            stub.Register(route_pb2.RegisterRequest(user_name=alike, password=password))
+        )
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert err.details() == f"user name {alike!r} is too much like an existing user's name"
+    # The exact name keeps today's behaviour.
+    again = await stub.Register(route_pb2.RegisterRequest(user_name="secA", password="pw-1"))
+    assert (again.user_id, again.created) == (first.user_id, False)
+    err = await fails(stub.Register(route_pb2.RegisterRequest(user_name="secA", password="pw-2")))
+    assert err.details() == "user name 'secA' is taken"
+    # A name that only looks a bit alike is a name of its own.
+    other = await stub.Register(route_pb2.RegisterRequest(user_name="secB", password="pw-1"))
+    assert other.created
+
+
+async def test_a_look_alike_name_raises_already_exists_in_client_library(rr):
+    await rr.client("paypal", connect=False)
+    with pytest.raises(AlreadyExists, match="too much like"):
+        await rr.client("p\u0430yp\u0430l", connect=False)  # Cyrillic a
+
+
+async def test_a_name_the_precis_profile_refuses_is_invalid_argument(rr, raw, fails):
+    err = await fails(
+        raw.route(rr).Register(route_pb2.RegisterRequest(user_name="x\u00b2", password="pw"))
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "user name 'x²' is not allowed: has compat at character 2"
+
+
+async def test_concurrent_registers_of_look_alike_names_let_exactly_one_win(rr, raw):
+    stub = raw.route(rr)
+    names = ["secA", *LOOK_ALIKES] * 2
+    replies = await asyncio.gather(
+        *(
+            stub.Register(route_pb2.RegisterRequest(user_name=name, password="pw"))
+            for name in names
+        ),
+        return_exceptions=True,
+    )
+    created = [r for r in replies if isinstance(r, route_pb2.RegisterResponse) and r.created]
+    assert len(created) == 1, replies
+    winner = created[0]
+    for name, reply in zip(names, replies, strict=True):
+        if isinstance(reply, route_pb2.RegisterResponse):  # the winner's name, again
+            assert (reply.user_id, reply.user_name) == (winner.user_id, name)
+        else:
+            assert reply.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert name != winner.user_name and "too much like" in reply.details()
+    login = await stub.Login(route_pb2.LoginRequest(user_name=winner.user_name, password="pw"))
+    assert login.user_id == winner.user_id

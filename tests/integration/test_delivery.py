@@ -12,7 +12,8 @@ from cim.client.client import CimClient, EventKind
 from cim.client.cursor import FileCursor
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
-from cim.store.base import InboxItem
+from cim.route.messages import send_digest
+from cim.store.base import InboxItem, SendKey
 from cim.testing import cluster, crash
 from cim.testing import fast_route_config as route_config
 
@@ -235,7 +236,8 @@ async def test_a_send_retried_after_a_route_crash_is_appended_once(rr, raw):
     store = _store(rr)
     retention = rr.embedded.route.config.retention
     # A private send's claim lives with its receiver's keys.
-    await store.claim_sends([(bob.user_id, alice.user_id, "c-1", "01J0000000CRASHED0000")], 600)
+    sent = SendKey(bob.user_id, alice.user_id, "c-1", send_digest(f"private:{bob.user_id}", "once"))
+    await store.claim_sends([(sent, "01J0000000CRASHED0000")], 600)
     crashed = common_pb2.ChatMessage(
         message_id="01J0000000CRASHED0000", sender_id=alice.user_id, text="once"
     )

@@ -11,6 +11,8 @@ import pytest
 from cim.client.client import ClientEvent, EventKind
 from cim.errors import AlreadyExists, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
+from cim.route import sessions as sessions_module
+from cim.route.sessions import ONLINE_LIST_LIMIT
 from cim.testing import cluster
 from cim.testing import fast_route_config as route_config
 
@@ -237,12 +239,33 @@ async def test_login_takes_over_session_of_an_unreachable_registered_server(rr, 
         assert (await raw.login(rr, name)).server.server_id != server.server_id
 
 
-async def test_a_login_waiting_for_its_stream_blocks_a_second_login(rr, raw, fails):
-    first = await raw.login(rr, "alice")  # stream not opened yet
+async def test_a_second_login_replaces_a_login_whose_stream_never_came(rr, raw, fails):
+    """A client logged in and never connected (it crashed, or gave up): the
+    same credentials log in again at once instead of waiting out the grace."""
+    first = await raw.login(rr, "alice")  # stream never opened
+    err = await fails(raw.route(rr).Login(_login("alice", "wrong-pw")))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED  # the password is checked first
+    second = await raw.route(rr).Login(_login("alice"))
+    assert second.session_id != first.session_id
+    # The replaced login's token is over: its stream is refused, saying so.
+    stale = raw.open_stream(first.server.address)
+    await stale.login(first.user_id, first.session_token)
+    (frame,) = await stale.read_until_end()
+    assert frame.notice.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    assert "replaced by a newer login" in frame.notice.text
+    _, ok = await raw.connect(second)
+    assert ok.user_id == first.user_id
+    # Once its stream is there, a login counts: a third is refused.
     err = await fails(raw.route(rr).Login(_login("alice")))
     assert err.code() == grpc.StatusCode.ALREADY_EXISTS
-    _, ok = await raw.connect(first)  # the first client still gets in
-    assert ok.user_id == first.user_id
+    assert "already logged in from another client" in err.details()
+
+
+async def test_the_client_library_logs_in_again_over_its_own_unconnected_login(rr):
+    crashed = await rr.client("alice", connect=False)
+    await crashed.login()  # and never connects
+    again = await rr.client("alice")
+    assert again.connected and again.user_id == crashed.user_id
 
 
 async def test_client_whose_login_was_taken_over_after_the_grace_cannot_connect():
@@ -278,12 +301,14 @@ async def test_login_takes_over_a_session_that_never_connected(raw):
 
 
 async def test_concurrent_logins_exactly_one_wins(rr, raw):
+    """Logins that race, none connected yet: a later one may replace an
+    earlier (see above), so several may answer; exactly one can connect."""
     await raw.register(rr, "alice")
     replies = await asyncio.gather(
         *(raw.route(rr).Login(_login("alice")) for _ in range(4)), return_exceptions=True
     )
     logins = [r for r in replies if isinstance(r, route_pb2.LoginResponse)]
-    assert len(logins) == 1, replies
+    assert logins, replies
     for reply in replies:
         if not isinstance(reply, route_pb2.LoginResponse):
             assert reply.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -435,6 +460,36 @@ async def test_list_online_users_without_and_with_prefix(rr):
     assert await alice.list_online("zz") == []
     # Prefixes are case-sensitive, as names are.
     assert await alice.list_online("AL") == []
+
+
+async def test_list_online_users_is_capped_and_says_when_it_was_cut(rr, raw, monkeypatch):
+    # The cap is what the proto declares.
+    assert rr.embedded.route.sessions.online_list_limit == ONLINE_LIST_LIMIT == 10_000
+    logins = [await raw.login(rr, name) for name in ("al1", "al2", "al3", "bo1")]
+    for login in logins:
+        await raw.connect(login)
+    monkeypatch.setattr(rr.embedded.route.sessions, "online_list_limit", 2)
+    auth = raw.auth(logins[0].session_token)
+
+    async def listed(prefix: str = "") -> tuple[list[str], bool]:
+        reply = await raw.route(rr).ListOnlineUsers(
+            route_pb2.ListOnlineUsersRequest(name_prefix=prefix), metadata=auth
+        )
+        return [user.user_name for user in reply.users], reply.truncated
+
+    names, truncated = await listed()
+    assert truncated and len(names) == 2 and set(names) < {"al1", "al2", "al3", "bo1"}
+    names, truncated = await listed("al")
+    assert truncated and len(names) == 2 and set(names) < {"al1", "al2", "al3"}
+    assert await listed("bo") == (["bo1"], False)
+    monkeypatch.setattr(rr.embedded.route.sessions, "online_list_limit", 4)
+    assert await listed() == (["al1", "al2", "al3", "bo1"], False)
+    # Accounts are read a chunk at a time, and the walk stops once the cap is passed.
+    monkeypatch.setattr(sessions_module, "ONLINE_LIST_CHUNK", 1)
+    assert await listed() == (["al1", "al2", "al3", "bo1"], False)
+    monkeypatch.setattr(rr.embedded.route.sessions, "online_list_limit", 1)
+    names, truncated = await listed("al")
+    assert truncated and len(names) == 1 and names[0].startswith("al")
 
 
 async def test_list_online_users_with_raw_stub(rr, raw):

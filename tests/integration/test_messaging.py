@@ -8,6 +8,7 @@ from collections import Counter
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from cim.errors import FailedPrecondition
 from cim.proto.v1 import common_pb2
@@ -160,12 +161,20 @@ async def test_group_message_reaches_every_other_online_user(rr, path):
     assert list((await dave.fetch_offline()).messages) == []
 
 
-async def test_group_message_with_no_one_else_online_reaches_nobody(rr):
+async def test_group_message_with_no_one_else_online_reaches_nobody(rr, raw):
     alice = await rr.client("alice")
     result = await alice.send_group("anyone?")
-    assert result.status == DELIVERED
+    assert result.status == common_pb2.DELIVERY_STATUS_NO_RECIPIENTS
     assert result.recipients == 0
     assert await _nothing_arrives(rr, alice)
+    # Said plainly in proto3 JSON too (what grpcurl prints), which omits a 0.
+    shown = json_format.MessageToDict(result)
+    assert shown["status"] == "DELIVERY_STATUS_NO_RECIPIENTS"
+    assert "recipients" not in shown
+    # Someone else online: delivered, to that many.
+    await raw.connect(await raw.login(rr, "bob"))
+    reached = await alice.send_group("and now?")
+    assert (reached.status, reached.recipients) == (DELIVERED, 1)
 
 
 async def test_group_message_to_unknown_group_is_invalid_argument(rr, raw, fails):

@@ -17,7 +17,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
 from cim.errors import Unavailable
-from cim.store.base import InboxItem, Retention, SendClaim, SessionRecord
+from cim.store.base import InboxItem, Retention, SendClaim, SendKey, SessionRecord
 from cim.store.factory import open_store
 from cim.store.keys import KeyLayout
 from cim.store.memory import MemoryStore
@@ -169,7 +169,7 @@ async def test_outage_raises_unavailable_quickly_and_the_store_recovers(
                 "append_inbox": lambda: store.append_inbox([InboxItem(1, "m", b"x")], Retention()),
                 "read_inbox": lambda: store.read_inbox(1, 0, 10, Retention()),
                 "ack_inbox": lambda: store.ack_inbox([(1, 1)]),
-                "claim_sends": lambda: store.claim_sends([(1, 1, "c", "m")], ttl=5),
+                "claim_sends": lambda: store.claim_sends([(SendKey(1, 1, "c"), "m")], ttl=5),
                 "online_sessions": lambda: anext(aiter(store.online_sessions()), None),
             }
             for name, call in calls.items():
@@ -395,9 +395,12 @@ async def test_an_append_reads_the_session_as_get_session_does(target: Target) -
 
 async def test_a_send_claim_is_one_key_of_the_sender(target: Target) -> None:
     store, key = target.store, KeyLayout(target.prefix).sent(1, 1, "c1")
-    assert await store.claim_sends([(1, 1, "c1", "msg-1")], ttl=0.5) == [None]
-    assert await target.raw.get(key) == b"mmsg-1"
+    send = SendKey(1, 1, "c1", b"\x01\x02")
+    assert await store.claim_sends([(send, "msg-1")], ttl=0.5) == [None]
+    assert await target.raw.get(key) == b"M\x02\x01\x02msg-1"
     assert 0 < await target.raw.pttl(key) <= 500
-    await store.finish_sends([(1, 1, "c1", b"rm\x00")], ttl=30)
-    assert await target.raw.get(key) == b"rrm\x00"
-    assert await store.claim_sends([(1, 1, "c1", "msg-2")], ttl=30) == [SendClaim("", b"rm\x00")]
+    await store.finish_sends([(send, b"rm\x00")], ttl=30)
+    assert await target.raw.get(key) == b"R\x02\x01\x02rm\x00"
+    assert await store.claim_sends([(send, "msg-2")], ttl=30) == [
+        SendClaim("", b"rm\x00", b"\x01\x02")
+    ]

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 
 import pytest
 
+from cim.core.names import existing_name_keys, name_keys
 from cim.store import MemoryStore, SessionRecord, Store
-from cim.store.base import InboxItem, Retention, SendClaim
+from cim.store.base import InboxItem, Retention, SendClaim, SendKey
 from cim.store.redis import RedisStore
 
 
@@ -251,22 +252,34 @@ async def test_a_retried_claim_of_the_same_session_succeeds(store: Store) -> Non
 
 
 async def test_a_send_is_claimed_once_and_its_result_remembered(store: Store) -> None:
-    first = await store.claim_sends([(1, 1, "c1", "m1"), (2, 2, "c1", "m3")], ttl=10)
+    send, digest = SendKey(1, 1, "c1", b"d1"), b"d1"
+    first = await store.claim_sends([(send, "m1"), (SendKey(2, 2, "c1", b"d2"), "m3")], ttl=10)
     assert first == [None, None]  # first attempts go ahead; ids are per sender
     # A retry while the first is unfinished (or after it crashed) reuses its message id.
-    assert await store.claim_sends([(1, 1, "c1", "m2")], ttl=10) == [SendClaim("m1", None)]
-    assert await store.claim_sends([(5, 1, "c1", "m9")], ttl=10) == [None]  # another owner
-    await store.finish_sends([(1, 1, "c1", b"result")], ttl=10)
-    assert await store.claim_sends([(1, 1, "c1", "m4")], ttl=10) == [SendClaim("", b"result")]
+    assert await store.claim_sends([(send, "m2")], ttl=10) == [SendClaim("m1", None, digest)]
+    another_owner = SendKey(5, 1, "c1", b"d1")
+    assert await store.claim_sends([(another_owner, "m9")], ttl=10) == [None]
+    await store.finish_sends([(send, b"result")], ttl=10)
+    assert await store.claim_sends([(send, "m4")], ttl=10) == [SendClaim("", b"result", digest)]
     assert await store.claim_sends([], ttl=10) == []
     await store.finish_sends([], ttl=10)
 
 
+async def test_a_claim_keeps_the_digest_of_the_first_attempt(store: Store) -> None:
+    first, other = SendKey(1, 2, "c3", b"\x00" * 8), SendKey(1, 2, "c3", b"\xff" * 8)
+    assert await store.claim_sends([(first, "m1")], ttl=10) == [None]
+    # Another message under the same id finds the first one's digest, to refuse itself.
+    assert await store.claim_sends([(other, "m2")], ttl=10) == [SendClaim("m1", None, first.digest)]
+    await store.finish_sends([(first, b"ok")], ttl=10)
+    assert await store.claim_sends([(other, "m3")], ttl=10) == [SendClaim("", b"ok", first.digest)]
+
+
 async def test_remembered_sends_expire(store: Store) -> None:
-    assert await store.claim_sends([(1, 1, "c2", "m1")], ttl=0.2) == [None]
-    await store.finish_sends([(1, 1, "c2", b"r")], ttl=0.2)
+    send = SendKey(1, 1, "c2", b"d")
+    assert await store.claim_sends([(send, "m1")], ttl=0.2) == [None]
+    await store.finish_sends([(send, b"r")], ttl=0.2)
     await asyncio.sleep(0.3)
-    assert await store.claim_sends([(1, 1, "c2", "m2")], ttl=10) == [None]
+    assert await store.claim_sends([(send, "m2")], ttl=10) == [None]
 
 
 # --- inboxes ---------------------------------------------------------------------------------
@@ -403,19 +416,95 @@ async def test_a_token_session_is_revoked_only_by_its_own_id_and_expires(store: 
 
 
 async def test_an_append_with_a_send_claims_it_in_the_same_step(store: Store) -> None:
-    def sent(message_id: str) -> InboxItem:
-        return InboxItem(7, message_id, b"hi", send=(3, "c1"))
+    send = SendKey(7, 3, "c1", b"digest-1")
+
+    def sent(message_id: str, key: SendKey = send) -> InboxItem:
+        return InboxItem(7, message_id, b"hi", send=key)
 
     (first,) = await store.append_inbox([sent("m1")], KEEP_ALL)
     assert (first.seq, first.earlier) == (1, None)
     # A retry under a new id: nothing appended, the first attempt's id comes back.
     (retry,) = await store.append_inbox([sent("m2")], KEEP_ALL)
-    assert (retry.seq, retry.earlier) == (0, SendClaim("m1", None))
+    assert (retry.seq, retry.earlier) == (0, SendClaim("m1", None, b"digest-1"))
+    # Another message under the same id learns the first one's digest, appending nothing.
+    (reused,) = await store.append_inbox([sent("m5", SendKey(7, 3, "c1", b"digest-2"))], KEEP_ALL)
+    assert (reused.seq, reused.earlier) == (0, SendClaim("m1", None, b"digest-1"))
     assert [e.seq for e in (await store.read_inbox(7, 0, 10, KEEP_ALL)).entries] == [1]
     # The claim is the receiver's: the same key a finish under that owner writes.
-    await store.finish_sends([(7, 3, "c1", b"done")], ttl=10)
+    await store.finish_sends([(send, b"done")], ttl=10)
     (finished,) = await store.append_inbox([sent("m3")], KEEP_ALL)
-    assert finished.earlier == SendClaim("", b"done")
+    assert finished.earlier == SendClaim("", b"done", b"digest-1")
     # Another sender's id of the same text is another send.
-    (other,) = await store.append_inbox([InboxItem(7, "m4", b"x", send=(4, "c1"))], KEEP_ALL)
+    (other,) = await store.append_inbox([sent("m4", SendKey(7, 4, "c1", b"digest-1"))], KEEP_ALL)
     assert (other.seq, other.earlier) == (2, None)
+
+
+async def test_an_append_claims_only_a_send_its_receiver_owns(store: Store) -> None:
+    with pytest.raises(ValueError, match="receiver owns"):
+        await store.append_inbox([InboxItem(7, "m1", b"x", send=SendKey(8, 3, "c1"))], KEEP_ALL)
+    assert (await store.read_inbox(7, 0, 10, KEEP_ALL)).entries == []
+
+
+# --- name keys (look-alike names) --------------------------------------------------------------
+
+
+async def test_a_name_sharing_a_key_with_an_account_gets_that_account(store: Store) -> None:
+    sec_a, created = await store.create_account("secA", "h1", name_keys("secA"))
+    assert created
+    # Case, full width and a Cyrillic e: the same keys, so the existing account comes back.
+    for alike in ("SECA", "\uff33\uff25\uff23\uff21", "s\u0435cA"):
+        assert await store.create_account(alike, "h2", name_keys(alike)) == (sec_a, False)
+        assert await store.get_account_by_name(alike) is None
+    assert await store.create_account("secA", "h3", name_keys("secA")) == (sec_a, False)
+    sec_b, created = await store.create_account("secB", "h4", name_keys("secB"))
+    assert created and sec_b.user_id != sec_a.user_id
+    assert await store.get_account_by_name("secA") == sec_a
+
+
+async def test_concurrent_look_alike_registrations_let_exactly_one_win(store: Store) -> None:
+    alikes = ["secA", "SECA", "seca", "s\u0435cA", "\uff53\uff45\uff43\uff41", "SecA"] * 3
+    results = await asyncio.gather(
+        *(store.create_account(name, f"h{n}", name_keys(name)) for n, name in enumerate(alikes))
+    )
+    winners = [account for account, created in results if created]
+    assert len(winners) == 1
+    assert {account for account, _ in results} == {winners[0]}
+    assert await store.get_account_by_name(winners[0].user_name) == winners[0]
+    assert [name for name in set(alikes) if await store.get_account_by_name(name)] == [
+        winners[0].user_name
+    ]
+
+
+async def test_the_backfill_indexes_older_accounts_once(store: Store) -> None:
+    # Accounts created before name keys; two of them now count as one name.
+    sec_a, _ = await store.create_account("secA", "h1")
+    sec_caps, _ = await store.create_account("SECA", "h2")
+    bob, _ = await store.create_account("bob", "h3")
+    # Several routes starting at once: each key is given once.
+    runs = await asyncio.gather(*(store.index_names(existing_name_keys) for _ in range(3)))
+    assert sum(runs) == 2  # "seca" (to whichever came first) and "bob"
+    assert await store.index_names(existing_name_keys) == 0
+    # Both older accounts keep their names; new look-alikes of any are refused.
+    assert await store.get_account_by_name("secA") == sec_a
+    assert await store.get_account_by_name("SECA") == sec_caps
+    holder, created = await store.create_account("Seca", "h", name_keys("Seca"))
+    assert not created and holder in (sec_a, sec_caps)
+    assert await store.create_account("b0b", "h", name_keys("b0b")) == (bob, False)
+    # Newer accounts get their keys as they are created: nothing left to index.
+    carol, created = await store.create_account("carol", "h", name_keys("carol"))
+    assert created
+    assert await store.index_names(existing_name_keys) == 0
+    assert await store.create_account("CAROL", "h", name_keys("CAROL")) == (carol, False)
+
+
+async def test_a_claim_replaces_a_pending_session_only_until_it_connects(store: Store) -> None:
+    await store.claim_session(SessionRecord(6, "s1", "a"), ttl=10)
+    second = SessionRecord(6, "s2", "b")
+    assert await store.claim_session(second, 10, replace_session_id="s1", pending_only=True) is None
+    assert await store.get_session(6) == second
+    connected = await store.mark_connected(6, "s2", "b", ttl=10)
+    assert connected is not None
+    third = SessionRecord(6, "s3", "c")
+    in_the_way = await store.claim_session(third, 10, replace_session_id="s2", pending_only=True)
+    assert in_the_way == connected
+    assert await store.claim_session(third, 10, replace_session_id="s2") is None

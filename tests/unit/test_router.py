@@ -18,11 +18,12 @@ from cim.route.messages import (
     MessageRouter,
     PrivateSend,
     group_parcels,
+    send_digest,
     settle_claims,
 )
 from cim.route.servers import Parcel
 from cim.route.service import submit_result
-from cim.store.base import Appended, InboxItem, Retention, SendClaim, SessionRecord
+from cim.store.base import Appended, InboxItem, Retention, SendClaim, SendKey, SessionRecord
 from cim.store.memory import MemoryStore
 from cim.testing import fast_route_config
 
@@ -129,7 +130,8 @@ def test_a_retry_of_an_unfinished_send_reuses_the_earlier_id_and_its_time() -> N
 def test_the_inbox_item_claims_the_send_only_when_asked_and_only_with_an_id() -> None:
     send = _send()
     claiming = send.inbox_item(claim=True)
-    assert (claiming.user_id, claiming.message_id, claiming.send) == (2, MESSAGE_ID, (1, "c-1"))
+    assert (claiming.user_id, claiming.message_id) == (2, MESSAGE_ID)
+    assert claiming.send == SendKey(2, 1, "c-1", send.digest)
     assert common_pb2.ChatMessage.FromString(claiming.payload) == send.message
     assert send.inbox_item(claim=False).send is None
     assert _send(client_msg_id="").inbox_item(claim=True).send is None
@@ -291,7 +293,8 @@ async def test_a_retry_of_an_unfinished_send_is_appended_again_under_its_first_i
     await setup.user("alice")
     bob = await setup.user("bob", online=True)
     # What a route that crashed mid-send left: the claim and the append, no result.
-    await setup.store.claim_sends([(bob, 1, "u-1", EARLIER_ID)], 600)
+    digest = send_digest(f"private:{bob}", "hi")
+    await setup.store.claim_sends([(SendKey(bob, 1, "u-1", digest), EARLIER_ID)], 600)
     crashed = common_pb2.ChatMessage(message_id=EARLIER_ID, receiver_id=bob, text="hi")
     await setup.store.append_inbox(
         [InboxItem(bob, EARLIER_ID, crashed.SerializeToString())], Retention()
@@ -300,7 +303,7 @@ async def test_a_retry_of_an_unfinished_send_is_appended_again_under_its_first_i
     assert reply.message_id == EARLIER_ID
     assert reply.server_time_ms == message_time_ms(EARLIER_ID)
     claim, again = setup.store.appends[1:]
-    assert claim[0].send == (1, "u-1") and again[0].send is None
+    assert claim[0].send == SendKey(bob, 1, "u-1", digest) and again[0].send is None
     assert again[0].message_id == EARLIER_ID
     assert [(m.message_id, m.seq) for m in await setup.inbox(bob)] == [(EARLIER_ID, 1)]
     ((_, parcel),) = setup.servers.pushes[0]
