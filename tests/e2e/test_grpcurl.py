@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .helpers import GRPCURL, Dev
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
 
@@ -136,3 +139,37 @@ def test_health_checks_say_serving(dev: Dev) -> None:
             "grpc.health.v1.Health/Check",
         )
         assert reply == {"status": "SERVING"}
+
+
+def _readme_tour() -> str:
+    """The README's grpcurl tour: the first sh block of its section."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## A tour with grpcurl", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_tour_works_as_pasted(dev: Dev) -> None:
+    """Each command of the README's tour, run by bash as a user pastes it
+    (only the addresses are those of this test's cim dev)."""
+    script = (
+        _readme_tour()
+        .replace("localhost:7100", dev.route_address)
+        .replace("localhost:7201", dev.server_address(0))
+    )
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"{script}\n{result.stdout}\n{result.stderr}"
+    out = result.stdout
+    assert "cim.v1.Route.SendPrivate is a method:" in out
+    assert "// One message to one user" in out  # the proto's comment
+    assert '"userName": "gina"' in out
+    assert '"status": "DELIVERY_STATUS_NO_RECIPIENTS"' in out  # nobody else online
+    # FetchOffline: gina's inbox is empty, and grpcurl leaves zero fields out.
+    assert "\n{\n  \n}\n" in out
+    assert '"status": "SERVING"' in out
