@@ -102,7 +102,7 @@ from dataclasses import dataclass, field
 
 from cim.core import limits
 from cim.core.liveness import HeartbeatPolicy
-from cim.core.ratelimit import KeyedLimiter, describe_limit
+from cim.core.ratelimit import KeyedLimiter
 from cim.errors import (
     CimError,
     DeadlineExceeded,
@@ -680,16 +680,8 @@ class ChatSession:
         most = self.settings.max_outstanding_sends
         if self.outstanding_sends >= most:
             return ResourceExhausted(f"more than {most} sends await their result: slow down")
-        limiter = self._limiter
-        if limiter is not None and not limiter.allow(self.user_id):
-            return ResourceExhausted(
-                describe_limit(
-                    "messages from this user",
-                    limiter.rate,
-                    limiter.burst,
-                    limiter.retry_after(self.user_id),
-                )
-            )
+        if self._limiter is not None:
+            return self._limiter.refusal(self.user_id, "messages from this user")
         return None
 
     def _settled(

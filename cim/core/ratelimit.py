@@ -21,6 +21,8 @@ from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 from urllib.parse import unquote
 
+from cim.errors import ResourceExhausted
+
 Clock = Callable[[], float]
 K = TypeVar("K", bound=Hashable)
 
@@ -112,6 +114,13 @@ class KeyedLimiter(Generic[K]):
         else:
             self._buckets.move_to_end(key)
         return bucket.try_take(now)
+
+    def refusal(self, key: K, what: str) -> ResourceExhausted | None:
+        """Takes one token for ``key``; over the limit, the error to answer
+        with (naming ``what``, the limit and when to retry) instead."""
+        if self.allow(key):
+            return None
+        return ResourceExhausted(describe_limit(what, self.rate, self.burst, self.retry_after(key)))
 
     def retry_after(self, key: K) -> float:
         """Seconds until the key has a token again (0 when it has one now)."""

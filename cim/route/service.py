@@ -11,9 +11,9 @@ import grpc
 
 from cim.config import RouteConfig
 from cim.core import validation
-from cim.core.ratelimit import Clock, KeyedLimiter, describe_limit, peer_host
+from cim.core.ratelimit import Clock, KeyedLimiter, peer_host
 from cim.core.tokens import TokenClaims
-from cim.errors import CimError, ResourceExhausted, to_item
+from cim.errors import CimError, to_item
 from cim.grpcutil import SecretCheck, bearer_token, refuse_stream, unary_edge
 from cim.proto.internal.v1 import route_internal_pb2, route_internal_pb2_grpc
 from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
@@ -38,32 +38,18 @@ class RouteLimits:
 
     def message(self, user_id: int) -> None:
         """Counts a send of the user; ResourceExhausted over the limit."""
-        limiter = self.messages
-        if not limiter.allow(user_id):
-            raise ResourceExhausted(
-                describe_limit(
-                    "messages from this user",
-                    limiter.rate,
-                    limiter.burst,
-                    limiter.retry_after(user_id),
-                )
-            )
+        refusal = self.messages.refusal(user_id, "messages from this user")
+        if refusal is not None:
+            raise refusal
 
     def login(self, context: Context) -> None:
         """Counts a registration or login from the caller's address."""
-        limiter = self.logins
-        if not limiter.enabled:
+        if not self.logins.enabled:
             return
         address = peer_host(context.peer() or "")
-        if not limiter.allow(address):
-            raise ResourceExhausted(
-                describe_limit(
-                    f"registrations and logins from {address}",
-                    limiter.rate,
-                    limiter.burst,
-                    limiter.retry_after(address),
-                )
-            )
+        refusal = self.logins.refusal(address, f"registrations and logins from {address}")
+        if refusal is not None:
+            raise refusal
 
 
 class RouteService(route_pb2_grpc.RouteServicer):

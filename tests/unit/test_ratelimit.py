@@ -198,3 +198,17 @@ def test_default_limits_are_on_and_generous() -> None:
 def test_bad_limit_settings_are_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         route_config(**bad)
+
+
+def test_refusal_names_the_limit_and_when_to_retry() -> None:
+    now = [0.0]
+    limiter: KeyedLimiter[int] = KeyedLimiter(2.0, 2, clock=lambda: now[0])
+    assert limiter.refusal(7, "messages from this user") is None
+    assert limiter.refusal(7, "messages from this user") is None
+    refused = limiter.refusal(7, "messages from this user")
+    assert isinstance(refused, ResourceExhausted)
+    assert refused.message == (
+        "too many messages from this user: the limit is 2 a second (bursts of 2); retry in 0.5 s"
+    )
+    now[0] = 0.5
+    assert limiter.refusal(7, "messages from this user") is None
