@@ -23,7 +23,7 @@ from cim.config import (
     DEFAULT_MSG_BURST,
     DUPLICATE_LOGIN_POLICIES,
 )
-from cim.core.routing import ALGORITHMS
+from cim.core.placement import ALGORITHMS
 
 Command = Callable[..., Any]
 Decorator = Callable[[Command], Command]

@@ -18,9 +18,9 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import print_formatted_text
 from prompt_toolkit.styles import Style
 
+from cim.client import commands, emoji
 from cim.client.chatlog import ChatLog, highlight
 from cim.client.client import CimClient, ClientEvent, EventKind
-from cim.core import commands, emoji
 from cim.errors import CimError
 from cim.proto.v1 import common_pb2
 

@@ -25,7 +25,7 @@ from cim.core.ids import new_session_id
 from cim.core.limits import max_size
 from cim.core.members import Member
 from cim.core.passwords import hash_password, verify_password
-from cim.core.routing import ServerChooser, make_chooser
+from cim.core.placement import ServerChooser, make_chooser
 from cim.core.tokens import TokenClaims, TokenSigner
 from cim.errors import AlreadyExists, NotFound, PermissionDenied, Unauthenticated
 from cim.proto.v1 import route_pb2

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from cim.core.commands import (
+from cim.client.commands import (
     COMMANDS,
     CommandError,
     DelayedMessage,

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from cim.core.commands import CommandError
-from cim.core.emoji import EMOJI, PAGE_SIZE, emojize, page, page_count
+from cim.client.commands import CommandError
+from cim.client.emoji import EMOJI, PAGE_SIZE, emojize, page, page_count
 
 
 def test_table_is_large_with_well_formed_aliases() -> None:

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cim.core import commands, validation
+from cim.client import commands
+from cim.core import validation
 from cim.core.passwords import ScryptParams, hash_password, verify_password
 from cim.core.tokens import TokenSigner
 from cim.errors import InvalidArgument, Unauthenticated

@@ -1,4 +1,4 @@
-"""Unit tests for cim.core.routing: how a route picks a chat server."""
+"""Unit tests for cim.core.placement: how a route picks a chat server."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pytest
 
 from cim.core.members import Member, MemberKind
-from cim.core.routing import (
+from cim.core.placement import (
     ALGORITHMS,
     ConsistentHash,
     LeastConnected,
@@ -57,7 +57,7 @@ def test_consistent_hash_agrees_across_processes_with_different_hash_seeds() -> 
     # so the ring must not depend on Python's per-process str hashing.
     script = (
         "from cim.core.members import Member, MemberKind\n"
-        "from cim.core.routing import ConsistentHash\n"
+        "from cim.core.placement import ConsistentHash\n"
         "c = ConsistentHash()\n"
         "s = [Member(MemberKind.SERVER, f'server-{i}', 'x:1') for i in range(4)]\n"
         "print(','.join(c.choose(u, s).member_id for u in range(200)))\n"
