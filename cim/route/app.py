@@ -6,20 +6,11 @@ import asyncio
 import contextlib
 import logging
 
-import grpc
-
 from cim.config import RouteConfig
-from cim.core.members import Member, MemberKind
+from cim.core.members import MemberKind
 from cim.core.tokens import TokenSigner
 from cim.errors import CimError
-from cim.grpcutil import (
-    SecretCheck,
-    add_service,
-    add_standard_services,
-    bind,
-    new_server,
-    set_serving,
-)
+from cim.grpcutil import SecretCheck
 from cim.proto.internal.v1 import route_internal_pb2
 from cim.proto.v1 import route_pb2
 from cim.registry.base import Registry
@@ -27,18 +18,14 @@ from cim.route.messages import MessageRouter
 from cim.route.servers import ServerDirectory
 from cim.route.service import RouteInternalService, RouteLimits, RouteService
 from cim.route.sessions import SessionManager
+from cim.serving import Listener
 from cim.store.base import Store
-from cim.tls import describe as describe_tls
 from cim.tls import load as load_tls
-from cim.tls import warn_if_exposed
 
 log = logging.getLogger(__name__)
 
 ROUTE = route_pb2.DESCRIPTOR.services_by_name["Route"]
 ROUTE_INTERNAL = route_internal_pb2.DESCRIPTOR.services_by_name["RouteInternal"]
-PUBLIC_SERVICES = (ROUTE.full_name,)
-INTERNAL_SERVICES = (ROUTE_INTERNAL.full_name,)
-SERVICE_NAMES = PUBLIC_SERVICES + INTERNAL_SERVICES
 PROBE_INTERVAL = 2.0
 # How long after a failed attempt (the store down) the name backfill tries again.
 NAME_INDEX_RETRY = 5.0
@@ -64,49 +51,36 @@ class RouteApp:
         self.sessions = SessionManager(config, store, self.servers, signer)
         self.router = MessageRouter(config, store, self.servers)
         self.limits = RouteLimits(config)
-        self._server: grpc.aio.Server | None = None
-        self._health: object = None
-        self._member: Member | None = None
+        self.listener = Listener(
+            MemberKind.ROUTE,
+            config.route_id,
+            config.host,
+            config.port,
+            config.advertise_host,
+            self.tls,
+            registry,
+            what=f"route {config.route_id}",
+        )
         self._prober: asyncio.Task[None] | None = None
         self._name_indexer: asyncio.Task[int] | None = None
 
     @property
     def address(self) -> str:
-        return f"{self.config.advertise_host or self.config.host}:{self.port}"
+        return self.listener.address
 
     async def start(self) -> None:
-        server = new_server()
-        add_service(server, RouteService(self.sessions, self.router, self.limits), ROUTE)
-        add_service(
-            server,
-            RouteInternalService(
-                self.sessions, self.router, SecretCheck(self.config.cluster_secrets)
-            ),
-            ROUTE_INTERNAL,
+        listener = self.listener
+        listener.add(RouteService(self.sessions, self.router, self.limits), ROUTE, public=True)
+        internal = RouteInternalService(
+            self.sessions, self.router, SecretCheck(self.config.cluster_secrets)
         )
-        self._health = add_standard_services(server, PUBLIC_SERVICES)
-        warn_if_exposed(f"route {self.config.route_id}", self.config.host, self.tls)
-        self.port = bind(
-            server,
-            self.config.host,
-            self.config.port,
-            self.tls.server_credentials() if self.tls else None,
-        )
-        await server.start()
-        self._server = server
-        await set_serving(self._health, SERVICE_NAMES, True)
-        self._member = Member(MemberKind.ROUTE, self.config.route_id, self.address)
-        await self.registry.register(self._member)
+        listener.add(internal, ROUTE_INTERNAL, public=False)
+        await listener.start()
+        self.port = listener.port
         self._prober = asyncio.create_task(self._probe_suspects())
         # Accounts registered before look-alike names were refused get their
         # name keys; in the background, so serving never waits for it.
         self._name_indexer = asyncio.create_task(self._index_names())
-        log.info(
-            "route %s listening on %s (%s)",
-            self.config.route_id,
-            self.address,
-            describe_tls(self.tls),
-        )
 
     async def _probe_suspects(self) -> None:
         while True:
@@ -144,15 +118,9 @@ class RouteApp:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._member is not None:
-            await self.registry.deregister(self._member)
-        if self._health is not None:
-            await set_serving(self._health, SERVICE_NAMES, False)
-        if self._server is not None:
-            await self._server.stop(grace)
+        await self.listener.stop(grace)
         await self.router.aclose()
         await self.servers.aclose()
 
     async def wait(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
+        await self.listener.wait()
