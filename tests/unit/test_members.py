@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
+import cim
 from cim.core.members import Member, MemberKind
 
 
@@ -28,13 +30,21 @@ def test_json_round_trip(member: Member) -> None:
 
 
 def test_to_json_is_plain_json_with_kind_as_string() -> None:
-    raw = Member(MemberKind.ROUTE, "r1", "h:1", 3).to_json()
+    raw = Member(MemberKind.ROUTE, "r1", "h:1", 3, "1.2.3", 1700000000.5).to_json()
     assert json.loads(raw) == {
         "kind": "route",
         "member_id": "r1",
         "address": "h:1",
         "connections": 3,
+        "version": "1.2.3",
+        "started_at": 1700000000.5,
     }
+
+
+def test_members_report_this_process_version_and_start() -> None:
+    member = Member(MemberKind.SERVER, "s", "h:1")
+    assert member.version == cim.__version__
+    assert 0 < member.started_at <= time.time()
 
 
 def test_to_json_is_deterministic() -> None:
@@ -42,16 +52,16 @@ def test_to_json_is_deterministic() -> None:
     assert member.to_json() == Member(MemberKind.SERVER, "s", "h:1", 2).to_json()
 
 
-def test_from_json_defaults_connections_to_zero() -> None:
+def test_entries_written_before_a_field_existed_still_read() -> None:
     raw = json.dumps({"kind": "server", "member_id": "s", "address": "h:1"}).encode()
-    assert Member.from_json(raw) == Member(MemberKind.SERVER, "s", "h:1", 0)
+    assert Member.from_json(raw) == Member(MemberKind.SERVER, "s", "h:1", 0, "", 0.0)
 
 
 def test_from_json_ignores_unknown_fields() -> None:
     raw = json.dumps(
         {"kind": "route", "member_id": "r", "address": "h:2", "connections": 1, "extra": 9}
     ).encode()
-    assert Member.from_json(raw) == Member(MemberKind.ROUTE, "r", "h:2", 1)
+    assert Member.from_json(raw) == Member(MemberKind.ROUTE, "r", "h:2", 1, "", 0.0)
 
 
 def test_from_json_rejects_unknown_kind() -> None:
