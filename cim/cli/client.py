@@ -7,8 +7,14 @@ from pathlib import Path
 
 import click
 
+from cim import logcontext
 from cim.cli import configs, runtime
-from cim.cli.options import ClientTlsFlags, client_tls_options, log_level_option
+from cim.cli.options import (
+    ClientTlsFlags,
+    client_tls_options,
+    log_format_option,
+    log_level_option,
+)
 from cim.config import DEFAULT_ROUTE_ADDRESS, ClientConfig, TlsConfig
 from cim.errors import AlreadyExists, CimError
 
@@ -35,6 +41,7 @@ from cim.errors import AlreadyExists, CimError
 @click.option("--heartbeat-interval", envvar="CIM_HEARTBEAT_INTERVAL", default=10.0, type=float)
 @client_tls_options
 @log_level_option("warning")
+@log_format_option
 def client(
     user_name: str,
     password: str | None,
@@ -43,9 +50,10 @@ def client(
     heartbeat_interval: float,
     tls: ClientTlsFlags,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Chat in the console: register if needed, log in, connect."""
-    runtime.setup_logging(log_level)
+    runtime.setup_logging(log_level, log_format)
     with runtime.user_errors():
         config = configs.client_config(
             tuple(runtime.split_addresses((routes,))), heartbeat_interval, configs.client_tls(tls)
@@ -72,6 +80,7 @@ async def chat(user_name: str, password: str, config: ClientConfig, log_dir: Pat
         if created:
             click.echo(f"* registered {user_name} as user {cim_client.user_id}")
         await cim_client.login()
+        logcontext.user_id_var.set(cim_client.user_id)
         await cim_client.connect()
     except CimError as exc:
         await cim_client.close()

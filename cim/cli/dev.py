@@ -15,6 +15,7 @@ from cim.cli.options import (
     advertise_host_option,
     heartbeat_options,
     host_option,
+    log_format_option,
     log_level_option,
     login_limit_options,
     max_text_bytes_option,
@@ -55,6 +56,7 @@ def parse_ports(text: str) -> list[int]:
 @heartbeat_options
 @tls_listener_options
 @log_level_option()
+@log_format_option
 def dev(
     host: str,
     advertise_host: str | None,
@@ -68,9 +70,10 @@ def dev(
     heartbeat: HeartbeatFlags,
     tls: ListenerTlsFlags,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run a route and chat servers in one process (in-memory store, in-process registry)."""
-    runtime.setup_logging(log_level)
+    runtime.setup_logging(log_level, log_format)
     ports = parse_ports(server_ports)
     with runtime.user_errors():
         route_config, server_config = configs.dev_configs(

@@ -341,6 +341,17 @@ def log_level_option(default: str = "info") -> Decorator:
     )
 
 
+log_format_option = click.option(
+    "--log-format",
+    envvar="CIM_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    help="Log lines on stderr: readable text, or one JSON object per line "
+    "(time, level, logger, message, user_id, trace_id). Tokens and passwords are redacted.",
+)
+
+
 # --- TLS of a client ------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClientTlsFlags:

@@ -17,6 +17,7 @@ from cim.cli.options import (
     ZooKeeperFlags,
     cluster_secret_option,
     listen_options,
+    log_format_option,
     log_level_option,
     login_limit_options,
     max_text_bytes_option,
@@ -79,6 +80,7 @@ log = logging.getLogger("cim")
 @retention_options
 @tls_listener_options
 @log_level_option()
+@log_format_option
 def route(
     listen: Listen,
     route_id: str | None,
@@ -95,12 +97,13 @@ def route(
     retention: RetentionFlags,
     tls: ListenerTlsFlags,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run a route: Redis store (--redis) and ZooKeeper (--zk) for a cluster;
     in-memory store and --server addresses for a single route."""
     from cim.store.factory import open_store
 
-    runtime.setup_logging(log_level)
+    runtime.setup_logging(log_level, log_format)
     with runtime.user_errors():
         config = configs.route_config(
             listen=listen,

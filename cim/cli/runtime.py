@@ -13,6 +13,7 @@ from typing import Any, NoReturn, Protocol
 
 import click
 
+from cim.cli import logs
 from cim.cli.options import ZooKeeperFlags
 from cim.core.members import MemberKind
 from cim.errors import CimError
@@ -21,13 +22,9 @@ from cim.registry.base import Registry
 log = logging.getLogger("cim")
 
 
-def setup_logging(level: str) -> None:
-    """Logging to stderr; the library itself never configures it."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Logging to stderr (see :mod:`cim.cli.logs`); the library itself never configures it."""
+    logs.setup_logging(level, log_format.lower())
 
 
 def fail(message: str) -> NoReturn:

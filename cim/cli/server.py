@@ -14,6 +14,7 @@ from cim.cli.options import (
     cluster_secret_option,
     heartbeat_options,
     listen_options,
+    log_format_option,
     log_level_option,
     message_limit_options,
     tls_listener_options,
@@ -49,6 +50,7 @@ from cim.core.members import MemberKind
 @message_limit_options
 @tls_listener_options
 @log_level_option()
+@log_format_option
 def server(
     listen: Listen,
     server_id: str | None,
@@ -60,10 +62,11 @@ def server(
     message_limits: MessageLimits,
     tls: ListenerTlsFlags,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run a chat server; it finds routes in ZooKeeper (--zk) or at --route.
     Drains on SIGTERM: clients are told to reconnect elsewhere."""
-    runtime.setup_logging(log_level)
+    runtime.setup_logging(log_level, log_format)
     addresses = runtime.split_addresses(routes) or [DEFAULT_ROUTE_ADDRESS]
     with runtime.user_errors():
         config = configs.server_config(

@@ -17,6 +17,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from cim import logcontext
 from cim.config import ServerConfig
 from cim.core.chat_session import (
     Action,
@@ -184,6 +185,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             self._streams.end_check(check.user_id, waiting)
         if replaced is not None:
             replaced.handle(Replaced())
+        # This stream's task (and those it starts) logs for this user from now on.
+        logcontext.user_id_var.set(stream.user_id)
         log.info("user %s (%s) connected", stream.user_id, stream.user_name)
 
     def _carry_out(self, stream: ClientStream, actions: list[Action]) -> None:

@@ -40,7 +40,12 @@ ADDED: dict[str, set[str]] = {
         "--tls-ca",
         "--tls-client-auth",
         "--insecure-plaintext",
+        "--log-format",
     },
+    # JSON logs for every process.
+    "route": {"--log-format"},
+    "server": {"--log-format"},
+    "client": {"--log-format"},
 }
 # Added options whose help says what they do in that command.
 OWN_HELP = {("dev", "--advertise-host")}
