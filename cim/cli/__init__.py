@@ -1,4 +1,4 @@
-"""The ``cim`` command: dev (embedded cluster), route, server, client, bench.
+"""The ``cim`` command: dev (embedded cluster), route, server, client, status, bench.
 
 A thin click layer: each command (a module of its own) reads flags and
 ``CIM_*`` variables through the shared option groups (:mod:`cim.cli.options`),
@@ -16,6 +16,7 @@ from cim.cli.client import client
 from cim.cli.dev import dev
 from cim.cli.route import route
 from cim.cli.server import server
+from cim.cli.status import status
 
 __all__ = ["main"]
 
@@ -26,5 +27,5 @@ def main() -> None:
     """cim: a distributed instant-messaging system on gRPC."""
 
 
-for _command in (dev, route, server, client, bench):
+for _command in (dev, route, server, client, status, bench):
     main.add_command(_command)
