@@ -71,7 +71,10 @@ def status(
     route_addresses = runtime.split_addresses(routes)
     server_addresses = runtime.split_addresses(servers)
     if not zookeeper.zk and not route_addresses:
-        runtime.fail("give ZooKeeper with --zk HOST:PORT, or a route with --route HOST:PORT")
+        # Exit status 2, apart from 1 (unhealthy).
+        raise click.UsageError(
+            "give ZooKeeper with --zk HOST:PORT, or a route with --route HOST:PORT"
+        )
     with runtime.user_errors():
         channel_tls = tls_module.load(configs.client_tls(tls))
     source = (
