@@ -44,7 +44,7 @@ class MemberStatus:
     version: str | None
     started_at: float | None
     connections: int | None
-    health: str  # "serving", "not serving", or "unreachable: why"
+    health: str  # "serving", "not serving", or "unreachable (why)"
 
     @property
     def ok(self) -> bool:
@@ -191,7 +191,7 @@ async def _member_status(
 
 
 async def health_check(address: str, tls: Tls | None, timeout: float = DEFAULT_TIMEOUT) -> str:
-    """``"serving"``, ``"not serving"`` or ``"unreachable: why"`` from the
+    """``"serving"``, ``"not serving"`` or ``"unreachable (why)"`` from the
     standard gRPC health service of the process at ``address``."""
     channel = open_channel(address, tls)
     try:
@@ -200,7 +200,7 @@ async def health_check(address: str, tls: Tls | None, timeout: float = DEFAULT_T
         )
     except grpc.aio.AioRpcError as exc:
         details = " ".join((exc.details() or "").split(";")[0].split())[:80]
-        return f"unreachable: {exc.code().name.lower()} {details}".rstrip()
+        return f"unreachable ({exc.code().name}: {details})" if details else "unreachable"
     finally:
         await channel.close()
     if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -223,7 +223,7 @@ async def _store_status(url: str | None, prefix: str, timeout: float) -> StoreSt
         async with asyncio.timeout(timeout):
             await store.client.ping()
             online = await store.client.zcount(store.keys.online, int(time.time() * 1000), "+inf")
-    except (TimeoutError, OSError, Exception) as exc:  # any failure means: down
+    except Exception as exc:  # refused, timed out, a Redis error: all mean down
         reason = " ".join(str(exc).split())[:160] or type(exc).__name__
         return StoreStatus(shown, False, error=reason)
     finally:

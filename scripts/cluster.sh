@@ -83,6 +83,9 @@ status() {
     name=$(basename "$pidfile" .pid)
     if kill -0 "$(cat "$pidfile")" 2>/dev/null; then echo "$name: running"; else echo "$name: dead"; fi
   done
+  echo
+  # What the cluster itself says: members, health, store; exits 1 when unhealthy.
+  "$CIM" status --zk "127.0.0.1:$ZK_PORT" --redis "redis://127.0.0.1:$REDIS_PORT/0" --zk-connect-timeout 5
 }
 
 case "${1:-}" in

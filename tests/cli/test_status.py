@@ -48,7 +48,9 @@ def test_report_shows_members_store_and_verdict() -> None:
         routes=[MemberStatus("route", "r1", "h:1", "0.1.0", 1000.0, None, "serving")],
         servers=[
             MemberStatus("server", "s1", "h:2", "0.1.0", 1000.0, 3, "serving"),
-            MemberStatus("server", "s2", "h:3", None, None, None, "unreachable: unavailable"),
+            MemberStatus(
+                "server", "s2", "h:3", None, None, None, "unreachable (UNAVAILABLE: refused)"
+            ),
         ],
         store=StoreStatus("redis://h:6379/0", True, online_users=3),
         checked_at=1000.0 + 3725,
@@ -58,7 +60,10 @@ def test_report_shows_members_store_and_verdict() -> None:
     assert "  s1  h:2      0.1.0    1h02m   3        serving" in text
     assert "store: ok (redis://h:6379/0); users online: 3" in text
     assert "rates: metrics not enabled" in text
-    assert text.splitlines()[-1] == "UNHEALTHY: chat server s2 at h:3: unreachable: unavailable"
+    assert (
+        text.splitlines()[-1]
+        == "UNHEALTHY: chat server s2 at h:3: unreachable (UNAVAILABLE: refused)"
+    )
 
 
 def test_no_chat_server_registered_is_unhealthy() -> None:

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
+from cim.processes import free_ports
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.zookeeper_server import ZooKeeperServer
 
-from .helpers import CIM, Proc, Procs, cim_env, free_ports, launch_client
+from .helpers import CIM, Proc, Procs, cim_env, launch_client
 
 pytestmark = pytest.mark.e2e
 
