@@ -4,8 +4,8 @@ Two formats on stderr: ``text`` (one readable line) and ``json`` (one JSON
 object per line: ``time``, ``level``, ``logger``, ``message``, and
 ``user_id`` / ``trace_id`` when the log call or its context knows them, see
 :mod:`cim.logcontext`; ``exception`` for a traceback). In both, anything that
-looks like a session token (:mod:`cim.core.tokens`) or a ``password=`` value
-is redacted before the line is written.
+looks like a session token (:mod:`cim.core.tokens`), a ``password=`` value or
+the password of a URL is redacted before the line is written.
 """
 
 from __future__ import annotations
@@ -33,13 +33,17 @@ _PASSWORD = re.compile(
     re.IGNORECASE,
 )
 
+# The password of a URL: redis://user:secret@host -> redis://user:[redacted]@host.
+_URL_PASSWORD = re.compile(r"(?P<key>://[^/\s:@]*:)[^@\s/]+@")
+
 # Fields a record may carry (with extra= or from the context) that JSON lines show.
 CONTEXT_FIELDS = ("user_id", "trace_id")
 
 
 def redact(text: str) -> str:
-    """``text`` without session tokens and password values."""
+    """``text`` without session tokens, password values and URL passwords."""
     text = _TOKEN.sub(REDACTED, text)
+    text = _URL_PASSWORD.sub(lambda match: match["key"] + REDACTED + "@", text)
     return _PASSWORD.sub(lambda match: match["key"] + REDACTED, text)
 
 

@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from cim.cli import configs, runtime
+from cim.cli import configs, logs, runtime
 from cim.cli.options import (
     Listen,
     ListenerTlsFlags,
@@ -130,7 +130,14 @@ def route(
         )
     where = runtime.where_members(zookeeper, "chat servers", addresses)
     runtime.run(
-        serve(config, store, zookeeper, addresses, f"{where}; store {redis_url or 'in memory'}")
+        serve(
+            config,
+            store,
+            zookeeper,
+            addresses,
+            # Printed: a password in the store URL is not.
+            logs.redact(f"{where}; store {redis_url or 'in memory'}"),
+        )
     )
 
 

@@ -24,6 +24,8 @@ TOKEN = TokenSigner({"k1": b"0123456789abcdef0123"}, "k1", 60).issue(42, "alice"
         ("password=hunter2", "password=[redacted]"),
         ("Password: 'hunter 2', user=alice", "Password: [redacted], user=alice"),
         ('{"password": "hunter2"}', '{"password": [redacted]}'),
+        ("store redis://:hunter2@h:6379/0", "store redis://:[redacted]@h:6379/0"),
+        ("rediss://cim:hunter2@h:6379", "rediss://cim:[redacted]@h:6379"),
         ("user 42 (alice) connected", "user 42 (alice) connected"),
         ("route-1.example.com:7100", "route-1.example.com:7100"),
     ],
