@@ -9,7 +9,14 @@ import sys
 import click
 
 from cim.cli import configs, runtime
-from cim.cli.options import ClientTlsFlags, ZooKeeperFlags, client_tls_options, zookeeper_options
+from cim.cli.options import (
+    ClientTlsFlags,
+    ZooKeeperFlags,
+    client_tls_options,
+    log_format_option,
+    log_level_option,
+    zookeeper_options,
+)
 from cim.cluster_status import RATES, ClusterStatus, MemberStatus, ZooKeeperSource, check
 
 
@@ -52,6 +59,8 @@ from cim.cluster_status import RATES, ClusterStatus, MemberStatus, ZooKeeperSour
 )
 @click.option("--json", "as_json", is_flag=True, default=False, help="One JSON object on stdout.")
 @client_tls_options
+@log_level_option("warning")
+@log_format_option
 def status(
     zookeeper: ZooKeeperFlags,
     redis_url: str | None,
@@ -61,6 +70,8 @@ def status(
     timeout: float,
     as_json: bool,
     tls: ClientTlsFlags,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Report a cluster: routes and chat servers (address, version, uptime,
     streams, health), the store and the users online. Exits 1 when the cluster
@@ -68,6 +79,7 @@ def status(
     member unreachable), so scripts and probes can use it."""
     from cim import tls as tls_module
 
+    runtime.setup_logging(log_level, log_format)  # on stderr: stdout is the report
     route_addresses = runtime.split_addresses(routes)
     server_addresses = runtime.split_addresses(servers)
     if not zookeeper.zk and not route_addresses:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import cim
 from cim.processes import free_ports
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.zookeeper_server import ZooKeeperServer
@@ -110,7 +111,7 @@ def test_a_healthy_cluster_is_listed_and_exits_0(
     )
     for member in report["routes"] + report["servers"]:
         assert member["health"] == "serving"
-        assert member["version"] == "0.1.0"
+        assert member["version"] == cim.__version__
         assert 0 <= member["uptime_seconds"] < 120
     assert report["store"]["ok"] is True
     assert report["online_users"] == 1
