@@ -173,3 +173,14 @@ def test_the_readme_tour_works_as_pasted(dev: Dev) -> None:
     # FetchOffline: gina's inbox is empty, and grpcurl leaves zero fields out.
     assert "\n{\n  \n}\n" in out
     assert '"status": "SERVING"' in out
+
+
+def test_a_refused_stream_fails_for_grpcurl(dev: Dev) -> None:
+    """A stream refused at login ends with the real status, not OK: a generic
+    client (grpcurl here) sees the failure, after the error notice frame."""
+    login = json.dumps({"login": {"user_id": "1", "session_token": "not-a-token"}})
+    result = grpcurl("-d", login, dev.server_address(0), "cim.v1.Chat/Connect")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert '"kind": "KIND_ERROR"' in out  # the notice, for clients that read frames
+    assert "Code: Unauthenticated" in out, out
