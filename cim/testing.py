@@ -26,6 +26,9 @@ from cim.proto.v1 import common_pb2
 from cim.registry.base import Registry
 from cim.store.base import Store
 
+# How long a test client may take to replay what is stored for it at connect.
+LIVE_TIMEOUT = 10.0
+
 __all__ = ["BackendFactory", "TestCluster", "cluster", "fast_route_config", "use_backends"]
 
 BackendFactory = Callable[[], Awaitable[tuple[Store, Registry]]]
@@ -86,11 +89,13 @@ class TestCluster:
         connect: bool = True,
         config: ClientConfig | None = None,
     ) -> CimClient:
-        """A registered client; logged in and connected unless ``connect=False``."""
+        """A registered client; logged in, connected and live (its replay of
+        stored messages done) unless ``connect=False``."""
         client = CimClient(name, password, config or self.client_config())
         self._clients.append(client)
         if connect:
             await client.start()
+            await client.wait_live(LIVE_TIMEOUT)
         else:
             await client.register()
         return client

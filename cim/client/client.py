@@ -49,6 +49,7 @@ from cim.core.liveness import HeartbeatPolicy
 from cim.core.sequence import SequenceTracker
 from cim.errors import (
     CimError,
+    DeadlineExceeded,
     FailedPrecondition,
     Internal,
     NotFound,
@@ -164,6 +165,9 @@ class CimClient:
         self.server: route_pb2.ServerAddress | None = None
         self._conn: _Connection | None = None
         self._connected = asyncio.Event()
+        # Set once the stream's replay of stored messages is done: what
+        # follows is live (cleared at every new stream).
+        self._live = asyncio.Event()
         self._closing = False
         self._gave_up = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -189,6 +193,16 @@ class CimClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    async def wait_live(self, timeout: float | None = None) -> None:
+        """Waits until the stream has replayed every stored message (they are
+        in ``messages()`` by then) and what follows is pushed live. Raises
+        DeadlineExceeded after ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._live.wait()
+        except TimeoutError:
+            raise DeadlineExceeded(f"the stream did not go live within {timeout} s") from None
 
     async def register(self) -> bool:
         """Creates the account (or confirms it exists with this password);
@@ -265,6 +279,7 @@ class CimClient:
                 interval, max(ok.idle_timeout_ms / 1000, interval * 2)
             )
         self._conn = conn
+        self._live.clear()
         self._connected.set()
         self._spawn(self._read(conn))
         self._spawn(self._keep_alive(conn))
@@ -320,6 +335,7 @@ class CimClient:
                 await self.route.logout()
         conn, self._conn = self._conn, None
         self._connected.clear()
+        self._live.clear()
         if conn is not None:
             with contextlib.suppress(CimError):
                 await conn.done_writing()
@@ -505,6 +521,7 @@ class CimClient:
             self.sequence.reset(done.head_seq)
             self._acked = done.head_seq
         self._hand_over(self.sequence.skip_through(done.through_seq))
+        self._live.set()
 
     def _hand_over(self, messages: list[common_pb2.ChatMessage]) -> None:
         """Gives released messages to the application, then records that they
@@ -592,6 +609,7 @@ class CimClient:
     async def _lost(self, conn: _Connection, why: str, reconnect: bool) -> None:
         self._conn = None
         self._connected.clear()
+        self._live.clear()
         await conn.aclose()
         self._fail_pending(Unavailable(f"connection lost ({why}); the message may not be sent"))
         if not reconnect:

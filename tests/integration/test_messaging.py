@@ -235,3 +235,19 @@ async def test_closed_client_refuses_to_send(rr):
     await alice.close()
     with pytest.raises(FailedPrecondition):
         await alice.send_private(bob.user_id, "too late")
+
+
+async def test_wait_live_returns_once_stored_messages_are_replayed(rr):
+    """A client's start() returns at LoginOk; wait_live() once the replay of
+    what was stored is done, so later messages come live, not stored."""
+    alice = await rr.client("alice")
+    bob = await rr.client("bob", connect=False)
+    for n in range(3):
+        await alice.route.send_private(bob.user_id, f"while away {n}")
+    await bob.start()
+    await bob.wait_live(5)
+    replayed = [await rr.next_message(bob) for _ in range(3)]
+    assert [(m.text, m.stored) for m in replayed] == [(f"while away {n}", True) for n in range(3)]
+    await alice.route.send_private(bob.user_id, "now live")
+    live = await rr.next_message(bob)
+    assert (live.text, live.stored) == ("now live", False)
