@@ -93,15 +93,16 @@ async def test_silent_stream_is_evicted_and_login_state_cleared(fast, raw, event
 async def test_silent_streams_end_within_a_moment_of_their_deadline(raw):
     """Streams that fall silent at different moments each end right after
     their own deadline, not at the next of a few periodic sweeps (with a
-    sweep every idle_timeout/3 = 0.5 s, one of four streams started 1/8 s
-    apart would be at least 0.375 s late)."""
-    idle = 1.5
+    sweep every idle_timeout/3 = 1 s, one of four streams started 1/4 s
+    apart would be at least 0.75 s late; the bound leaves a loaded machine
+    half a second)."""
+    idle = 3.0
     async with cluster(
         servers=1,
         route_config=route_config(),
         server_config=ServerConfig(
             cluster_secrets=("x",),
-            heartbeat=HeartbeatPolicy(ping_interval=0.5, idle_timeout=idle),
+            heartbeat=HeartbeatPolicy(ping_interval=1.0, idle_timeout=idle),
         ),
     ) as c:
 
@@ -114,9 +115,9 @@ async def test_silent_streams_end_within_a_moment_of_their_deadline(raw):
             assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (frames, code)
             return time.monotonic() - started - idle
 
-        late = await asyncio.gather(*(silent_user(f"u{i}", i / 8) for i in range(4)))
+        late = await asyncio.gather(*(silent_user(f"u{i}", i / 4) for i in range(4)))
 
-    assert all(0 <= lateness < 0.3 for lateness in late), late
+    assert all(0 <= lateness < 0.5 for lateness in late), late
 
 
 async def test_evicted_users_messages_are_stored(fast, raw, eventually):
