@@ -77,7 +77,7 @@ async def test_silent_stream_is_evicted_and_login_state_cleared(fast, raw, event
     # The status says it too, for clients that do not read notices.
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert await stream.call.details() == notice.text
-    assert IDLE_TIMEOUT <= elapsed < IDLE_TIMEOUT + 0.5
+    assert IDLE_TIMEOUT <= elapsed < IDLE_TIMEOUT + 1.0  # the deadline holds within a second
 
     async def offline() -> bool:
         return "alice" not in await _online(raw, fast, login.session_token)
