@@ -52,9 +52,6 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 CHANNEL_OPTIONS: list[tuple[str, int]] = [*KEEPALIVE_OPTIONS]
 
 
-def insecure_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-
 
 def new_server() -> grpc.aio.Server:
     return grpc.aio.server(options=SERVER_OPTIONS)
