@@ -113,6 +113,10 @@ class RouteConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_ROUTE_PORT
     advertise_host: str | None = None
+    # Prometheus metrics over HTTP on this port (0: any free port); None: not
+    # served (still counted). ``metrics_host`` defaults to ``host``.
+    metrics_port: int | None = None
+    metrics_host: str | None = None
     token_ttl: float = 24 * 3600.0
     # A route asks the store whether a token's session still stands at most
     # once per this many seconds per session: a logout or a newer login ends
@@ -181,6 +185,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_SERVER_PORTS[0]
     advertise_host: str | None = None
+    # Prometheus metrics over HTTP on this port (0: any free port); None: not
+    # served (still counted). ``metrics_host`` defaults to ``host``.
+    metrics_port: int | None = None
+    metrics_host: str | None = None
     heartbeat: HeartbeatPolicy = field(default_factory=HeartbeatPolicy)
     # How often live sessions are refreshed at a route (well under its session_ttl).
     refresh_interval: float = 10.0

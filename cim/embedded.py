@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from cim.config import RouteConfig, ServerConfig, random_secret
 from cim.core.members import MemberKind
+from cim.metrics.http import MemberRegistries, MetricsEndpoint
 from cim.registry.base import Registry
 from cim.registry.inprocess import InProcessRegistry
 from cim.route.app import RouteApp
@@ -34,7 +35,12 @@ class EmbeddedCluster:
         server_config: ServerConfig | None = None,
         store: Store | None = None,
         registry: Registry | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
     ) -> None:
+        """``metrics_port``: serve every member's metrics there (on
+        ``metrics_host``, default ``host``), each sample labelled with its
+        member (0: any free port)."""
         secret = random_secret()
         self.registry: Registry = registry or InProcessRegistry()
         self.store: Store = store or MemoryStore()
@@ -62,6 +68,13 @@ class EmbeddedCluster:
             )
             for index, port in enumerate(server_ports)
         ]
+        self.metrics: MetricsEndpoint | None = None
+        if metrics_port is not None:
+            registries = {self.route.config.route_id: self.route.metrics.registry}
+            registries.update((s.server_id, s.metrics.registry) for s in self.servers)
+            self.metrics = MetricsEndpoint(
+                metrics_host or host, metrics_port, MemberRegistries(registries)
+            )
 
     @property
     def route_address(self) -> str:
@@ -73,6 +86,8 @@ class EmbeddedCluster:
         await self.route.start()
         for server in self.servers:
             await server.start()
+        if self.metrics is not None:
+            self.metrics.start()
         changed = asyncio.Event()
         unsubscribe = [
             self.registry.subscribe(kind, lambda _view: changed.set()) for kind in MemberKind
@@ -102,3 +117,5 @@ class EmbeddedCluster:
     async def stop(self) -> None:
         await asyncio.gather(*(server.stop(0.5) for server in self.servers))
         await self.route.stop(0.5)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)

@@ -52,9 +52,8 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 CHANNEL_OPTIONS: list[tuple[str, int]] = [*KEEPALIVE_OPTIONS]
 
 
-
-def new_server() -> grpc.aio.Server:
-    return grpc.aio.server(options=SERVER_OPTIONS)
+def new_server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+    return grpc.aio.server(interceptors=interceptors or None, options=SERVER_OPTIONS)
 
 
 def bind(

@@ -11,6 +11,7 @@ what is theirs: their services and their background work.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection
 from typing import Any
@@ -19,6 +20,9 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from cim.core.members import Member, MemberKind
 from cim.grpcutil import add_service, add_standard_services, bind, new_server, set_serving
+from cim.metrics.common import AppMetrics
+from cim.metrics.http import MetricsEndpoint
+from cim.metrics.rpc import RpcMetricsInterceptor
 from cim.registry.base import Registry
 from cim.tls import Tls, warn_if_exposed
 from cim.tls import describe as describe_tls
@@ -39,8 +43,13 @@ class Listener:
         tls: Tls | None,
         registry: Registry,
         what: str,
+        metrics: AppMetrics,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
     ) -> None:
-        """``what`` names the process in logs and warnings ("route route-1")."""
+        """``what`` names the process in logs and warnings ("route route-1").
+        Every RPC is counted in ``metrics``, served over HTTP when
+        ``metrics_port`` is given (0: any free port)."""
         self.what = what
         self.kind = kind
         self.member_id = member_id
@@ -49,7 +58,10 @@ class Listener:
         self._advertise_host = advertise_host
         self.tls = tls
         self._registry = registry
-        self._server = new_server()
+        self._server = new_server([RpcMetricsInterceptor(metrics)])
+        self.metrics: MetricsEndpoint | None = None
+        if metrics_port is not None:
+            self.metrics = MetricsEndpoint(metrics_host or host, metrics_port, metrics.registry)
         self._public: list[str] = []
         self._names: list[str] = []
         self._health: Any = None
@@ -84,16 +96,24 @@ class Listener:
         )
         await self._server.start()
         self._started = True
+        if self.metrics is not None:
+            self.metrics.start()
         await set_serving(self._health, self._names, True)
-        self._member = Member(self.kind, self.member_id, self.address)
+        self._member = self._as_member(0)
         await self._registry.register(self._member)
         log.info("%s listening on %s (%s)", self.what, self.address, describe_tls(self.tls))
 
     async def report_load(self, connections: int) -> None:
         """Updates the connection count others see in the registry."""
         if self._member is not None:
-            self._member = Member(self.kind, self.member_id, self.address, connections)
+            self._member = self._as_member(connections)
             await self._registry.update(self._member)
+
+    def _as_member(self, connections: int) -> Member:
+        metrics = ""
+        if self.metrics is not None:
+            metrics = f"{self._advertise_host or self.metrics.host}:{self.metrics.port}"
+        return Member(self.kind, self.member_id, self.address, connections, metrics=metrics)
 
     async def leave(self) -> None:
         """NOT_SERVING and out of the registry; current calls go on."""
@@ -108,6 +128,8 @@ class Listener:
         await self.leave()
         if self._started:
             await self._server.stop(grace)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
 
     async def wait(self) -> None:
         if self._started:

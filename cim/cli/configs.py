@@ -15,6 +15,7 @@ from cim.cli.options import (
     ListenerTlsFlags,
     LoginLimits,
     MessageLimits,
+    MetricsFlags,
     RetentionFlags,
     RoutingFlags,
 )
@@ -54,6 +55,7 @@ def route_config(
     login_limits: LoginLimits,
     retention: RetentionFlags,
     tls_flags: ListenerTlsFlags,
+    metrics: MetricsFlags,
 ) -> RouteConfig:
     """``cim route``: its id defaults to its advertised address."""
     keys, current = parse_token_keys(token_keys)
@@ -65,6 +67,8 @@ def route_config(
         port=listen.port,
         advertise_host=listen.advertise_host,
         route_id=route_id or listen.advertised,
+        metrics_port=metrics.metrics_port,
+        metrics_host=metrics.metrics_host,
     )
     return _route_behaviour(
         identity,
@@ -86,6 +90,7 @@ def server_config(
     drain_grace: float,
     message_limits: MessageLimits,
     tls_flags: ListenerTlsFlags,
+    metrics: MetricsFlags,
 ) -> ServerConfig:
     """``cim server``: its id defaults to its advertised address."""
     return ServerConfig(
@@ -99,6 +104,8 @@ def server_config(
         max_msgs_per_sec=message_limits.max_msgs_per_sec,
         msg_burst=message_limits.msg_burst,
         tls=listener_tls(listen.host, tls_flags),
+        metrics_port=metrics.metrics_port,
+        metrics_host=metrics.metrics_host,
     )
 
 

@@ -10,6 +10,7 @@ from cim.cli.options import (
     ListenerTlsFlags,
     LoginLimits,
     MessageLimits,
+    MetricsFlags,
     RetentionFlags,
     RoutingFlags,
     advertise_host_option,
@@ -20,6 +21,7 @@ from cim.cli.options import (
     login_limit_options,
     max_text_bytes_option,
     message_limit_options,
+    metrics_options,
     retention_options,
     routing_options,
     tls_listener_options,
@@ -55,6 +57,7 @@ def parse_ports(text: str) -> list[int]:
 @retention_options
 @heartbeat_options
 @tls_listener_options
+@metrics_options
 @log_level_option()
 @log_format_option
 def dev(
@@ -69,6 +72,7 @@ def dev(
     retention: RetentionFlags,
     heartbeat: HeartbeatFlags,
     tls: ListenerTlsFlags,
+    metrics: MetricsFlags,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -87,11 +91,15 @@ def dev(
             heartbeat=heartbeat,
             tls_flags=tls,
         )
-    runtime.run(serve(route_port, ports, route_config, server_config))
+    runtime.run(serve(route_port, ports, route_config, server_config, metrics))
 
 
 async def serve(
-    route_port: int, server_ports: list[int], route_config: RouteConfig, server_config: ServerConfig
+    route_port: int,
+    server_ports: list[int],
+    route_config: RouteConfig,
+    server_config: ServerConfig,
+    metrics: MetricsFlags | None = None,
 ) -> None:
     """Runs the embedded cluster until SIGINT/SIGTERM."""
     from cim.embedded import EmbeddedCluster
@@ -102,6 +110,8 @@ async def serve(
         server_ports=server_ports,
         route_config=route_config,
         server_config=server_config,
+        metrics_port=metrics.metrics_port if metrics else None,
+        metrics_host=metrics.metrics_host if metrics else None,
     )
 
     def started() -> str:
@@ -111,6 +121,11 @@ async def serve(
                 + ", ".join(server.address for server in cluster.servers),
                 "Connect a client in another terminal:  make client NAME=alice",
                 f"  (or: cim client --user alice --route {cluster.route_address})",
+                *(
+                    [f"Prometheus metrics: http://{cluster.metrics.address}/metrics"]
+                    if cluster.metrics is not None
+                    else []
+                ),
                 "Press Ctrl-C to stop.",
             ]
         )

@@ -87,6 +87,32 @@ def listen_options(port_envvar: str, port_default: int, advertise_help: str) -> 
     )
 
 
+@dataclass(frozen=True)
+class MetricsFlags:
+    metrics_port: int | None
+    metrics_host: str | None
+
+
+metrics_options = option_group(
+    "metrics",
+    MetricsFlags,
+    click.option(
+        "--metrics-port",
+        envvar="CIM_METRICS_PORT",
+        default=None,
+        type=click.IntRange(0, 65535),
+        help="Serve Prometheus metrics over HTTP on this port, at /metrics "
+        "(0: any free port; default: not served).",
+    ),
+    click.option(
+        "--metrics-host",
+        envvar="CIM_METRICS_HOST",
+        default=None,
+        help="Address the metrics port listens on (default: --host).",
+    ),
+)
+
+
 # --- the cluster ------------------------------------------------------------------
 cluster_secret_option = click.option(
     "--cluster-secret", envvar="CIM_CLUSTER_SECRET", required=True, help=CLUSTER_SECRET_HELP

@@ -12,6 +12,7 @@ from cim.cli.options import (
     ListenerTlsFlags,
     LoginLimits,
     MessageLimits,
+    MetricsFlags,
     RetentionFlags,
     RoutingFlags,
     ZooKeeperFlags,
@@ -22,6 +23,7 @@ from cim.cli.options import (
     login_limit_options,
     max_text_bytes_option,
     message_limit_options,
+    metrics_options,
     retention_options,
     routing_options,
     tls_listener_options,
@@ -79,6 +81,7 @@ log = logging.getLogger("cim")
 @login_limit_options
 @retention_options
 @tls_listener_options
+@metrics_options
 @log_level_option()
 @log_format_option
 def route(
@@ -96,6 +99,7 @@ def route(
     login_limits: LoginLimits,
     retention: RetentionFlags,
     tls: ListenerTlsFlags,
+    metrics: MetricsFlags,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -116,6 +120,7 @@ def route(
             login_limits=login_limits,
             retention=retention,
             tls_flags=tls,
+            metrics=metrics,
         )
     addresses = runtime.split_addresses(servers)
     if not addresses and not zookeeper.zk:

@@ -10,6 +10,7 @@ from cim.cli.options import (
     Listen,
     ListenerTlsFlags,
     MessageLimits,
+    MetricsFlags,
     ZooKeeperFlags,
     cluster_secret_option,
     heartbeat_options,
@@ -17,6 +18,7 @@ from cim.cli.options import (
     log_format_option,
     log_level_option,
     message_limit_options,
+    metrics_options,
     tls_listener_options,
     zookeeper_options,
 )
@@ -49,6 +51,7 @@ from cim.core.members import MemberKind
 @click.option("--drain-grace", envvar="CIM_DRAIN_GRACE", default=5.0, type=float)
 @message_limit_options
 @tls_listener_options
+@metrics_options
 @log_level_option()
 @log_format_option
 def server(
@@ -61,6 +64,7 @@ def server(
     drain_grace: float,
     message_limits: MessageLimits,
     tls: ListenerTlsFlags,
+    metrics: MetricsFlags,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -77,6 +81,7 @@ def server(
             drain_grace=drain_grace,
             message_limits=message_limits,
             tls_flags=tls,
+            metrics=metrics,
         )
     runtime.run(
         serve(config, zookeeper, addresses, runtime.where_members(zookeeper, "routes", addresses))

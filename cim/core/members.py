@@ -28,7 +28,8 @@ class Member:
     public and the internal service, guarded by the cluster secret).
     ``version`` and ``started_at`` (seconds since the epoch) tell operators
     what runs where and for how long; entries written before they existed
-    read as ``""`` and ``0.0``.
+    read as ``""`` and ``0.0``. ``metrics`` is where it serves Prometheus
+    metrics (``host:port``), ``""`` when it does not.
     """
 
     kind: MemberKind
@@ -37,6 +38,7 @@ class Member:
     connections: int = 0
     version: str = __version__
     started_at: float = PROCESS_STARTED_AT
+    metrics: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -51,4 +53,5 @@ class Member:
             connections=int(data.get("connections", 0)),
             version=str(data.get("version", "")),
             started_at=float(data.get("started_at", 0.0)),
+            metrics=str(data.get("metrics", "")),
         )

@@ -91,6 +91,8 @@ class KeyedLimiter(Generic[K]):
         self.max_keys = max_keys
         self._clock = clock
         self._buckets: OrderedDict[K, TokenBucket] = OrderedDict()
+        # How many takes were refused, ever (metrics read it).
+        self.refused = 0
 
     @property
     def enabled(self) -> bool:
@@ -113,7 +115,10 @@ class KeyedLimiter(Generic[K]):
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(key)
-        return bucket.try_take(now)
+        if bucket.try_take(now):
+            return True
+        self.refused += 1
+        return False
 
     def refusal(self, key: K, what: str) -> ResourceExhausted | None:
         """Takes one token for ``key``; over the limit, the error to answer

@@ -16,6 +16,9 @@ Listener = Callable[[list[Member]], None]
 
 
 class Registry(Protocol):
+    # Failed operations and lost connections so far (what metrics report).
+    errors: int
+
     async def start(self) -> None: ...
 
     async def register(self, member: Member) -> None: ...

@@ -16,6 +16,8 @@ class InProcessRegistry:
     ZooKeeper registry's watches: never inside the caller's own stack.
     """
 
+    errors = 0  # nothing here fails
+
     def __init__(self) -> None:
         self._members: dict[MemberKind, dict[str, Member]] = {kind: {} for kind in MemberKind}
         self._listeners: dict[MemberKind, list[Listener]] = {kind: [] for kind in MemberKind}

@@ -14,6 +14,8 @@ class StaticRegistry:
     so that its own view includes itself. Dead members are found by the
     route's failure tracking (suspect marking), since nothing here expires."""
 
+    errors = 0  # nothing here fails
+
     def __init__(self, members: Iterable[Member]) -> None:
         self._members: dict[MemberKind, dict[str, Member]] = {kind: {} for kind in MemberKind}
         for member in members:

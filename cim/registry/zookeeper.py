@@ -106,6 +106,8 @@ class ZooKeeperRegistry:
         self._disconnected = False
         self._session_lost = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Failed operations and lost connections so far (metrics read it).
+        self.errors = 0
 
     # -- lifecycle -------------------------------------------------------
 
@@ -216,6 +218,7 @@ class ZooKeeperRegistry:
             try:
                 await asyncio.to_thread(self._put_own, member)
             except KazooException as exc:
+                self.errors += 1
                 # The create may have gone through: clean it up when possible.
                 self._stale.add(path)
                 raise Unavailable(
@@ -244,6 +247,7 @@ class ZooKeeperRegistry:
                 self._own.pop(path, None)
                 raise
             except KazooException as exc:
+                self.errors += 1
                 log.warning(
                     "update of %s %s failed (%r): written again on reconnection",
                     member.kind,
@@ -267,6 +271,7 @@ class ZooKeeperRegistry:
             try:
                 await asyncio.to_thread(self._delete_own, path)
             except KazooException as exc:
+                self.errors += 1
                 log.warning("deregistering %s failed (%r): retried on reconnection", path, exc)
                 return
             self._stale.discard(path)
@@ -380,6 +385,7 @@ class ZooKeeperRegistry:
                 try:
                     await asyncio.to_thread(self._delete_own, path)
                 except KazooException as exc:
+                    self.errors += 1
                     log.warning("could not delete %s: %r", path, exc)
                     continue
                 self._stale.discard(path)
@@ -394,6 +400,7 @@ class ZooKeeperRegistry:
                     log.error("not re-registered: %s", exc.message)
                     continue
                 except KazooException as exc:
+                    self.errors += 1
                     log.warning(
                         "could not re-register %s (%r): retried on the next reconnection",
                         path,
@@ -491,6 +498,7 @@ class ZooKeeperRegistry:
         if self._closed:
             return
         if state == KazooState.SUSPENDED:
+            self.errors += 1
             self._connected.clear()
             self._disconnected = True
             log.warning(
@@ -498,6 +506,7 @@ class ZooKeeperRegistry:
                 self.hosts,
             )
         elif state == KazooState.LOST:
+            self.errors += 1
             self._connected.clear()
             self._disconnected = self._session_lost = True
             log.warning(

@@ -11,6 +11,8 @@ from cim.core.members import MemberKind
 from cim.core.tokens import TokenSigner
 from cim.errors import CimError
 from cim.grpcutil import SecretCheck
+from cim.metrics.route import RouteMetrics
+from cim.metrics.store import measured
 from cim.proto.internal.v1 import route_internal_pb2
 from cim.proto.v1 import route_pb2
 from cim.registry.base import Registry
@@ -40,17 +42,23 @@ class RouteApp:
         self.registry = registry
         self.port = config.port
         self.tls = load_tls(config.tls)
+        self.metrics = metrics = RouteMetrics()
         self.servers = ServerDirectory(
             registry,
             config.cluster_secret,
             config.deliver_timeout,
             config.probe_timeout,
             tls=self.tls,
+            metrics=metrics,
         )
         signer = TokenSigner(config.token_keys, config.token_key_id, config.token_ttl)
-        self.sessions = SessionManager(config, store, self.servers, signer)
-        self.router = MessageRouter(config, store, self.servers)
+        # The store as the route's work sees it: every operation timed.
+        measured_store = measured(store, metrics.store_seconds, metrics.store_errors)
+        self.sessions = SessionManager(config, measured_store, self.servers, signer)
+        self.router = MessageRouter(config, measured_store, self.servers, metrics)
         self.limits = RouteLimits(config)
+        metrics.count_rate_limits(self.limits.refusals)
+        metrics.count_registry_errors(lambda: registry.errors)
         self.listener = Listener(
             MemberKind.ROUTE,
             config.route_id,
@@ -60,6 +68,9 @@ class RouteApp:
             self.tls,
             registry,
             what=f"route {config.route_id}",
+            metrics=metrics,
+            metrics_port=config.metrics_port,
+            metrics_host=config.metrics_host,
         )
         self._prober: asyncio.Task[None] | None = None
         self._name_indexer: asyncio.Task[int] | None = None
@@ -70,7 +81,9 @@ class RouteApp:
 
     async def start(self) -> None:
         listener = self.listener
-        listener.add(RouteService(self.sessions, self.router, self.limits), ROUTE, public=True)
+        listener.add(
+            RouteService(self.sessions, self.router, self.limits, self.metrics), ROUTE, public=True
+        )
         internal = RouteInternalService(
             self.sessions, self.router, SecretCheck(self.config.cluster_secrets)
         )

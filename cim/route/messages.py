@@ -35,6 +35,7 @@ from cim.config import RouteConfig
 from cim.core import validation
 from cim.core.ids import MessageIdGenerator, message_time_ms, new_trace_id
 from cim.errors import CimError, FailedPrecondition, InvalidArgument, NotFound
+from cim.metrics.route import GROUP, PRIVATE, RouteMetrics
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import common_pb2
 from cim.route.servers import Parcel, ServerDirectory
@@ -208,7 +209,14 @@ def group_parcels(
 
 
 class MessageRouter:
-    def __init__(self, config: RouteConfig, store: Store, servers: ServerDirectory) -> None:
+    def __init__(
+        self,
+        config: RouteConfig,
+        store: Store,
+        servers: ServerDirectory,
+        metrics: RouteMetrics | None = None,
+    ) -> None:
+        self._metrics = metrics or RouteMetrics()
         self._config = config
         self._store = store
         self._servers = servers
@@ -257,12 +265,17 @@ class MessageRouter:
             self._build(send)
         await self._route(sends)
         remember = []
+        outcomes = []
         for send in sends:
             response, key = send.to_remember, send.key
             if response is not None and key is not None:
                 remember.append((key, response))
+            outcome = send.result
+            if isinstance(outcome, CimError):
+                self._metrics.refused(PRIVATE, outcome)
+            outcomes.append(outcome)
         self._remember_later(remember)
-        return [send.result for send in sends]
+        return outcomes
 
     def _build(self, send: PrivateSend) -> None:
         """Checks the request and builds its message; a refusal settles the send."""
@@ -337,11 +350,17 @@ class MessageRouter:
             if parcel is not None:
                 pushed.append((send, parcel))
         flags = await self._servers.deliver_many([parcel for _, parcel in pushed])
+        reached = 0
         for (send, _), ok in zip(pushed, flags, strict=True):
             send.answer(delivered=ok[0])
+            reached += ok[0]
         for send in sends:
             if send.in_flight:  # offline, or no stream
                 send.answer(delivered=False)
+        metrics = self._metrics
+        metrics.accepted_private.inc(len(sends))
+        metrics.pushed_private.inc(reached)
+        metrics.offline_private.inc(len(sends) - reached)
 
     # --- idempotent sends ---------------------------------------------------
     # A private send is claimed by its inbox append (under the receiver's
@@ -410,6 +429,15 @@ class MessageRouter:
     async def send_group(
         self, sender_id: int, sender_name: str, request: common_pb2.SendGroupRequest
     ) -> common_pb2.SendResponse:
+        try:
+            return await self._checked_group_send(sender_id, sender_name, request)
+        except CimError as exc:
+            self._metrics.refused(GROUP, exc)
+            raise
+
+    async def _checked_group_send(
+        self, sender_id: int, sender_name: str, request: common_pb2.SendGroupRequest
+    ) -> common_pb2.SendResponse:
         # Checked first: a refused request never reads (or answers from) a claim.
         validation.check_text(request.text, self._config.max_text_bytes)
         group_id = validation.check_group(request.group_id)
@@ -454,7 +482,11 @@ class MessageRouter:
                     self._servers.deliver_many(group_parcels(message, some, appended))
                 )
             )
-        await asyncio.gather(*pushes)
+        reached = sum(sum(flags) for push in await asyncio.gather(*pushes) for flags in push)
+        metrics = self._metrics
+        metrics.accepted_group.inc()
+        metrics.pushed_group.inc(reached)
+        metrics.offline_group.inc(len(receivers) - reached)
         return common_pb2.SendResponse(
             message_id=message.message_id,
             status=DELIVERED if receivers else NO_RECIPIENTS,
@@ -482,6 +514,7 @@ class MessageRouter:
         if limit < 0 or limit > MAX_PAGE:
             raise InvalidArgument(f"limit must be between 1 and {MAX_PAGE} (0: default)")
         page = await self._store.read_inbox(user_id, after_seq, limit, self._retention)
+        self._metrics.replay_pages.inc()
         messages = []
         for entry in page.entries:
             message = common_pb2.ChatMessage.FromString(entry.payload)
@@ -502,6 +535,7 @@ class MessageRouter:
     ) -> list[Outcome]:
         """Routes a batch in order: runs of private messages together, group
         messages one by one between them (so every sender's order holds)."""
+        self._metrics.submit_batch.observe(len(items))
         outcomes: list[Outcome] = []
         run: list[PrivateSend] = []
 

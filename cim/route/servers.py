@@ -14,6 +14,7 @@ from cim.core.coalesce import Coalescer
 from cim.core.members import Member, MemberKind
 from cim.errors import Unavailable
 from cim.grpcutil import secret_metadata
+from cim.metrics.route import RouteMetrics
 from cim.proto.internal.v1 import chat_internal_pb2, chat_internal_pb2_grpc
 from cim.proto.v1 import common_pb2
 from cim.registry.base import Registry
@@ -28,8 +29,16 @@ class ServerLink:
     """One chat server: its channel, and a coalescer that merges concurrent
     deliveries into one Deliver call while another is in flight."""
 
-    def __init__(self, member: Member, secret: str, timeout: float, tls: Tls | None = None) -> None:
+    def __init__(
+        self,
+        member: Member,
+        secret: str,
+        timeout: float,
+        tls: Tls | None = None,
+        metrics: RouteMetrics | None = None,
+    ) -> None:
         self.member = member
+        self._batch_sizes = (metrics or RouteMetrics()).push_batch
         self._metadata = secret_metadata(secret)
         self._timeout = timeout
         self._channel = open_channel(member.address, tls)
@@ -50,6 +59,7 @@ class ServerLink:
         request = chat_internal_pb2.DeliverRequest(
             deliveries=[delivery for parcel in parcels for delivery in parcel]
         )
+        self._batch_sizes.observe(len(request.deliveries))
         reply = await self._stream.call(request)
         flags = list(reply.delivered)
         if len(flags) != len(request.deliveries):
@@ -88,8 +98,10 @@ class ServerDirectory:
         timeout: float,
         probe_timeout: float,
         tls: Tls | None = None,
+        metrics: RouteMetrics | None = None,
     ):
         self._registry = registry
+        self._metrics = metrics or RouteMetrics()
         self._secret = secret
         self._tls = tls
         self._timeout = timeout
@@ -140,7 +152,7 @@ class ServerDirectory:
         member = self.find(server_id)
         if member is None:
             return None
-        link = ServerLink(member, self._secret, self._timeout, self._tls)
+        link = ServerLink(member, self._secret, self._timeout, self._tls, self._metrics)
         self._links[server_id] = link
         return link
 
@@ -161,6 +173,7 @@ class ServerDirectory:
             try:
                 results.append(await future)
             except (grpc.aio.AioRpcError, Unavailable) as exc:
+                self._metrics.push_failures.inc()
                 self.mark_suspect(server_id, f"Deliver failed: {_describe(exc)}")
                 results.append([False] * size)
             else:

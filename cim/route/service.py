@@ -15,6 +15,7 @@ from cim.core.ratelimit import Clock, KeyedLimiter, peer_host
 from cim.core.tokens import TokenClaims
 from cim.errors import CimError, to_item
 from cim.grpcutil import SecretCheck, bearer_token, refuse_stream, unary_edge
+from cim.metrics.route import RouteMetrics, result_label
 from cim.proto.internal.v1 import route_internal_pb2, route_internal_pb2_grpc
 from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
 from cim.route.messages import MessageRouter, Outcome
@@ -36,6 +37,10 @@ class RouteLimits:
         self.messages: KeyedLimiter[int] = KeyedLimiter(msgs, msg_burst, clock=clock)
         self.logins: KeyedLimiter[str] = KeyedLimiter(logins, login_burst, clock=clock)
 
+    def refusals(self) -> dict[str, int]:
+        """Calls refused so far, by limit (what metrics report)."""
+        return {"messages": self.messages.refused, "logins": self.logins.refused}
+
     def message(self, user_id: int) -> None:
         """Counts a send of the user; ResourceExhausted over the limit."""
         refusal = self.messages.refusal(user_id, "messages from this user")
@@ -54,11 +59,18 @@ class RouteLimits:
 
 class RouteService(route_pb2_grpc.RouteServicer):
     def __init__(
-        self, sessions: SessionManager, router: MessageRouter, limits: RouteLimits | None = None
+        self,
+        sessions: SessionManager,
+        router: MessageRouter,
+        limits: RouteLimits | None = None,
+        metrics: RouteMetrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._router = router
         self._limits = limits or RouteLimits()
+        metrics = metrics or RouteMetrics()
+        self._registrations = metrics.registrations
+        self._logins = metrics.logins
 
     async def _caller(self, context: Context) -> TokenClaims:
         """Who calls: a valid token whose session still stands (not logged
@@ -69,8 +81,13 @@ class RouteService(route_pb2_grpc.RouteServicer):
     async def Register(
         self, request: route_pb2.RegisterRequest, context: Context
     ) -> route_pb2.RegisterResponse:
-        self._limits.login(context)
-        account, created = await self._sessions.register(request.user_name, request.password)
+        try:
+            self._limits.login(context)
+            account, created = await self._sessions.register(request.user_name, request.password)
+        except CimError as exc:
+            self._registrations.labels(result=result_label(exc)).inc()
+            raise
+        self._registrations.labels(result="created" if created else "existing").inc()
         return route_pb2.RegisterResponse(
             user_id=account.user_id, user_name=account.user_name, created=created
         )
@@ -79,14 +96,19 @@ class RouteService(route_pb2_grpc.RouteServicer):
     async def Login(
         self, request: route_pb2.LoginRequest, context: Context
     ) -> route_pb2.LoginResponse:
-        self._limits.login(context)
-        result = await self._sessions.login(
-            request.user_name,
-            request.password,
-            request.user_id,
-            request.device_id,
-            request.resume_token,
-        )
+        try:
+            self._limits.login(context)
+            result = await self._sessions.login(
+                request.user_name,
+                request.password,
+                request.user_id,
+                request.device_id,
+                request.resume_token,
+            )
+        except CimError as exc:
+            self._logins.labels(result=result_label(exc)).inc()
+            raise
+        self._logins.labels(result="ok").inc()
         return route_pb2.LoginResponse(
             user_id=result.account.user_id,
             user_name=result.account.user_name,

@@ -9,6 +9,7 @@ from cim.config import ServerConfig
 from cim.core.chat_session import Drain, Stop
 from cim.core.members import MemberKind
 from cim.grpcutil import SecretCheck
+from cim.metrics.server import ServerMetrics
 from cim.proto.internal.v1 import chat_internal_pb2
 from cim.proto.v1 import chat_pb2
 from cim.registry.base import Registry
@@ -39,8 +40,14 @@ class ChatServerApp:
             registry, config.server_id, config.cluster_secret, config.route_timeout, self.tls
         )
         self.acks = AckForwarder(self.routes)
-        self.service = ChatService(config, self.streams, self.routes, self.acks)
-        self.internal = ChatInternalService(self.streams, SecretCheck(config.cluster_secrets))
+        self.metrics = metrics = ServerMetrics()
+        self.service = ChatService(config, self.streams, self.routes, self.acks, metrics)
+        self.internal = ChatInternalService(
+            self.streams, SecretCheck(config.cluster_secrets), metrics
+        )
+        metrics.count_users(lambda: len(self.streams))
+        metrics.count_rate_limits(lambda: {"stream_messages": self.service.send_limits.refused})
+        metrics.count_registry_errors(lambda: registry.errors)
         self.listener = Listener(
             MemberKind.SERVER,
             config.server_id,
@@ -50,6 +57,9 @@ class ChatServerApp:
             self.tls,
             registry,
             what=f"chat server {config.server_id}",
+            metrics=metrics,
+            metrics_port=config.metrics_port,
+            metrics_host=config.metrics_host,
         )
         self.upkeep = Upkeep(
             config, self.streams, self.routes, self.acks, self.listener.report_load

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeAlias
 
@@ -47,6 +48,7 @@ from cim.core.chat_session import (
 from cim.core.ratelimit import KeyedLimiter
 from cim.errors import CimError, Internal
 from cim.grpcutil import SecretCheck, refuse_stream, unary_edge
+from cim.metrics.server import ServerMetrics
 from cim.proto.internal.v1 import chat_internal_pb2, chat_internal_pb2_grpc, route_internal_pb2
 from cim.proto.v1 import chat_pb2, chat_pb2_grpc
 from cim.server.acks import AckForwarder
@@ -78,7 +80,9 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         streams: StreamTable,
         routes: RouteLinks,
         acks: AckForwarder,
+        metrics: ServerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or ServerMetrics()
         self._config = config
         self._settings = session_settings(config)
         self._streams = streams
@@ -100,6 +104,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         if not self.accepting:
             stream.handle(Drain())
         reader: asyncio.Task[None] | None = None
+        self._metrics.streams.inc()
         try:
             # The login is handled here, the reader starts after it: LoginOk is
             # being written before the next frame is read (one gRPC refuses,
@@ -115,6 +120,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 context.set_code(error.code)
                 context.set_details(error.message)
         finally:
+            self._metrics.streams.dec()
             if reader is not None:
                 reader.cancel()
             if stream.replay_task is not None:
@@ -124,6 +130,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 for action in report:
                     if isinstance(action, ReportDisconnected):
                         self._spawn(self._disconnected(action))
+            self._metrics.closed(stream.close_reason)
             if stream.session_id:
                 log.info("user %s left (%s)", stream.user_id, stream.close_reason)
 
@@ -177,8 +184,10 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                     check.user_id, check.session_token, check.device_id, check.last_seq
                 )
             except CimError as exc:
+                self._metrics.login(exc)
                 stream.handle(LoginRefused(exc))
                 return
+            self._metrics.login(None)
             self._carry_out(stream, stream.handle(LoginAccepted(reply.session_id, reply.user_name)))
             replaced = self._streams.add(stream)
         finally:
@@ -213,6 +222,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             except CimError as exc:
                 stream.handle(ReplayFailed(exc))
                 return
+            self._metrics.replay_pages.inc()
+            self._metrics.replayed.inc(len(reply.messages))
             for action in stream.handle(ReplayPageReceived(reply)):
                 if isinstance(action, Push) and not await stream.push_paced(action.frame):
                     return
@@ -265,9 +276,12 @@ def _settle(
 class ChatInternalService(chat_internal_pb2_grpc.ChatInternalServicer):
     """What routes call: pushes, kicks and presence for the streams held here."""
 
-    def __init__(self, streams: StreamTable, secret: SecretCheck) -> None:
+    def __init__(
+        self, streams: StreamTable, secret: SecretCheck, metrics: ServerMetrics | None = None
+    ) -> None:
         self._streams = streams
         self._secret = secret
+        self._metrics = metrics or ServerMetrics()
 
     async def DeliverStream(
         self, request_iterator: AsyncIterator[chat_internal_pb2.DeliverRequest], context: Context
@@ -288,11 +302,20 @@ class ChatInternalService(chat_internal_pb2_grpc.ChatInternalServicer):
             if stream is not None:
                 stream.handle(Kick(kick.session_id, kick.reason))
         delivered = []
+        metrics = self._metrics
+        metrics.deliver_batch.observe(len(request.deliveries))
+        observe_latency = metrics.delivery_seconds.observe
         for delivery in request.deliveries:
             stream = self._streams.get(delivery.receiver_id)
             if stream is None:
                 stream = await self._streams.find(delivery.receiver_id, CHECK_WAIT)
-            delivered.append(stream is not None and stream.deliver(delivery.message))
+            message = delivery.message
+            if stream is not None and stream.deliver(message):
+                delivered.append(True)
+                metrics.delivered_kind(message.kind).inc()
+                observe_latency(max(0.0, time.time() - message.server_time_ms / 1000))
+            else:
+                delivered.append(False)
         return chat_internal_pb2.DeliverResponse(delivered=delivered)
 
     @unary_edge

@@ -41,10 +41,12 @@ ADDED: dict[str, set[str]] = {
         "--tls-client-auth",
         "--insecure-plaintext",
         "--log-format",
+        "--metrics-port",
+        "--metrics-host",
     },
-    # JSON logs for every process.
-    "route": {"--log-format"},
-    "server": {"--log-format"},
+    # JSON logs for every process; Prometheus metrics for every server process.
+    "route": {"--log-format", "--metrics-port", "--metrics-host"},
+    "server": {"--log-format", "--metrics-port", "--metrics-host"},
     "client": {"--log-format"},
 }
 # Commands added since the snapshot (their lines in ``cim --help`` too).
