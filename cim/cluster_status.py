@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,13 +22,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cim.core.members import Member, MemberKind
 from cim.errors import CimError
+from cim.metrics.scrape import scrape
 from cim.tls import Tls, open_channel
 
 __all__ = ["ClusterStatus", "MemberStatus", "StoreStatus", "ZooKeeperSource", "check"]
 
 DEFAULT_TIMEOUT = 3.0
-# No message counters exist yet: say so rather than print a rate.
+# Message rates come from members' metrics (``--metrics-port``); without any:
 RATES = "metrics not enabled"
+# Rates are counted over this many seconds (two scrapes of each member).
+DEFAULT_RATE_WINDOW = 1.0
+# What a member's rate counts: messages a route accepted, copies a chat server pushed.
+RATE_SERIES = {
+    MemberKind.ROUTE: "cim_messages_accepted_total",
+    MemberKind.SERVER: "cim_messages_delivered_total",
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,10 @@ class MemberStatus:
     started_at: float | None
     connections: int | None
     health: str  # "serving", "not serving", or "unreachable (why)"
+    # Where it serves metrics ("" if it does not), and its messages per
+    # second (RATE_SERIES) over the rate window; None when not measured.
+    metrics: str = ""
+    rate: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -114,6 +126,7 @@ class ClusterStatus:
 
         return {
             "healthy": self.healthy,
+            "rates": self.rates() or RATES,
             "problems": self.problems(),
             "checked_at": self.checked_at,
             "registry": self.registry,
@@ -121,8 +134,18 @@ class ClusterStatus:
             "servers": [member(server) for server in self.servers] if self.servers_listed else None,
             "store": asdict(self.store),
             "online_users": self.store.online_users,
-            "rates": RATES,
         }
+
+    def rates(self) -> dict[str, float]:
+        """Messages per second the routes accepted and the chat servers
+        delivered, summed over the members that serve metrics; empty when
+        none does."""
+        found: dict[str, float] = {}
+        for key, members in (("accepted", self.routes), ("delivered", self.servers)):
+            measured = [m.rate for m in members if m.rate is not None]
+            if measured:
+                found[f"{key}_per_second"] = round(sum(measured), 1)
+        return found
 
 
 async def check(
@@ -134,9 +157,12 @@ async def check(
     redis_prefix: str = "cim:",
     tls: Tls | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    rate_window: float = DEFAULT_RATE_WINDOW,
 ) -> ClusterStatus:
     """The cluster's status: members from ``zookeeper`` if given, else the
-    ``routes`` and ``servers`` addresses; the store at ``redis_url`` if given."""
+    ``routes`` and ``servers`` addresses; the store at ``redis_url`` if given;
+    message rates of the members that registered a metrics address, counted
+    over ``rate_window`` seconds (0: none)."""
     if zookeeper is not None:
         status = ClusterStatus(registry=f"ZooKeeper {zookeeper.hosts}{zookeeper.root}")
         try:
@@ -148,17 +174,48 @@ async def check(
         status = ClusterStatus(registry="addresses", servers_listed=bool(servers))
         members = [Member(MemberKind.ROUTE, a, a) for a in routes]
         members += [Member(MemberKind.SERVER, a, a) for a in servers]
-    checked, store = await asyncio.gather(
+    checked, store, rates = await asyncio.gather(
         asyncio.gather(
             *(_member_status(m, tls, timeout, known=zookeeper is not None) for m in members)
         ),
         _store_status(redis_url, redis_prefix, timeout),
+        _rates(members, rate_window, timeout),
     )
+    checked = [
+        replace(status, metrics=member.metrics, rate=rates.get(member.member_id))
+        for member, status in zip(members, checked, strict=True)
+    ]
     status.routes = [m for m in checked if m.kind == MemberKind.ROUTE]
     status.servers = [m for m in checked if m.kind == MemberKind.SERVER]
     status.store = store
     status.checked_at = time.time()
     return status
+
+
+async def _rates(members: Sequence[Member], window: float, timeout: float) -> dict[str, float]:
+    """Messages per second of each member serving metrics, by member id:
+    its RATE_SERIES counter scraped twice, ``window`` seconds apart."""
+    counted = [m for m in members if m.metrics]
+    if not counted or window <= 0:
+        return {}
+
+    async def count(member: Member) -> float | None:
+        try:
+            samples = await asyncio.to_thread(scrape, member.metrics, timeout)
+        except (OSError, ValueError):  # gone, or not a metrics endpoint
+            return None
+        return samples.get(RATE_SERIES[member.kind])
+
+    first = await asyncio.gather(*(count(m) for m in counted))
+    start = time.monotonic()
+    await asyncio.sleep(window)
+    second = await asyncio.gather(*(count(m) for m in counted))
+    elapsed = time.monotonic() - start
+    return {
+        member.member_id: max(0.0, after - before) / elapsed
+        for member, before, after in zip(counted, first, second, strict=True)
+        if before is not None and after is not None
+    }
 
 
 async def _registered(source: ZooKeeperSource) -> list[Member]:

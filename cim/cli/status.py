@@ -17,7 +17,14 @@ from cim.cli.options import (
     log_level_option,
     zookeeper_options,
 )
-from cim.cluster_status import RATES, ClusterStatus, MemberStatus, ZooKeeperSource, check
+from cim.cluster_status import (
+    DEFAULT_RATE_WINDOW,
+    RATES,
+    ClusterStatus,
+    MemberStatus,
+    ZooKeeperSource,
+    check,
+)
 
 
 @click.command()
@@ -57,6 +64,14 @@ from cim.cluster_status import RATES, ClusterStatus, MemberStatus, ZooKeeperSour
     type=click.FloatRange(min=0.1),
     help="Seconds each health check and the store may take.",
 )
+@click.option(
+    "--rate-window",
+    envvar="CIM_STATUS_RATE_WINDOW",
+    default=DEFAULT_RATE_WINDOW,
+    type=click.FloatRange(min=0),
+    help="Seconds over which message rates are counted, from members that "
+    "serve metrics (0: no rates).",
+)
 @click.option("--json", "as_json", is_flag=True, default=False, help="One JSON object on stdout.")
 @client_tls_options
 @log_level_option("warning")
@@ -68,6 +83,7 @@ def status(
     routes: tuple[str, ...],
     servers: tuple[str, ...],
     timeout: float,
+    rate_window: float,
     as_json: bool,
     tls: ClientTlsFlags,
     log_level: str,
@@ -109,6 +125,7 @@ def status(
                 redis_prefix=redis_prefix,
                 tls=channel_tls,
                 timeout=timeout,
+                rate_window=rate_window,
             )
         )
     if as_json:
@@ -125,11 +142,15 @@ def render(status: ClusterStatus) -> str:
     lines = [f"members: {status.registry}"]
     headers = ["ID", "ADDRESS", "VERSION", "UPTIME", "HEALTH"]
     lines += ["", f"routes ({len(status.routes)})"]
-    lines += _table(headers, [_row(status, m) for m in status.routes])
+    rows = [[*_row(status, m)[:4], _rate(m), m.health] for m in status.routes]
+    lines += _table([*headers[:4], "ACCEPTED/S", "HEALTH"], rows)
     if status.servers_listed:
         lines += ["", f"chat servers ({len(status.servers)})"]
-        rows = [[*_row(status, m)[:4], _or_dash(m.connections), m.health] for m in status.servers]
-        lines += _table([*headers[:4], "STREAMS", "HEALTH"], rows)
+        rows = [
+            [*_row(status, m)[:4], _or_dash(m.connections), _rate(m), m.health]
+            for m in status.servers
+        ]
+        lines += _table([*headers[:4], "STREAMS", "DELIVERED/S", "HEALTH"], rows)
     else:
         lines += ["", "chat servers: not listed (give --server HOST:PORT, or --zk)"]
     store = status.store
@@ -142,7 +163,14 @@ def render(status: ClusterStatus) -> str:
         lines.append(f"store: ok ({store.url}); users online: {store.online_users}")
     else:
         lines.append(f"store: DOWN ({store.url}): {store.error}")
-    lines.append(f"rates: {RATES}")
+    rates = status.rates()
+    if rates:
+        lines.append(
+            "rates: "
+            + ", ".join(f"{value:g} msgs/s {key.split('_')[0]}" for key, value in rates.items())
+        )
+    else:
+        lines.append(f"rates: {RATES}")
     problems = status.problems()
     lines.append("")
     lines.append("healthy" if not problems else "UNHEALTHY: " + "; ".join(problems))
@@ -158,6 +186,13 @@ def _row(status: ClusterStatus, member: MemberStatus) -> list[str]:
         "-" if uptime is None else format_duration(uptime),
         member.health,
     ]
+
+
+def _rate(member: MemberStatus) -> str:
+    """Messages per second, or why there is none."""
+    if member.rate is not None:
+        return f"{member.rate:.1f}"
+    return "no metrics" if not member.metrics else "-"
 
 
 def _or_dash(value: object) -> str:

@@ -5,9 +5,11 @@ say why and exit 1."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,9 @@ from typing import Any
 import pytest
 
 import cim
+from cim.client.client import CimClient
+from cim.config import ClientConfig
+from cim.metrics.scrape import scrape
 from cim.processes import free_ports
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.zookeeper_server import ZooKeeperServer
@@ -32,22 +37,36 @@ ZK_SESSION_TIMEOUT = "20"
 class Cluster:
     """A route and two chat servers registered under their own ZooKeeper root."""
 
-    def __init__(self, procs: Procs, zk: str, zk_root: str, redis_url: str, prefix: str) -> None:
+    def __init__(
+        self,
+        procs: Procs,
+        zk: str,
+        zk_root: str,
+        redis_url: str,
+        prefix: str,
+        metrics: bool = False,
+    ) -> None:
         self.backends = {
             "CIM_ZK": zk,
             "CIM_ZK_ROOT": zk_root,
             "CIM_REDIS": redis_url,
             "CIM_REDIS_PREFIX": prefix,
         }
-        self.route_port, *self.server_ports = free_ports(3)
+        # Metrics, when on, each on a port of its own (picked together: distinct).
+        ports = free_ports(6 if metrics else 3)
+        self.route_port, *self.server_ports = ports[:3]
+        self.metrics_ports = ports[3:]
+        flags = [["--metrics-port", str(port)] for port in self.metrics_ports] or [[]] * 3
         env = cim_env(**SECRETS, **self.backends, CIM_ZK_SESSION_TIMEOUT=ZK_SESSION_TIMEOUT)
         # A short session TTL: chat servers refresh (and report their streams) every second.
         self.route = procs.piped(
-            ["route", "--port", str(self.route_port), "--session-ttl", "3"], "cim route", env
+            ["route", "--port", str(self.route_port), "--session-ttl", "3", *flags[0]],
+            "cim route",
+            env,
         )
         self.servers = [
-            procs.piped(["server", "--port", str(port)], f"cim server {port}", env)
-            for port in self.server_ports
+            procs.piped(["server", "--port", str(port), *more], f"cim server {port}", env)
+            for port, more in zip(self.server_ports, flags[1:], strict=True)
         ]
         self.route.expect(r"cim route \S+ on ")
         for server in self.servers:
@@ -81,6 +100,18 @@ def cluster(
     key_prefix: str,
 ) -> Iterator[Cluster]:
     yield Cluster(procs, zookeeper.hosts, zk_root, redis_server.url, key_prefix)
+
+
+@pytest.fixture
+def measured_cluster(
+    procs: Procs,
+    zookeeper: ZooKeeperServer,
+    zk_root: str,
+    redis_server: RedisServer,
+    key_prefix: str,
+) -> Iterator[Cluster]:
+    """The same cluster, each process serving Prometheus metrics."""
+    yield Cluster(procs, zookeeper.hosts, zk_root, redis_server.url, key_prefix, metrics=True)
 
 
 def wait_until(check: Any, timeout: float = 15.0) -> Any:
@@ -175,3 +206,69 @@ def test_a_route_given_by_address_without_zookeeper(cluster: Cluster) -> None:
     assert report["registry"] == "addresses"
     assert len(report["servers"]) == 2
     assert report["store"]["ok"] is None  # none given: not checked, not unhealthy
+
+
+def _traffic(route: str, count: int, interval: float) -> None:
+    """alice sends bob ``count`` messages, one every ``interval`` seconds
+    (a client of the library, as an application would be)."""
+
+    async def run() -> None:
+        config = ClientConfig(routes=(route,))
+        alice = CimClient("alice", "pw-alice", config)
+        bob = CimClient("bob", "pw-bob", config)
+        try:
+            for client in (alice, bob):
+                await client.start()
+                await client.wait_live(10)
+            received = bob.messages().__aiter__()
+            for index in range(count):
+                await alice.send_private(bob.user_id, f"message {index}")
+                await asyncio.sleep(interval)
+            for _ in range(count):
+                async with asyncio.timeout(10):
+                    await anext(received)
+        finally:
+            await alice.close()
+            await bob.close()
+
+    asyncio.run(run())
+
+
+def test_metrics_of_real_processes_follow_traffic_and_give_status_its_rates(
+    measured_cluster: Cluster,
+) -> None:
+    cluster = measured_cluster
+    route_metrics, *server_metrics = (f"127.0.0.1:{p}" for p in cluster.metrics_ports)
+    assert scrape(route_metrics).get("cim_messages_accepted_total") == 0
+    count = 60
+    sender = threading.Thread(target=_traffic, args=(cluster.route_address, count, 0.05))
+    sender.start()
+    try:
+        # While messages flow, status reads each member's rate from its metrics.
+        def flowing() -> dict[str, Any] | None:
+            _, report = cluster.status_json()
+            rates = report["rates"]
+            return report if isinstance(rates, dict) and len(rates) == 2 else None
+
+        report = wait_until(flowing)
+    finally:
+        sender.join(timeout=60)
+    assert report["rates"]["accepted_per_second"] > 0
+    assert report["rates"]["delivered_per_second"] > 0
+    assert [route["metrics"] for route in report["routes"]] == [route_metrics]
+    assert sorted(server["metrics"] for server in report["servers"]) == sorted(server_metrics)
+
+    route = scrape(route_metrics)
+    assert route.get("cim_messages_accepted_total", kind="private") == count
+    assert route.get("cim_messages_pushed_total", kind="private") == count
+    assert route.get("cim_registrations_total", result="created") == 2
+    assert route.get("grpc_server_handled_total", grpc_method="Login", grpc_code="OK") == 2
+    assert route.get("cim_store_operation_seconds_count", operation="append_inbox") >= 1
+    delivered = sum(scrape(a).get("cim_messages_delivered_total") for a in server_metrics)
+    assert delivered == count
+    latencies = sum(scrape(a).get("cim_delivery_latency_seconds_count") for a in server_metrics)
+    assert latencies == count
+
+    done = cluster.status("--rate-window", "0.5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ACCEPTED/S" in done.stdout and "DELIVERED/S" in done.stdout
