@@ -73,6 +73,11 @@ import click
     type=click.Choice(("off", "everysec", "always")),
     help="Redis persistence during the run: none, or an AOF fsynced every second or every write.",
 )
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Every cim process serves Prometheus metrics, scraped once a second (their cost).",
+)
 def bench(
     scenarios: str,
     users: int,
@@ -84,6 +89,7 @@ def bench(
     output: Path,
     no_uvloop: bool,
     redis_fsync: str,
+    metrics: bool,
 ) -> None:
     """Benchmark cim on a real local cluster (ZooKeeper, Redis, a route, chat
     servers) against bare gRPC ceilings; prints a table, writes JSON."""
@@ -104,6 +110,7 @@ def bench(
             logins=logins,
             use_uvloop=not no_uvloop,
             redis_fsync=redis_fsync,
+            metrics=metrics,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--scenarios") from None

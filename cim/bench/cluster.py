@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,8 +95,19 @@ class Deployment:
 class BenchCluster:
     """ZooKeeper, Redis and cim processes for one benchmark run (see the module doc)."""
 
-    def __init__(self, workdir: Path, *, log_level: str = "info", redis_fsync: str = "off") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        log_level: str = "info",
+        redis_fsync: str = "off",
+        metrics: bool = False,
+    ) -> None:
+        """``metrics``: each cim process serves Prometheus metrics, and a
+        thread scrapes them all once a second, as a (busy) Prometheus would."""
         self.workdir = workdir
+        self.metrics = metrics
+        self._scraper: Scraper | None = None
         self.redis_fsync = redis_fsync
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_level = log_level
@@ -215,7 +227,10 @@ class BenchCluster:
         n = self._deployments
         deployment = Deployment(f"/bench{n}", f"bench{n}:", routing)
         self.deployment = deployment
-        ports = free_ports(routes + servers)
+        count = routes + servers
+        # Metrics ports, if any, picked with the others: all distinct.
+        ports = free_ports(2 * count if self.metrics else count)
+        ports, metrics_ports = ports[:count], ports[count:]
         common = [
             "--zk",
             self.zk_hosts,
@@ -245,6 +260,7 @@ class BenchCluster:
                 "--max-logins-per-sec",
                 "0",
                 *common,
+                *self._metrics_flag(metrics_ports, i - 1),
             ]
             deployment.routes.append(self._start_cim_process(name, "route", port, args, n))
         for i, port in enumerate(ports[routes:], start=1):
@@ -258,18 +274,26 @@ class BenchCluster:
                 "--server-id",
                 f"bench-{name}",
                 *common,
+                *self._metrics_flag(metrics_ports, routes + i - 1),
             ]
             deployment.servers.append(self._start_cim_process(name, "server", port, args, n))
         members = deployment.routes + deployment.servers
         for process in members:
             _wait_until(partial(_grpc_serving, process.address), process, START_TIMEOUT, "serve")
         self._wait_registered(deployment)
+        if metrics_ports:
+            self._scraper = Scraper([f"127.0.0.1:{port}" for port in metrics_ports])
+            self._scraper.start()
         log.info(
             "cim up: routes %s, chat servers %s",
             ", ".join(deployment.route_addresses),
             ", ".join(s.address for s in deployment.servers),
         )
         return deployment
+
+    @staticmethod
+    def _metrics_flag(ports: list[int], index: int) -> list[str]:
+        return ["--metrics-port", str(ports[index])] if ports else []
 
     def _start_cim_process(
         self, name: str, role: str, port: int, args: list[str], n: int
@@ -314,6 +338,9 @@ class BenchCluster:
         deployment, self.deployment = self.deployment, None
         if deployment is None:
             return
+        if self._scraper is not None:
+            self._scraper.stop()
+            self._scraper = None
         _stop_all(deployment.servers, SERVER_STOP_TIMEOUT)
         _stop_all(deployment.routes, STOP_TIMEOUT)
 
@@ -338,6 +365,37 @@ class BenchCluster:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class Scraper:
+    """Scrapes metrics endpoints every ``interval`` seconds in a thread."""
+
+    def __init__(self, addresses: list[str], interval: float = 1.0) -> None:
+        self.addresses = addresses
+        self.interval = interval
+        self.scrapes = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-scraper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        log.info("metrics: %d scrapes, %d failed", self.scrapes, self.failures)
+
+    def _run(self) -> None:
+        from cim.metrics.scrape import scrape
+
+        while not self._stop.wait(self.interval):
+            for address in self.addresses:
+                try:
+                    scrape(address)
+                    self.scrapes += 1
+                except (OSError, ValueError):
+                    self.failures += 1
 
 
 def _stop_all(members: list[Member], timeout: float) -> None:

@@ -54,6 +54,8 @@ class BenchOptions:
     cim_log_level: str = "info"
     # Redis persistence: "off", or an AOF with appendfsync "everysec" / "always".
     redis_fsync: str = "off"
+    # Every cim process serves Prometheus metrics, scraped once a second.
+    metrics: bool = False
 
     def __post_init__(self) -> None:
         if self.redis_fsync not in REDIS_FSYNC:

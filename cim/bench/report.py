@@ -165,6 +165,22 @@ class Bounds:
         )
 
 
+def cim_cpu_per_message(private: PrivateResult, path: str) -> float | None:
+    """Microseconds of CPU the cim processes (routes and chat servers, not
+    Redis, ZooKeeper or the load) spent per message in the fixed-rate phase
+    of ``path``: what features such as metrics add to each message."""
+    usage = private.phases.get(f"{path}-fixed")
+    phase = private.stream.fixed if path == "stream" else private.unary.fixed
+    if usage is None or not phase.sent:
+        return None
+    cpu = sum(
+        use.cpu_s or 0.0
+        for name, use in usage.processes.items()
+        if name.startswith(("route", "server-"))
+    )
+    return cpu / phase.sent * 1e6
+
+
 # --- the rows, as data ---------------------------------------------------------------------
 Getter = Callable[[R, Bounds], float | int | None]
 
@@ -218,6 +234,8 @@ PRIVATE_ROWS: tuple[Row[PrivateResult], ...] = (
     Row("unary path p50 at {at}", "ms", lambda p, _: p.unary.fixed.latency_ms.p50),
     Row("unary path p99 at {at}", "ms", lambda p, _: p.unary.fixed.latency_ms.p99,
         target=P99_AT_RATE),
+    Row("cim CPU per msg at {at} (stream)", "µs", lambda p, _: cim_cpu_per_message(p, "stream")),
+    Row("cim CPU per msg at {at} (unary)", "µs", lambda p, _: cim_cpu_per_message(p, "unary")),
     Row("errors", "", lambda p, _: p.errors(), target=NO_ERRORS),
 )  # fmt: skip
 

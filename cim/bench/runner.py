@@ -163,7 +163,10 @@ def run(options: BenchOptions, progress: Progress | None = None) -> BenchResults
         if cluster_scenarios or "connections" in wanted:
             cluster = stack.enter_context(
                 BenchCluster(
-                    workdir, log_level=options.cim_log_level, redis_fsync=options.redis_fsync
+                    workdir,
+                    log_level=options.cim_log_level,
+                    redis_fsync=options.redis_fsync,
+                    metrics=options.metrics,
                 )
             )
             step("starting ZooKeeper and Redis")
