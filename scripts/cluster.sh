@@ -10,6 +10,8 @@ ZK_PORT=${ZK_PORT:-12181}
 REDIS_PORT=${REDIS_PORT:-16379}
 ROUTE_PORTS=(${ROUTE_PORTS:-7100 7101})
 SERVER_PORTS=(${SERVER_PORTS:-7201 7202})
+# Each process serves Prometheus metrics on its port + this (7100 -> 9100).
+METRICS_OFFSET=${METRICS_OFFSET:-2000}
 CIM=.venv/bin/cim
 ZK_CP=/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-nop.jar
 
@@ -48,16 +50,18 @@ up() {
   wait_port 127.0.0.1 "$REDIS_PORT" 10 Redis
   local zk=127.0.0.1:$ZK_PORT
   for port in "${ROUTE_PORTS[@]}"; do
-    start "route-$port" "$CIM" route --port "$port" --zk "$zk" --redis "redis://127.0.0.1:$REDIS_PORT/0"
+    start "route-$port" "$CIM" route --port "$port" --zk "$zk" --redis "redis://127.0.0.1:$REDIS_PORT/0" \
+      --metrics-port $((port + METRICS_OFFSET))
   done
   for port in "${SERVER_PORTS[@]}"; do
-    start "server-$port" "$CIM" server --port "$port" --zk "$zk"
+    start "server-$port" "$CIM" server --port "$port" --zk "$zk" --metrics-port $((port + METRICS_OFFSET))
   done
   for port in "${ROUTE_PORTS[@]}" "${SERVER_PORTS[@]}"; do wait_port 127.0.0.1 "$port" 30 "cim on $port"; done
   local routes
   routes=$(printf '127.0.0.1:%s,' "${ROUTE_PORTS[@]}")
   echo "cluster up: ZooKeeper 127.0.0.1:$ZK_PORT, Redis 127.0.0.1:$REDIS_PORT,"
   echo "  routes ${ROUTE_PORTS[*]}, chat servers ${SERVER_PORTS[*]}; logs and pids in $DIR/"
+  echo "  metrics: http://127.0.0.1:PORT/metrics on each port + $METRICS_OFFSET"
   echo "connect: make client NAME=alice ROUTE=${routes%,}"
 }
 
