@@ -30,9 +30,7 @@ def test_json_round_trip(member: Member) -> None:
 
 
 def test_to_json_is_plain_json_with_kind_as_string() -> None:
-    raw = Member(
-        MemberKind.ROUTE, "r1", "h:1", 3, "1.2.3", 1700000000.5, metrics="h:9"
-    ).to_json()
+    raw = Member(MemberKind.ROUTE, "r1", "h:1", 3, "1.2.3", 1700000000.5, metrics="h:9").to_json()
     assert json.loads(raw) == {
         "kind": "route",
         "member_id": "r1",
