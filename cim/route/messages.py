@@ -31,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cim import logcontext
 from cim.config import RouteConfig
 from cim.core import validation
 from cim.core.ids import MessageIdGenerator, message_time_ms, new_trace_id
@@ -190,6 +191,30 @@ def settle_claims(sends: Sequence[PrivateSend], appended: Sequence[Appended]) ->
     return again
 
 
+def log_private(send: PrivateSend) -> None:
+    """A debug line about a settled private send, for its sender and trace:
+    a batch carries many senders, so the line names them, not the context."""
+    message, outcome = send.message, send.result
+    about = {"user_id": send.sender_id, "trace_id": message.trace_id or None}
+    if isinstance(outcome, CimError):
+        log.debug(
+            "send of user %s to user %s refused: %s",
+            send.sender_id,
+            send.request.receiver_id,
+            outcome.message,
+            extra=about,
+        )
+    else:
+        log.debug(
+            "message %s from user %s to user %s: %s",
+            outcome.message_id,
+            send.sender_id,
+            message.receiver_id,
+            common_pb2.DeliveryStatus.Name(outcome.status),
+            extra=about,
+        )
+
+
 def group_parcels(
     message: common_pb2.ChatMessage, receivers: Sequence[int], appended: Sequence[Appended]
 ) -> list[tuple[str, Parcel]]:
@@ -275,6 +300,9 @@ class MessageRouter:
                 self._metrics.refused(PRIVATE, outcome)
             outcomes.append(outcome)
         self._remember_later(remember)
+        if log.isEnabledFor(logging.DEBUG):  # one check a batch when nothing logs
+            for send in sends:
+                log_private(send)
         return outcomes
 
     def _build(self, send: PrivateSend) -> None:
@@ -459,7 +487,15 @@ class MessageRouter:
         )
         message.kind = common_pb2.MESSAGE_KIND_GROUP
         message.group_id = group_id
-        outcome = await self._send_group(message)
+        with logcontext.bound(user_id=sender_id, trace_id=message.trace_id):
+            outcome = await self._send_group(message)
+            log.debug(
+                "message %s from user %s to group %s: %d recipients",
+                message.message_id,
+                sender_id,
+                group_id,
+                outcome.recipients,
+            )
         if key is not None:
             self._remember_later([(key, outcome)])
         return outcome

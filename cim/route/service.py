@@ -9,6 +9,7 @@ from typing import TypeAlias
 
 import grpc
 
+from cim import logcontext
 from cim.config import RouteConfig
 from cim.core import validation
 from cim.core.ratelimit import Clock, KeyedLimiter, peer_host
@@ -74,8 +75,12 @@ class RouteService(route_pb2_grpc.RouteServicer):
 
     async def _caller(self, context: Context) -> TokenClaims:
         """Who calls: a valid token whose session still stands (not logged
-        out, not replaced by a newer login); Unauthenticated otherwise."""
-        return await self._sessions.authenticate(bearer_token(context))
+        out, not replaced by a newer login); Unauthenticated otherwise. The
+        rest of the call logs for that user (each call runs in a task of its
+        own, so the binding ends with the call)."""
+        claims = await self._sessions.authenticate(bearer_token(context))
+        logcontext.user_id_var.set(claims.user_id)
+        return claims
 
     @unary_edge
     async def Register(
@@ -126,7 +131,9 @@ class RouteService(route_pb2_grpc.RouteServicer):
     ) -> route_pb2.LogoutResponse:
         # Signature and expiry only: logging out an ended session again is a
         # no-op, so a retried logout (its reply lost) succeeds.
-        await self._sessions.logout(self._sessions.verify(bearer_token(context)))
+        claims = self._sessions.verify(bearer_token(context))
+        logcontext.user_id_var.set(claims.user_id)
+        await self._sessions.logout(claims)
         return route_pb2.LogoutResponse()
 
     @unary_edge
@@ -216,6 +223,7 @@ class RouteInternalService(route_internal_pb2_grpc.RouteInternalServicer):
         self, request: route_internal_pb2.SessionConnectedRequest, context: Context
     ) -> route_internal_pb2.SessionConnectedResponse:
         self._secret.require(context)
+        logcontext.user_id_var.set(request.user_id)
         claims, _ = await self._sessions.connected(
             request.server_id, request.user_id, request.session_token
         )
@@ -234,6 +242,7 @@ class RouteInternalService(route_internal_pb2_grpc.RouteInternalServicer):
         self, request: route_internal_pb2.SessionDisconnectedRequest, context: Context
     ) -> route_internal_pb2.SessionDisconnectedResponse:
         self._secret.require(context)
+        logcontext.user_id_var.set(request.user_id)
         cleared = await self._sessions.disconnected(
             request.server_id, request.user_id, request.session_id
         )
@@ -257,6 +266,7 @@ class RouteInternalService(route_internal_pb2_grpc.RouteInternalServicer):
     ) -> route_internal_pb2.ReplayResponse:
         self._secret.require(context)
         user_id = validation.check_user_id(request.user_id)
+        logcontext.user_id_var.set(user_id)
         messages, page = await self._router.read_inbox(user_id, request.after_seq, request.limit)
         return route_internal_pb2.ReplayResponse(
             messages=messages,

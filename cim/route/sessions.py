@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cim import logcontext
 from cim.config import RouteConfig
 from cim.core import names, validation
 from cim.core.ids import new_session_id
@@ -100,6 +101,7 @@ class SessionManager:
                 )
             # another register of the same name won the race
             return await self._existing(account, password), False
+        logcontext.user_id_var.set(account.user_id)  # the Register call's task
         log.info("registered user %s (%s)", account.user_id, user_name)
         return account, True
 
@@ -134,6 +136,8 @@ class SessionManager:
             account, replacing = await self._check_password(user_name, password), None
         if user_id and user_id != account.user_id:
             raise PermissionDenied(BAD_CREDENTIALS)
+        # The Login call's task logs for this user from here on (kicks too).
+        logcontext.user_id_var.set(account.user_id)
 
         # The server is chosen before any login state is written.
         server = self._chooser.choose(account.user_id, self._servers.candidates())

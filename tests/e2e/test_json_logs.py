@@ -1,11 +1,13 @@
 """``cim dev --log-format json``: every line a process logs is one JSON object,
-carries the user it is about where the process knows it, and never shows a
-password or a session token, even at debug level."""
+carries the user it is about where the process knows it (and the route's
+lines about a message its trace_id), and never shows a password or a session
+token, even at debug level."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import time
@@ -79,10 +81,16 @@ async def test_json_logs_of_a_chat_carry_the_user_and_no_secret(tmp_path: Path) 
             await intruder.login()
         await intruder.close()
         await alice.send_private(bob.user_id, "hello bob")
+        inbox = bob.messages().__aiter__()
         async with asyncio.timeout(5.0):
-            message = await anext(bob.messages().__aiter__())
+            message = await anext(inbox)
         assert message.text == "hello bob"
+        await alice.send_group("hello all")
+        async with asyncio.timeout(5.0):
+            group_message = await anext(inbox)
+        assert group_message.text == "hello all"
         user_ids = {alice.user_id, bob.user_id}
+        alice_id = alice.user_id
         await alice.close()
         await bob.close()
     finally:
@@ -99,6 +107,22 @@ async def test_json_logs_of_a_chat_carry_the_user_and_no_secret(tmp_path: Path) 
     # The chat server's lines about a connected user say which user.
     logged_users = {entry["user_id"] for entry in entries if "user_id" in entry}
     assert user_ids <= logged_users, entries
+    # The route's lines about a user carry that user (the first one named).
+    route_entries = [entry for entry in entries if entry["logger"].startswith("cim.route")]
+    about_users = [e for e in route_entries if re.search(r"\buser \d+", e["message"])]
+    assert about_users, route_entries
+    for entry in about_users:
+        named = int(re.search(r"\buser (\d+)", entry["message"])[1])  # type: ignore[index]
+        assert entry.get("user_id") == named, entry
+    assert {e["user_id"] for e in about_users} == user_ids, about_users
+    # Its lines about a message carry the message's trace_id (the one the
+    # receiver got with it), and the sender as the user.
+    for sent in (message, group_message):
+        about = [e for e in route_entries if sent.message_id in e["message"]]
+        assert about, (sent, route_entries)
+        for entry in about:
+            assert entry["trace_id"] == sent.trace_id, entry
+            assert entry["user_id"] == alice_id, entry
     assert PASSWORD not in output
     for token in tokens:
         assert token not in output

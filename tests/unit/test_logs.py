@@ -74,6 +74,17 @@ def test_context_fields_fill_what_the_call_did_not_give() -> None:
     assert "user_id" not in outside and "trace_id" not in outside
 
 
+def test_nested_bindings_restore_the_outer_ones() -> None:
+    with logcontext.bound(user_id=1, trace_id="outer"):
+        with logcontext.bound(trace_id="inner"):
+            assert logcontext.current() == {"user_id": 1, "trace_id": "inner"}
+        assert logcontext.current() == {"user_id": 1, "trace_id": "outer"}
+        with pytest.raises(RuntimeError), logcontext.bound(user_id=2):
+            raise RuntimeError("the binding ends with the block, however it ends")
+        assert logcontext.current() == {"user_id": 1, "trace_id": "outer"}
+    assert logcontext.current() == {}
+
+
 def test_tracebacks_are_redacted_too() -> None:
     stream = capture("json")
     try:
