@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cim.core.liveness import Backoff, HeartbeatPolicy
 from cim.core.passwords import ScryptParams
 from cim.store.base import Retention
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 DEFAULT_ROUTE_PORT = 7100
 DEFAULT_SERVER_PORTS = (7201, 7202)
@@ -23,6 +27,7 @@ DEFAULT_MAX_LOGINS_PER_SEC = 20.0
 DEFAULT_LOGIN_BURST = 50
 
 DUPLICATE_LOGIN_POLICIES = ("reject", "kick-old")
+TRACING_EXPORTERS = ("off", "console", "otlp")
 
 
 def random_secret() -> str:
@@ -85,6 +90,34 @@ class TlsConfig:
     def require_listener(self) -> None:
         if not self.cert_file:
             raise ValueError("a TLS listener needs a certificate and its private key")
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry tracing of one app's message path (``cim.tracing``).
+
+    ``exporter``: "off" (the default: nothing is imported or set up),
+    "console" (spans as JSON on stdout) or "otlp" (OTLP over gRPC to
+    ``otlp_endpoint``, or where the ``OTEL_EXPORTER_OTLP_*`` variables say,
+    else localhost:4317). ``span_exporter``, when given, takes the spans
+    instead (tests: the SDK's ``InMemorySpanExporter``). The SDK's own
+    variables apply too (``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*``,
+    ``OTEL_RESOURCE_ATTRIBUTES``).
+    """
+
+    exporter: str = "off"
+    otlp_endpoint: str | None = None
+    span_exporter: SpanExporter | None = None
+
+    def __post_init__(self) -> None:
+        if self.exporter not in TRACING_EXPORTERS:
+            raise ValueError(f"tracing must be one of {', '.join(TRACING_EXPORTERS)}")
+        if self.otlp_endpoint and self.exporter != "otlp":
+            raise ValueError("an OTLP endpoint needs --tracing otlp")
+
+    @property
+    def enabled(self) -> bool:
+        return self.exporter != "off" or self.span_exporter is not None
 
 
 def parse_cluster_secrets(spec: str) -> tuple[str, ...]:
@@ -151,6 +184,7 @@ class RouteConfig:
     login_burst: int = DEFAULT_LOGIN_BURST
     # None: plaintext (fine on loopback; a warning elsewhere).
     tls: TlsConfig | None = None
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def __post_init__(self) -> None:
         _check_cluster_secrets(self.cluster_secrets)
@@ -205,6 +239,7 @@ class ServerConfig:
     # stream, so it sees all of them). 0: off.
     max_msgs_per_sec: float = DEFAULT_MAX_MSGS_PER_SEC
     msg_burst: int = DEFAULT_MSG_BURST
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def __post_init__(self) -> None:
         _check_cluster_secrets(self.cluster_secrets)

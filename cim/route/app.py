@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 from cim.config import RouteConfig
 from cim.core.members import MemberKind
@@ -23,6 +24,9 @@ from cim.route.sessions import SessionManager
 from cim.serving import Listener
 from cim.store.base import Store
 from cim.tls import load as load_tls
+
+if TYPE_CHECKING:
+    from cim.tracing import MessageTracer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,11 @@ class RouteApp:
         self.port = config.port
         self.tls = load_tls(config.tls)
         self.metrics = metrics = RouteMetrics()
+        self.tracer: MessageTracer | None = None
+        if config.tracing.enabled:  # else OpenTelemetry is never imported
+            from cim.tracing import ROUTE_SERVICE, MessageTracer
+
+            self.tracer = MessageTracer(config.tracing, ROUTE_SERVICE, config.route_id)
         self.servers = ServerDirectory(
             registry,
             config.cluster_secret,
@@ -50,12 +59,13 @@ class RouteApp:
             config.probe_timeout,
             tls=self.tls,
             metrics=metrics,
+            tracer=self.tracer,
         )
         signer = TokenSigner(config.token_keys, config.token_key_id, config.token_ttl)
         # The store as the route's work sees it: every operation timed.
         measured_store = measured(store, metrics.store_seconds, metrics.store_errors)
         self.sessions = SessionManager(config, measured_store, self.servers, signer)
-        self.router = MessageRouter(config, measured_store, self.servers, metrics)
+        self.router = MessageRouter(config, measured_store, self.servers, metrics, self.tracer)
         self.limits = RouteLimits(config)
         metrics.count_rate_limits(self.limits.refusals)
         metrics.count_registry_errors(lambda: registry.errors)
@@ -134,6 +144,8 @@ class RouteApp:
         await self.listener.stop(grace)
         await self.router.aclose()
         await self.servers.aclose()
+        if self.tracer is not None:
+            await self.tracer.shutdown()
 
     async def wait(self) -> None:
         await self.listener.wait()

@@ -28,8 +28,9 @@ import asyncio
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cim import logcontext
 from cim.config import RouteConfig
@@ -40,7 +41,19 @@ from cim.metrics.route import GROUP, PRIVATE, RouteMetrics
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import common_pb2
 from cim.route.servers import Parcel, ServerDirectory
-from cim.store.base import Appended, InboxItem, InboxPage, SendKey, SessionRecord, Store
+from cim.store.base import (
+    Appended,
+    InboxItem,
+    InboxPage,
+    Retention,
+    SendClaim,
+    SendKey,
+    SessionRecord,
+    Store,
+)
+
+if TYPE_CHECKING:
+    from cim.tracing import MessageTracer
 
 log = logging.getLogger(__name__)
 
@@ -240,11 +253,24 @@ class MessageRouter:
         store: Store,
         servers: ServerDirectory,
         metrics: RouteMetrics | None = None,
+        tracer: MessageTracer | None = None,
     ) -> None:
         self._metrics = metrics or RouteMetrics()
         self._config = config
         self._store = store
         self._servers = servers
+        self._tracer = tracer
+        # The store calls of the message path, each in a span when tracing
+        # (chosen once here: nothing to check per call).
+        self._append_inbox: Callable[
+            [Sequence[InboxItem], Retention], Awaitable[list[Appended]]
+        ] = store.append_inbox
+        self._claim_sends: Callable[
+            [Sequence[tuple[SendKey, str]], float], Awaitable[list[SendClaim | None]]
+        ] = store.claim_sends
+        if tracer is not None:
+            self._append_inbox = tracer.store_call("append_inbox", store.append_inbox)
+            self._claim_sends = tracer.store_call("claim_sends", store.claim_sends)
         self._retention = config.retention
         self._ids = MessageIdGenerator()
         self._known_users: set[int] = set()
@@ -261,15 +287,17 @@ class MessageRouter:
         text: str,
         client_msg_id: str,
         message_id: str,
+        trace_id: str | None,
     ) -> common_pb2.ChatMessage:
-        """Fills in what every message carries (its text checked before)."""
+        """Fills in what every message carries (its text checked before); a
+        trace id of its own unless its batch is traced (then the trace's)."""
         message.message_id = message_id
         message.sender_id = sender_id
         message.sender_name = sender_name
         message.text = text
         # From the id, so every attempt of a retried send carries the same time.
         message.server_time_ms = message_time_ms(message_id)
-        message.trace_id = new_trace_id()
+        message.trace_id = trace_id or new_trace_id()
         message.client_msg_id = client_msg_id
         return message
 
@@ -283,11 +311,19 @@ class MessageRouter:
         return outcome
 
     async def _route_privates(self, sends: Sequence[PrivateSend]) -> list[Outcome]:
+        if self._tracer is None:
+            return await self._route_private_batch(sends, None)
+        with self._tracer.accept("private", len(sends)) as span:
+            return await self._route_private_batch(sends, self._tracer.trace_id(span))
+
+    async def _route_private_batch(
+        self, sends: Sequence[PrivateSend], trace_id: str | None
+    ) -> list[Outcome]:
         """Routes private messages together: one store round trip claims their
         sends, appends them (in order, so each sender's order holds) and
         finds their receivers' streams; then one push per chat server."""
         for send in sends:
-            self._build(send)
+            self._build(send, trace_id)
         await self._route(sends)
         remember = []
         outcomes = []
@@ -305,7 +341,7 @@ class MessageRouter:
                 log_private(send)
         return outcomes
 
-    def _build(self, send: PrivateSend) -> None:
+    def _build(self, send: PrivateSend, trace_id: str | None) -> None:
         """Checks the request and builds its message; a refusal settles the send."""
         request = send.request
         try:
@@ -320,6 +356,7 @@ class MessageRouter:
                 request.text,
                 request.client_msg_id,
                 self._ids.next(),
+                trace_id,
             )
         except CimError as exc:
             send.fail(exc)
@@ -358,30 +395,36 @@ class MessageRouter:
         :func:`settle_claims`)."""
         if not sends:
             return
-        appended = await self._store.append_inbox(
+        appended = await self._append_inbox(
             [send.inbox_item(claim=True) for send in sends], self._retention
         )
         again = settle_claims(sends, appended)
         if again:
-            redone = await self._store.append_inbox(
+            redone = await self._append_inbox(
                 [send.inbox_item(claim=False) for send in again], self._retention
             )
             for send, stored in zip(again, redone, strict=True):
                 send.appended(stored)
 
     async def _push(self, sends: Sequence[PrivateSend]) -> None:
-        """Pushes the appended sends to their receivers' streams (the links
-        coalesce them: one push per chat server) and answers each."""
-        pushed: list[tuple[PrivateSend, tuple[str, Parcel]]] = []
+        """Pushes the appended sends to their receivers' streams, one parcel
+        per chat server (in the sends' order), and answers each."""
+        by_server: dict[str, tuple[list[PrivateSend], Parcel]] = {}
         for send in sends:
             parcel = send.parcel()
             if parcel is not None:
-                pushed.append((send, parcel))
-        flags = await self._servers.deliver_many([parcel for _, parcel in pushed])
+                server_id, deliveries = parcel
+                pushed, merged = by_server.setdefault(server_id, ([], []))
+                pushed.append(send)
+                merged.extend(deliveries)
+        flags = await self._servers.deliver_many(
+            [(server_id, merged) for server_id, (_, merged) in by_server.items()]
+        )
         reached = 0
-        for (send, _), ok in zip(pushed, flags, strict=True):
-            send.answer(delivered=ok[0])
-            reached += ok[0]
+        for (pushed, _), oks in zip(by_server.values(), flags, strict=True):
+            for send, ok in zip(pushed, oks, strict=True):
+                send.answer(delivered=ok)
+                reached += ok
         for send in sends:
             if send.in_flight:  # offline, or no stream
                 send.answer(delivered=False)
@@ -403,9 +446,7 @@ class MessageRouter:
         message_id = self._ids.next()
         if key is None:
             return message_id
-        (earlier,) = await self._store.claim_sends(
-            [(key, message_id)], self._config.send_dedup_window
-        )
+        (earlier,) = await self._claim_sends([(key, message_id)], self._config.send_dedup_window)
         if earlier is None:
             return message_id
         if earlier.digest is not None and earlier.digest != key.digest:
@@ -458,13 +499,22 @@ class MessageRouter:
         self, sender_id: int, sender_name: str, request: common_pb2.SendGroupRequest
     ) -> common_pb2.SendResponse:
         try:
-            return await self._checked_group_send(sender_id, sender_name, request)
+            if self._tracer is None:
+                return await self._accept_group(sender_id, sender_name, request, None)
+            with self._tracer.accept("group", 1) as span:
+                return await self._accept_group(
+                    sender_id, sender_name, request, self._tracer.trace_id(span)
+                )
         except CimError as exc:
             self._metrics.refused(GROUP, exc)
             raise
 
-    async def _checked_group_send(
-        self, sender_id: int, sender_name: str, request: common_pb2.SendGroupRequest
+    async def _accept_group(
+        self,
+        sender_id: int,
+        sender_name: str,
+        request: common_pb2.SendGroupRequest,
+        trace_id: str | None,
     ) -> common_pb2.SendResponse:
         # Checked first: a refused request never reads (or answers from) a claim.
         validation.check_text(request.text, self._config.max_text_bytes)
@@ -484,6 +534,7 @@ class MessageRouter:
             request.text,
             request.client_msg_id,
             message_id,
+            trace_id,
         )
         message.kind = common_pb2.MESSAGE_KIND_GROUP
         message.group_id = group_id
@@ -535,7 +586,7 @@ class MessageRouter:
     ) -> list[Appended]:
         """Appends one message (serialised once) to many receivers' inboxes."""
         payload = message.SerializeToString()
-        return await self._store.append_inbox(
+        return await self._append_inbox(
             [InboxItem(receiver, message.message_id, payload) for receiver in receivers],
             self._retention,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -19,6 +20,9 @@ from cim.proto.internal.v1 import chat_internal_pb2, chat_internal_pb2_grpc
 from cim.proto.v1 import common_pb2
 from cim.registry.base import Registry
 from cim.tls import Tls, open_channel
+
+if TYPE_CHECKING:
+    from cim.tracing import MessageTracer
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +103,11 @@ class ServerDirectory:
         probe_timeout: float,
         tls: Tls | None = None,
         metrics: RouteMetrics | None = None,
+        tracer: MessageTracer | None = None,
     ):
         self._registry = registry
         self._metrics = metrics or RouteMetrics()
+        self._tracer = tracer
         self._secret = secret
         self._tls = tls
         self._timeout = timeout
@@ -161,6 +167,11 @@ class ServerDirectory:
         reached a live stream. All are queued at once, in order (one Deliver
         per server carries them), then awaited together. A server that cannot
         be reached is marked suspect and its parcels get all False."""
+        if self._tracer is not None:
+            return await self._tracer.push(requests, self._deliver_many)
+        return await self._deliver_many(requests)
+
+    async def _deliver_many(self, requests: Sequence[tuple[str, Parcel]]) -> list[list[bool]]:
         queued: list[tuple[str, asyncio.Future[list[bool]] | None, int]] = []
         for server_id, parcel in requests:
             link = self.link(server_id)

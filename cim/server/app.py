@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from cim.config import ServerConfig
 from cim.core.chat_session import Drain, Stop
@@ -20,6 +21,9 @@ from cim.server.streams import StreamTable
 from cim.server.upkeep import Upkeep
 from cim.serving import Listener
 from cim.tls import load as load_tls
+
+if TYPE_CHECKING:
+    from cim.tracing import MessageTracer
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,13 @@ class ChatServerApp:
         self.acks = AckForwarder(self.routes)
         self.metrics = metrics = ServerMetrics()
         self.service = ChatService(config, self.streams, self.routes, self.acks, metrics)
+        self.tracer: MessageTracer | None = None
+        if config.tracing.enabled:  # else OpenTelemetry is never imported
+            from cim.tracing import SERVER_SERVICE, MessageTracer
+
+            self.tracer = MessageTracer(config.tracing, SERVER_SERVICE, config.server_id)
         self.internal = ChatInternalService(
-            self.streams, SecretCheck(config.cluster_secrets), metrics
+            self.streams, SecretCheck(config.cluster_secrets), metrics, self.tracer
         )
         metrics.count_users(lambda: len(self.streams))
         metrics.count_rate_limits(lambda: {"stream_messages": self.service.send_limits.refused})
@@ -100,6 +109,8 @@ class ChatServerApp:
         await self.service.wait_background()
         await self.acks.flush()  # what clients acked last still trims their inbox
         await self.routes.aclose()
+        if self.tracer is not None:
+            await self.tracer.shutdown()
 
     async def wait(self) -> None:
         await self.listener.wait()

@@ -13,8 +13,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
@@ -54,6 +54,9 @@ from cim.proto.v1 import chat_pb2, chat_pb2_grpc
 from cim.server.acks import AckForwarder
 from cim.server.routes import RouteLinks
 from cim.server.streams import ClientStream, StreamTable
+
+if TYPE_CHECKING:
+    from cim.tracing import MessageTracer
 
 log = logging.getLogger(__name__)
 
@@ -277,11 +280,16 @@ class ChatInternalService(chat_internal_pb2_grpc.ChatInternalServicer):
     """What routes call: pushes, kicks and presence for the streams held here."""
 
     def __init__(
-        self, streams: StreamTable, secret: SecretCheck, metrics: ServerMetrics | None = None
+        self,
+        streams: StreamTable,
+        secret: SecretCheck,
+        metrics: ServerMetrics | None = None,
+        tracer: MessageTracer | None = None,
     ) -> None:
         self._streams = streams
         self._secret = secret
         self._metrics = metrics or ServerMetrics()
+        self._tracer = tracer
 
     async def DeliverStream(
         self, request_iterator: AsyncIterator[chat_internal_pb2.DeliverRequest], context: Context
@@ -301,11 +309,20 @@ class ChatInternalService(chat_internal_pb2_grpc.ChatInternalServicer):
             stream = self._streams.get(kick.user_id)
             if stream is not None:
                 stream.handle(Kick(kick.session_id, kick.reason))
+        if self._tracer is None:
+            delivered = await self._hand_over(request.deliveries)
+        else:
+            delivered = await self._tracer.deliver(request.deliveries, self._hand_over)
+        return chat_internal_pb2.DeliverResponse(delivered=delivered)
+
+    async def _hand_over(self, deliveries: Sequence[chat_internal_pb2.Delivery]) -> list[bool]:
+        """Gives each message to its receiver's stream (its outbox, for the
+        stream's one writer); True where a live stream took it."""
         delivered = []
         metrics = self._metrics
-        metrics.deliver_batch.observe(len(request.deliveries))
+        metrics.deliver_batch.observe(len(deliveries))
         observe_latency = metrics.delivery_seconds.observe
-        for delivery in request.deliveries:
+        for delivery in deliveries:
             stream = self._streams.get(delivery.receiver_id)
             if stream is None:
                 stream = await self._streams.find(delivery.receiver_id, CHECK_WAIT)
@@ -316,7 +333,7 @@ class ChatInternalService(chat_internal_pb2_grpc.ChatInternalServicer):
                 observe_latency(max(0.0, time.time() - message.server_time_ms / 1000))
             else:
                 delivered.append(False)
-        return chat_internal_pb2.DeliverResponse(delivered=delivered)
+        return delivered
 
     @unary_edge
     async def Presence(

@@ -40,6 +40,7 @@ SINGLE_BACKEND_MODULES = {
     "test_zookeeper_registry",
     "test_tls",  # transport only: the backends change nothing
     "test_upgrade",  # loads an older cim's keys into Redis itself
+    "test_tracing",  # spans of the route's and server's own code: the backends change nothing
 }
 BACKENDS = ["memory", "redis-zk"]
 

@@ -261,7 +261,8 @@ async def test_a_batch_costs_one_append_and_one_push_and_answers_in_order(setup:
         _batch(_to(bob, "one"), _to(bob, " "), _to(999), _to(carol), _to(bob))
     )
     assert len(setup.store.appends) == 1 and len(setup.store.appends[0]) == 3
-    assert len(setup.servers.pushes) == 1 and len(setup.servers.pushes[0]) == 2
+    # One push, one parcel for bob's chat server with both of his messages.
+    assert [[len(parcel) for _, parcel in push] for push in setup.servers.pushes] == [[2]]
     first, blank, unknown, offline, second = outcomes
     assert isinstance(first, common_pb2.SendResponse) and first.status == DELIVERED
     assert isinstance(blank, InvalidArgument)
