@@ -18,12 +18,14 @@ from cim.cli.options import (
     MetricsFlags,
     RetentionFlags,
     RoutingFlags,
+    TracingFlags,
 )
 from cim.config import (
     ClientConfig,
     RouteConfig,
     ServerConfig,
     TlsConfig,
+    TracingConfig,
     parse_cluster_secrets,
     parse_token_keys,
     random_secret,
@@ -43,6 +45,11 @@ def listener_tls(host: str, flags: ListenerTlsFlags) -> TlsConfig | None:
     )
 
 
+def tracing_config(flags: TracingFlags) -> TracingConfig:
+    """ValueError for an OTLP endpoint without --tracing otlp."""
+    return TracingConfig(exporter=flags.tracing.lower(), otlp_endpoint=flags.otlp_endpoint or None)
+
+
 def route_config(
     *,
     listen: Listen,
@@ -56,6 +63,7 @@ def route_config(
     retention: RetentionFlags,
     tls_flags: ListenerTlsFlags,
     metrics: MetricsFlags,
+    tracing: TracingFlags,
 ) -> RouteConfig:
     """``cim route``: its id defaults to its advertised address."""
     keys, current = parse_token_keys(token_keys)
@@ -69,6 +77,7 @@ def route_config(
         route_id=route_id or listen.advertised,
         metrics_port=metrics.metrics_port,
         metrics_host=metrics.metrics_host,
+        tracing=tracing_config(tracing),
     )
     return _route_behaviour(
         identity,
@@ -91,6 +100,7 @@ def server_config(
     message_limits: MessageLimits,
     tls_flags: ListenerTlsFlags,
     metrics: MetricsFlags,
+    tracing: TracingFlags,
 ) -> ServerConfig:
     """``cim server``: its id defaults to its advertised address."""
     return ServerConfig(
@@ -106,6 +116,7 @@ def server_config(
         tls=listener_tls(listen.host, tls_flags),
         metrics_port=metrics.metrics_port,
         metrics_host=metrics.metrics_host,
+        tracing=tracing_config(tracing),
     )
 
 
@@ -120,17 +131,20 @@ def dev_configs(
     retention: RetentionFlags,
     heartbeat: HeartbeatFlags,
     tls_flags: ListenerTlsFlags,
+    tracing: TracingFlags,
 ) -> tuple[RouteConfig, ServerConfig]:
     """``cim dev``'s route and chat servers, with the route's and the chat
     servers' settings that mean something in one process (the embedded
     cluster gives them their ports, ids and a cluster secret of its own)."""
     tls_config = listener_tls(host, tls_flags)
+    tracing_settings = tracing_config(tracing)
     identity = RouteConfig(
         cluster_secrets=(random_secret(),),
         token_keys={"dev": secrets.token_bytes(32)},
         token_key_id="dev",
         host=host,
         advertise_host=advertise_host,
+        tracing=tracing_settings,
     )
     route = _route_behaviour(
         identity, routing, max_text_bytes, message_limits, login_limits, retention, tls_config
@@ -144,6 +158,7 @@ def dev_configs(
         max_msgs_per_sec=message_limits.max_msgs_per_sec,
         msg_burst=message_limits.msg_burst,
         tls=tls_config,
+        tracing=tracing_settings,
     )
     return route, server
 

@@ -13,6 +13,7 @@ from cim.cli.options import (
     MetricsFlags,
     RetentionFlags,
     RoutingFlags,
+    TracingFlags,
     advertise_host_option,
     heartbeat_options,
     host_option,
@@ -25,6 +26,7 @@ from cim.cli.options import (
     retention_options,
     routing_options,
     tls_listener_options,
+    tracing_options,
 )
 from cim.config import DEFAULT_ROUTE_PORT, DEFAULT_SERVER_PORTS, RouteConfig, ServerConfig
 
@@ -58,6 +60,7 @@ def parse_ports(text: str) -> list[int]:
 @heartbeat_options
 @tls_listener_options
 @metrics_options
+@tracing_options
 @log_level_option()
 @log_format_option
 def dev(
@@ -73,6 +76,7 @@ def dev(
     heartbeat: HeartbeatFlags,
     tls: ListenerTlsFlags,
     metrics: MetricsFlags,
+    tracing: TracingFlags,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -90,6 +94,7 @@ def dev(
             retention=retention,
             heartbeat=heartbeat,
             tls_flags=tls,
+            tracing=tracing,
         )
     runtime.run(serve(route_port, ports, route_config, server_config, metrics))
 

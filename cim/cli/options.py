@@ -22,6 +22,7 @@ from cim.config import (
     DEFAULT_MAX_MSGS_PER_SEC,
     DEFAULT_MSG_BURST,
     DUPLICATE_LOGIN_POLICIES,
+    TRACING_EXPORTERS,
 )
 from cim.core.placement import ALGORITHMS
 
@@ -375,6 +376,36 @@ log_format_option = click.option(
     type=click.Choice(["text", "json"], case_sensitive=False),
     help="Log lines on stderr: readable text, or one JSON object per line "
     "(time, level, logger, message, user_id, trace_id). Tokens and passwords are redacted.",
+)
+
+
+@dataclass(frozen=True)
+class TracingFlags:
+    tracing: str
+    otlp_endpoint: str | None
+
+
+tracing_options = option_group(
+    "tracing",
+    TracingFlags,
+    click.option(
+        "--tracing",
+        envvar="CIM_TRACING",
+        default="off",
+        show_default=True,
+        type=click.Choice(TRACING_EXPORTERS, case_sensitive=False),
+        help="OpenTelemetry spans of the message path (accept, store, push): to "
+        "stdout (console) or an OTLP collector over gRPC (otlp). OTEL_* variables "
+        "apply (OTEL_TRACES_SAMPLER, OTEL_EXPORTER_OTLP_*, OTEL_BSP_*).",
+    ),
+    click.option(
+        "--otlp-endpoint",
+        envvar="CIM_OTLP_ENDPOINT",
+        default=None,
+        help="OTLP gRPC collector for --tracing otlp, e.g. http://collector:4317 "
+        "(default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, "
+        "else localhost:4317).",
+    ),
 )
 
 

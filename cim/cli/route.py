@@ -15,6 +15,7 @@ from cim.cli.options import (
     MetricsFlags,
     RetentionFlags,
     RoutingFlags,
+    TracingFlags,
     ZooKeeperFlags,
     cluster_secret_option,
     listen_options,
@@ -27,6 +28,7 @@ from cim.cli.options import (
     retention_options,
     routing_options,
     tls_listener_options,
+    tracing_options,
     zookeeper_options,
 )
 from cim.config import DEFAULT_ROUTE_PORT, RouteConfig
@@ -82,6 +84,7 @@ log = logging.getLogger("cim")
 @retention_options
 @tls_listener_options
 @metrics_options
+@tracing_options
 @log_level_option()
 @log_format_option
 def route(
@@ -100,6 +103,7 @@ def route(
     retention: RetentionFlags,
     tls: ListenerTlsFlags,
     metrics: MetricsFlags,
+    tracing: TracingFlags,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -121,6 +125,7 @@ def route(
             retention=retention,
             tls_flags=tls,
             metrics=metrics,
+            tracing=tracing,
         )
     addresses = runtime.split_addresses(servers)
     if not addresses and not zookeeper.zk:

@@ -11,6 +11,7 @@ from cim.cli.options import (
     ListenerTlsFlags,
     MessageLimits,
     MetricsFlags,
+    TracingFlags,
     ZooKeeperFlags,
     cluster_secret_option,
     heartbeat_options,
@@ -20,6 +21,7 @@ from cim.cli.options import (
     message_limit_options,
     metrics_options,
     tls_listener_options,
+    tracing_options,
     zookeeper_options,
 )
 from cim.config import DEFAULT_ROUTE_ADDRESS, DEFAULT_SERVER_PORTS, ServerConfig
@@ -52,6 +54,7 @@ from cim.core.members import MemberKind
 @message_limit_options
 @tls_listener_options
 @metrics_options
+@tracing_options
 @log_level_option()
 @log_format_option
 def server(
@@ -65,6 +68,7 @@ def server(
     message_limits: MessageLimits,
     tls: ListenerTlsFlags,
     metrics: MetricsFlags,
+    tracing: TracingFlags,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -82,6 +86,7 @@ def server(
             message_limits=message_limits,
             tls_flags=tls,
             metrics=metrics,
+            tracing=tracing,
         )
     runtime.run(
         serve(config, zookeeper, addresses, runtime.where_members(zookeeper, "routes", addresses))

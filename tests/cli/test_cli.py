@@ -20,6 +20,7 @@ from cim.cli.options import (
     MessageLimits,
     RetentionFlags,
     RoutingFlags,
+    TracingFlags,
 )
 from cim.client.client import CimClient
 from cim.config import ClientConfig, TlsConfig
@@ -151,6 +152,35 @@ def test_plaintext_beyond_loopback_is_refused(command: str) -> None:
 
 
 @pytest.mark.parametrize("command", sorted(LISTENERS))
+def test_an_otlp_endpoint_without_otlp_tracing_is_refused(command: str) -> None:
+    result = invoke(*LISTENERS[command], "--otlp-endpoint", "http://127.0.0.1:4317")
+    assert_fails(result, 1, "needs --tracing otlp")
+
+
+def test_tracing_flags_reach_the_route_and_the_chat_servers() -> None:
+    tracing = TracingFlags("OTLP", "http://collector:4317")
+    assert configs.tracing_config(tracing).exporter == "otlp"
+    route, server = configs.dev_configs(
+        host="127.0.0.1",
+        advertise_host=None,
+        routing=RoutingFlags("round-robin", "reject"),
+        max_text_bytes=100,
+        message_limits=MessageLimits(0.0, 1),
+        login_limits=LoginLimits(0.0, 1),
+        retention=RetentionFlags(5.0, 10, 60.0),
+        heartbeat=HeartbeatFlags(2.0, 6.0),
+        tls_flags=ListenerTlsFlags(None, None, None, False, False),
+        tracing=tracing,
+    )
+    assert route.tracing == server.tracing
+    assert (route.tracing.exporter, route.tracing.otlp_endpoint) == (
+        "otlp",
+        "http://collector:4317",
+    )
+    assert route.tracing.enabled
+
+
+@pytest.mark.parametrize("command", sorted(LISTENERS))
 def test_bad_tls_files_are_named(command: str, not_pem: str, tmp_path: Path) -> None:
     args = LISTENERS[command]
     missing = str(tmp_path / "missing.pem")
@@ -216,6 +246,7 @@ def test_dev_limits_can_be_lifted() -> None:
         "retention": RetentionFlags(5.0, 10, 60.0),
         "heartbeat": HeartbeatFlags(2.0, 6.0),
         "tls_flags": ListenerTlsFlags(None, None, None, False, False),
+        "tracing": TracingFlags("off", None),
     }
     route, server = configs.dev_configs(**flags)  # type: ignore[arg-type]
     assert (route.max_msgs_per_sec, route.max_logins_per_sec, server.max_msgs_per_sec) == (0, 0, 0)

@@ -43,10 +43,12 @@ ADDED: dict[str, set[str]] = {
         "--log-format",
         "--metrics-port",
         "--metrics-host",
+        "--tracing",
+        "--otlp-endpoint",
     },
-    # JSON logs for every process; Prometheus metrics for every server process.
-    "route": {"--log-format", "--metrics-port", "--metrics-host"},
-    "server": {"--log-format", "--metrics-port", "--metrics-host"},
+    # JSON logs for every process; metrics and tracing for the server processes.
+    "route": {"--log-format", "--metrics-port", "--metrics-host", "--tracing", "--otlp-endpoint"},
+    "server": {"--log-format", "--metrics-port", "--metrics-host", "--tracing", "--otlp-endpoint"},
     "client": {"--log-format"},
 }
 # Commands added since the snapshot (their lines in ``cim --help`` too).
