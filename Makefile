@@ -54,7 +54,7 @@ proto: setup
 	./scripts/gen_protos.sh
 
 clean:
-	rm -rf $(VENV) .cluster cim/proto/v1/*_pb2*.py cim/proto/v1/*_pb2*.pyi cim/proto/internal/v1/*_pb2*.py* cim/proto/v1/described.binpb .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cluster cim/proto/v1/*_pb2*.py cim/proto/v1/*_pb2*.pyi cim/proto/internal/v1/*_pb2*.py* cim/proto/admin/v1/*_pb2*.py* cim/proto/v1/described.binpb .pytest_cache .mypy_cache .ruff_cache
 
 bench: setup-test  ## benchmark: a real local cluster against bare gRPC ceilings (~3 min)
 	$(VENV)/bin/cim bench

@@ -43,6 +43,7 @@ fi
 
 gen=cim/proto/v1/chat_pb2.py
 if [ ! -f "$gen" ] || [ ! -f cim/proto/internal/v1/route_internal_pb2.py ] ||
+  [ ! -f cim/proto/admin/v1/admin_pb2.py ] ||
   [ ! -f cim/proto/v1/described.binpb ] || [ -n "$(find protos -name '*.proto' -newer "$gen")" ]; then
   ./scripts/gen_protos.sh
 fi
