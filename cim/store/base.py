@@ -17,6 +17,11 @@ class Account:
     user_id: int
     user_name: str
     password_hash: str
+    # Set by an administrator: logins are refused (an account written before
+    # the flag existed reads as enabled).
+    disabled: bool = False
+    # What the administrator gave as the reason ("" when enabled).
+    disabled_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,13 @@ class Store(Protocol):
     async def get_account_by_name(self, user_name: str) -> Account | None: ...
 
     async def get_accounts(self, user_ids: Sequence[int]) -> dict[int, Account]: ...
+
+    async def set_account_disabled(
+        self, user_id: int, disabled: bool, reason: str = ""
+    ) -> bool | None:
+        """Sets (with ``reason``) or clears the account's disabled flag; returns
+        whether it was set before, or None when there is no such account
+        (nothing is written then)."""
 
     # --- sessions (login state + route) -----------------------------------
     async def claim_session(

@@ -15,7 +15,9 @@ as a per-user key.
     {prefix}{names}:indexed_through   string  the accounts up to this user id have
                                               their name keys (the backfill's mark)
     {prefix}online                    zset    user id -> session expiry (ms), a hint
-    {prefix}{u:<id>}:account          hash    name, password_hash
+    {prefix}{u:<id>}:account          hash    name, password_hash; disabled ("1") and
+                                              disabled_reason while an admin has
+                                              disabled it (absent: enabled)
     {prefix}{u:<id>}:session          hash    sid, server, device, connected, exp (PEXPIRE)
     {prefix}{u:<id>}:token_session    string  session id whose tokens are good (PEXPIRE)
     {prefix}{u:<id>}:inbox:meta       hash    head (last seq handed out), dropped
@@ -44,6 +46,14 @@ DEFAULT_PREFIX = "cim:"
 # Account hash fields.
 ACCOUNT_NAME = "name"
 ACCOUNT_PASSWORD_HASH = "password_hash"
+ACCOUNT_DISABLED = "disabled"  # "1" while disabled; absent otherwise
+ACCOUNT_DISABLED_REASON = "disabled_reason"
+ACCOUNT_FIELDS = (
+    ACCOUNT_NAME,
+    ACCOUNT_PASSWORD_HASH,
+    ACCOUNT_DISABLED,
+    ACCOUNT_DISABLED_REASON,
+)
 
 # Session hash fields.
 SESSION_ID = "sid"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
 
 from cim.store.base import (
@@ -101,6 +101,17 @@ class MemoryStore:
 
     async def get_accounts(self, user_ids: Sequence[int]) -> dict[int, Account]:
         return {uid: self._accounts[uid] for uid in user_ids if uid in self._accounts}
+
+    async def set_account_disabled(
+        self, user_id: int, disabled: bool, reason: str = ""
+    ) -> bool | None:
+        account = self._accounts.get(user_id)
+        if account is None:
+            return None
+        self._accounts[user_id] = replace(
+            account, disabled=disabled, disabled_reason=reason if disabled else ""
+        )
+        return account.disabled
 
     def _live_session(self, user_id: int) -> SessionRecord | None:
         entry = self._sessions.get(user_id)

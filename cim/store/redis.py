@@ -90,6 +90,9 @@ _FIELDS = {
     "head": keys.INBOX_HEAD,
     "dropped": keys.INBOX_DROPPED,
     "digits": str(keys.INBOX_TIME_DIGITS),
+    "disabled": keys.ACCOUNT_DISABLED,
+    "disabled_reason": keys.ACCOUNT_DISABLED_REASON,
+    "name": keys.ACCOUNT_NAME,
 }
 
 
@@ -361,6 +364,25 @@ end
 return redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seq)
 """)
 
+# KEYS: account. ARGV: '1' to disable (with the reason) or '0' to enable, reason.
+# Returns -1 when there is no account (nothing written: no orphan hash), else
+# 1 if it was disabled before, 0 if not.
+_SET_DISABLED = _lua("""
+if not redis.call('HGET', KEYS[1], '$name') then
+  return -1
+end
+local was = redis.call('HGET', KEYS[1], '$disabled') == '1'
+if ARGV[1] == '1' then
+  redis.call('HSET', KEYS[1], '$disabled', '1', '$disabled_reason', ARGV[2])
+else
+  redis.call('HDEL', KEYS[1], '$disabled', '$disabled_reason')
+end
+if was then
+  return 1
+end
+return 0
+""")
+
 # --- token sessions (revocation) --------------------------------------------------
 # KEYS: session, token session (one hash tag). ARGV: sid, ttl_ms.
 # Returns 1 if set, 0 if the session is no longer the user's current one.
@@ -464,9 +486,13 @@ def _session(user_id: int, fields: Sequence[Any] | None) -> SessionRecord | None
 
 
 def _account(user_id: int, fields: Sequence[Any] | None) -> Account | None:
+    """An account from HMGET of keys.ACCOUNT_FIELDS (one written before the
+    disabled flag has neither of its fields: enabled)."""
     if not fields or fields[0] is None or fields[1] is None:
         return None
-    return Account(user_id, _text(fields[0]), _text(fields[1]))
+    disabled = len(fields) > 2 and _text(fields[2]) == "1"
+    reason = _text(fields[3]) if disabled and len(fields) > 3 else ""
+    return Account(user_id, _text(fields[0]), _text(fields[1]), disabled, reason)
 
 
 class RedisStore:
@@ -509,6 +535,7 @@ class RedisStore:
         self._claim_name_keys = client.register_script(_CLAIM_NAME_KEYS)
         self._move_name_keys = client.register_script(_MOVE_NAME_KEYS)
         self._index_names = client.register_script(_INDEX_NAMES)
+        self._set_disabled = client.register_script(_SET_DISABLED)
         self._set_token_session = client.register_script(_SET_TOKEN_SESSION)
         self._revoke_token_session = client.register_script(_REVOKE_TOKEN_SESSION)
         self._append_inbox = client.register_script(_APPEND_INBOX)
@@ -787,9 +814,7 @@ class RedisStore:
         return account
 
     async def _get_account(self, user_id: int) -> Account | None:
-        fields = await self._client.hmget(
-            self._keys.account(user_id), [keys.ACCOUNT_NAME, keys.ACCOUNT_PASSWORD_HASH]
-        )
+        fields = await self._client.hmget(self._keys.account(user_id), keys.ACCOUNT_FIELDS)
         return _account(user_id, fields)
 
     async def get_account(self, user_id: int) -> Account | None:
@@ -804,16 +829,23 @@ class RedisStore:
         wanted = list(dict.fromkeys(user_ids))
         if not wanted:
             return {}
-        fields = [keys.ACCOUNT_NAME, keys.ACCOUNT_PASSWORD_HASH]
-
         def build(pipe: _Pipe) -> None:
             for user_id in wanted:
-                pipe.hmget(self._keys.account(user_id), fields)
+                pipe.hmget(self._keys.account(user_id), keys.ACCOUNT_FIELDS)
 
         async with self._guard():
             results = await self._pipeline(build)
         found = {uid: _account(uid, row) for uid, row in zip(wanted, results, strict=True)}
         return {uid: account for uid, account in found.items() if account is not None}
+
+    async def set_account_disabled(
+        self, user_id: int, disabled: bool, reason: str = ""
+    ) -> bool | None:
+        async with self._guard():
+            was = await self._set_disabled(
+                keys=[self._keys.account(user_id)], args=["1" if disabled else "0", reason]
+            )
+        return None if int(was) < 0 else bool(int(was))
 
     # --- sessions ---------------------------------------------------------
     async def claim_session(

@@ -245,6 +245,35 @@ async def test_names_and_hashes_are_kept_exactly(store: Store) -> None:
     assert await store.get_account(account.user_id) == account
 
 
+async def test_an_account_is_disabled_with_a_reason_and_enabled_again(store: Store) -> None:
+    alice, _ = await store.create_account("alice", "h1")
+    bob, _ = await store.create_account("bob", "h2")
+    assert not alice.disabled and alice.disabled_reason == ""
+
+    assert await store.set_account_disabled(alice.user_id, True, "spam") is False
+    disabled = await store.get_account(alice.user_id)
+    assert disabled is not None and disabled.disabled and disabled.disabled_reason == "spam"
+    assert await store.get_account_by_name("alice") == disabled
+    assert await store.get_accounts([alice.user_id, bob.user_id]) == {
+        alice.user_id: disabled,
+        bob.user_id: bob,
+    }
+    # Disabling again reports it was disabled, and keeps the newer reason.
+    assert await store.set_account_disabled(alice.user_id, True, "still spam") is True
+    assert (await store.get_account(alice.user_id)).disabled_reason == "still spam"  # type: ignore[union-attr]
+
+    assert await store.set_account_disabled(alice.user_id, False) is True
+    assert await store.get_account(alice.user_id) == alice  # as before: no flag, no reason
+    assert await store.set_account_disabled(alice.user_id, False) is False
+
+
+async def test_disabling_an_account_that_does_not_exist_writes_nothing(store: Store) -> None:
+    assert await store.set_account_disabled(404, True, "x") is None
+    assert await store.get_account(404) is None
+    account, created = await store.create_account("late", "h")
+    assert created and not account.disabled
+
+
 async def test_a_retried_claim_of_the_same_session_succeeds(store: Store) -> None:
     record = SessionRecord(3, "s1", "a")
     assert await store.claim_session(record, ttl=10) is None

@@ -77,6 +77,15 @@ def _login(name: str, password: str) -> route_pb2.LoginRequest:
     return route_pb2.LoginRequest(user_name=name, password=password)
 
 
+async def test_older_accounts_read_as_enabled(parent):
+    # Written before the disabled flag: no such field, so enabled.
+    for name in parent.document["accounts"]:
+        account = await parent.store.get_account(parent.user_id(name))
+        assert account is not None and account.user_name == name
+        assert not account.disabled and account.disabled_reason == ""
+        assert await parent.store.get_account_by_name(name) == account
+
+
 async def test_older_accounts_keep_their_names_and_block_new_look_alikes(parent, raw, fails):
     async with cluster(store=parent.store, registry=InProcessRegistry()) as c:
         # The route's start-up backfill: one name key for four older accounts.
