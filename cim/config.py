@@ -3,6 +3,7 @@ flags and ``CIM_*`` environment variables; tests build them directly)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -53,6 +54,46 @@ def parse_token_keys(spec: str) -> tuple[dict[str, bytes], str]:
     if not keys:
         raise ValueError("no token key given")
     return keys, current
+
+
+# Admin keys: "id:secret" pairs; the id names the key in the route's log.
+ADMIN_KEY_MIN_SECRET = 16
+ADMIN_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def parse_admin_keys(spec: str) -> dict[str, str]:
+    """``"ops:secret1,ci:secret2"`` -> ``{"ops": "secret1", "ci": "secret2"}``:
+    every key is accepted, so one rotates by adding the new one, moving the
+    callers to it, then dropping the old one. "" -> no keys (the admin API is
+    off). ValueError for a key without an id, a bad or repeated id, or a
+    secret shorter than 16 characters."""
+    keys: dict[str, str] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        key_id, sep, secret = part.partition(":")
+        if not sep:
+            raise ValueError("an admin key is 'id:secret' (the id names it in the log)")
+        if key_id in keys:
+            raise ValueError(f"admin key id {key_id!r} is given twice")
+        keys[key_id] = secret
+    check_admin_keys(keys)
+    return keys
+
+
+def check_admin_keys(keys: dict[str, str]) -> None:
+    for key_id, secret in keys.items():
+        if not ADMIN_KEY_ID.fullmatch(key_id):
+            raise ValueError(f"admin key id {key_id!r}: 1 to 64 letters, digits, '.', '_' or '-'")
+        if len(secret) < ADMIN_KEY_MIN_SECRET:
+            raise ValueError(
+                f"admin key {key_id!r} is shorter than {ADMIN_KEY_MIN_SECRET} characters"
+            )
+
+
+def random_admin_key(key_id: str = "dev") -> str:
+    """A fresh ``id:secret`` admin key (``cim dev`` makes one when given none)."""
+    return f"{key_id}:{secrets.token_urlsafe(24)}"
 
 
 def check_rate_limit(what: str, rate: float, burst: int) -> None:
@@ -185,9 +226,12 @@ class RouteConfig:
     # None: plaintext (fine on loopback; a warning elsewhere).
     tls: TlsConfig | None = None
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    # Admin key id -> secret (cim.admin.v1.Admin); none: the admin API is off.
+    admin_keys: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_cluster_secrets(self.cluster_secrets)
+        check_admin_keys(self.admin_keys)
         if self.duplicate_login not in DUPLICATE_LOGIN_POLICIES:
             raise ValueError(
                 f"duplicate-login policy must be one of {', '.join(DUPLICATE_LOGIN_POLICIES)}"

@@ -8,7 +8,8 @@ breaks (server gone, network, idle eviction, drain), the client logs in again
 through a route after a jittered back-off, up to a retry limit, and carries
 on; a stream taken over by another login is not reconnected.
 
-Delivery: every pushed message carries its seq in the user's own sequence.
+Delivery: every pushed message carries its seq in the user's own sequence
+(but a system notice to everyone online: seq 0, shown as it comes).
 The client releases each seq once and in order (a duplicate from a replay or
 a retried send is dropped; a seq past a gap waits for the gap, and a gap
 that lasts asks the server for a replay), acks what it has released, and
@@ -506,7 +507,9 @@ class CimClient:
             await self._lost(conn, why, reconnect)
 
     def _accept(self, message: common_pb2.ChatMessage) -> None:
-        if not message.seq:  # not part of a sequence (an older server): as it comes
+        # Outside the sequence (a system notice to everyone online, or any
+        # message from an older server): as it comes, never acked.
+        if not message.seq:
             self._hand_over([message])
             return
         self._hand_over(self.sequence.offer(message.seq, message))

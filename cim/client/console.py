@@ -30,6 +30,7 @@ STYLE = Style.from_dict(
         "sender": "bold #00aa00",
         "private": "bold #aa00aa",
         "system": "italic #0088cc",
+        "notice": "bold #cc6600",
         "error": "bold #cc0000",
         "highlight": "reverse bold",
         "prompt": "bold",
@@ -64,6 +65,9 @@ class Console:
 
     def show_message(self, message: common_pb2.ChatMessage) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(message.server_time_ms / 1000))
+        if message.kind == common_pb2.MESSAGE_KIND_SYSTEM:
+            self._show_notice(stamp, message)
+            return
         private = message.kind == common_pb2.MESSAGE_KIND_PRIVATE
         tags = (" (private)" if private else "") + (" (stored)" if message.stored else "")
         fragments: Fragments = [
@@ -76,6 +80,21 @@ class Console:
         ]
         self._print(fragments)
         self.chatlog.append(f"{message.sender_name}#{message.sender_id}{tags}: {message.text}")
+
+    def _show_notice(self, stamp: str, message: common_pb2.ChatMessage) -> None:
+        """An administrators' notice: in the system style, never as a user's
+        message (its sender id 0 is no one's)."""
+        scope = "to you" if message.seq else "to everyone online"
+        tags = f"{scope}, stored" if message.stored else scope
+        label = f"NOTICE from the administrators ({tags})"
+        self._print(
+            [
+                ("class:time", f"[{stamp}] "),
+                ("class:notice", f"*** {label}: "),
+                ("class:notice", message.text),
+            ]
+        )
+        self.chatlog.append(f"*** {label}: {message.text}")
 
     def show_event(self, event: ClientEvent) -> None:
         self.system(event.text)

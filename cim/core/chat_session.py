@@ -403,6 +403,9 @@ class LiveGate:
     While holding (a replay runs), offered messages wait; :meth:`release`
     lets them out after the replay, minus the seqs it covered. A seq among
     the last ``recent`` let out, or one a replay covered, is a duplicate.
+    A message with seq 0 is outside the user's sequence (a system notice to
+    everyone online, never stored): it waits for a replay like any live
+    push, but is never a duplicate and never covered by one.
     """
 
     def __init__(self, max_held: int, recent: int = RECENT_SEQS) -> None:

@@ -14,12 +14,14 @@ from cim.errors import CimError
 from cim.grpcutil import SecretCheck
 from cim.metrics.route import RouteMetrics
 from cim.metrics.store import measured
+from cim.proto.admin.v1 import admin_pb2
 from cim.proto.internal.v1 import route_internal_pb2
 from cim.proto.v1 import route_pb2
 from cim.registry.base import Registry
+from cim.route.admin import Administration, AdminKeys
 from cim.route.messages import MessageRouter
 from cim.route.servers import ServerDirectory
-from cim.route.service import RouteInternalService, RouteLimits, RouteService
+from cim.route.service import AdminService, RouteInternalService, RouteLimits, RouteService
 from cim.route.sessions import SessionManager
 from cim.serving import Listener
 from cim.store.base import Store
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 
 ROUTE = route_pb2.DESCRIPTOR.services_by_name["Route"]
 ROUTE_INTERNAL = route_internal_pb2.DESCRIPTOR.services_by_name["RouteInternal"]
+ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
+# Every service a route serves (tests enumerate them: fuzzing, malformed bytes).
+SERVICES = (ROUTE, ROUTE_INTERNAL, ADMIN)
 PROBE_INTERVAL = 2.0
 # How long after a failed attempt (the store down) the name backfill tries again.
 NAME_INDEX_RETRY = 5.0
@@ -98,6 +103,10 @@ class RouteApp:
             self.sessions, self.router, SecretCheck(self.config.cluster_secrets)
         )
         listener.add(internal, ROUTE_INTERNAL, public=False)
+        # Served (and listed by reflection) even without admin keys: a call
+        # then says the admin API is off and how to turn it on.
+        admin = Administration(self.store, self.sessions, self.router, self.servers)
+        listener.add(AdminService(AdminKeys(self.config.admin_keys), admin), ADMIN, public=True)
         await listener.start()
         self.port = listener.port
         self._prober = asyncio.create_task(self._probe_suspects())

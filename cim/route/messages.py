@@ -68,6 +68,8 @@ MAX_PAGE = 1000
 DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
 STORED = common_pb2.DELIVERY_STATUS_STORED
 NO_RECIPIENTS = common_pb2.DELIVERY_STATUS_NO_RECIPIENTS
+# The sender of an administrator's notice (no account has id 0).
+SYSTEM_SENDER_ID = 0
 # Bytes of blake2b kept in a send's claim: 2**-64 odds that two different
 # messages under one client_msg_id pass for a retry.
 SEND_DIGEST_SIZE = 8
@@ -106,6 +108,9 @@ class PrivateSend:
     answered_before: bool = False
     # The send_digest of the checked request (set with the message).
     digest: bytes = b""
+    # MESSAGE_KIND_SYSTEM for an administrator's notice (sender id 0): stored
+    # and pushed exactly as a private message, shown as a notice.
+    kind: common_pb2.MessageKind.ValueType = common_pb2.MESSAGE_KIND_PRIVATE
 
     @property
     def in_flight(self) -> bool:
@@ -310,6 +315,44 @@ class MessageRouter:
             raise outcome
         return outcome
 
+    async def send_system(
+        self, receiver_id: int, text: str, client_msg_id: str = ""
+    ) -> common_pb2.SendResponse:
+        """An administrator's notice to one user: a MESSAGE_KIND_SYSTEM message
+        from sender id 0, stored in their inbox and pushed as a private
+        message is (the same checks, retries and guarantees)."""
+        request = common_pb2.SendPrivateRequest(
+            receiver_id=receiver_id, text=text, client_msg_id=client_msg_id
+        )
+        send = PrivateSend(SYSTEM_SENDER_ID, "", request, kind=common_pb2.MESSAGE_KIND_SYSTEM)
+        (outcome,) = await self._route_privates([send])
+        if isinstance(outcome, CimError):
+            raise outcome
+        return outcome
+
+    async def broadcast(self, text: str) -> tuple[common_pb2.ChatMessage, int]:
+        """An administrator's notice to every user online now: pushed, never
+        stored, so it carries seq 0 (outside every user's sequence: clients
+        show it as it comes and never ack it). The message, and how many live
+        streams took it."""
+        validation.check_text(text, self._config.max_text_bytes)
+        message = self._compose(
+            common_pb2.ChatMessage(), SYSTEM_SENDER_ID, "", text, "", self._ids.next()
+        )
+        message.kind = common_pb2.MESSAGE_KIND_SYSTEM
+        by_server: dict[str, Parcel] = defaultdict(list)
+        async for session in self._store.online_sessions():
+            by_server[session.server_id].append(
+                chat_internal_pb2.Delivery(receiver_id=session.user_id, message=message)
+            )
+        parcels = [
+            (server_id, deliveries[start : start + GROUP_APPEND_SLICE])
+            for server_id, deliveries in by_server.items()
+            for start in range(0, len(deliveries), GROUP_APPEND_SLICE)
+        ]
+        flags = await self._servers.deliver_many(parcels)
+        return message, sum(flag for parcel in flags for flag in parcel)
+
     async def _route_privates(self, sends: Sequence[PrivateSend]) -> list[Outcome]:
         if self._tracer is None:
             return await self._route_private_batch(sends, None)
@@ -361,9 +404,10 @@ class MessageRouter:
         except CimError as exc:
             send.fail(exc)
             return
-        send.message.kind = common_pb2.MESSAGE_KIND_PRIVATE
+        send.message.kind = send.kind
         send.message.receiver_id = request.receiver_id
-        send.digest = send_digest(f"private:{request.receiver_id}", request.text)
+        target = "system" if send.kind == common_pb2.MESSAGE_KIND_SYSTEM else "private"
+        send.digest = send_digest(f"{target}:{request.receiver_id}", request.text)
 
     async def _route(self, sends: Sequence[PrivateSend]) -> None:
         """Checks the receivers, appends (claiming the sends), settles the

@@ -1,5 +1,5 @@
-"""The Route and RouteInternal gRPC servicers: authorization and translation
-only; the work is in ``sessions`` and ``messages``."""
+"""The Route, RouteInternal and Admin gRPC servicers: authorization and
+translation only; the work is in ``sessions``, ``messages`` and ``admin``."""
 
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ from cim.core.tokens import TokenClaims
 from cim.errors import CimError, to_item
 from cim.grpcutil import SecretCheck, bearer_token, refuse_stream, unary_edge
 from cim.metrics.route import RouteMetrics, result_label
+from cim.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from cim.proto.internal.v1 import route_internal_pb2, route_internal_pb2_grpc
 from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
+from cim.route.admin import Administration, AdminKeys, UserView, user_ref
 from cim.route.messages import MessageRouter, Outcome
 from cim.route.sessions import SessionManager
+from cim.store.base import Account
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
@@ -283,3 +286,106 @@ class RouteInternalService(route_internal_pb2_grpc.RouteInternalServicer):
         acks = [(validation.check_user_id(ack.user_id), ack.seq) for ack in request.acks]
         await self._router.ack(acks)
         return route_internal_pb2.AckResponse()
+
+
+# --- Admin --------------------------------------------------------------------------
+
+SESSION_STATES = {
+    False: admin_pb2.SESSION_STATE_PENDING,
+    True: admin_pb2.SESSION_STATE_CONNECTED,
+}
+
+
+def admin_account(account: Account) -> admin_pb2.Account:
+    return admin_pb2.Account(
+        user_id=account.user_id,
+        user_name=account.user_name,
+        disabled=account.disabled,
+        disabled_reason=account.disabled_reason,
+    )
+
+
+def user_reply(view: UserView) -> admin_pb2.GetUserResponse:
+    return admin_pb2.GetUserResponse(
+        account=admin_account(view.account),
+        sessions=[
+            admin_pb2.Session(
+                session_id=session.record.session_id,
+                device_id=session.record.device_id,
+                server_id=session.record.server_id,
+                server_address=session.server_address,
+                state=SESSION_STATES[session.record.connected],
+            )
+            for session in view.sessions
+        ],
+    )
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    """Every call checks the admin key first (``AdminKeys.require``)."""
+
+    def __init__(self, keys: AdminKeys, admin: Administration) -> None:
+        self._keys = keys
+        self._admin = admin
+
+    @unary_edge
+    async def GetUser(
+        self, request: admin_pb2.GetUserRequest, context: Context
+    ) -> admin_pb2.GetUserResponse:
+        key_id = self._keys.require(context)
+        return user_reply(await self._admin.user(key_id, user_ref(request)))
+
+    @unary_edge
+    async def KickUser(
+        self, request: admin_pb2.KickUserRequest, context: Context
+    ) -> admin_pb2.KickUserResponse:
+        key_id = self._keys.require(context)
+        ended = await self._admin.kick(key_id, user_ref(request), request.device_id, request.reason)
+        return admin_pb2.KickUserResponse(sessions_ended=ended)
+
+    @unary_edge
+    async def DisableUser(
+        self, request: admin_pb2.DisableUserRequest, context: Context
+    ) -> admin_pb2.DisableUserResponse:
+        key_id = self._keys.require(context)
+        account, changed, ended = await self._admin.disable(
+            key_id, user_ref(request), request.reason
+        )
+        return admin_pb2.DisableUserResponse(
+            account=admin_account(account), changed=changed, sessions_ended=ended
+        )
+
+    @unary_edge
+    async def EnableUser(
+        self, request: admin_pb2.EnableUserRequest, context: Context
+    ) -> admin_pb2.EnableUserResponse:
+        key_id = self._keys.require(context)
+        account, changed = await self._admin.enable(key_id, user_ref(request))
+        return admin_pb2.EnableUserResponse(account=admin_account(account), changed=changed)
+
+    @unary_edge
+    async def SendNotice(
+        self, request: admin_pb2.SendNoticeRequest, context: Context
+    ) -> admin_pb2.SendNoticeResponse:
+        key_id = self._keys.require(context)
+        account, result = await self._admin.notice(
+            key_id, user_ref(request), request.text, request.client_msg_id
+        )
+        return admin_pb2.SendNoticeResponse(
+            user_id=account.user_id,
+            message_id=result.message_id,
+            status=result.status,
+            server_time_ms=result.server_time_ms,
+        )
+
+    @unary_edge
+    async def BroadcastNotice(
+        self, request: admin_pb2.BroadcastNoticeRequest, context: Context
+    ) -> admin_pb2.BroadcastNoticeResponse:
+        key_id = self._keys.require(context)
+        message, recipients = await self._admin.broadcast(key_id, request.text)
+        return admin_pb2.BroadcastNoticeResponse(
+            message_id=message.message_id,
+            recipients=recipients,
+            server_time_ms=message.server_time_ms,
+        )

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # One message for every credential failure, so answers never tell which part was wrong.
 BAD_CREDENTIALS = "user name, user id or password is wrong"
 SESSION_ENDED = "session ended (logged out or replaced by a newer login): log in again"
+# Said only to a caller who proved the account is theirs (password or token).
+ACCOUNT_DISABLED = "account disabled"
 # The store keeps a token session this much longer than the tokens live, so
 # clock differences between routes never end a token early.
 TOKEN_SESSION_MARGIN = 60.0
@@ -136,6 +138,8 @@ class SessionManager:
             account, replacing = await self._check_password(user_name, password), None
         if user_id and user_id != account.user_id:
             raise PermissionDenied(BAD_CREDENTIALS)
+        if account.disabled:  # only now: a wrong password never learns the account exists
+            raise PermissionDenied(ACCOUNT_DISABLED)
         # The Login call's task logs for this user from here on (kicks too).
         logcontext.user_id_var.set(account.user_id)
 
@@ -152,6 +156,12 @@ class SessionManager:
             account.user_id, record.session_id, self._config.token_ttl + TOKEN_SESSION_MARGIN
         ):
             raise AlreadyExists("another login for this user replaced this one; try again")
+        # A disable that came after the account was read above ended the
+        # sessions it found, maybe before this one was written: read the flag
+        # again, now that this session's tokens work.
+        if await self._is_disabled(account.user_id):
+            await self._end(record.user_id, record.session_id)
+            raise PermissionDenied(ACCOUNT_DISABLED)
         token = self._signer.issue(account.user_id, account.user_name, record.session_id, device_id)
         claims = self._signer.verify(token)
         log.info(
@@ -292,6 +302,12 @@ class SessionManager:
             raise Unauthenticated(
                 "session is over (logged out, expired or replaced by a newer login): log in again"
             )
+        # Read after the session is marked connected: a disable that came
+        # first is seen here, one that comes later finds the session
+        # connected and kicks its stream. Either way the stream does not last.
+        if await self._is_disabled(user_id):
+            await self._end(user_id, record.session_id)
+            raise PermissionDenied(ACCOUNT_DISABLED)
         if (
             previous is not None
             and previous.session_id == record.session_id
@@ -302,6 +318,46 @@ class SessionManager:
                 previous.server_id, user_id, record.session_id, "session moved to another server"
             )
         return claims, record
+
+    async def _is_disabled(self, user_id: int) -> bool:
+        account = await self._store.get_account(user_id)
+        return account is None or account.disabled
+
+    async def _end(self, user_id: int, session_id: str) -> None:
+        """Ends one session of a disabled account: its tokens, then its login
+        state (no stream to kick: it is refused by whoever called this)."""
+        self._forget_confirmed(user_id)
+        await self._store.revoke_token_session(user_id, session_id)
+        await self._store.release_session(user_id, session_id)
+
+    async def end_sessions(self, user_id: int, reason: str, device_id: str | None = None) -> int:
+        """Ends the user's session, as an administrator does: its tokens are
+        refused from now on (here at once, at other routes within
+        ``token_check_cache``), the store forgets it, and its stream is kicked
+        with ``reason`` (the client does not reconnect). With ``device_id``,
+        only a session the store records for that device. Returns how many
+        sessions ended: the recorded one and, if another, the one whose
+        tokens were good."""
+        current = await self._store.get_session(user_id)
+        if device_id is not None and (current is None or current.device_id != device_id):
+            return 0
+        ended: set[str] = set()
+        self._forget_confirmed(user_id)
+        token_session = await self._store.get_token_session(user_id)
+        ours = token_session is not None and (
+            device_id is None or (current is not None and token_session == current.session_id)
+        )
+        if (
+            ours
+            and token_session
+            and await self._store.revoke_token_session(user_id, token_session)
+        ):
+            ended.add(token_session)
+        if current is not None and await self._store.release_session(user_id, current.session_id):
+            ended.add(current.session_id)
+            if current.connected:
+                await self._servers.kick(current.server_id, user_id, current.session_id, reason)
+        return len(ended)
 
     async def disconnected(self, server_id: str, user_id: int, session_id: str) -> bool:
         """A server's stream ended: clears the session only if it still lives there."""

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 CHAT = chat_pb2.DESCRIPTOR.services_by_name["Chat"]
 CHAT_INTERNAL = chat_internal_pb2.DESCRIPTOR.services_by_name["ChatInternal"]
+# Every service a chat server serves (tests enumerate them).
+SERVICES = (CHAT, CHAT_INTERNAL)
 
 
 class ChatServerApp:

@@ -829,6 +829,7 @@ class RedisStore:
         wanted = list(dict.fromkeys(user_ids))
         if not wanted:
             return {}
+
         def build(pipe: _Pipe) -> None:
             for user_id in wanted:
                 pipe.hmget(self._keys.account(user_id), keys.ACCOUNT_FIELDS)

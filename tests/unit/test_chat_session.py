@@ -567,6 +567,35 @@ def test_the_live_gate_remembers_only_the_last_seqs() -> None:
     assert gate.offer(message(1))  # forgotten: RECENT_SEQS newer ones came after it
 
 
+def notice_to_all(text: str) -> common_pb2.ChatMessage:
+    """A system notice to everyone online: seq 0, never stored."""
+    return common_pb2.ChatMessage(seq=0, text=text, kind=common_pb2.MESSAGE_KIND_SYSTEM)
+
+
+def test_a_notice_without_a_seq_waits_for_the_replay_then_goes_out() -> None:
+    session = replying(new_session())
+    assert session.handle(Deliver(notice_to_all("maintenance at 22:00"))) == []
+    session.handle(Deliver(message(3)))
+    session.handle(page(1, 2, head=2))
+    end = session.handle(ReplayPageQueued())
+    frames = pushed(end)
+    assert frames[0].WhichOneof("frame") == "replay_done"
+    # Held in arrival order, and never counted as covered by the replay.
+    assert [(f.message.seq, f.message.text) for f in frames[1:]] == [
+        (0, "maintenance at 22:00"),
+        (3, "hi"),
+    ]
+
+
+def test_notices_without_a_seq_are_never_taken_for_duplicates() -> None:
+    session = live(head=5)
+    first = session.handle(Deliver(notice_to_all("one")))
+    second = session.handle(Deliver(notice_to_all("two")))
+    assert [f.message.text for f in pushed(first + second)] == ["one", "two"]
+    gate = LiveGate(max_held=10)
+    assert gate.offer(notice_to_all("a")) and gate.offer(notice_to_all("a"))
+
+
 # --- how a stream ends ------------------------------------------------------------
 
 
