@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 
 from cim.core import limits
 from cim.errors import InvalidArgument
+from cim.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from cim.proto.internal.v1 import (
     chat_internal_pb2,
     chat_internal_pb2_grpc,
@@ -50,7 +51,11 @@ from cim.proto.internal.v1 import (
     route_internal_pb2_grpc,
 )
 from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2, route_pb2, route_pb2_grpc
+from cim.route.admin import ADMIN_KEY
+from cim.route.app import SERVICES as ROUTE_SERVICES
+from cim.server.app import SERVICES as SERVER_SERVICES
 from cim.testing import TestCluster, cluster
+from cim.testing import fast_route_config as route_config
 
 EXPECTED = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -66,6 +71,9 @@ EXPECTED_NUMBERS = {code.value[0] for code in EXPECTED}
 CALL_TIMEOUT = 10.0
 PASSWORD = "secret-pw"
 POOL = ("alice", "bob", "dave")  # users whose credentials and tokens the fuzz may use
+# The one user admin calls may kick and disable: the others keep the checks going.
+VICTIM = "frank"
+ADMIN_KEYS = {"fuzz": "fuzz-admin-secret-0123456789"}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 BEHIND = chat_pb2.Notice.KIND_BEHIND
 
@@ -243,6 +251,9 @@ class Fuzz:
     def chat(self) -> chat_pb2_grpc.ChatStub:
         return chat_pb2_grpc.ChatStub(self._chat_channel)
 
+    def admin(self) -> admin_pb2_grpc.AdminStub:
+        return admin_pb2_grpc.AdminStub(self._route_channel)
+
     def chat_internal(self) -> chat_internal_pb2_grpc.ChatInternalStub:
         return chat_internal_pb2_grpc.ChatInternalStub(self._chat_channel)
 
@@ -250,7 +261,7 @@ class Fuzz:
         self._route_channel = self.channel(self.c.route_address)
         self._chat_channel = self.channel(self.server_address)
         route = self.route()
-        for name in (*POOL, "carol", "erin", "ghost"):
+        for name in (*POOL, "carol", "erin", "ghost", VICTIM):
             reply = await route.Register(
                 route_pb2.RegisterRequest(user_name=name, password=PASSWORD), timeout=5
             )
@@ -487,7 +498,7 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 @pytest.fixture
 async def fuzz() -> AsyncIterator[Fuzz]:
-    async with cluster(servers=1) as c:
+    async with cluster(servers=1, route_config=route_config(admin_keys=ADMIN_KEYS)) as c:
         state = Fuzz(c)
         root = logging.getLogger()
         root.addHandler(state.errors)
@@ -812,6 +823,115 @@ async def test_route_internal_survives_hostile_requests(fuzz: Fuzz, ops: list[An
     await fuzz.assert_healthy()
 
 
+# --- Admin --------------------------------------------------------------------------
+
+# How an admin call authenticates: mostly with the key, else as it must not.
+ADMIN_AUTH_MODES = ("key", "key", "key", "none", "wrong", "unknown", "token", "secret", "garbage")
+admin_auth = st.tuples(st.sampled_from(ADMIN_AUTH_MODES), ascii_garbage)
+admin_name = st.one_of(st.sampled_from([*POOL, "carol", "erin", VICTIM, "nobody"]), hostile_text)
+
+
+def naming_a_user(cls: Any, **fields: Any) -> Any:
+    """Requests of ``cls`` naming a user by id, by name, or not at all."""
+    return st.one_of(
+        st.builds(cls, user_id=int64, **fields),
+        st.builds(cls, user_name=admin_name, **fields),
+        st.builds(cls, **fields),
+    )
+
+
+admin_op = st.tuples(
+    st.one_of(
+        st.tuples(st.just("GetUser"), naming_a_user(admin_pb2.GetUserRequest)),
+        st.tuples(
+            st.just("KickUser"),
+            naming_a_user(
+                admin_pb2.KickUserRequest,
+                device_id=st.one_of(st.just(""), hostile_text),
+                reason=hostile_text,
+            ),
+        ),
+        st.tuples(
+            st.just("DisableUser"),
+            naming_a_user(admin_pb2.DisableUserRequest, reason=hostile_text),
+        ),
+        st.tuples(st.just("EnableUser"), naming_a_user(admin_pb2.EnableUserRequest)),
+        st.tuples(
+            st.just("SendNotice"),
+            naming_a_user(
+                admin_pb2.SendNoticeRequest, text=hostile_text, client_msg_id=client_msg_id
+            ),
+        ),
+        st.tuples(
+            st.just("BroadcastNotice"),
+            st.builds(admin_pb2.BroadcastNoticeRequest, text=hostile_text),
+        ),
+    ),
+    admin_auth,
+)
+
+
+def admin_metadata(f: Fuzz, mode: tuple[str, str]) -> tuple[tuple[str, str], ...] | None:
+    kind, garbage = mode
+    if kind == "key":
+        return ((ADMIN_KEY, f"fuzz:{ADMIN_KEYS['fuzz']}"),)
+    if kind == "wrong":
+        return ((ADMIN_KEY, f"fuzz:{garbage}"),)
+    if kind == "unknown":
+        return ((ADMIN_KEY, f"{garbage}:{ADMIN_KEYS['fuzz']}"),)
+    if kind == "token":
+        return bearer(f.carol_token)
+    if kind == "secret":
+        return f.secret
+    if kind == "garbage":
+        return ((ADMIN_KEY, garbage),)
+    return None
+
+
+def spare_bystanders(f: Fuzz, name: str, request: Any) -> None:
+    """Kicks and disables go to the victim only: the pool, carol and erin
+    carry the checks after every batch."""
+    if name not in ("KickUser", "DisableUser"):
+        return
+    kept = {f.ids[user] for user in (*POOL, "carol", "erin")}
+    which = request.WhichOneof("user")
+    if (which == "user_id" and request.user_id in kept) or (
+        which == "user_name" and request.user_name in (*POOL, "carol", "erin")
+    ):
+        request.user_name = VICTIM
+
+
+async def run_admin_op(f: Fuzz, op: tuple[Any, ...]) -> None:
+    (name, request), mode = op
+    spare_bystanders(f, name, request)
+    COUNTS[f"Admin.{name}"] += 1
+    what = f"Admin.{name}({short(request)}) auth={mode[0]}"
+    metadata = admin_metadata(f, mode)
+    # Garbage may spell the real key by chance.
+    keyed = metadata == admin_metadata(f, ("key", ""))
+    try:
+        reply = await getattr(f.admin(), name)(request, metadata=metadata, timeout=CALL_TIMEOUT)
+    except grpc.aio.AioRpcError as err:
+        check_error(err, what)
+        if not keyed:
+            refused = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+            if over_a_limit(request):
+                refused |= {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert err.code() in refused, what
+        return
+    assert keyed, f"{what}: accepted without the admin key"
+    if name == "GetUser":
+        assert reply.account.user_id > 0 and len(reply.sessions) <= 1, what
+    COUNTS[f"Admin.{name} accepted"] += 1
+
+
+@given(ops=st.lists(admin_op, min_size=10, max_size=25))
+@fuzz_settings(examples=30)
+async def test_admin_rpcs_survive_hostile_requests(fuzz: Fuzz, ops: list[Any]) -> None:
+    await asyncio.gather(*(run_admin_op(fuzz, op) for op in ops))
+    await fuzz.assert_healthy()
+
+
 # --- ChatInternal.DeliverStream / Presence -----------------------------------------
 
 # One huge field per message at most (several would only test gRPC's 4 MB limit).
@@ -1116,11 +1236,10 @@ async def test_refused_stream_reports_its_status(fuzz: Fuzz, messages: int) -> N
 
 # --- raw bytes to every method of every service -------------------------------------
 
+# Every service each process serves, as the apps list them: a new one is in.
 RAW_SERVICES = [
-    ("route", route_pb2.DESCRIPTOR.services_by_name["Route"]),
-    ("route", route_internal_pb2.DESCRIPTOR.services_by_name["RouteInternal"]),
-    ("server", chat_pb2.DESCRIPTOR.services_by_name["Chat"]),
-    ("server", chat_internal_pb2.DESCRIPTOR.services_by_name["ChatInternal"]),
+    *(("route", service) for service in ROUTE_SERVICES),
+    *(("server", service) for service in SERVER_SERVICES),
 ]
 RAW_METHODS = [(where, method) for where, service in RAW_SERVICES for method in service.methods]
 

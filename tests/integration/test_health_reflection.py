@@ -43,7 +43,9 @@ async def _file_containing(
     return await call.read()
 
 
-@pytest.mark.parametrize("service", ["", "cim.v1.Route", "cim.internal.v1.RouteInternal"])
+@pytest.mark.parametrize(
+    "service", ["", "cim.v1.Route", "cim.admin.v1.Admin", "cim.internal.v1.RouteInternal"]
+)
 async def test_route_reports_serving(rr, raw, service):
     assert await _check(raw, rr.route_address, service) == SERVING
 
@@ -62,7 +64,8 @@ async def test_health_of_an_unknown_service_is_not_found(rr, raw, fails):
 
 async def test_route_reflection_lists_only_its_public_services(rr, raw):
     services = await _list_services(raw, rr.route_address)
-    assert services == {"cim.v1.Route", HEALTH, REFLECTION}
+    # The admin API is listed (admins use grpcurl) even where it is off.
+    assert services == {"cim.v1.Route", "cim.admin.v1.Admin", HEALTH, REFLECTION}
 
 
 async def test_chat_server_reflection_lists_only_its_public_services(rr, raw):
@@ -89,7 +92,13 @@ async def test_reflection_does_not_describe_internal_services(rr, raw, target, s
 
 @pytest.mark.parametrize(
     ("target", "symbol"),
-    [("route", "cim.v1.Route"), ("route", "cim.v1.Route.Login"), ("server", "cim.v1.Chat")],
+    [
+        ("route", "cim.v1.Route"),
+        ("route", "cim.v1.Route.Login"),
+        ("route", "cim.admin.v1.Admin"),
+        ("route", "cim.admin.v1.Admin.DisableUser"),
+        ("server", "cim.v1.Chat"),
+    ],
 )
 async def test_reflection_serves_the_service_descriptors(rr, raw, target, symbol):
     address = rr.route_address if target == "route" else rr.embedded.servers[0].address
@@ -130,3 +139,16 @@ async def test_reflection_serves_the_protos_comments(rr, raw):
     assert "Creates an account" in comments  # Register's own comment
     common = next(f for f in files if f.name == "cim/proto/v1/common.proto")
     assert common.source_code_info.location
+
+
+async def test_reflection_serves_the_admin_protos_comments(rr, raw):
+    reply = await _file_containing(raw, rr.route_address, "cim.admin.v1.Admin.KickUser")
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(data)
+        for data in reply.file_descriptor_response.file_descriptor_proto
+    ]
+    admin = next(f for f in files if f.name == "cim/proto/admin/v1/admin.proto")
+    comments = " ".join(location.leading_comments for location in admin.source_code_info.location)
+    assert "Who may call" in comments and "cim-admin-key" in comments
+    assert "PERMISSION_DENIED" in comments and "UNAUTHENTICATED" in comments
+    assert "Ends the user's session" in comments  # KickUser's own comment

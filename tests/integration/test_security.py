@@ -21,9 +21,11 @@ from cim.core.liveness import Backoff
 from cim.core.tokens import TokenSigner
 from cim.errors import Unauthenticated
 from cim.grpcutil import AUTHORIZATION, CLUSTER_SECRET, secret_metadata
+from cim.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2, route_internal_pb2_grpc
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2, route_pb2_grpc
 from cim.registry.inprocess import InProcessRegistry
+from cim.route.admin import ADMIN_KEY
 from cim.route.app import RouteApp
 from cim.server.app import ChatServerApp
 from cim.store.memory import MemoryStore
@@ -811,3 +813,113 @@ async def test_cluster_secrets_rotate_without_downtime(raw, fails, eventually):
         for server in servers:
             await server.stop(0.2)
         await route.stop(0.2)
+
+
+# --- Admin: admin keys, apart from tokens and the cluster secret ------------------------------
+
+ADMIN_KEYS = {"ops": "ops-secret-0123456789", "next": "next-secret-0123456789"}
+# Every Admin RPC, with a request that would be valid (bob exists).
+ADMIN_RPCS = {
+    "GetUser": lambda: admin_pb2.GetUserRequest(user_name="bob"),
+    "KickUser": lambda: admin_pb2.KickUserRequest(user_name="bob"),
+    "DisableUser": lambda: admin_pb2.DisableUserRequest(user_name="bob"),
+    "EnableUser": lambda: admin_pb2.EnableUserRequest(user_name="bob"),
+    "SendNotice": lambda: admin_pb2.SendNoticeRequest(user_name="bob", text="hi"),
+    "BroadcastNotice": lambda: admin_pb2.BroadcastNoticeRequest(text="hi"),
+}
+
+
+def test_every_admin_rpc_is_covered():
+    service = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
+    assert set(ADMIN_RPCS) == {method.name for method in service.methods}
+
+
+@pytest.fixture
+async def admin_cluster() -> AsyncIterator[TestCluster]:
+    async with cluster(servers=1, route_config=route_config(admin_keys=ADMIN_KEYS)) as c:
+        yield c
+
+
+def _admin_credentials(kind: str, c: TestCluster, token: str) -> tuple[tuple[str, str], ...]:
+    if kind == "none":
+        return ()
+    if kind == "wrong-secret":
+        return ((ADMIN_KEY, "ops:next-secret-0123456789"),)
+    if kind == "unknown-id":
+        return ((ADMIN_KEY, "nobody:ops-secret-0123456789"),)
+    if kind == "no-id":
+        return ((ADMIN_KEY, "ops-secret-0123456789"),)
+    if kind == "empty":
+        return ((ADMIN_KEY, ":"),)
+    if kind == "user-token":
+        return ((AUTHORIZATION, f"Bearer {token}"),)
+    if kind == "cluster-secret":
+        return secret_metadata(c.embedded.route.config.cluster_secret)
+    raise AssertionError(kind)  # pragma: no cover
+
+
+ADMIN_REFUSALS = {
+    "none": (grpc.StatusCode.UNAUTHENTICATED, "missing admin key"),
+    "wrong-secret": (grpc.StatusCode.UNAUTHENTICATED, "unknown admin key id or wrong secret"),
+    "unknown-id": (grpc.StatusCode.UNAUTHENTICATED, "unknown admin key id or wrong secret"),
+    "no-id": (grpc.StatusCode.UNAUTHENTICATED, "unknown admin key id or wrong secret"),
+    "empty": (grpc.StatusCode.UNAUTHENTICATED, "unknown admin key id or wrong secret"),
+    "user-token": (grpc.StatusCode.PERMISSION_DENIED, "not a user's session token"),
+    "cluster-secret": (grpc.StatusCode.PERMISSION_DENIED, "not the cluster secret"),
+}
+
+
+@pytest.mark.parametrize("credentials", ADMIN_REFUSALS)
+@pytest.mark.parametrize("rpc", ADMIN_RPCS)
+async def test_admin_rpcs_refuse_anything_but_an_admin_key(
+    admin_cluster, raw, fails, rpc, credentials
+):
+    login = await raw.login(admin_cluster, "bob")
+    stub = admin_pb2_grpc.AdminStub(raw.channel(admin_cluster.route_address))
+    metadata = _admin_credentials(credentials, admin_cluster, login.session_token)
+
+    err = await fails(getattr(stub, rpc)(ADMIN_RPCS[rpc](), metadata=metadata))
+
+    code, text = ADMIN_REFUSALS[credentials]
+    assert err.code() == code
+    assert text in err.details()
+    # Nothing happened: bob is still logged in and enabled.
+    account = await admin_cluster.embedded.store.get_account(login.user_id)
+    assert account is not None and not account.disabled
+    assert await admin_cluster.embedded.store.get_session(login.user_id) is not None
+
+
+@pytest.mark.parametrize("key_id", ADMIN_KEYS)
+async def test_every_configured_admin_key_is_accepted(admin_cluster, raw, key_id):
+    """Several keys at once: a new one is added, callers move to it, the old one goes."""
+    await raw.register(admin_cluster, "bob")
+    stub = admin_pb2_grpc.AdminStub(raw.channel(admin_cluster.route_address))
+    metadata = ((ADMIN_KEY, f"{key_id}:{ADMIN_KEYS[key_id]}"),)
+    reply = await stub.GetUser(admin_pb2.GetUserRequest(user_name="bob"), metadata=metadata)
+    assert reply.account.user_name == "bob"
+
+
+@pytest.mark.parametrize("rpc", ADMIN_RPCS)
+@pytest.mark.parametrize("with_key", [True, False])
+async def test_admin_rpcs_are_off_on_a_route_without_admin_keys(rr, raw, fails, rpc, with_key):
+    await raw.register(rr, "bob")
+    stub = admin_pb2_grpc.AdminStub(raw.channel(rr.route_address))
+    metadata = ((ADMIN_KEY, "ops:ops-secret-0123456789"),) if with_key else ()
+    err = await fails(getattr(stub, rpc)(ADMIN_RPCS[rpc](), metadata=metadata))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "admin API is off" in err.details() and "--admin-keys" in err.details()
+
+
+async def test_a_user_token_does_not_reach_admin_rpcs_even_beside_a_wrong_key(
+    admin_cluster, raw, fails
+):
+    login = await raw.login(admin_cluster, "bob")
+    stub = admin_pb2_grpc.AdminStub(raw.channel(admin_cluster.route_address))
+    metadata = (
+        (AUTHORIZATION, f"Bearer {login.session_token}"),
+        (ADMIN_KEY, "ops:wrong-secret-0123456789"),
+    )
+    err = await fails(
+        stub.DisableUser(admin_pb2.DisableUserRequest(user_name="bob"), metadata=metadata)
+    )
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -11,10 +11,11 @@ from google.protobuf.message import Message
 
 from cim.core import limits
 from cim.errors import InvalidArgument
+from cim.proto.admin.v1 import admin_pb2
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 
-MODULES = (common_pb2, route_pb2, chat_pb2, route_internal_pb2, chat_internal_pb2)
+MODULES = (common_pb2, route_pb2, chat_pb2, admin_pb2, route_internal_pb2, chat_internal_pb2)
 
 
 def _messages() -> list[Descriptor]:
