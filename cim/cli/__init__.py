@@ -1,4 +1,5 @@
-"""The ``cim`` command: dev (embedded cluster), route, server, client, status, bench.
+"""The ``cim`` command: dev (embedded cluster), route, server, client, status,
+admin, bench.
 
 A thin click layer: each command (a module of its own) reads flags and
 ``CIM_*`` variables through the shared option groups (:mod:`cim.cli.options`),
@@ -12,6 +13,7 @@ from __future__ import annotations
 import click
 
 from cim.bench.cli import bench
+from cim.cli.admin import admin
 from cim.cli.client import client
 from cim.cli.dev import dev
 from cim.cli.route import route
@@ -27,5 +29,5 @@ def main() -> None:
     """cim: a distributed instant-messaging system on gRPC."""
 
 
-for _command in (dev, route, server, client, status, bench):
+for _command in (dev, route, server, client, status, admin, bench):
     main.add_command(_command)

@@ -26,8 +26,10 @@ from cim.config import (
     ServerConfig,
     TlsConfig,
     TracingConfig,
+    parse_admin_keys,
     parse_cluster_secrets,
     parse_token_keys,
+    random_admin_key,
     random_secret,
 )
 from cim.core.liveness import HeartbeatPolicy
@@ -64,8 +66,10 @@ def route_config(
     tls_flags: ListenerTlsFlags,
     metrics: MetricsFlags,
     tracing: TracingFlags,
+    admin_keys: str | None = None,
 ) -> RouteConfig:
-    """``cim route``: its id defaults to its advertised address."""
+    """``cim route``: its id defaults to its advertised address; without
+    admin keys the Admin API is off."""
     keys, current = parse_token_keys(token_keys)
     identity = RouteConfig(
         cluster_secrets=parse_cluster_secrets(cluster_secret),
@@ -78,6 +82,7 @@ def route_config(
         metrics_port=metrics.metrics_port,
         metrics_host=metrics.metrics_host,
         tracing=tracing_config(tracing),
+        admin_keys=parse_admin_keys(admin_keys or ""),
     )
     return _route_behaviour(
         identity,
@@ -132,10 +137,12 @@ def dev_configs(
     heartbeat: HeartbeatFlags,
     tls_flags: ListenerTlsFlags,
     tracing: TracingFlags,
+    admin_keys: str | None = None,
 ) -> tuple[RouteConfig, ServerConfig]:
     """``cim dev``'s route and chat servers, with the route's and the chat
     servers' settings that mean something in one process (the embedded
-    cluster gives them their ports, ids and a cluster secret of its own)."""
+    cluster gives them their ports, ids and a cluster secret of its own).
+    Without admin keys, the route gets a random one (``dev_admin_key``)."""
     tls_config = listener_tls(host, tls_flags)
     tracing_settings = tracing_config(tracing)
     identity = RouteConfig(
@@ -145,6 +152,7 @@ def dev_configs(
         host=host,
         advertise_host=advertise_host,
         tracing=tracing_settings,
+        admin_keys=parse_admin_keys(admin_keys or random_admin_key()),
     )
     route = _route_behaviour(
         identity, routing, max_text_bytes, message_limits, login_limits, retention, tls_config

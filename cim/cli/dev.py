@@ -14,6 +14,7 @@ from cim.cli.options import (
     RetentionFlags,
     RoutingFlags,
     TracingFlags,
+    admin_keys_option,
     advertise_host_option,
     heartbeat_options,
     host_option,
@@ -63,6 +64,10 @@ def parse_ports(text: str) -> list[int]:
 @tracing_options
 @log_level_option()
 @log_format_option
+@admin_keys_option(
+    "Admin keys 'id:secret[,id:secret]' of the Admin API (cim admin); "
+    "default: a random one, printed at start."
+)
 def dev(
     host: str,
     advertise_host: str | None,
@@ -79,6 +84,7 @@ def dev(
     tracing: TracingFlags,
     log_level: str,
     log_format: str,
+    admin_keys: str | None,
 ) -> None:
     """Run a route and chat servers in one process (in-memory store, in-process registry)."""
     runtime.setup_logging(log_level, log_format)
@@ -95,8 +101,11 @@ def dev(
             heartbeat=heartbeat,
             tls_flags=tls,
             tracing=tracing,
+            admin_keys=admin_keys,
         )
-    runtime.run(serve(route_port, ports, route_config, server_config, metrics))
+    # A key made here is printed (it exists nowhere else); one given is not.
+    made_key = None if admin_keys else next(iter(route_config.admin_keys.items()))
+    runtime.run(serve(route_port, ports, route_config, server_config, made_key, metrics))
 
 
 async def serve(
@@ -104,6 +113,7 @@ async def serve(
     server_ports: list[int],
     route_config: RouteConfig,
     server_config: ServerConfig,
+    made_key: tuple[str, str] | None = None,
     metrics: MetricsFlags | None = None,
 ) -> None:
     """Runs the embedded cluster until SIGINT/SIGTERM."""
@@ -120,12 +130,22 @@ async def serve(
     )
 
     def started() -> str:
+        route = cluster.route_address
+        if made_key is None:
+            administer = "Administer users with your --admin-keys:  cim admin --help"
+        else:
+            key_id, secret = made_key
+            administer = (
+                "Administer users (a key made for this run):  "
+                f"cim admin user alice --route {route} --admin-key {key_id}:{secret}"
+            )
         return "\n".join(
             [
-                f"cim dev: route on {cluster.route_address}; chat servers on "
+                f"cim dev: route on {route}; chat servers on "
                 + ", ".join(server.address for server in cluster.servers),
                 "Connect a client in another terminal:  make client NAME=alice",
-                f"  (or: cim client --user alice --route {cluster.route_address})",
+                f"  (or: cim client --user alice --route {route})",
+                administer,
                 *(
                     [f"Prometheus metrics: http://{cluster.metrics.address}/metrics"]
                     if cluster.metrics is not None

@@ -181,6 +181,16 @@ routing_options = option_group(
     ),
 )
 
+ADMIN_KEYS_HELP = (
+    "Admin keys 'id:secret[,id:secret]' of the Admin API (cim admin; secrets of "
+    "16+ characters, every one accepted, so they rotate); none: the API is off."
+)
+
+
+def admin_keys_option(text: str = ADMIN_KEYS_HELP) -> Decorator:
+    return click.option("--admin-keys", envvar="CIM_ADMIN_KEYS", default=None, help=text)
+
+
 max_text_bytes_option = click.option(
     "--max-text-bytes", envvar="CIM_MAX_TEXT_BYTES", default=4096, type=int
 )

@@ -17,6 +17,7 @@ from cim.cli.options import (
     RoutingFlags,
     TracingFlags,
     ZooKeeperFlags,
+    admin_keys_option,
     cluster_secret_option,
     listen_options,
     log_format_option,
@@ -87,6 +88,7 @@ log = logging.getLogger("cim")
 @tracing_options
 @log_level_option()
 @log_format_option
+@admin_keys_option()
 def route(
     listen: Listen,
     route_id: str | None,
@@ -106,6 +108,7 @@ def route(
     tracing: TracingFlags,
     log_level: str,
     log_format: str,
+    admin_keys: str | None,
 ) -> None:
     """Run a route: Redis store (--redis) and ZooKeeper (--zk) for a cluster;
     in-memory store and --server addresses for a single route."""
@@ -126,6 +129,7 @@ def route(
             tls_flags=tls,
             metrics=metrics,
             tracing=tracing,
+            admin_keys=admin_keys,
         )
     addresses = runtime.split_addresses(servers)
     if not addresses and not zookeeper.zk:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,6 +94,8 @@ def start_and_stop(monkeypatch: pytest.MonkeyPatch) -> StartAndStop:
 @dataclass
 class DevProcess:
     route_address: str
+    # The admin key `cim dev` made and printed ("id:secret").
+    admin_key: str
 
 
 @pytest.fixture
@@ -118,7 +121,9 @@ def dev_process() -> Iterator[DevProcess]:
             if not line or time.monotonic() > deadline:
                 pytest.fail(f"cim dev did not start:\n{output}{line}")
             output += line
-        yield DevProcess(f"127.0.0.1:{route_port}")
+        found = re.search(r"--admin-key (\S+)", output)
+        assert found, f"cim dev printed no admin key:\n{output}"
+        yield DevProcess(f"127.0.0.1:{route_port}", found.group(1))
     finally:
         process.terminate()
         process.wait(10)

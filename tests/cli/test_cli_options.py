@@ -45,16 +45,26 @@ ADDED: dict[str, set[str]] = {
         "--metrics-host",
         "--tracing",
         "--otlp-endpoint",
+        # The Admin API (cim admin): a random key when none is given.
+        "--admin-keys",
     },
-    # JSON logs for every process; metrics and tracing for the server processes.
-    "route": {"--log-format", "--metrics-port", "--metrics-host", "--tracing", "--otlp-endpoint"},
+    # JSON logs for every process; metrics and tracing for the server processes;
+    # the Admin API's keys.
+    "route": {
+        "--log-format",
+        "--metrics-port",
+        "--metrics-host",
+        "--tracing",
+        "--otlp-endpoint",
+        "--admin-keys",
+    },
     "server": {"--log-format", "--metrics-port", "--metrics-host", "--tracing", "--otlp-endpoint"},
     "client": {"--log-format"},
 }
 # Commands added since the snapshot (their lines in ``cim --help`` too).
-ADDED_COMMANDS = {"status"}
+ADDED_COMMANDS = {"status", "admin"}
 # Added options whose help says what they do in that command.
-OWN_HELP = {("dev", "--advertise-host")}
+OWN_HELP = {("dev", "--advertise-host"), ("dev", "--admin-keys")}
 
 
 def _jsonable(value: Any) -> Any:
