@@ -3,12 +3,16 @@ human and JSON output, one-line errors and exit statuses."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
 from cim.cli import main
+from cim.client.client import CimClient
+from cim.config import ClientConfig
+from cim.proto.v1 import common_pb2
 
 from .conftest import DevProcess, assert_fails, invoke
 
@@ -25,6 +29,16 @@ def chat(dev: DevProcess, name: str, tmp_path: Path) -> str:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return result.output
+
+
+async def next_message(dev: DevProcess, name: str) -> common_pb2.ChatMessage:
+    config = ClientConfig(routes=(dev.route_address,), rpc_timeout=5.0)
+    async with CimClient(name, "pw-" + name, config) as client:
+        await client.start(register=False)
+        async with asyncio.timeout(5):
+            async for message in client.messages():
+                return message
+    raise AssertionError("no message")
 
 
 def test_every_subcommand_takes_the_route_the_key_tls_and_json() -> None:
@@ -85,8 +99,12 @@ def test_look_up_disable_enable_and_notices(dev_process: DevProcess, tmp_path: P
     stored = invoke(*admin(dev_process, "notice", "--user", "ann", "welcome back"))
     assert stored.exit_code == 0, stored.output
     assert "stored: they get it at their next login" in stored.output
-    shown_at_login = chat(dev_process, "ann", tmp_path)
-    assert "NOTICE from the administrators (to you, stored): welcome back" in shown_at_login
+    message = asyncio.run(next_message(dev_process, "ann"))
+    assert (message.kind, message.sender_id, message.text) == (
+        common_pb2.MESSAGE_KIND_SYSTEM,
+        0,
+        "welcome back",
+    )
     to_all = invoke(*admin(dev_process, "notice", "--all", "hello all"), "--json")
     assert json.loads(to_all.output)["recipients"] == 0
     kicked = invoke(*admin(dev_process, "kick", "ann", "--reason", "r"))

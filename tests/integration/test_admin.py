@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from cim.client.client import CimClient, EventKind
 from cim.errors import PermissionDenied, Unauthenticated
 from cim.proto.admin.v1 import admin_pb2, admin_pb2_grpc
-from cim.proto.v1 import common_pb2, route_pb2
+from cim.proto.v1 import chat_pb2, common_pb2, options_pb2, route_pb2
 from cim.route.admin import ADMIN_KEY
 from cim.store.memory import MemoryStore
 from cim.testing import TestCluster, cluster
@@ -340,3 +341,52 @@ async def test_a_login_that_races_a_disable_does_not_keep_its_session():
             await bob.login()
         assert await store.get_session(bob.user_id) is None
         assert await store.get_token_session(bob.user_id) is None
+
+
+def _protos_before_system_notices() -> tuple[type, object]:
+    """ServerFrame as a client built before MESSAGE_KIND_SYSTEM decodes it
+    (the same protos less that enum value), and its MessageKind."""
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(descriptor_pb2.DESCRIPTOR.serialized_pb)
+    for module in (options_pb2, common_pb2, chat_pb2):
+        proto = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(proto)
+        for enum in proto.enum_type:
+            kept = [value for value in enum.value if value.name != "MESSAGE_KIND_SYSTEM"]
+            del enum.value[:]
+            enum.value.extend(kept)
+        pool.Add(proto)
+    frame = message_factory.GetMessageClass(pool.FindMessageTypeByName("cim.v1.ServerFrame"))
+    return frame, pool.FindEnumTypeByName("cim.v1.MessageKind")
+
+
+async def test_an_older_client_reads_both_kinds_of_notice_as_ordinary_messages(c, raw, admin):
+    old_frame, old_kinds = _protos_before_system_notices()
+    assert "MESSAGE_KIND_SYSTEM" not in old_kinds.values_by_name  # type: ignore[attr-defined]
+    login = await raw.login(c, "bob")
+    connect = raw.channel(login.server.address).stream_stream(
+        "/cim.v1.Chat/Connect",
+        request_serializer=chat_pb2.ClientFrame.SerializeToString,
+        response_deserializer=None,  # the bytes, decoded below as an old client would
+    )
+    call = connect()
+    await call.write(
+        chat_pb2.ClientFrame(
+            login=chat_pb2.LoginFrame(user_id=login.user_id, session_token=login.session_token)
+        )
+    )
+    frames = [old_frame.FromString(await call.read()) for _ in range(2)]
+    assert [f.WhichOneof("frame") for f in frames] == ["login_ok", "replay_done"]
+    await admin.BroadcastNotice(admin_pb2.BroadcastNoticeRequest(text="to all"), metadata=OPS)
+    await admin.SendNotice(
+        admin_pb2.SendNoticeRequest(user_id=login.user_id, text="to you"), metadata=OPS
+    )
+    received = [old_frame.FromString(await asyncio.wait_for(call.read(), 5)) for _ in range(2)]
+    call.cancel()
+    by_text = {frame.message.text: frame.message for frame in received}
+    # The kind's number survives (proto3 enums are open); the rest is an
+    # ordinary message: one outside the sequence (seq 0, which clients
+    # before it already showed as it came, unacked), one in it.
+    everyone, one = by_text["to all"], by_text["to you"]
+    assert (everyone.kind, everyone.seq, everyone.sender_id, everyone.stored) == (3, 0, 0, False)
+    assert (one.kind, one.seq, one.sender_id, one.receiver_id) == (3, 1, 0, login.user_id)
