@@ -265,10 +265,14 @@ class Procs:
 class Dev:
     """A running ``cim dev``: a route and two chat servers in one process."""
 
-    def __init__(self, proc: Proc, route_port: int, server_ports: list[int]) -> None:
+    def __init__(
+        self, proc: Proc, route_port: int, server_ports: list[int], admin_key: str = ""
+    ) -> None:
         self.proc = proc
         self.route_port = route_port
         self.server_ports = server_ports
+        # The admin key it made and printed ("id:secret").
+        self.admin_key = admin_key
 
     @property
     def route_address(self) -> str:
@@ -291,8 +295,9 @@ def start_dev(procs: Procs) -> Dev:
         "cim dev",
     )
     proc.expect(rf"cim dev: route on 127\.0\.0\.1:{route_port}; chat servers on ")
+    key = proc.expect(r"--admin-key (\S+)\n")
     proc.expect(r"Press Ctrl-C to stop\.")
-    return Dev(proc, route_port, server_ports)
+    return Dev(proc, route_port, server_ports, key.group(1))
 
 
 class Client(Proc):
