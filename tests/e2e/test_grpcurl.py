@@ -184,3 +184,30 @@ def test_a_refused_stream_fails_for_grpcurl(dev: Dev) -> None:
     assert result.returncode != 0, out
     assert '"kind": "KIND_ERROR"' in out  # the notice, for clients that read frames
     assert "Code: Unauthenticated" in out, out
+
+
+def test_the_admin_api_the_grpcurl_way(dev: Dev) -> None:
+    """The README's admin calls: listed, described, and keyed."""
+    route = dev.route_address
+    assert "cim.admin.v1.Admin" in listed(route)
+    described = grpcurl_ok(route, "describe", "cim.admin.v1.Admin")
+    assert "cim.admin.v1.Admin is a service:" in described
+    assert "cim-admin-key" in described  # the comments say how to call it
+    grpcurl_ok(
+        "-d", json.dumps({"user_name": "gil", "password": "pw"}), route, "cim.v1.Route/Register"
+    )
+    key = f"cim-admin-key: {dev.admin_key}"
+    user = grpcurl_json("-H", key, "-d", '{"user_name":"gil"}', route, "cim.admin.v1.Admin/GetUser")
+    assert user["account"]["userName"] == "gil"
+    disabled = grpcurl_json(
+        "-H", key, "-d", json.dumps({"user_id": user["account"]["userId"], "reason": "spam"}),
+        route, "cim.admin.v1.Admin/DisableUser",
+    )  # fmt: skip
+    assert disabled["account"]["disabled"] is True
+    sent = grpcurl_json(
+        "-H", key, "-d", '{"text":"restart at 22:00"}', route, "cim.admin.v1.Admin/BroadcastNotice"
+    )
+    assert sent["messageId"]
+    refused = grpcurl("-d", '{"user_name":"gil"}', route, "cim.admin.v1.Admin/GetUser")
+    assert refused.returncode != 0
+    assert "Unauthenticated" in refused.stdout + refused.stderr
