@@ -48,7 +48,7 @@ class ServerMetrics(AppMetrics):
         )
         self.delivered = {
             kind: delivered.labels(kind=name)
-            for kind, name in ((0, "unspecified"), (1, "private"), (2, "group"))
+            for kind, name in ((0, "unspecified"), (1, "private"), (2, "group"), (3, "system"))
         }
         self._delivered = delivered
         self.delivery_seconds = Histogram(

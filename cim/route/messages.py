@@ -337,7 +337,7 @@ class MessageRouter:
         streams took it."""
         validation.check_text(text, self._config.max_text_bytes)
         message = self._compose(
-            common_pb2.ChatMessage(), SYSTEM_SENDER_ID, "", text, "", self._ids.next()
+            common_pb2.ChatMessage(), SYSTEM_SENDER_ID, "", text, "", self._ids.next(), None
         )
         message.kind = common_pb2.MESSAGE_KIND_SYSTEM
         by_server: dict[str, Parcel] = defaultdict(list)

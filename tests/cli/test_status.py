@@ -56,14 +56,39 @@ def test_report_shows_members_store_and_verdict() -> None:
         checked_at=1000.0 + 3725,
     )
     text = render(status)
-    assert "  r1  h:1      0.1.0    1h02m   serving" in text
-    assert "  s1  h:2      0.1.0    1h02m   3        serving" in text
+    assert "  r1  h:1      0.1.0    1h02m   no metrics  serving" in text
+    assert "  s1  h:2      0.1.0    1h02m   3        no metrics   serving" in text
     assert "store: ok (redis://h:6379/0); users online: 3" in text
     assert "rates: metrics not enabled" in text
     assert (
         text.splitlines()[-1]
         == "UNHEALTHY: chat server s2 at h:3: unreachable (UNAVAILABLE: refused)"
     )
+
+
+def test_report_shows_message_rates_from_members_metrics() -> None:
+    status = ClusterStatus(
+        registry="ZooKeeper zk:2181/cim",
+        routes=[
+            MemberStatus(
+                "route", "r1", "h:1", "0.1.0", 1000.0, None, "serving", metrics="h:9", rate=12.5
+            )
+        ],
+        servers=[
+            MemberStatus("server", "s1", "h:2", "0.1.0", 1000.0, 3, "serving", "h:8", 7.0),
+            MemberStatus("server", "s2", "h:3", "0.1.0", 1000.0, 2, "serving", "h:7", 5.5),
+            # Serves metrics, but the scrape failed: no rate, and not a health problem.
+            MemberStatus("server", "s3", "h:4", "0.1.0", 1000.0, 0, "serving", "h:6", None),
+        ],
+        checked_at=1000.0 + 60,
+    )
+    text = render(status)
+    assert "ACCEPTED/S" in text and "DELIVERED/S" in text
+    assert "  r1  h:1      0.1.0    1m00s   12.5        serving" in text
+    assert "  s3  h:4      0.1.0    1m00s   0        -            serving" in text
+    assert "rates: 12.5 msgs/s accepted, 12.5 msgs/s delivered" in text
+    assert status.to_dict()["rates"] == {"accepted_per_second": 12.5, "delivered_per_second": 12.5}
+    assert status.healthy
 
 
 def test_no_chat_server_registered_is_unhealthy() -> None:
