@@ -1,18 +1,19 @@
 """One gRPC server interceptor that counts every RPC by method and status
 (py-grpc-prometheus has no asyncio support). Metric names follow
-go-grpc-prometheus, so its dashboards work: ``grpc_server_started_total``,
-``grpc_server_handled_total`` and ``grpc_server_handling_seconds``.
+go-grpc-prometheus, so its dashboards work: ``grpc_server_started_total`` and
+``grpc_server_handled_total``. Like go-grpc-prometheus by default, no
+handling-time histogram: its buckets per method would make every scrape
+several times larger (the store's and the delivery's latencies are measured).
 
 The wrapped handler of each method is built once and reused: per call the
-interceptor costs a dict lookup, two counter increments and a histogram
-observation. Streams are wrapped once per stream, never per message.
+interceptor costs a dict lookup and two counter increments. Streams are
+wrapped once per stream, never per message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -53,12 +54,10 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  
         kind = _TYPES[(handler.request_streaming, handler.response_streaming)]
         labels = {"grpc_type": kind, "grpc_service": service, "grpc_method": name}
         started = self._metrics.rpc_started.labels(**labels).inc
-        observe = self._metrics.rpc_seconds.labels(**labels).observe
         handled = self._metrics.rpc_handled
         by_code: dict[grpc.StatusCode, Callable[[], None]] = {}
 
-        def done(context: grpc.aio.ServicerContext, start: float, ended: grpc.StatusCode) -> None:
-            observe(time.perf_counter() - start)
+        def done(context: grpc.aio.ServicerContext, ended: grpc.StatusCode) -> None:
             code = _code_of(context, ended)
             count = by_code.get(code)
             if count is None:
@@ -87,13 +86,12 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  
         )
 
 
-Done = Callable[[grpc.aio.ServicerContext, float, grpc.StatusCode], None]
+Done = Callable[[grpc.aio.ServicerContext, grpc.StatusCode], None]
 
 
 def _wrap_call(behavior: Any, started: Callable[[], None], done: Done) -> Any:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started()
-        start = time.perf_counter()
         ended = grpc.StatusCode.UNKNOWN  # gRPC's answer to an exception
         try:
             response = await behavior(request, context)
@@ -103,7 +101,7 @@ def _wrap_call(behavior: Any, started: Callable[[], None], done: Done) -> Any:
             ended = grpc.StatusCode.CANCELLED  # the client went away
             raise
         finally:
-            done(context, start, ended)
+            done(context, ended)
 
     return call
 
@@ -116,7 +114,6 @@ def _wrap_any(behavior: Any, started: Callable[[], None], done: Done) -> Any:
 
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started()
-        start = time.perf_counter()
         ended = grpc.StatusCode.UNKNOWN
         try:
             async for response in behavior(request, context):
@@ -126,7 +123,7 @@ def _wrap_any(behavior: Any, started: Callable[[], None], done: Done) -> Any:
             ended = grpc.StatusCode.CANCELLED
             raise
         finally:
-            done(context, start, ended)
+            done(context, ended)
 
     return stream
 
