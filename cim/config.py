@@ -28,6 +28,8 @@ DEFAULT_MAX_LOGINS_PER_SEC = 20.0
 DEFAULT_LOGIN_BURST = 50
 
 DUPLICATE_LOGIN_POLICIES = ("reject", "kick-old")
+# Who may send CIM's broadcast (group "all": everyone online): anyone, or nobody.
+BROADCAST_POLICIES = ("everyone", "off")
 TRACING_EXPORTERS = ("off", "console", "otlp")
 
 
@@ -199,6 +201,7 @@ class RouteConfig:
     token_check_cache: float = 1.0
     routing: str = "consistent-hash"
     duplicate_login: str = "reject"
+    broadcast: str = "everyone"
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     # Login state of a live stream expires this long after its last refresh.
     session_ttl: float = 30.0
@@ -236,6 +239,8 @@ class RouteConfig:
             raise ValueError(
                 f"duplicate-login policy must be one of {', '.join(DUPLICATE_LOGIN_POLICIES)}"
             )
+        if self.broadcast not in BROADCAST_POLICIES:
+            raise ValueError(f"broadcast policy must be one of {', '.join(BROADCAST_POLICIES)}")
         if self.max_text_bytes <= 0:
             raise ValueError("max text size must be positive")
         if self.inbox_max_messages <= 0 or self.inbox_max_age <= 0:

@@ -185,6 +185,7 @@ def _route_behaviour(
         identity,
         routing=routing.routing,
         duplicate_login=routing.duplicate_login,
+        broadcast=routing.broadcast,
         max_text_bytes=max_text_bytes,
         session_ttl=retention.session_ttl,
         inbox_max_messages=retention.inbox_max_messages,

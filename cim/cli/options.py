@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from cim.config import (
+    BROADCAST_POLICIES,
     DEFAULT_LOGIN_BURST,
     DEFAULT_MAX_LOGINS_PER_SEC,
     DEFAULT_MAX_MSGS_PER_SEC,
@@ -165,6 +166,7 @@ zookeeper_options = option_group(
 class RoutingFlags:
     routing: str
     duplicate_login: str
+    broadcast: str
 
 
 routing_options = option_group(
@@ -178,6 +180,14 @@ routing_options = option_group(
         envvar="CIM_DUPLICATE_LOGIN",
         default="reject",
         type=click.Choice(DUPLICATE_LOGIN_POLICIES),
+    ),
+    click.option(
+        "--broadcast",
+        envvar="CIM_BROADCAST",
+        default="everyone",
+        type=click.Choice(BROADCAST_POLICIES),
+        help="Who may send to group 'all' (everyone online, CIM's group chat): "
+        "everyone, or nobody (off; administrators' notices still reach everyone).",
     ),
 )
 

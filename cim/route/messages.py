@@ -36,7 +36,7 @@ from cim import logcontext
 from cim.config import RouteConfig
 from cim.core import validation
 from cim.core.ids import MessageIdGenerator, message_time_ms, new_trace_id
-from cim.errors import CimError, FailedPrecondition, InvalidArgument, NotFound
+from cim.errors import CimError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from cim.metrics.route import GROUP, PRIVATE, RouteMetrics
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import common_pb2
@@ -74,6 +74,9 @@ SYSTEM_SENDER_ID = 0
 # messages under one client_msg_id pass for a retry.
 SEND_DIGEST_SIZE = 8
 REUSED_CLIENT_MSG_ID = "client_msg_id reused with a different message"
+BROADCAST_OFF = (
+    "sending to group 'all' (everyone online) is off on this cluster (the route's --broadcast off)"
+)
 # What a send comes to: its response, or the error that refused it.
 Outcome = common_pb2.SendResponse | CimError
 
@@ -563,6 +566,8 @@ class MessageRouter:
         # Checked first: a refused request never reads (or answers from) a claim.
         validation.check_text(request.text, self._config.max_text_bytes)
         group_id = validation.check_group(request.group_id)
+        if self._config.broadcast == "off":
+            raise PermissionDenied(BROADCAST_OFF)
         key = None
         if request.client_msg_id:
             validation.check_client_msg_id(request.client_msg_id)

@@ -163,7 +163,7 @@ def test_tracing_flags_reach_the_route_and_the_chat_servers() -> None:
     route, server = configs.dev_configs(
         host="127.0.0.1",
         advertise_host=None,
-        routing=RoutingFlags("round-robin", "reject"),
+        routing=RoutingFlags("round-robin", "reject", "everyone"),
         max_text_bytes=100,
         message_limits=MessageLimits(0.0, 1),
         login_limits=LoginLimits(0.0, 1),
@@ -239,7 +239,7 @@ def test_dev_limits_can_be_lifted() -> None:
     flags = {
         "host": "127.0.0.1",
         "advertise_host": None,
-        "routing": RoutingFlags("round-robin", "kick-old"),
+        "routing": RoutingFlags("round-robin", "kick-old", "off"),
         "max_text_bytes": 100,
         "message_limits": MessageLimits(0.0, 1),
         "login_limits": LoginLimits(0.0, 1),
@@ -250,9 +250,10 @@ def test_dev_limits_can_be_lifted() -> None:
     }
     route, server = configs.dev_configs(**flags)  # type: ignore[arg-type]
     assert (route.max_msgs_per_sec, route.max_logins_per_sec, server.max_msgs_per_sec) == (0, 0, 0)
-    assert (route.routing, route.duplicate_login, route.max_text_bytes) == (
+    assert (route.routing, route.duplicate_login, route.broadcast, route.max_text_bytes) == (
         "round-robin",
         "kick-old",
+        "off",
         100,
     )
     assert (route.session_ttl, route.inbox_max_messages, route.inbox_max_age) == (5, 10, 60)

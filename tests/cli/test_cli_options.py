@@ -47,6 +47,7 @@ ADDED: dict[str, set[str]] = {
         "--otlp-endpoint",
         # The Admin API (cim admin): a random key when none is given.
         "--admin-keys",
+        "--broadcast",
     },
     # JSON logs for every process; metrics and tracing for the server processes;
     # the Admin API's keys.
@@ -57,6 +58,7 @@ ADDED: dict[str, set[str]] = {
         "--tracing",
         "--otlp-endpoint",
         "--admin-keys",
+        "--broadcast",  # who may send to group "all"
     },
     "server": {"--log-format", "--metrics-port", "--metrics-host", "--tracing", "--otlp-endpoint"},
     "client": {"--log-format"},

@@ -10,9 +10,11 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from cim.errors import FailedPrecondition
+from cim.errors import FailedPrecondition, PermissionDenied
 from cim.proto.v1 import common_pb2
 from cim.route.servers import ServerLink
+from cim.testing import cluster
+from cim.testing import fast_route_config as route_config
 
 DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
 PRIVATE = common_pb2.MESSAGE_KIND_PRIVATE
@@ -199,6 +201,25 @@ async def test_group_id_all_is_the_everyone_group(rr, raw):
     assert result.recipients == 1
     message = await rr.next_message(bob)
     assert (message.text, message.group_id) == ("explicit all", "all")
+
+
+@pytest.mark.parametrize("path", ["stream", "unary"])
+async def test_broadcast_off_refuses_group_all_and_private_messages_go_on(path):
+    async with cluster(route_config=route_config(routing="round-robin", broadcast="off")) as c:
+        alice, bob = await _pair(c)
+        send = alice.send_group if path == "stream" else alice.route.send_group
+        with pytest.raises(PermissionDenied) as refused:
+            await send("hi all", client_msg_id="b-1")
+        assert "--broadcast off" in refused.value.message
+        assert await _nothing_arrives(c, bob)
+        # Refused before any claim: the same key may carry a private message later.
+        await alice.send_private(bob.user_id, "just you", client_msg_id="b-1")
+        assert (await c.next_message(bob)).text == "just you"
+
+
+def test_broadcast_policy_must_be_known():
+    with pytest.raises(ValueError, match="broadcast policy"):
+        route_config(broadcast="friends")
 
 
 @pytest.mark.parametrize("path", ["stream", "unary"])
