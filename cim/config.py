@@ -215,6 +215,10 @@ class RouteConfig:
     # Unacked messages kept per user: the newest this many, none older than this.
     inbox_max_messages: int = 10_000
     inbox_max_age: float = 7 * 24 * 3600.0
+    # History kept per conversation (acks no longer delete it): the newest
+    # this many messages, none older than this.
+    history_max_messages: int = 10_000
+    history_max_age: float = 30 * 24 * 3600.0
     # A send retried with the same client_msg_id within this window gets the
     # first attempt's result and is not delivered again.
     send_dedup_window: float = 600.0
@@ -245,6 +249,8 @@ class RouteConfig:
             raise ValueError("max text size must be positive")
         if self.inbox_max_messages <= 0 or self.inbox_max_age <= 0:
             raise ValueError("inbox retention (messages and age) must be positive")
+        if self.history_max_messages <= 0 or self.history_max_age <= 0:
+            raise ValueError("history retention (messages and age) must be positive")
         check_rate_limit("messages", self.max_msgs_per_sec, self.msg_burst)
         check_rate_limit("logins", self.max_logins_per_sec, self.login_burst)
         if self.tls is not None:
@@ -257,7 +263,13 @@ class RouteConfig:
 
     @property
     def retention(self) -> Retention:
-        return Retention(self.inbox_max_messages, self.inbox_max_age, self.send_dedup_window)
+        return Retention(
+            self.inbox_max_messages,
+            self.inbox_max_age,
+            self.send_dedup_window,
+            self.history_max_messages,
+            self.history_max_age,
+        )
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ The spans of one message (all in one trace across route and chat server):
   it, and its trace id is their ``trace_id``, so log lines join the trace.
   Attributes ``cim.message.kind`` (private, group) and ``cim.batch.size``.
 * ``cim.store`` (route, INTERNAL, child of accept): one store round trip on
-  the path (``cim.store.op``: append_inbox, claim_sends; ``cim.batch.size``:
-  items in it).
+  the path (``cim.store.op``: append_conversations and append_pointers for
+  private sends, append_inbox, claim_sends; ``cim.batch.size``: items in it).
 * ``cim.push`` (route, CLIENT, child of accept): one parcel (the batch's
   deliveries for one chat server) from being queued until that server
   answers; the route's link to a server merges parcels into one

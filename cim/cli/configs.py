@@ -190,6 +190,8 @@ def _route_behaviour(
         session_ttl=retention.session_ttl,
         inbox_max_messages=retention.inbox_max_messages,
         inbox_max_age=retention.inbox_max_age,
+        history_max_messages=retention.history_max_messages,
+        history_max_age=retention.history_max_age,
         max_msgs_per_sec=message_limits.max_msgs_per_sec,
         msg_burst=message_limits.msg_burst,
         max_logins_per_sec=login_limits.max_logins_per_sec,

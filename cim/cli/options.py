@@ -211,6 +211,8 @@ class RetentionFlags:
     session_ttl: float
     inbox_max_messages: int
     inbox_max_age: float
+    history_max_messages: int
+    history_max_age: float
 
 
 retention_options = option_group(
@@ -236,6 +238,20 @@ retention_options = option_group(
         default=7 * 24 * 3600.0,
         type=click.FloatRange(min=1.0),
         help="Seconds an unacked message is kept.",
+    ),
+    click.option(
+        "--history-max-messages",
+        envvar="CIM_HISTORY_MAX_MESSAGES",
+        default=10_000,
+        type=click.IntRange(min=1),
+        help="Messages kept per conversation's history (the newest ones); acks delete none.",
+    ),
+    click.option(
+        "--history-max-age",
+        envvar="CIM_HISTORY_MAX_AGE",
+        default=30 * 24 * 3600.0,
+        type=click.FloatRange(min=1.0),
+        help="Seconds a message is kept in its conversation's history.",
     ),
 )
 

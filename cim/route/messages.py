@@ -1,19 +1,25 @@
-"""Routing of messages: private and group sends into each receiver's inbox,
-live pushes, and the inbox reads and acks behind replay.
+"""Routing of messages: private sends into their conversations and each
+receiver's sequence, broadcasts into each online receiver's inbox, live
+pushes, and the inbox reads and acks behind replay.
 
-Every message is first appended to its receiver's inbox, where it gets the
-next seq of that receiver's sequence, then pushed to the receiver's stream if
-they have one. A push that does not arrive costs nothing: the client sees
-the gap in its seqs (or reconnects) and the chat server replays from the
-inbox. Acks trim the inbox. Both send paths end here: the unary Route RPCs
-and the batches chat servers submit for messages sent on Chat streams.
+A private message is a conversation message (docs/design/conversations.md):
+its body is appended once to the conversation's log, where it gets its
+position, then a pointer to it to the receiver's sequence, where it gets the
+receiver's next seq; then it is pushed to the receiver's stream if they have
+one. A broadcast (group "all") and a system notice are appended as full
+copies to each receiver's inbox, as before conversations. A push that does
+not arrive costs nothing: the client sees the gap in its seqs (or
+reconnects) and the chat server replays from the inbox. Acks move the
+user's sync cursor. Both send paths end here: the unary Route RPCs and the
+batches chat servers submit for messages sent on Chat streams.
 
 A batch of private sends moves as one :class:`PrivateSend` record per send
-through the steps (build, check receivers, append and claim, settle retries,
-push, answer), each step acting on the records still in flight, so the
-batch costs one store round trip and one push per chat server. Sends come
-to an :data:`Outcome`: their ``SendResponse`` or the ``CimError`` that
-refused them; the servicers turn those into protobuf results.
+through the steps (build, check receivers, append to the conversations and
+claim, settle retries, pointers, push, answer), each step acting on the
+records still in flight, so the batch costs two store round trips and one
+push per chat server. Sends come to an :data:`Outcome`: their
+``SendResponse`` or the ``CimError`` that refused them; the servicers turn
+those into protobuf results.
 
 A send with a client_msg_id is idempotent within ``send_dedup_window``: its
 claim (a :class:`~cim.store.base.SendKey`) keeps the digest of its target and
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from cim import logcontext
 from cim.config import RouteConfig
-from cim.core import validation
+from cim.core import conversations, validation
 from cim.core.ids import MessageIdGenerator, message_time_ms, new_trace_id
 from cim.errors import CimError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from cim.metrics.route import GROUP, PRIVATE, RouteMetrics
@@ -43,8 +50,11 @@ from cim.proto.v1 import common_pb2
 from cim.route.servers import Parcel, ServerDirectory
 from cim.store.base import (
     Appended,
+    ConversationAppended,
+    ConversationItem,
     InboxItem,
     InboxPage,
+    PointerItem,
     Retention,
     SendClaim,
     SendKey,
@@ -138,12 +148,51 @@ class PrivateSend:
         self.session = stored.session
 
     @property
+    def in_conversation(self) -> bool:
+        """A private message (not a system notice): its body goes to the
+        conversation's log, a pointer to the receiver's sequence."""
+        return self.kind == common_pb2.MESSAGE_KIND_PRIVATE
+
+    @property
     def key(self) -> SendKey | None:
-        """Its claim (owned by the receiver), if it has a client_msg_id."""
+        """Its claim, if it has a client_msg_id: under the conversation for a
+        private message, under the receiver for a system notice."""
+        message = self.message
+        if not message.client_msg_id:
+            return None
+        return SendKey(
+            message.receiver_id,
+            message.sender_id,
+            message.client_msg_id,
+            self.digest,
+            conversation=message.conversation_id,
+        )
+
+    @property
+    def legacy_key(self) -> SendKey | None:
+        """Where the code before conversations claimed this private send: the receiver's keys."""
         message = self.message
         if not message.client_msg_id:
             return None
         return SendKey(message.receiver_id, message.sender_id, message.client_msg_id, self.digest)
+
+    def conversation_item(self, *, claim: bool) -> ConversationItem:
+        """The message for its conversation's log; with ``claim``, the append
+        also claims the send (when it has a client_msg_id)."""
+        message = self.message
+        send = self.key if claim else None
+        return ConversationItem(
+            message.conversation_id, message.message_id, message.SerializeToString(), send
+        )
+
+    def positioned(self, stored: ConversationAppended) -> None:
+        self.message.position = stored.position
+
+    def pointer(self) -> PointerItem:
+        message = self.message
+        return PointerItem(
+            message.receiver_id, message.conversation_id, message.position, message.message_id
+        )
 
     def inbox_item(self, *, claim: bool) -> InboxItem:
         """The message for its receiver's inbox; with ``claim``, the append
@@ -190,24 +239,44 @@ class PrivateSend:
         return None
 
 
+def settle_earlier(send: PrivateSend, earlier: SendClaim) -> bool:
+    """Settles a send an earlier attempt claimed: another message under the
+    same client_msg_id is refused; a retry of a finished one answers with
+    its result; of an unfinished one (its route may have crashed), takes its
+    message id and returns True, to be appended again under it. A claim
+    written before claims kept a digest counts as a retry."""
+    if earlier.digest is not None and earlier.digest != send.digest:
+        send.fail(FailedPrecondition(REUSED_CLIENT_MSG_ID))
+    elif earlier.result is not None:
+        send.answer_as_before(earlier.result)
+    else:
+        send.reuse(earlier.message_id)
+        return True
+    return False
+
+
 def settle_claims(sends: Sequence[PrivateSend], appended: Sequence[Appended]) -> list[PrivateSend]:
-    """Takes each send's claiming append. A send an earlier attempt claimed
-    was not appended: one with another message under the same client_msg_id
-    is refused; a retry of a finished one answers with its result; of an
-    unfinished one (its route may have crashed), takes its message id and is
-    returned, to be appended again without a claim. A claim written before
-    claims kept a digest counts as a retry."""
+    """Takes each send's claiming inbox append (a system notice); returns
+    the retries of unfinished sends (see :func:`settle_earlier`), to be
+    appended again without a claim."""
     again = []
     for send, stored in zip(sends, appended, strict=True):
-        earlier = stored.earlier
-        if earlier is None:
+        if stored.earlier is None:
             send.appended(stored)
-        elif earlier.digest is not None and earlier.digest != send.digest:
-            send.fail(FailedPrecondition(REUSED_CLIENT_MSG_ID))
-        elif earlier.result is not None:
-            send.answer_as_before(earlier.result)
-        else:
-            send.reuse(earlier.message_id)
+        elif settle_earlier(send, stored.earlier):
+            again.append(send)
+    return again
+
+
+def settle_conversation_claims(
+    sends: Sequence[PrivateSend], appended: Sequence[ConversationAppended]
+) -> list[PrivateSend]:
+    """As :func:`settle_claims`, for the sends' conversation appends."""
+    again = []
+    for send, stored in zip(sends, appended, strict=True):
+        if stored.earlier is None:
+            send.positioned(stored)
+        elif settle_earlier(send, stored.earlier):
             again.append(send)
     return again
 
@@ -276,9 +345,23 @@ class MessageRouter:
         self._claim_sends: Callable[
             [Sequence[tuple[SendKey, str]], float], Awaitable[list[SendClaim | None]]
         ] = store.claim_sends
+        self._append_conversations: Callable[
+            [Sequence[ConversationItem], Retention], Awaitable[list[ConversationAppended]]
+        ] = store.append_conversations
+        self._append_pointers: Callable[
+            [Sequence[PointerItem], Retention], Awaitable[list[Appended]]
+        ] = store.append_pointers
         if tracer is not None:
             self._append_inbox = tracer.store_call("append_inbox", store.append_inbox)
             self._claim_sends = tracer.store_call("claim_sends", store.claim_sends)
+            self._append_conversations = tracer.store_call(
+                "append_conversations", store.append_conversations
+            )
+            self._append_pointers = tracer.store_call("append_pointers", store.append_pointers)
+        # Until one dedup window after the store was first served with
+        # conversations, private sends also look for claims the code before
+        # them left under the receiver's keys (see _legacy_claims).
+        self._legacy_until: float | None = None
         self._retention = config.retention
         self._ids = MessageIdGenerator()
         self._known_users: set[int] = set()
@@ -409,6 +492,10 @@ class MessageRouter:
             return
         send.message.kind = send.kind
         send.message.receiver_id = request.receiver_id
+        if send.in_conversation:
+            send.message.conversation_id = conversations.private_id(
+                send.sender_id, request.receiver_id
+            )
         target = "system" if send.kind == common_pb2.MESSAGE_KIND_SYSTEM else "private"
         send.digest = send_digest(f"{target}:{request.receiver_id}", request.text)
 
@@ -437,11 +524,66 @@ class MessageRouter:
         await self._push([send for send in routed if send.in_flight])
 
     async def _append(self, sends: Sequence[PrivateSend]) -> None:
-        """Appends the sends, each claiming itself; appends again, under their
-        earlier message ids, the retries of unfinished sends (see
-        :func:`settle_claims`)."""
+        """Stores the sends: private messages in their conversations, system
+        notices in their receivers' inboxes."""
+        private = [send for send in sends if send.in_conversation]
+        notices = [send for send in sends if not send.in_conversation]
+        if private:
+            await self._append_private(private)
+        if notices:
+            await self._append_notices(notices)
+
+    async def _append_private(self, sends: Sequence[PrivateSend]) -> None:
+        """Round trip 1: each message into its conversation's log, claiming
+        its send (the retries of unfinished sends again, under their earlier
+        message ids, without a claim). Round trip 2: a pointer into each
+        receiver's sequence, reading their session. The sender's own side
+        (their conversation list, read cursor) comes with issue 13."""
+        await self._legacy_claims(sends)
+        sends = [send for send in sends if send.in_flight]
         if not sends:
             return
+        appended = await self._append_conversations(
+            [send.conversation_item(claim=True) for send in sends], self._retention
+        )
+        again = settle_conversation_claims(sends, appended)
+        if again:
+            redone = await self._append_conversations(
+                [send.conversation_item(claim=False) for send in again], self._retention
+            )
+            for send, stored in zip(again, redone, strict=True):
+                send.positioned(stored)
+        sends = [send for send in sends if send.in_flight]
+        if not sends:
+            return
+        pointed = await self._append_pointers([send.pointer() for send in sends], self._retention)
+        for send, in_sequence in zip(sends, pointed, strict=True):
+            send.appended(in_sequence)
+
+    async def _legacy_claims(self, sends: Sequence[PrivateSend]) -> None:
+        """For one dedup window after the upgrade to conversations: a retry of
+        a send the older code claimed (under the receiver's keys) gets that
+        attempt's result or message id, never a second delivery. One more
+        round trip, only then and only for sends with a client_msg_id."""
+        keyed = [send for send in sends if send.in_flight and send.legacy_key is not None]
+        if not keyed:
+            return
+        if self._legacy_until is None:
+            since = await self._store.conversations_since()
+            self._legacy_until = since + self._config.send_dedup_window
+        if time.time() >= self._legacy_until:
+            return
+        found = await self._store.read_sends([send.legacy_key for send in keyed if send.legacy_key])
+        for send, earlier in zip(keyed, found, strict=True):
+            if earlier is not None:
+                # An unfinished one is appended under its message id: its
+                # receiver's sequence may hold it already (same seq, no copy).
+                settle_earlier(send, earlier)
+
+    async def _append_notices(self, sends: Sequence[PrivateSend]) -> None:
+        """Appends the notices, each claiming itself; appends again, under their
+        earlier message ids, the retries of unfinished sends (see
+        :func:`settle_claims`)."""
         appended = await self._append_inbox(
             [send.inbox_item(claim=True) for send in sends], self._retention
         )
@@ -656,14 +798,27 @@ class MessageRouter:
             message = common_pb2.ChatMessage.FromString(entry.payload)
             message.seq = entry.seq
             message.stored = True
+            if entry.conversation_id:
+                message.position = entry.position
+            elif (
+                message.kind == common_pb2.MESSAGE_KIND_PRIVATE
+                and not message.conversation_id
+                and message.sender_id > 0
+                and message.receiver_id > 0
+            ):
+                # Stored before conversations: its conversation, no position.
+                message.conversation_id = conversations.private_id(
+                    message.sender_id, message.receiver_id
+                )
             messages.append(message)
         return messages, page
 
     async def ack(self, acks: Sequence[tuple[int, int]]) -> None:
-        """Trims each (user id, seq): the user holds everything up to seq."""
+        """Moves each user's sync cursor to seq: the user holds everything up
+        to it. Conversations keep their history."""
         acks = [(user_id, seq) for user_id, seq in acks if seq > 0]
         if acks:
-            await self._store.ack_inbox(acks)
+            await self._store.ack_inbox(acks, self._retention)
 
     # --- batches from chat servers ----------------------------------------
     async def submit_batch(

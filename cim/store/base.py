@@ -48,7 +48,12 @@ class Retention:
     max_age: float = 7 * 24 * 3600.0
     # How long a message id is remembered after its append, so a retried
     # append (a send retried after a route crash) gets the first seq back.
+    # Acked pointers stay in the user's sequence this long for the same reason.
     id_window: float = 600.0
+    # How much of each conversation's history is kept: the newest
+    # ``history_max_messages``, none older than ``history_max_age`` seconds.
+    history_max_messages: int = 10_000
+    history_max_age: float = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,9 @@ class SendKey:
     """One idempotent send: where its claim lives and what it carried."""
 
     # The user whose keys hold the claim: the receiver of a private send
-    # (so its inbox append claims it), the sender of a group send.
+    # written before conversations and of a system notice (so its inbox
+    # append claims it), the sender of a broadcast. Ignored when
+    # ``conversation`` is set.
     owner_id: int
     sender_id: int
     client_msg_id: str
@@ -64,6 +71,9 @@ class SendKey:
     # kept in the claim: the same client_msg_id with another digest is
     # another message, not a retry.
     digest: bytes = b""
+    # A conversation's send: its claim lives under the conversation's keys,
+    # so the conversation append claims it in the same atomic step.
+    conversation: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,9 +100,66 @@ class Appended:
 
 
 @dataclass(frozen=True)
+class ConversationItem:
+    """A message to append to a conversation's log (round trip 1 of a send)."""
+
+    conversation_id: str
+    message_id: str
+    # The ChatMessage bytes, stored once (its position comes from the log).
+    payload: bytes
+    # The idempotent send this append carries (``send.conversation`` is this
+    # conversation): claimed first, in the same atomic step.
+    send: SendKey | None = None
+
+
+@dataclass(frozen=True)
+class ConversationAppended:
+    # The message's position in the conversation (1, 2, 3...); 0 when
+    # ``earlier`` is set (nothing appended).
+    position: int
+    # When the item's send was claimed before: what that attempt left.
+    earlier: SendClaim | None = None
+
+
+@dataclass(frozen=True)
+class PointerItem:
+    """A pointer to a conversation message for one member's sequence (round
+    trip 2 of a send): the member's next seq, the body stays in the log."""
+
+    user_id: int
+    conversation_id: str
+    position: int
+    message_id: str
+
+
+@dataclass(frozen=True)
 class InboxEntry:
     seq: int
+    # The ChatMessage bytes: the entry's own (a full copy: broadcast, system
+    # notices, and everything written before conversations) or, for a
+    # pointer, the body from the conversation's log.
     payload: bytes
+    # For a pointer: where the body is.
+    conversation_id: str = ""
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    position: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    # Newest first.
+    entries: list[HistoryEntry]
+    # The conversation's last position (0: no message yet).
+    head: int
+    # The highest position retention removed (0: none): history before it is gone.
+    dropped_through: int
+    # Older entries follow the page.
+    more: bool
 
 
 @dataclass(frozen=True)
@@ -202,14 +269,57 @@ class Store(Protocol):
     async def read_inbox(
         self, user_id: int, after_seq: int, limit: int, retention: Retention
     ) -> InboxPage:
-        """Up to ``limit`` entries with seq > ``after_seq``, oldest first,
-        left in place (acks remove them)."""
+        """Up to ``limit`` entries with seq > ``after_seq`` and past the
+        user's sync cursor (the last ack), oldest first, pointers resolved to
+        their bodies (a pointer whose body the conversation's retention
+        dropped is left out). Left in place: acks trim."""
 
-    async def ack_inbox(self, acks: Sequence[tuple[int, int]]) -> None:
-        """For each (user id, seq): removes that user's entries up to seq. An
-        ack past the user's head seq is ignored: it comes from a client that
+    async def ack_inbox(
+        self, acks: Sequence[tuple[int, int]], retention: Retention | None = None
+    ) -> None:
+        """For each (user id, seq): moves that user's sync cursor to seq
+        (never back) and trims their entries up to it: full copies at once,
+        pointers once older than ``retention.id_window`` (default
+        ``Retention()``: a retried send finds its pointer by message id until
+        then). Bodies in conversation logs stay.
+        An ack past the user's head seq is ignored: it comes from a client that
         holds seqs the store no longer knows (data lost in a crash), and must
         not trim the new messages that reuse them."""
+
+    # --- conversations: one log per conversation, pointers per member ------
+    async def append_conversations(
+        self, items: Sequence[ConversationItem], retention: Retention
+    ) -> list[ConversationAppended]:
+        """Appends each message to its conversation's log under the next
+        position and stores its body once. A message id already in the log
+        gets its position back. An item with ``send`` is appended only if it
+        claims that send (for ``retention.id_window``); else ``earlier`` says
+        what the earlier attempt left. Trims the log to the history bounds.
+        One round trip for the batch; items of one conversation keep their order."""
+
+    async def append_pointers(
+        self, items: Sequence[PointerItem], retention: Retention
+    ) -> list[Appended]:
+        """Appends each pointer to its user's sequence under the user's next
+        seq (a message id already there gets its seq back) and returns it
+        with the user's session read after the append, as ``append_inbox``.
+        One round trip for the batch."""
+
+    async def read_history(
+        self, conversation_id: str, before: int, limit: int, retention: Retention
+    ) -> HistoryPage:
+        """Up to ``limit`` messages of a conversation with a position below
+        ``before`` (0: from the newest), newest first, after trimming the log
+        to the history bounds. Who may read is the caller's check."""
+
+    async def conversations_since(self) -> float:
+        """When this store was first served with conversations (seconds since
+        the epoch; marked by the first call): private send claims written
+        before then live under the receiver's keys, so for one dedup window
+        after it a send also looks there (see ``read_sends``)."""
+
+    async def read_sends(self, sends: Sequence[SendKey]) -> list[SendClaim | None]:
+        """What each send's claim holds, without claiming it."""
 
     # --- idempotent sends -------------------------------------------------
     async def claim_sends(

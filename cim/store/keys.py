@@ -21,12 +21,17 @@ as a per-user key.
     {prefix}{u:<id>}:session          hash    sid, server, device, connected, exp (PEXPIRE)
     {prefix}{u:<id>}:token_session    string  session id whose tokens are good (PEXPIRE)
     {prefix}{u:<id>}:inbox:meta       hash    head (last seq handed out), dropped
-                                              (highest seq retention removed unacked)
-    {prefix}{u:<id>}:inbox            zset    message id, score seq: the unacked entries
+                                              (highest seq retention removed unacked),
+                                              acked (the sync cursor: the last ack)
+    {prefix}{u:<id>}:inbox            zset    message id, score seq: the unacked entries,
+                                              and acked pointers for the id window
     {prefix}{u:<id>}:inbox:bodies     hash    message id -> 13-digit append time (ms)
-                                              + payload bytes
+                                              + a full ChatMessage (first byte 0x0A:
+                                              broadcast, notices, and every entry written
+                                              before conversations) or a pointer
+                                              "P<conversation id>|<position>|<message id>"
     {prefix}{u:<id>}:inbox:ids        zset    message id, score append time (ms): the
-                                              ids remembered for retried appends
+                                              ids remembered for retried full-copy appends
     {prefix}{u:<id>}:inbox:idseq      hash    message id -> seq, for the same ids
     {prefix}{u:<id>}:send:<sender id>:<client id>
                                       string  "M" + digest + message id while a send
@@ -35,6 +40,22 @@ as a per-user key.
                                               byte, then that many bytes. Written
                                               before digests: "m" + message id, "r"
                                               + result (read as exact retries).
+                                              Private sends claimed here before
+                                              conversations; now notices only.
+    {prefix}conversations_since       string  ms since the epoch the store was first
+                                              served with conversations (SET NX)
+
+Per-conversation keys carry the hash tag ``{c:<conversation id>}``
+(docs/design/conversations.md):
+
+    {prefix}{c:<cid>}:meta            hash    head (last position), dropped (highest
+                                              position retention removed), last (id of
+                                              the newest message)
+    {prefix}{c:<cid>}:log             zset    message id, score position
+    {prefix}{c:<cid>}:bodies          hash    message id -> 13-digit append time (ms)
+                                              + ChatMessage bytes
+    {prefix}{c:<cid>}:send:<sender id>:<client id>
+                                      string  a send's claim, then result, as above
 """
 
 from __future__ import annotations
@@ -74,6 +95,12 @@ SESSION_FIELDS = (
 # Inbox meta hash fields.
 INBOX_HEAD = "head"
 INBOX_DROPPED = "dropped"
+INBOX_ACKED = "acked"
+# Conversation meta hash fields (head and dropped as in an inbox).
+CONVERSATION_LAST = "last"
+# The first byte of a pointer in a user's sequence; a full ChatMessage starts
+# with 0x0A (message_id, field 1, always set and serialized first).
+POINTER_TAG = b"P"
 # The hash tag of every name key: one slot, so a script claims a name's keys together.
 NAMES_TAG = "{names}"
 
@@ -86,6 +113,20 @@ SEND_FINISHED_UNHASHED = b"r"
 # An inbox body starts with its append time, ms since the epoch, in this many
 # zero-padded digits (Lua reads it with string.sub), then the payload bytes.
 INBOX_TIME_DIGITS = 13
+
+
+def pointer(conversation_id: str, position: int, message_id: str) -> bytes:
+    """A pointer entry of a user's sequence: where the message's body is."""
+    return b"%s%s|%d|%s" % (POINTER_TAG, conversation_id.encode(), position, message_id.encode())
+
+
+def parse_pointer(entry: bytes) -> tuple[str, int, str] | None:
+    """(conversation id, position, message id) of a pointer; None for a full
+    ChatMessage (an entry written before conversations, a broadcast, a notice)."""
+    if not entry.startswith(POINTER_TAG):
+        return None
+    conversation_id, position, message_id = entry[1:].decode().rsplit("|", 2)
+    return conversation_id, int(position), message_id
 
 
 @dataclass(frozen=True)
@@ -150,6 +191,31 @@ class KeyLayout:
     def token_session(self, user_id: int) -> str:
         """The session whose tokens are good (revocation; see Store.set_token_session)."""
         return f"{self.prefix}{self.user_tag(user_id)}:token_session"
+
+    @property
+    def conversations_since(self) -> str:
+        return f"{self.prefix}conversations_since"
+
+    # --- per-conversation keys (one hash tag, one slot) -------------------
+    @staticmethod
+    def conversation_tag(conversation_id: str) -> str:
+        return f"{{c:{conversation_id}}}"
+
+    def conversation_meta(self, conversation_id: str) -> str:
+        return f"{self.prefix}{self.conversation_tag(conversation_id)}:meta"
+
+    def conversation_log(self, conversation_id: str) -> str:
+        return f"{self.prefix}{self.conversation_tag(conversation_id)}:log"
+
+    def conversation_bodies(self, conversation_id: str) -> str:
+        return f"{self.prefix}{self.conversation_tag(conversation_id)}:bodies"
+
+    def conversation_sent(self, conversation_id: str, sender_id: int, client_msg_id: str) -> str:
+        """The claim, then the result, of one send to a conversation."""
+        return (
+            f"{self.prefix}{self.conversation_tag(conversation_id)}"
+            f":send:{sender_id}:{client_msg_id}"
+        )
 
     def sent(self, owner_id: int, sender_id: int, client_msg_id: str) -> str:
         """The claim, then the result, of one send (idempotency window), under

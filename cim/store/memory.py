@@ -11,39 +11,87 @@ from itertools import count
 from cim.store.base import (
     Account,
     Appended,
+    ConversationAppended,
+    ConversationItem,
+    HistoryEntry,
+    HistoryPage,
     InboxEntry,
     InboxItem,
     InboxPage,
+    PointerItem,
     Retention,
     SendClaim,
     SendKey,
     SessionRecord,
 )
 
+# An entry of a user's sequence: (message id, payload, appended at, pointer).
+# A pointer entry ((conversation id, position)) has an empty payload: its body
+# is in the conversation's log.
+_Entry = tuple[str, bytes, float, tuple[str, int] | None]
+
 
 @dataclass
 class _Inbox:
     head_seq: int = 0
     dropped_through: int = 0
-    # seq -> (message id, payload, appended at), oldest first.
-    entries: dict[int, tuple[str, bytes, float]] = field(default_factory=dict)
-    # message id -> (seq, appended at): recent appends, for idempotent retries.
+    # The sync cursor: the highest seq acked.
+    acked: int = 0
+    # seq -> entry, oldest first.
+    entries: dict[int, _Entry] = field(default_factory=dict)
+    # message id -> (seq, appended at): recent full-copy appends, for idempotent retries.
     recent_ids: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # message id -> seq of the pointers kept (idempotent while kept).
+    pointer_ids: dict[str, int] = field(default_factory=dict)
+
+    def _drop(self, seq: int) -> None:
+        message_id, _, _, pointer = self.entries.pop(seq)
+        if pointer is not None:
+            self.pointer_ids.pop(message_id, None)
 
     def trim(self, retention: Retention, now: float) -> None:
         oldest_kept = now - retention.max_age
         while self.entries:
-            seq, (_, _, appended_at) = next(iter(self.entries.items()))
+            seq, (_, _, appended_at, _) = next(iter(self.entries.items()))
             if len(self.entries) <= retention.max_messages and appended_at >= oldest_kept:
                 break
-            del self.entries[seq]
+            self._drop(seq)
             self.dropped_through = seq
+        self.trim_acked(retention.id_window, now)
         forget_before = now - retention.id_window
         while self.recent_ids:
             message_id, (_, appended_at) = next(iter(self.recent_ids.items()))
             if appended_at >= forget_before:
                 break
             del self.recent_ids[message_id]
+
+    def trim_acked(self, id_window: float, now: float) -> None:
+        """Drops the acked entries: full copies at once, pointers once older
+        than the id window (a retried send finds its pointer until then)."""
+        while self.entries:
+            seq, (_, _, appended_at, pointer) = next(iter(self.entries.items()))
+            if seq > self.acked or (pointer is not None and appended_at >= now - id_window):
+                break
+            self._drop(seq)
+
+
+@dataclass
+class _Conversation:
+    head: int = 0
+    dropped_through: int = 0
+    # position -> (message id, payload, appended at), oldest first.
+    log: dict[int, tuple[str, bytes, float]] = field(default_factory=dict)
+    positions: dict[str, int] = field(default_factory=dict)
+
+    def trim(self, retention: Retention, now: float) -> None:
+        oldest_kept = now - retention.history_max_age
+        while self.log:
+            position, (message_id, _, appended_at) = next(iter(self.log.items()))
+            if len(self.log) <= retention.history_max_messages and appended_at >= oldest_kept:
+                break
+            del self.log[position]
+            del self.positions[message_id]
+            self.dropped_through = position
 
 
 class MemoryStore:
@@ -61,8 +109,10 @@ class MemoryStore:
         # user id -> (session whose tokens are good, expires at): see set_token_session.
         self._token_sessions: dict[int, tuple[str, float]] = {}
         self._inboxes: dict[int, _Inbox] = {}
-        # (owner, sender, client_msg_id) -> (claim or result, expires at)
-        self._sent: dict[tuple[int, int, str], tuple[SendClaim, float]] = {}
+        self._conversations: dict[str, _Conversation] = {}
+        # (owner user or conversation, sender, client_msg_id) -> (claim or result, expires at)
+        self._sent: dict[tuple[int | str, int, str], tuple[SendClaim, float]] = {}
+        self._conversations_since: float | None = None
 
     async def create_account(
         self, user_name: str, password_hash: str, name_keys: Collection[str] = ()
@@ -209,7 +259,7 @@ class MemoryStore:
             else:
                 inbox.head_seq += 1
                 seq = inbox.head_seq
-                inbox.entries[seq] = (item.message_id, item.payload, now)
+                inbox.entries[seq] = (item.message_id, item.payload, now, None)
                 inbox.recent_ids[item.message_id] = (seq, now)
             inbox.trim(retention, now)
             appended.append(Appended(seq, self._live_session(item.user_id)))
@@ -222,17 +272,128 @@ class MemoryStore:
         if inbox is None:
             return InboxPage([], 0, 0, more=False)
         inbox.trim(retention, self._clock())
-        newer = [seq for seq in inbox.entries if seq > after_seq]
-        page = [InboxEntry(seq, inbox.entries[seq][1]) for seq in newer[: max(limit, 0)]]
-        return InboxPage(page, inbox.head_seq, inbox.dropped_through, more=len(newer) > len(page))
+        after = max(after_seq, inbox.acked)
+        newer = [seq for seq in inbox.entries if seq > after]
+        taken = newer[: max(limit, 0)]
+        page: list[InboxEntry] = []
+        while True:
+            page = self._resolved(inbox, taken)
+            # A page whose every pointer lost its body would leave a replay's
+            # cursor where it was: read on past it instead (as Redis does).
+            if page or len(newer) <= len(taken) or not taken:
+                break
+            newer = newer[len(taken) :]
+            taken = newer[: max(limit, 0)]
+        return InboxPage(page, inbox.head_seq, inbox.dropped_through, more=len(newer) > len(taken))
 
-    async def ack_inbox(self, acks: Sequence[tuple[int, int]]) -> None:
+    def _resolved(self, inbox: _Inbox, seqs: Sequence[int]) -> list[InboxEntry]:
+        """The entries at ``seqs``, pointers resolved; a pointer whose body the
+        conversation's retention dropped is left out."""
+        page = []
+        for seq in seqs:
+            message_id, payload, _, pointer = inbox.entries[seq]
+            if pointer is None:
+                page.append(InboxEntry(seq, payload))
+                continue
+            conversation = self._conversations.get(pointer[0])
+            position = conversation.positions.get(message_id) if conversation else None
+            if conversation is not None and position is not None:
+                body = conversation.log[position][1]
+                page.append(InboxEntry(seq, body, pointer[0], pointer[1]))
+        return page
+
+    async def ack_inbox(
+        self, acks: Sequence[tuple[int, int]], retention: Retention | None = None
+    ) -> None:
+        now = self._clock()
+        id_window = (retention or Retention()).id_window
         for user_id, seq in acks:
             inbox = self._inboxes.get(user_id)
             if inbox is None or seq > inbox.head_seq:
                 continue
-            for doomed in [s for s in inbox.entries if s <= seq]:
-                del inbox.entries[doomed]
+            inbox.acked = max(inbox.acked, seq)
+            inbox.trim_acked(id_window, now)
+
+    # --- conversations ----------------------------------------------------
+    async def append_conversations(
+        self, items: Sequence[ConversationItem], retention: Retention
+    ) -> list[ConversationAppended]:
+        now = self._clock()
+        appended = []
+        for item in items:
+            if item.send is not None:
+                if item.send.conversation != item.conversation_id:
+                    raise ValueError("an append claims only its own conversation's sends")
+                (earlier,) = await self.claim_sends(
+                    [(item.send, item.message_id)], retention.id_window
+                )
+                if earlier is not None:
+                    appended.append(ConversationAppended(0, earlier))
+                    continue
+            conversation = self._conversations.setdefault(item.conversation_id, _Conversation())
+            position = conversation.positions.get(item.message_id)
+            if position is None:
+                conversation.head += 1
+                position = conversation.head
+                conversation.log[position] = (item.message_id, item.payload, now)
+                conversation.positions[item.message_id] = position
+            conversation.trim(retention, now)
+            appended.append(ConversationAppended(position))
+        return appended
+
+    async def append_pointers(
+        self, items: Sequence[PointerItem], retention: Retention
+    ) -> list[Appended]:
+        now = self._clock()
+        appended = []
+        for item in items:
+            inbox = self._inboxes.setdefault(item.user_id, _Inbox())
+            seq = inbox.pointer_ids.get(item.message_id)
+            if seq is None and item.message_id in inbox.recent_ids:
+                # A full copy of it (a retry that crossed the upgrade), as Redis finds it.
+                recent_seq, at = inbox.recent_ids[item.message_id]
+                seq = recent_seq if at >= now - retention.id_window else None
+            if seq is None:
+                inbox.head_seq += 1
+                seq = inbox.head_seq
+                where = (item.conversation_id, item.position)
+                inbox.entries[seq] = (item.message_id, b"", now, where)
+                inbox.pointer_ids[item.message_id] = seq
+            inbox.trim(retention, now)
+            appended.append(Appended(seq, self._live_session(item.user_id)))
+        return appended
+
+    async def read_history(
+        self, conversation_id: str, before: int, limit: int, retention: Retention
+    ) -> HistoryPage:
+        conversation = self._conversations.get(conversation_id)
+        if conversation is None:
+            return HistoryPage([], 0, 0, more=False)
+        conversation.trim(retention, self._clock())
+        older = [p for p in reversed(conversation.log) if before <= 0 or p < before]
+        taken = older[: max(limit, 0)]
+        entries = [HistoryEntry(p, conversation.log[p][1]) for p in taken]
+        return HistoryPage(
+            entries, conversation.head, conversation.dropped_through, more=len(older) > len(taken)
+        )
+
+    async def conversations_since(self) -> float:
+        if self._conversations_since is None:
+            self._conversations_since = time.time()
+        return self._conversations_since
+
+    async def read_sends(self, sends: Sequence[SendKey]) -> list[SendClaim | None]:
+        now = self._clock()
+        found: list[SendClaim | None] = []
+        for send in sends:
+            entry = self._sent.get(self._sent_key(send))
+            found.append(entry[0] if entry is not None and entry[1] > now else None)
+        return found
+
+    @staticmethod
+    def _sent_key(send: SendKey) -> tuple[int | str, int, str]:
+        owner: int | str = send.conversation or send.owner_id
+        return (owner, send.sender_id, send.client_msg_id)
 
     async def claim_sends(
         self, claims: Sequence[tuple[SendKey, str]], ttl: float
@@ -242,7 +403,7 @@ class MemoryStore:
             self._sent = {k: v for k, v in self._sent.items() if v[1] > now}
         found: list[SendClaim | None] = []
         for send, message_id in claims:
-            key = (send.owner_id, send.sender_id, send.client_msg_id)
+            key = self._sent_key(send)
             entry = self._sent.get(key)
             if entry is not None and entry[1] > now:
                 found.append(entry[0])
@@ -254,7 +415,7 @@ class MemoryStore:
     async def finish_sends(self, results: Sequence[tuple[SendKey, bytes]], ttl: float) -> None:
         expires_at = self._clock() + ttl
         for send, result in results:
-            key = (send.owner_id, send.sender_id, send.client_msg_id)
+            key = self._sent_key(send)
             self._sent[key] = (SendClaim("", result, send.digest), expires_at)
 
     # --- token sessions (revocation) -----------------------------------------

@@ -41,9 +41,14 @@ from cim.store import keys
 from cim.store.base import (
     Account,
     Appended,
+    ConversationAppended,
+    ConversationItem,
+    HistoryEntry,
+    HistoryPage,
     InboxEntry,
     InboxItem,
     InboxPage,
+    PointerItem,
     Retention,
     SendClaim,
     SendKey,
@@ -89,6 +94,9 @@ _FIELDS = {
     "exp": keys.SESSION_INDEXED_EXPIRY,
     "head": keys.INBOX_HEAD,
     "dropped": keys.INBOX_DROPPED,
+    "acked": keys.INBOX_ACKED,
+    "last": keys.CONVERSATION_LAST,
+    "pointer": keys.POINTER_TAG.decode(),
     "digits": str(keys.INBOX_TIME_DIGITS),
     "disabled": keys.ACCOUNT_DISABLED,
     "disabled_reason": keys.ACCOUNT_DISABLED_REASON,
@@ -320,14 +328,17 @@ return {seq, s[1], s[2], s[3], s[4], s[5]}
 
 # KEYS: inbox meta, inbox, bodies. ARGV: after_seq, limit, now_ms, max_messages,
 # max_age_ms. Trims like an append, then returns head, dropped, how many entries
-# follow after_seq (up to limit + 1), and seq1, body1, ... for the first `limit`.
+# follow after_seq and the sync cursor (up to limit + 1), and seq1, body1, ...
+# for the first `limit` (a body is a full copy or a pointer).
 _READ_INBOX = _lua(
     _TRIM
     + """
 local limit = tonumber(ARGV[2])
 trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[3]) - tonumber(ARGV[5]))
-local meta = redis.call('HMGET', KEYS[1], '$head', '$dropped')
-local found = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES',
+local meta = redis.call('HMGET', KEYS[1], '$head', '$dropped', '$acked')
+-- Acked entries (pointers kept for the id window) are not replayed.
+local after = math.max(tonumber(ARGV[1]), tonumber(meta[3]) or 0)
+local found = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. after, '+inf', 'WITHSCORES',
                          'LIMIT', 0, limit + 1)
 local count = #found / 2
 local out = {tonumber(meta[1]) or 0, tonumber(meta[2]) or 0, count}
@@ -349,20 +360,154 @@ return out
 """
 )
 
-# KEYS: inbox meta, inbox, bodies. ARGV: seq. Removes every entry up to seq;
-# returns how many. A seq past the head is ignored: the client holds seqs the
-# store lost (a crash), and they must not trim the new entries that reuse them.
-_ACK_INBOX = _lua("""
+
+# The acked part of a user's sequence, shared by the ack and pointer scripts:
+# drops the entries up to the sync cursor (at most 100 per call, oldest
+# first), full copies at once and pointers once appended before `young` (ms):
+# until then a retried send finds its pointer by message id.
+_TRIM_ACKED = """
+local function trim_acked(meta, inbox, bodies, young)
+  local acked = tonumber(redis.call('HGET', meta, '$acked')) or 0
+  if acked == 0 then
+    return
+  end
+  local ids = redis.call('ZRANGEBYSCORE', inbox, '-inf', acked, 'LIMIT', 0, 100)
+  local doomed = {}
+  for _, id in ipairs(ids) do
+    local body = redis.call('HGET', bodies, id)
+    if body and string.sub(body, $digits + 1, $digits + 1) == '$pointer'
+        and tonumber(string.sub(body, 1, $digits)) >= young then
+      break
+    end
+    doomed[#doomed + 1] = id
+  end
+  if #doomed > 0 then
+    redis.call('ZREM', inbox, unpack(doomed))
+    redis.call('HDEL', bodies, unpack(doomed))
+  end
+end
+"""
+
+# Round trip 1 of a send: one message into a conversation's log. KEYS: meta,
+# log, bodies[, send claim]. ARGV: message id, body (time + payload), now_ms,
+# max_messages, max_age_ms, id_window_ms[, the claim's value]. With a claim
+# key the send is claimed first (SET NX GET): if an earlier attempt holds it,
+# returns {-1, its value} and appends nothing. A message id already in the log
+# gets its position back. Trims the log to the history bounds. Returns {position}.
+_CONV_APPEND = _lua(
+    _TRIM
+    + """
+if #KEYS >= 4 then
+  local earlier = redis.call('SET', KEYS[4], ARGV[7], 'NX', 'GET', 'PX',
+                             math.max(1, tonumber(ARGV[6])))
+  if earlier then
+    return {-1, earlier}
+  end
+end
+local position = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if position then
+  position = tonumber(position)
+else
+  position = redis.call('HINCRBY', KEYS[1], '$head', 1)
+  redis.call('ZADD', KEYS[2], position, ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[1], '$last', ARGV[1])
+end
+trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[3]) - tonumber(ARGV[5]))
+return {position}
+"""
+)
+
+# Round trip 2 of a send: a pointer into one member's sequence. KEYS: inbox
+# meta, inbox, bodies, ids, id seqs, session. ARGV: message id, body (time +
+# pointer), now_ms, max_messages, max_age_ms, id_window_ms. A message id the
+# sequence holds gets its seq back (acked pointers stay for the id window);
+# so does one a full-copy append of the code before conversations remembered
+# (ids, id seqs: a retry that crossed the upgrade). Returns the seq, then the
+# session's fields as HMGET reads them.
+_POINTERS = _lua(
+    _TRIM
+    + _TRIM_ACKED
+    + """
+local id, now, window = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[6])
+local seq = redis.call('ZSCORE', KEYS[2], id)
+if not seq then
+  seq = redis.call('HGET', KEYS[5], id)
+  if seq then
+    local at = redis.call('ZSCORE', KEYS[4], id)
+    if not at or tonumber(at) < now - window then
+      seq = false
+    end
+  end
+end
+if seq then
+  seq = tonumber(seq)
+else
+  seq = redis.call('HINCRBY', KEYS[1], '$head', 1)
+  redis.call('ZADD', KEYS[2], seq, id)
+  redis.call('HSET', KEYS[3], id, ARGV[2])
+end
+trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), now - tonumber(ARGV[5]))
+trim_acked(KEYS[1], KEYS[2], KEYS[3], now - window)
+local s = redis.call('HMGET', KEYS[6], '$sid', '$server', '$device', '$connected', '$exp')
+return {seq, s[1], s[2], s[3], s[4], s[5]}
+"""
+)
+
+# A page of a conversation's history. KEYS: meta, log, bodies. ARGV: before
+# (0: the newest), limit, now_ms, max_messages, max_age_ms. Trims like an
+# append, then returns head, dropped, how many entries are below `before` (up
+# to limit + 1), and position1, body1, ... newest first, for the first `limit`.
+_HISTORY = _lua(
+    _TRIM
+    + """
+trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[3]) - tonumber(ARGV[5]))
+local limit = tonumber(ARGV[2])
+local high = '+inf'
+if tonumber(ARGV[1]) > 0 then
+  high = '(' .. ARGV[1]
+end
+local found = redis.call('ZREVRANGEBYSCORE', KEYS[2], high, '-inf', 'WITHSCORES',
+                         'LIMIT', 0, limit + 1)
+local meta = redis.call('HMGET', KEYS[1], '$head', '$dropped')
+local count = #found / 2
+local out = {tonumber(meta[1]) or 0, tonumber(meta[2]) or 0, count}
+local ids = {}
+for i = 1, math.min(count, limit) do
+  ids[i] = found[2 * i - 1]
+end
+if #ids > 0 then
+  local bodies = redis.call('HMGET', KEYS[3], unpack(ids))
+  for i = 1, #ids do
+    if bodies[i] then
+      out[#out + 1] = tonumber(found[2 * i])
+      out[#out + 1] = bodies[i]
+    end
+  end
+end
+return out
+"""
+)
+
+# KEYS: inbox meta, inbox, bodies. ARGV: seq, now_ms, id_window_ms. Moves the
+# sync cursor to seq (never back) and trims the acked entries (see trim_acked).
+# A seq past the head is ignored: the client holds seqs the store lost (a
+# crash), and they must not trim the new entries that reuse them.
+_ACK_INBOX = _lua(
+    _TRIM_ACKED
+    + """
 local seq = tonumber(ARGV[1])
-if seq > (tonumber(redis.call('HGET', KEYS[1], '$head')) or 0) then
+local meta = redis.call('HMGET', KEYS[1], '$head', '$acked')
+if seq > (tonumber(meta[1]) or 0) then
   return 0
 end
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', seq)
-for first = 1, #ids, 500 do
-  redis.call('HDEL', KEYS[3], unpack(ids, first, math.min(first + 499, #ids)))
+if seq > (tonumber(meta[2]) or 0) then
+  redis.call('HSET', KEYS[1], '$acked', seq)
 end
-return redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seq)
-""")
+trim_acked(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[2]) - tonumber(ARGV[3]))
+return 1
+"""
+)
 
 # KEYS: account. ARGV: '1' to disable (with the reason) or '0' to enable, reason.
 # Returns -1 when there is no account (nothing written: no orphan hash), else
@@ -541,6 +686,9 @@ class RedisStore:
         self._append_inbox = client.register_script(_APPEND_INBOX)
         self._read_inbox = client.register_script(_READ_INBOX)
         self._ack_inbox = client.register_script(_ACK_INBOX)
+        self._conv_append = client.register_script(_CONV_APPEND)
+        self._pointers = client.register_script(_POINTERS)
+        self._history = client.register_script(_HISTORY)
         # Scripts queued in pipelines: redis-py loads them only for direct calls.
         self._pipelined = (
             self._claim,
@@ -548,7 +696,11 @@ class RedisStore:
             self._refresh,
             self._append_inbox,
             self._ack_inbox,
+            self._conv_append,
+            self._pointers,
         )
+        # The store's conversations mark (see conversations_since), once read.
+        self._since: float | None = None
 
     @classmethod
     def from_url(
@@ -1046,6 +1198,18 @@ class RedisStore:
         self, user_id: int, after_seq: int, limit: int, retention: Retention
     ) -> InboxPage:
         limit = max(limit, 0)
+        while True:
+            page, last_seq = await self._read_inbox_page(user_id, after_seq, limit, retention)
+            # A page whose every pointer lost its body would leave a replay's
+            # cursor where it was: read on past it instead.
+            if page.entries or not page.more or limit == 0:
+                return page
+            after_seq = last_seq
+
+    async def _read_inbox_page(
+        self, user_id: int, after_seq: int, limit: int, retention: Retention
+    ) -> tuple[InboxPage, int]:
+        """A page, pointers resolved (two round trips), and the last seq it read."""
         args = [
             after_seq,
             limit,
@@ -1055,29 +1219,198 @@ class RedisStore:
         ]
         async with self._guard():
             flat = await self._read_inbox(keys=self._inbox_keys(user_id), args=args)
-        skip = keys.INBOX_TIME_DIGITS
-        entries = [
-            InboxEntry(int(flat[i]), bytes(flat[i + 1])[skip:]) for i in range(3, len(flat), 2)
-        ]
-        return InboxPage(entries, int(flat[0]), int(flat[1]), more=int(flat[2]) > limit)
+            skip = keys.INBOX_TIME_DIGITS
+            rows = [(int(flat[i]), bytes(flat[i + 1])[skip:]) for i in range(3, len(flat), 2)]
+            pointers = [(seq, keys.parse_pointer(entry)) for seq, entry in rows]
+            bodies = await self._resolve([where for _, where in pointers if where is not None])
+        entries = []
+        for (seq, entry), (_, where) in zip(rows, pointers, strict=True):
+            if where is None:
+                entries.append(InboxEntry(seq, entry))
+                continue
+            body = bodies.get((where[0], where[2]))
+            if body is not None:  # else the conversation's retention dropped it
+                entries.append(InboxEntry(seq, body, where[0], where[1]))
+        page = InboxPage(entries, int(flat[0]), int(flat[1]), more=int(flat[2]) > limit)
+        return page, rows[-1][0] if rows else after_seq
 
-    async def ack_inbox(self, acks: Sequence[tuple[int, int]]) -> None:
+    async def _resolve(
+        self, pointers: Sequence[tuple[str, int, str]]
+    ) -> dict[tuple[str, str], bytes]:
+        """The bodies of pointers, by (conversation id, message id): one HMGET
+        per conversation, all in one round trip (per node)."""
+        if not pointers:
+            return {}
+        wanted: dict[str, list[str]] = {}
+        for conversation_id, _, message_id in pointers:
+            wanted.setdefault(conversation_id, []).append(message_id)
+
+        def build(pipe: _Pipe) -> None:
+            for conversation_id, message_ids in wanted.items():
+                pipe.hmget(self._keys.conversation_bodies(conversation_id), message_ids)
+
+        found = await self._pipeline(build)
+        skip = keys.INBOX_TIME_DIGITS
+        bodies = {}
+        for (conversation_id, message_ids), values in zip(wanted.items(), found, strict=True):
+            for message_id, value in zip(message_ids, values, strict=True):
+                if value is not None:
+                    bodies[(conversation_id, message_id)] = bytes(value)[skip:]
+        return bodies
+
+    async def ack_inbox(
+        self, acks: Sequence[tuple[int, int]], retention: Retention | None = None
+    ) -> None:
         # Each ack on its own, in order (one past the head is ignored, so the
         # highest of a user's acks is not always the one that counts).
         if not acks:
             return
 
+        now = _now_ms()
+        window = _bound_ms((retention or Retention()).id_window)
+
         def build(pipe: _Pipe) -> None:
             for user_id, seq in acks:
-                self._queue(pipe, self._ack_inbox, self._inbox_keys(user_id), [seq])
+                self._queue(pipe, self._ack_inbox, self._inbox_keys(user_id), [seq, now, window])
 
         async with self._guard():
             await self._pipeline(build)
+
+    # --- conversations ----------------------------------------------------
+    def _conversation_keys(self, conversation_id: str) -> list[str]:
+        return [
+            self._keys.conversation_meta(conversation_id),
+            self._keys.conversation_log(conversation_id),
+            self._keys.conversation_bodies(conversation_id),
+        ]
+
+    async def append_conversations(
+        self, items: Sequence[ConversationItem], retention: Retention
+    ) -> list[ConversationAppended]:
+        if not items:
+            return []
+        now = _now_ms()
+        stamp = b"%0*d" % (keys.INBOX_TIME_DIGITS, now)
+        bounds = [
+            retention.history_max_messages,
+            _bound_ms(retention.history_max_age),
+            _bound_ms(retention.id_window),
+        ]
+
+        def build(pipe: _Pipe) -> None:
+            # One script per item in one round trip (per node): the items of
+            # one conversation keep their order, so their positions do too.
+            for item in items:
+                names = self._conversation_keys(item.conversation_id)
+                args = [item.message_id, stamp + item.payload, now, *bounds]
+                if item.send is not None:
+                    if item.send.conversation != item.conversation_id:
+                        raise ValueError("an append claims only its own conversation's sends")
+                    names.append(self._sent_key(item.send))
+                    args.append(
+                        _claim_value(keys.SEND_RUNNING, item.send, item.message_id.encode())
+                    )
+                self._queue(pipe, self._conv_append, names, args)
+
+        async with self._guard():
+            # Safe to rerun after a NOSCRIPT: a message id in the log gets its
+            # position back; one that claimed its send finds its own claim.
+            rows = await self._pipeline(build)
+        appended = []
+        for item, row in zip(items, rows, strict=True):
+            if int(row[0]) == -1:
+                earlier = _send_claim(str(item.send), row[1]) or SendClaim(
+                    item.message_id, None, item.send.digest if item.send else None
+                )
+                appended.append(ConversationAppended(0, earlier))
+            else:
+                appended.append(ConversationAppended(int(row[0])))
+        return appended
+
+    async def append_pointers(
+        self, items: Sequence[PointerItem], retention: Retention
+    ) -> list[Appended]:
+        if not items:
+            return []
+        now = _now_ms()
+        stamp = b"%0*d" % (keys.INBOX_TIME_DIGITS, now)
+        bounds = [
+            retention.max_messages,
+            _bound_ms(retention.max_age),
+            _bound_ms(retention.id_window),
+        ]
+
+        def build(pipe: _Pipe) -> None:
+            for item in items:
+                uid = item.user_id
+                names = [
+                    *self._inbox_keys(uid),
+                    self._keys.inbox_ids(uid),
+                    self._keys.inbox_id_seqs(uid),
+                    self._keys.session(uid),
+                ]
+                entry = keys.pointer(item.conversation_id, item.position, item.message_id)
+                self._queue(
+                    pipe, self._pointers, names, [item.message_id, stamp + entry, now, *bounds]
+                )
+
+        async with self._guard():
+            rows = await self._pipeline(build)  # idempotent by message id: safe to rerun
+        return [
+            Appended(int(row[0]), _session(item.user_id, row[1:]))
+            for item, row in zip(items, rows, strict=True)
+        ]
+
+    async def read_history(
+        self, conversation_id: str, before: int, limit: int, retention: Retention
+    ) -> HistoryPage:
+        limit = max(limit, 0)
+        args = [
+            before,
+            limit,
+            _now_ms(),
+            retention.history_max_messages,
+            _bound_ms(retention.history_max_age),
+        ]
+        async with self._guard():
+            flat = await self._history(keys=self._conversation_keys(conversation_id), args=args)
+        skip = keys.INBOX_TIME_DIGITS
+        entries = [
+            HistoryEntry(int(flat[i]), bytes(flat[i + 1])[skip:]) for i in range(3, len(flat), 2)
+        ]
+        return HistoryPage(entries, int(flat[0]), int(flat[1]), more=int(flat[2]) > limit)
+
+    async def conversations_since(self) -> float:
+        if self._since is None:
+            now = _now_ms()
+            async with self._guard():
+                found = await self._client.set(
+                    self._keys.conversations_since, str(now), nx=True, get=True
+                )
+            self._since = (now if found is None else int(found)) / 1000
+        return self._since
+
+    async def read_sends(self, sends: Sequence[SendKey]) -> list[SendClaim | None]:
+        if not sends:
+            return []
+        names = [self._sent_key(send) for send in sends]
+
+        def build(pipe: _Pipe) -> None:
+            for name in names:
+                pipe.get(name)
+
+        async with self._guard():
+            found = await self._pipeline(build)
+        return [_send_claim(name, value) for name, value in zip(names, found, strict=True)]
 
     # --- idempotent sends -------------------------------------------------
     # The key holds the message id while the send runs, its result once
     # finished, each with the send's digest (see cim.store.keys).
     def _sent_key(self, send: SendKey) -> str:
+        if send.conversation:
+            return self._keys.conversation_sent(
+                send.conversation, send.sender_id, send.client_msg_id
+            )
         return self._keys.sent(send.owner_id, send.sender_id, send.client_msg_id)
 
     async def claim_sends(

@@ -167,7 +167,7 @@ def test_tracing_flags_reach_the_route_and_the_chat_servers() -> None:
         max_text_bytes=100,
         message_limits=MessageLimits(0.0, 1),
         login_limits=LoginLimits(0.0, 1),
-        retention=RetentionFlags(5.0, 10, 60.0),
+        retention=RetentionFlags(5.0, 10, 60.0, 20, 120.0),
         heartbeat=HeartbeatFlags(2.0, 6.0),
         tls_flags=ListenerTlsFlags(None, None, None, False, False),
         tracing=tracing,
@@ -243,7 +243,7 @@ def test_dev_limits_can_be_lifted() -> None:
         "max_text_bytes": 100,
         "message_limits": MessageLimits(0.0, 1),
         "login_limits": LoginLimits(0.0, 1),
-        "retention": RetentionFlags(5.0, 10, 60.0),
+        "retention": RetentionFlags(5.0, 10, 60.0, 20, 120.0),
         "heartbeat": HeartbeatFlags(2.0, 6.0),
         "tls_flags": ListenerTlsFlags(None, None, None, False, False),
         "tracing": TracingFlags("off", None),
@@ -257,6 +257,8 @@ def test_dev_limits_can_be_lifted() -> None:
         100,
     )
     assert (route.session_ttl, route.inbox_max_messages, route.inbox_max_age) == (5, 10, 60)
+    assert (route.history_max_messages, route.history_max_age) == (20, 120)
+    assert route.retention.history_max_messages == 20
     assert (server.heartbeat.ping_interval, server.heartbeat.idle_timeout) == (2, 6)
     assert server.max_text_bytes == 100 and route.tls is None and server.tls is None
 

@@ -33,6 +33,8 @@ ADDED: dict[str, set[str]] = {
         "--session-ttl",
         "--inbox-max-messages",
         "--inbox-max-age",
+        "--history-max-messages",
+        "--history-max-age",
         "--heartbeat-interval",
         "--idle-timeout",
         "--tls-cert",
@@ -52,6 +54,9 @@ ADDED: dict[str, set[str]] = {
     # JSON logs for every process; metrics and tracing for the server processes;
     # the Admin API's keys.
     "route": {
+        # History per conversation (issue 12).
+        "--history-max-messages",
+        "--history-max-age",
         "--log-format",
         "--metrics-port",
         "--metrics-host",

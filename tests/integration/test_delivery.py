@@ -10,10 +10,11 @@ import pytest
 
 from cim.client.client import CimClient, EventKind
 from cim.client.cursor import FileCursor
+from cim.core import conversations
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 from cim.route.messages import send_digest
-from cim.store.base import InboxItem, SendKey
+from cim.store.base import ConversationItem, InboxItem, PointerItem, SendKey
 from cim.testing import cluster, crash
 from cim.testing import fast_route_config as route_config
 
@@ -228,14 +229,52 @@ async def test_concurrent_sends_to_one_receiver_arrive_in_call_order(rr):
     assert [m.text for m in received] == texts
 
 
-async def test_a_send_retried_after_a_route_crash_is_appended_once(rr, raw):
-    """The first attempt appended the message and died before remembering its
-    result: the retry takes over its message id and gets the same seq."""
+@pytest.mark.parametrize("pointed", [False, True], ids=["log-only", "log-and-pointer"])
+async def test_a_send_retried_after_a_route_crash_reaches_the_receiver_once(rr, raw, pointed):
+    """The first attempt appended the message to the conversation (and maybe
+    the pointer to bob's sequence) and died before answering: the retry takes
+    over its message id, keeps its position and gives bob exactly one copy."""
     alice = await raw.login(rr, "alice")
     bob = await rr.client("bob")
     store = _store(rr)
     retention = rr.embedded.route.config.retention
-    # A private send's claim lives with its receiver's keys.
+    cid = conversations.private_id(alice.user_id, bob.user_id)
+    digest = send_digest(f"private:{bob.user_id}", "once")
+    sent = SendKey(bob.user_id, alice.user_id, "c-1", digest, conversation=cid)
+    crashed = common_pb2.ChatMessage(
+        message_id="01J0000000CRASHED0000",
+        sender_id=alice.user_id,
+        receiver_id=bob.user_id,
+        text="once",
+        conversation_id=cid,
+    )
+    (logged,) = await store.append_conversations(
+        [ConversationItem(cid, crashed.message_id, crashed.SerializeToString(), sent)], retention
+    )
+    if pointed:
+        await store.append_pointers(
+            [PointerItem(bob.user_id, cid, logged.position, crashed.message_id)], retention
+        )
+
+    reply = await raw.route(rr).SendPrivate(
+        common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="once", client_msg_id="c-1"),
+        metadata=raw.auth(alice.session_token),
+    )
+    assert reply.message_id == crashed.message_id
+    (message,) = await _received(rr, bob, 1)
+    assert (message.text, message.seq, message.position) == ("once", 1, 1)
+    assert await _nothing_more(rr, bob)
+
+
+async def test_a_send_the_code_before_conversations_left_unfinished_is_appended_once(rr, raw):
+    """The first attempt (by the code before conversations) appended a full
+    copy and died before remembering its result: the retry takes over its
+    message id and gets the same seq."""
+    alice = await raw.login(rr, "alice")
+    bob = await rr.client("bob")
+    store = _store(rr)
+    retention = rr.embedded.route.config.retention
+    # That code claimed a private send under its receiver's keys.
     sent = SendKey(bob.user_id, alice.user_id, "c-1", send_digest(f"private:{bob.user_id}", "once"))
     await store.claim_sends([(sent, "01J0000000CRASHED0000")], 600)
     crashed = common_pb2.ChatMessage(

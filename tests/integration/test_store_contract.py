@@ -5,13 +5,21 @@ in memory, on a standalone Redis and on a Redis Cluster (real servers, see
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 
 import pytest
 
 from cim.core.names import existing_name_keys, name_keys
 from cim.store import MemoryStore, SessionRecord, Store
-from cim.store.base import InboxItem, Retention, SendClaim, SendKey
+from cim.store.base import (
+    ConversationItem,
+    InboxItem,
+    PointerItem,
+    Retention,
+    SendClaim,
+    SendKey,
+)
 from cim.store.redis import RedisStore
 
 
@@ -407,6 +415,156 @@ async def test_an_ack_past_the_head_trims_nothing(store: Store) -> None:
     assert [e.seq for e in (await store.read_inbox(7, 0, 10, KEEP_ALL)).entries] == [1, 2]
 
 
+# --- conversations: one log per conversation, pointers per member -----------------------------
+
+
+def conv(cid: str, *message_ids: str, sender: int = 0) -> list[ConversationItem]:
+    return [
+        ConversationItem(
+            cid,
+            mid,
+            f"body-{mid}".encode(),
+            SendKey(0, sender, f"c-{mid}", b"d", conversation=cid) if sender else None,
+        )
+        for mid in message_ids
+    ]
+
+
+async def test_conversation_appends_get_positions_per_conversation(store: Store) -> None:
+    appended = await store.append_conversations(
+        conv("p:1:2", "a", "b") + conv("p:1:3", "c") + conv("p:1:2", "d"), KEEP_ALL
+    )
+    assert [a.position for a in appended] == [1, 2, 1, 3]
+    (again,) = await store.append_conversations(conv("p:1:2", "b"), KEEP_ALL)
+    assert again.position == 2  # idempotent by message id
+    page = await store.read_history("p:1:2", 0, 10, KEEP_ALL)
+    assert [(e.position, e.payload) for e in page.entries] == [
+        (3, b"body-d"),
+        (2, b"body-b"),
+        (1, b"body-a"),
+    ]
+    assert (page.head, page.dropped_through, page.more) == (3, 0, False)
+    empty = await store.read_history("p:8:9", 0, 10, KEEP_ALL)
+    assert (empty.entries, empty.head, empty.more) == ([], 0, False)
+
+
+async def test_history_pages_back_before_a_position(store: Store) -> None:
+    await store.append_conversations(conv("p:1:2", *(f"m{n}" for n in range(1, 8))), KEEP_ALL)
+    page = await store.read_history("p:1:2", 0, 3, KEEP_ALL)
+    assert [e.position for e in page.entries] == [7, 6, 5] and page.more
+    page = await store.read_history("p:1:2", 5, 3, KEEP_ALL)
+    assert [e.position for e in page.entries] == [4, 3, 2] and page.more
+    page = await store.read_history("p:1:2", 2, 3, KEEP_ALL)
+    assert [e.position for e in page.entries] == [1] and not page.more
+
+
+async def test_a_conversation_append_claims_its_send(store: Store) -> None:
+    (first,) = await store.append_conversations(conv("p:1:2", "m1", sender=1), KEEP_ALL)
+    assert first.position == 1 and first.earlier is None
+    # A retry (another message id, same client_msg_id) finds the claim: nothing appended.
+    retry = ConversationItem("p:1:2", "m9", b"x", SendKey(0, 1, "c-m1", b"d", conversation="p:1:2"))
+    (again,) = await store.append_conversations([retry], KEEP_ALL)
+    assert again.position == 0 and again.earlier == SendClaim("m1", None, b"d")
+    # The claim is the conversation's: the same client_msg_id elsewhere is another send.
+    (other,) = await store.append_conversations(conv("p:1:3", "m1", sender=1), KEEP_ALL)
+    assert other.position == 1 and other.earlier is None
+    key = SendKey(0, 1, "c-m1", b"d", conversation="p:1:2")
+    assert await store.read_sends([key]) == [SendClaim("m1", None, b"d")]
+    await store.finish_sends([(key, b"result")], ttl=10)
+    assert await store.read_sends([key]) == [SendClaim("", b"result", b"d")]
+    assert (await store.read_history("p:1:2", 0, 10, KEEP_ALL)).head == 1
+
+
+async def test_read_sends_reads_without_claiming(store: Store) -> None:
+    key = SendKey(7, 1, "c1", b"d")
+    assert await store.read_sends([key]) == [None]
+    assert await store.claim_sends([(key, "m1")], ttl=10) == [None]  # still free
+    assert await store.read_sends([key]) == [SendClaim("m1", None, b"d")]
+
+
+async def test_history_keeps_the_newest_by_count_and_age(store: Store) -> None:
+    small = Retention(history_max_messages=3)
+    await store.append_conversations(conv("p:1:2", *(f"m{n}" for n in range(1, 6))), small)
+    page = await store.read_history("p:1:2", 0, 10, small)
+    assert [e.position for e in page.entries] == [5, 4, 3]
+    assert (page.head, page.dropped_through) == (5, 2)
+    short = Retention(history_max_age=0.3)
+    await store.append_conversations(conv("p:1:3", "old"), short)
+    await asyncio.sleep(0.5)
+    # Trimmed by the read too: a quiet conversation does not keep old history.
+    page = await store.read_history("p:1:3", 0, 10, short)
+    assert (page.entries, page.dropped_through) == ([], 1)
+
+
+async def test_pointers_replay_as_their_bodies_beside_full_copies(store: Store) -> None:
+    await store.claim_session(SessionRecord(2, "s1", "a"), ttl=10)
+    await store.append_inbox(items(2, "old"), KEEP_ALL)  # a full copy (before conversations)
+    (a, b) = await store.append_conversations(conv("p:1:2", "m1", "m2"), KEEP_ALL)
+    pointed = await store.append_pointers(
+        [PointerItem(2, "p:1:2", a.position, "m1"), PointerItem(2, "p:1:2", b.position, "m2")],
+        KEEP_ALL,
+    )
+    assert [p.seq for p in pointed] == [2, 3]
+    assert pointed[0].session == SessionRecord(2, "s1", "a")
+    (again,) = await store.append_pointers([PointerItem(2, "p:1:2", 1, "m1")], KEEP_ALL)
+    assert again.seq == 2  # idempotent by message id
+    page = await store.read_inbox(2, 0, 10, KEEP_ALL)
+    assert [(e.seq, e.payload, e.conversation_id, e.position) for e in page.entries] == [
+        (1, b"body-old", "", 0),
+        (2, b"body-m1", "p:1:2", 1),
+        (3, b"body-m2", "p:1:2", 2),
+    ]
+    assert (page.head_seq, page.more) == (3, False)
+
+
+async def test_an_ack_moves_the_cursor_and_keeps_the_history(store: Store) -> None:
+    await store.append_inbox(items(2, "old"), KEEP_ALL)
+    appended = await store.append_conversations(conv("p:1:2", "m1", "m2", "m3"), KEEP_ALL)
+    await store.append_pointers(
+        [PointerItem(2, "p:1:2", a.position, f"m{n}") for n, a in enumerate(appended, 1)],
+        KEEP_ALL,
+    )
+    await store.ack_inbox([(2, 3)], KEEP_ALL)
+    page = await store.read_inbox(2, 0, 10, KEEP_ALL)
+    assert [e.seq for e in page.entries] == [4]  # acked entries are not replayed
+    await store.ack_inbox([(2, 2)], KEEP_ALL)  # never back
+    assert [e.seq for e in (await store.read_inbox(2, 0, 10, KEEP_ALL)).entries] == [4]
+    # Within the id window an acked pointer still answers a retried send.
+    (again,) = await store.append_pointers([PointerItem(2, "p:1:2", 1, "m1")], KEEP_ALL)
+    assert again.seq == 2
+    history = await store.read_history("p:1:2", 0, 10, KEEP_ALL)
+    assert [e.position for e in history.entries] == [3, 2, 1]  # the ack deleted nothing
+
+
+async def test_acked_pointers_go_after_the_id_window(store: Store) -> None:
+    brief = Retention(id_window=0.2)
+    (a,) = await store.append_conversations(conv("p:1:2", "m1"), brief)
+    await store.append_pointers([PointerItem(2, "p:1:2", a.position, "m1")], brief)
+    await store.ack_inbox([(2, 1)], brief)
+    await asyncio.sleep(0.4)
+    await store.ack_inbox([(2, 1)], brief)  # trims the acked pointer, now old
+    # Gone from the sequence: the same id now takes a new seq.
+    (again,) = await store.append_pointers([PointerItem(2, "p:1:2", 1, "m1")], brief)
+    assert again.seq == 2
+
+
+async def test_a_pointer_whose_body_retention_dropped_is_left_out(store: Store) -> None:
+    small = Retention(history_max_messages=1)
+    appended = await store.append_conversations(conv("p:1:2", "m1", "m2"), small)
+    await store.append_pointers(
+        [PointerItem(2, "p:1:2", a.position, f"m{n}") for n, a in enumerate(appended, 1)], small
+    )
+    page = await store.read_inbox(2, 0, 10, small)
+    assert [(e.seq, e.payload) for e in page.entries] == [(2, b"body-m2")]
+    assert page.head_seq == 2
+
+
+async def test_the_conversations_mark_is_set_once(store: Store) -> None:
+    first = await store.conversations_since()
+    assert abs(first - time.time()) < 5
+    assert await store.conversations_since() == first
+
+
 # --- token sessions (revocation) ---------------------------------------------------------------
 
 
@@ -539,3 +697,17 @@ async def test_a_claim_replaces_a_pending_session_only_until_it_connects(store: 
     in_the_way = await store.claim_session(third, 10, replace_session_id="s2", pending_only=True)
     assert in_the_way == connected
     assert await store.claim_session(third, 10, replace_session_id="s2") is None
+
+
+async def test_a_page_of_pointers_that_all_lost_their_bodies_is_read_past(store: Store) -> None:
+    small = Retention(history_max_messages=1)
+    appended = await store.append_conversations(conv("p:1:2", "m1", "m2", "m3"), small)
+    await store.append_pointers(
+        [PointerItem(2, "p:1:2", a.position, f"m{n}") for n, a in enumerate(appended, 1)], small
+    )
+    # A replay's page of two finds nothing to show: the store reads on.
+    page = await store.read_inbox(2, 0, 2, small)
+    assert [(e.seq, e.payload) for e in page.entries] == [(3, b"body-m3")]
+    assert not page.more
+    empty = await store.read_inbox(2, 0, 0, small)
+    assert empty.entries == [] and empty.more

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from cim.core.ids import message_time_ms
-from cim.errors import InvalidArgument, NotFound, Unavailable
+from cim.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from cim.proto.internal.v1 import route_internal_pb2
 from cim.proto.v1 import common_pb2
 from cim.route.messages import (
@@ -20,10 +20,21 @@ from cim.route.messages import (
     group_parcels,
     send_digest,
     settle_claims,
+    settle_conversation_claims,
 )
 from cim.route.servers import Parcel
 from cim.route.service import submit_result
-from cim.store.base import Appended, InboxItem, Retention, SendClaim, SendKey, SessionRecord
+from cim.store.base import (
+    Appended,
+    ConversationAppended,
+    ConversationItem,
+    InboxItem,
+    PointerItem,
+    Retention,
+    SendClaim,
+    SendKey,
+    SessionRecord,
+)
 from cim.store.memory import MemoryStore
 from cim.testing import fast_route_config
 
@@ -46,6 +57,7 @@ def _send(receiver_id: int = 2, client_msg_id: str = "c-1") -> PrivateSend:
             text="hi",
             server_time_ms=message_time_ms(MESSAGE_ID),
             client_msg_id=client_msg_id,
+            conversation_id=f"p:1:{receiver_id}",
         )
     )
     return send
@@ -127,14 +139,40 @@ def test_a_retry_of_an_unfinished_send_reuses_the_earlier_id_and_its_time() -> N
     assert send.inbox_item(claim=False).message_id == EARLIER_ID
 
 
-def test_the_inbox_item_claims_the_send_only_when_asked_and_only_with_an_id() -> None:
+def test_the_conversation_item_claims_the_send_only_when_asked_and_only_with_an_id() -> None:
     send = _send()
-    claiming = send.inbox_item(claim=True)
-    assert (claiming.user_id, claiming.message_id) == (2, MESSAGE_ID)
-    assert claiming.send == SendKey(2, 1, "c-1", send.digest)
+    claiming = send.conversation_item(claim=True)
+    assert (claiming.conversation_id, claiming.message_id) == ("p:1:2", MESSAGE_ID)
+    assert claiming.send == SendKey(2, 1, "c-1", send.digest, conversation="p:1:2")
     assert common_pb2.ChatMessage.FromString(claiming.payload) == send.message
-    assert send.inbox_item(claim=False).send is None
-    assert _send(client_msg_id="").inbox_item(claim=True).send is None
+    assert send.conversation_item(claim=False).send is None
+    assert _send(client_msg_id="").conversation_item(claim=True).send is None
+    # Where the code before conversations claimed it: the receiver's keys.
+    assert send.legacy_key == SendKey(2, 1, "c-1", send.digest)
+
+
+def test_a_positioned_send_points_its_receiver_at_the_conversation() -> None:
+    send = _send()
+    send.positioned(ConversationAppended(5))
+    assert send.pointer() == PointerItem(2, "p:1:2", 5, MESSAGE_ID)
+    send.appended(Appended(seq=9, session=None))
+    assert (send.message.position, send.message.seq) == (5, 9)
+
+
+def test_settle_conversation_claims_sorts_first_attempts_and_retries() -> None:
+    first, reused, unfinished = _send(), _send(), _send()
+    again = settle_conversation_claims(
+        [first, reused, unfinished],
+        [
+            ConversationAppended(4),
+            ConversationAppended(0, SendClaim(EARLIER_ID, None, b"another digest")),
+            ConversationAppended(0, SendClaim(EARLIER_ID, None)),
+        ],
+    )
+    assert again == [unfinished]
+    assert first.in_flight and first.message.position == 4
+    assert isinstance(reused.result, FailedPrecondition)
+    assert unfinished.message.message_id == EARLIER_ID
 
 
 def test_settle_claims_sorts_first_attempts_finished_and_unfinished_retries() -> None:
@@ -197,18 +235,39 @@ class FakeServers:
 
 
 class CountingStore(MemoryStore):
+    """Counts the send path's store calls (each one round trip on Redis)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.appends: list[list[InboxItem]] = []
+        self.conversation_appends: list[list[ConversationItem]] = []
+        self.pointer_appends: list[list[PointerItem]] = []
         self.fail_appends = False
+
+    def _maybe_fail(self) -> None:
+        if self.fail_appends:
+            raise Unavailable("store unavailable: test")
 
     async def append_inbox(
         self, items: Sequence[InboxItem], retention: Retention
     ) -> list[Appended]:
         self.appends.append(list(items))
-        if self.fail_appends:
-            raise Unavailable("store unavailable: test")
+        self._maybe_fail()
         return await super().append_inbox(items, retention)
+
+    async def append_conversations(
+        self, items: Sequence[ConversationItem], retention: Retention
+    ) -> list[ConversationAppended]:
+        self.conversation_appends.append(list(items))
+        self._maybe_fail()
+        return await super().append_conversations(items, retention)
+
+    async def append_pointers(
+        self, items: Sequence[PointerItem], retention: Retention
+    ) -> list[Appended]:
+        self.pointer_appends.append(list(items))
+        self._maybe_fail()
+        return await super().append_pointers(items, retention)
 
 
 class Setup:
@@ -253,14 +312,21 @@ def _to(
     )
 
 
-async def test_a_batch_costs_one_append_and_one_push_and_answers_in_order(setup: Setup) -> None:
+async def test_a_batch_costs_two_store_calls_and_one_push_and_answers_in_order(
+    setup: Setup,
+) -> None:
     await setup.user("alice")
     bob = await setup.user("bob", online=True)
     carol = await setup.user("carol")
     outcomes = await setup.router.submit_batch(
         _batch(_to(bob, "one"), _to(bob, " "), _to(999), _to(carol), _to(bob))
     )
-    assert len(setup.store.appends) == 1 and len(setup.store.appends[0]) == 3
+    # The conversations, then the receivers' sequences: two round trips on Redis.
+    (logged,) = setup.store.conversation_appends
+    assert [item.conversation_id for item in logged] == ["p:1:2", "p:1:3", "p:1:2"]
+    (pointed,) = setup.store.pointer_appends
+    assert [(p.user_id, p.position) for p in pointed] == [(bob, 1), (carol, 1), (bob, 2)]
+    assert setup.store.appends == []  # no full copies
     # One push, one parcel for bob's chat server with both of his messages.
     assert [[len(parcel) for _, parcel in push] for push in setup.servers.pushes] == [[2]]
     first, blank, unknown, offline, second = outcomes
@@ -269,10 +335,9 @@ async def test_a_batch_costs_one_append_and_one_push_and_answers_in_order(setup:
     assert isinstance(unknown, NotFound)
     assert isinstance(offline, common_pb2.SendResponse) and offline.status == STORED
     assert isinstance(second, common_pb2.SendResponse) and second.status == DELIVERED
-    assert [(m.text, m.seq, m.sender_id) for m in await setup.inbox(bob)] == [
-        ("one", 1, 1),
-        ("hi", 2, 1),
-    ]
+    assert [
+        (m.text, m.seq, m.sender_id, m.conversation_id, m.position) for m in await setup.inbox(bob)
+    ] == [("one", 1, 1, "p:1:2", 1), ("hi", 2, 1, "p:1:2", 2)]
 
 
 async def test_a_retry_after_the_result_is_remembered_gets_it_without_a_second_message(
@@ -293,22 +358,57 @@ async def test_a_retry_of_an_unfinished_send_is_appended_again_under_its_first_i
 ) -> None:
     await setup.user("alice")
     bob = await setup.user("bob", online=True)
-    # What a route that crashed mid-send left: the claim and the append, no result.
+    # What a route that crashed mid-send left: the claim, the conversation
+    # append and the pointer, no result.
     digest = send_digest(f"private:{bob}", "hi")
-    await setup.store.claim_sends([(SendKey(bob, 1, "u-1", digest), EARLIER_ID)], 600)
-    crashed = common_pb2.ChatMessage(message_id=EARLIER_ID, receiver_id=bob, text="hi")
-    await setup.store.append_inbox(
-        [InboxItem(bob, EARLIER_ID, crashed.SerializeToString())], Retention()
+    key = SendKey(bob, 1, "u-1", digest, conversation="p:1:2")
+    crashed = common_pb2.ChatMessage(
+        message_id=EARLIER_ID, receiver_id=bob, text="hi", conversation_id="p:1:2"
     )
+    await setup.store.append_conversations(
+        [ConversationItem("p:1:2", EARLIER_ID, crashed.SerializeToString(), key)], Retention()
+    )
+    await setup.store.append_pointers([PointerItem(bob, "p:1:2", 1, EARLIER_ID)], Retention())
     reply = await setup.router.send_private(1, "alice", _to(bob, client_msg_id="u-1"))
     assert reply.message_id == EARLIER_ID
     assert reply.server_time_ms == message_time_ms(EARLIER_ID)
-    claim, again = setup.store.appends[1:]
-    assert claim[0].send == SendKey(bob, 1, "u-1", digest) and again[0].send is None
+    claim, again = setup.store.conversation_appends[1:]
+    assert claim[0].send == key and again[0].send is None
     assert again[0].message_id == EARLIER_ID
-    assert [(m.message_id, m.seq) for m in await setup.inbox(bob)] == [(EARLIER_ID, 1)]
+    assert [(m.message_id, m.seq, m.position) for m in await setup.inbox(bob)] == [
+        (EARLIER_ID, 1, 1)
+    ]
     ((_, parcel),) = setup.servers.pushes[0]
     assert parcel[0].message.seq == 1  # the same seq: the chat server drops it as a duplicate
+
+
+async def test_a_retry_of_a_send_the_code_before_conversations_left_is_not_delivered_twice(
+    setup: Setup,
+) -> None:
+    await setup.user("alice")
+    bob = await setup.user("bob")
+    # The older code's crashed send: its claim under bob's keys, a full copy in his inbox.
+    digest = send_digest(f"private:{bob}", "hi")
+    legacy = SendKey(bob, 1, "old-1", digest)
+    await setup.store.claim_sends([(legacy, EARLIER_ID)], 600)
+    crashed = common_pb2.ChatMessage(
+        message_id=EARLIER_ID, sender_id=1, receiver_id=bob, text="hi", kind=1
+    )
+    await setup.store.append_inbox(
+        [InboxItem(bob, EARLIER_ID, crashed.SerializeToString(), legacy)], Retention()
+    )
+    reply = await setup.router.send_private(1, "alice", _to(bob, client_msg_id="old-1"))
+    assert reply.message_id == EARLIER_ID
+    # The pointer found the old copy by message id: one entry, its seq.
+    assert [(m.message_id, m.seq, m.conversation_id) for m in await setup.inbox(bob)] == [
+        (EARLIER_ID, 1, "p:1:2")
+    ]
+    # A finished older send answers with its result; another text is refused.
+    done = common_pb2.SendResponse(message_id=EARLIER_ID, status=STORED)
+    await setup.store.finish_sends([(legacy, done.SerializeToString())], 600)
+    assert await setup.router.send_private(1, "alice", _to(bob, client_msg_id="old-1")) == done
+    with pytest.raises(FailedPrecondition):
+        await setup.router.send_private(1, "alice", _to(bob, "other", client_msg_id="old-1"))
 
 
 async def test_a_store_failure_fails_every_send_that_reached_the_store(setup: Setup) -> None:
