@@ -24,12 +24,21 @@ from cim.core.passwords import ScryptParams
 from cim.embedded import EmbeddedCluster
 from cim.proto.v1 import common_pb2
 from cim.registry.base import Registry
+from cim.registry.inprocess import InProcessRegistry
 from cim.store.base import Store
+from cim.store.memory import MemoryStore
 
 # How long a test client may take to replay what is stored for it at connect.
 LIVE_TIMEOUT = 10.0
 
-__all__ = ["BackendFactory", "TestCluster", "cluster", "fast_route_config", "use_backends"]
+__all__ = [
+    "BackendFactory",
+    "TestCluster",
+    "backends",
+    "cluster",
+    "fast_route_config",
+    "use_backends",
+]
 
 BackendFactory = Callable[[], Awaitable[tuple[Store, Registry]]]
 _backend_factory: BackendFactory | None = None
@@ -46,6 +55,15 @@ def use_backends(factory: BackendFactory) -> Iterator[None]:
         yield
     finally:
         _backend_factory = previous
+
+
+async def backends() -> tuple[Store, Registry]:
+    """The store and registry a ``cluster()`` here would make (those of
+    ``use_backends``, else in memory), for a test that writes to the store
+    before a route starts on it. The caller closes them."""
+    if _backend_factory is not None:
+        return await _backend_factory()
+    return MemoryStore(), InProcessRegistry()
 
 
 def fast_route_config(**overrides: object) -> RouteConfig:

@@ -107,6 +107,7 @@ class RouteApp:
         # then says the admin API is off and how to turn it on.
         admin = Administration(self.store, self.sessions, self.router, self.servers)
         listener.add(AdminService(AdminKeys(self.config.admin_keys), admin), ADMIN, public=True)
+        await self.router.start()
         await listener.start()
         self.port = listener.port
         self._prober = asyncio.create_task(self._probe_suspects())

@@ -568,10 +568,7 @@ class MessageRouter:
         keyed = [send for send in sends if send.in_flight and send.legacy_key is not None]
         if not keyed:
             return
-        if self._legacy_until is None:
-            since = await self._store.conversations_since()
-            self._legacy_until = since + self._config.send_dedup_window
-        if time.time() >= self._legacy_until:
+        if time.time() >= await self._legacy_window():
             return
         found = await self._store.read_sends([send.legacy_key for send in keyed if send.legacy_key])
         for send, earlier in zip(keyed, found, strict=True):
@@ -654,6 +651,22 @@ class MessageRouter:
         self._unremembered.extend((key, response.SerializeToString()) for key, response in sends)
         if self._remembering is None:
             self._remembering = asyncio.create_task(self._remember_soon())
+
+    async def start(self) -> None:
+        """Reads (or sets) the store's conversations mark before serving: a
+        store that has no account yet is marked as having no older claims,
+        which spares every send of the next dedup window a round trip (see
+        _legacy_claims). Without the store now, the first send reads it."""
+        try:
+            await self._legacy_window()
+        except CimError as exc:
+            log.warning("reading the conversations mark failed (%s)", exc.message)
+
+    async def _legacy_window(self) -> float:
+        if self._legacy_until is None:
+            since = await self._store.conversations_since()
+            self._legacy_until = since + self._config.send_dedup_window
+        return self._legacy_until
 
     async def aclose(self) -> None:
         """Writes the results still waiting to be remembered."""

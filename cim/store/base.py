@@ -316,7 +316,8 @@ class Store(Protocol):
         """When this store was first served with conversations (seconds since
         the epoch; marked by the first call): private send claims written
         before then live under the receiver's keys, so for one dedup window
-        after it a send also looks there (see ``read_sends``)."""
+        after it a send also looks there (see ``read_sends``). 0.0 when the
+        first call found no account: no send can have been claimed before."""
 
     async def read_sends(self, sends: Sequence[SendKey]) -> list[SendClaim | None]:
         """What each send's claim holds, without claiming it."""

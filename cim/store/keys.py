@@ -43,7 +43,8 @@ as a per-user key.
                                               Private sends claimed here before
                                               conversations; now notices only.
     {prefix}conversations_since       string  ms since the epoch the store was first
-                                              served with conversations (SET NX)
+                                              served with conversations (SET NX); 0
+                                              if it had no account then
 
 Per-conversation keys carry the hash tag ``{c:<conversation id>}``
 (docs/design/conversations.md):

@@ -379,7 +379,7 @@ class MemoryStore:
 
     async def conversations_since(self) -> float:
         if self._conversations_since is None:
-            self._conversations_since = time.time()
+            self._conversations_since = time.time() if self._accounts else 0.0
         return self._conversations_since
 
     async def read_sends(self, sends: Sequence[SendKey]) -> list[SendClaim | None]:

@@ -1382,12 +1382,19 @@ class RedisStore:
 
     async def conversations_since(self) -> float:
         if self._since is None:
-            now = _now_ms()
+            name = self._keys.conversations_since
             async with self._guard():
-                found = await self._client.set(
-                    self._keys.conversations_since, str(now), nx=True, get=True
-                )
-            self._since = (now if found is None else int(found)) / 1000
+                found = await self._client.get(name)
+                if found is None:
+                    # No account yet, so no send the older code claimed: no
+                    # window. (Two keys in two slots: read, then SET NX.)
+                    fresh = not await self._client.exists(self._keys.user_id_counter)
+                    mark = 0 if fresh else _now_ms()
+                    earlier = await self._client.set(name, str(mark), nx=True, get=True)
+                    since = mark if earlier is None else int(earlier)
+                else:
+                    since = int(found)
+            self._since = since / 1000
         return self._since
 
     async def read_sends(self, sends: Sequence[SendKey]) -> list[SendClaim | None]:

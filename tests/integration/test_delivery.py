@@ -11,11 +11,12 @@ import pytest
 from cim.client.client import CimClient, EventKind
 from cim.client.cursor import FileCursor
 from cim.core import conversations
+from cim.core.passwords import hash_password
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 from cim.route.messages import send_digest
 from cim.store.base import ConversationItem, InboxItem, PointerItem, SendKey
-from cim.testing import cluster, crash
+from cim.testing import backends, cluster, crash
 from cim.testing import fast_route_config as route_config
 
 STORED = common_pb2.DELIVERY_STATUS_STORED
@@ -266,32 +267,39 @@ async def test_a_send_retried_after_a_route_crash_reaches_the_receiver_once(rr, 
     assert await _nothing_more(rr, bob)
 
 
-async def test_a_send_the_code_before_conversations_left_unfinished_is_appended_once(rr, raw):
-    """The first attempt (by the code before conversations) appended a full
-    copy and died before remembering its result: the retry takes over its
-    message id and gets the same seq."""
-    alice = await raw.login(rr, "alice")
-    bob = await rr.client("bob")
-    store = _store(rr)
-    retention = rr.embedded.route.config.retention
-    # That code claimed a private send under its receiver's keys.
-    sent = SendKey(bob.user_id, alice.user_id, "c-1", send_digest(f"private:{bob.user_id}", "once"))
-    await store.claim_sends([(sent, "01J0000000CRASHED0000")], 600)
-    crashed = common_pb2.ChatMessage(
-        message_id="01J0000000CRASHED0000", sender_id=alice.user_id, text="once"
-    )
-    await store.append_inbox(
-        [InboxItem(bob.user_id, crashed.message_id, crashed.SerializeToString())], retention
-    )
-
-    reply = await raw.route(rr).SendPrivate(
-        common_pb2.SendPrivateRequest(receiver_id=bob.user_id, text="once", client_msg_id="c-1"),
-        metadata=raw.auth(alice.session_token),
-    )
-    assert reply.message_id == crashed.message_id
-    (message,) = await _received(rr, bob, 1)
-    assert (message.text, message.seq) == ("once", 1)
-    assert await _nothing_more(rr, bob)
+async def test_a_send_the_code_before_conversations_left_unfinished_is_appended_once(raw):
+    """The first attempt (by the code before conversations, which served the
+    store before this route started) appended a full copy and died before
+    remembering its result: the retry takes over its message id and gets the
+    same seq."""
+    store, registry = await backends()
+    try:
+        alice_id = (await store.create_account("alice", hash_password("secret-pw")))[0].user_id
+        bob_id = (await store.create_account("bob", hash_password("secret-pw")))[0].user_id
+        # That code claimed a private send under its receiver's keys.
+        sent = SendKey(bob_id, alice_id, "c-1", send_digest(f"private:{bob_id}", "once"))
+        await store.claim_sends([(sent, "01J0000000CRASHED0000")], 600)
+        crashed = common_pb2.ChatMessage(
+            message_id="01J0000000CRASHED0000", sender_id=alice_id, text="once"
+        )
+        config = route_config(routing="round-robin")
+        await store.append_inbox(
+            [InboxItem(bob_id, crashed.message_id, crashed.SerializeToString())], config.retention
+        )
+        async with cluster(servers=2, route_config=config, store=store, registry=registry) as rr:
+            alice = await raw.login(rr, "alice", register=False)
+            bob = await rr.client("bob")
+            reply = await raw.route(rr).SendPrivate(
+                common_pb2.SendPrivateRequest(receiver_id=bob_id, text="once", client_msg_id="c-1"),
+                metadata=raw.auth(alice.session_token),
+            )
+            assert reply.message_id == crashed.message_id
+            (message,) = await _received(rr, bob, 1)
+            assert (message.text, message.seq) == ("once", 1)
+            assert await _nothing_more(rr, bob)
+    finally:
+        await registry.aclose()
+        await store.aclose()
 
 
 async def test_replay_and_ack_need_the_cluster_secret(rr, raw, fails):

@@ -560,9 +560,16 @@ async def test_a_pointer_whose_body_retention_dropped_is_left_out(store: Store) 
 
 
 async def test_the_conversations_mark_is_set_once(store: Store) -> None:
+    await store.create_account("alice", "hash")
     first = await store.conversations_since()
     assert abs(first - time.time()) < 5
     assert await store.conversations_since() == first
+
+
+async def test_a_store_marked_before_any_account_has_no_older_claims(store: Store) -> None:
+    assert await store.conversations_since() == 0.0
+    await store.create_account("alice", "hash")
+    assert await store.conversations_since() == 0.0
 
 
 # --- token sessions (revocation) ---------------------------------------------------------------

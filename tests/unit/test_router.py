@@ -242,6 +242,7 @@ class CountingStore(MemoryStore):
         self.appends: list[list[InboxItem]] = []
         self.conversation_appends: list[list[ConversationItem]] = []
         self.pointer_appends: list[list[PointerItem]] = []
+        self.sends_read: list[list[SendKey]] = []
         self.fail_appends = False
 
     def _maybe_fail(self) -> None:
@@ -268,6 +269,10 @@ class CountingStore(MemoryStore):
         self.pointer_appends.append(list(items))
         self._maybe_fail()
         return await super().append_pointers(items, retention)
+
+    async def read_sends(self, sends: Sequence[SendKey]) -> list[SendClaim | None]:
+        self.sends_read.append(list(sends))
+        return await super().read_sends(sends)
 
 
 class Setup:
@@ -409,6 +414,25 @@ async def test_a_retry_of_a_send_the_code_before_conversations_left_is_not_deliv
     assert await setup.router.send_private(1, "alice", _to(bob, client_msg_id="old-1")) == done
     with pytest.raises(FailedPrecondition):
         await setup.router.send_private(1, "alice", _to(bob, "other", client_msg_id="old-1"))
+
+
+async def test_sends_look_for_older_claims_only_on_a_store_served_before(setup: Setup) -> None:
+    await setup.user("alice")
+    bob = await setup.user("bob")
+    await setup.router.send_private(1, "alice", _to(bob, client_msg_id="c-1"))
+    assert len(setup.store.sends_read) == 1  # accounts before the mark: the window
+
+
+async def test_a_router_started_on_a_store_without_accounts_never_looks_for_older_claims() -> None:
+    made = Setup()
+    await made.router.start()
+    await made.user("alice")
+    bob = await made.user("bob")
+    await made.router.send_private(1, "alice", _to(bob, client_msg_id="c-1"))
+    await made.router.submit_batch(_batch(_to(bob, client_msg_id="c-2")))
+    await made.router.aclose()
+    assert made.store.sends_read == []
+    assert [m.client_msg_id for m in await made.inbox(bob)] == ["c-1", "c-2"]
 
 
 async def test_a_store_failure_fails_every_send_that_reached_the_store(setup: Setup) -> None:
