@@ -371,12 +371,21 @@ local function trim_acked(meta, inbox, bodies, young)
   if acked == 0 then
     return
   end
-  local ids = redis.call('ZRANGEBYSCORE', inbox, '-inf', acked, 'LIMIT', 0, 100)
+  local function kept(id)
+    local body = redis.call('HGET', bodies, id)
+    return body and string.sub(body, $digits + 1, $digits + 1) == '$pointer'
+        and tonumber(string.sub(body, 1, $digits)) >= young
+  end
+  -- Mostly the oldest acked entry is a pointer still kept: look at it alone
+  -- first (else every call would read 100 ids once the kept ones reach 100).
+  local ids = redis.call('ZRANGEBYSCORE', inbox, '-inf', acked, 'LIMIT', 0, 1)
+  if #ids == 0 or kept(ids[1]) then
+    return
+  end
+  ids = redis.call('ZRANGEBYSCORE', inbox, '-inf', acked, 'LIMIT', 0, 100)
   local doomed = {}
   for _, id in ipairs(ids) do
-    local body = redis.call('HGET', bodies, id)
-    if body and string.sub(body, $digits + 1, $digits + 1) == '$pointer'
-        and tonumber(string.sub(body, 1, $digits)) >= young then
+    if kept(id) then
       break
     end
     doomed[#doomed + 1] = id
