@@ -407,6 +407,24 @@ class CimClient:
         """
         return await self.route.fetch_offline(limit, after_seq)
 
+    async def history(
+        self, conversation_id: str, before_position: int = 0, limit: int = 0
+    ) -> route_pb2.HistoryResponse:
+        """A page of a conversation's history, newest first, each message with
+        its position: those before ``before_position`` (0: from the newest),
+        at most ``limit`` (0: 50; at most 100). Page back by passing the last
+        message's position; ``more`` says whether older ones are left. The id
+        of the private conversation with a user is
+        ``cim.core.conversations.private_id(me, them)`` (every message
+        carries its ``conversation_id``).
+
+        Raises Unauthenticated, InvalidArgument (a malformed id, a limit out
+        of range), PermissionDenied (not one of its members), NotFound (a
+        group id: groups do not exist yet), Unavailable, DeadlineExceeded,
+        FailedPrecondition (the client is closed).
+        """
+        return await self.route.history(conversation_id, before_position, limit)
+
     async def messages(self) -> AsyncIterator[common_pb2.ChatMessage]:
         """Pushed messages in arrival order; ends when the client closes or
         gives up. Raises nothing."""

@@ -70,6 +70,15 @@ class DelayedMessage:
 
 
 @dataclass(frozen=True)
+class ShowHistory:
+    """Page back through the private conversation with a user: the newest
+    page, or the one before a position."""
+
+    peer_id: int
+    before: int = 0
+
+
+@dataclass(frozen=True)
 class Quit:
     """Leave the console (``:q!``)."""
 
@@ -83,6 +92,7 @@ Command = (
     | SearchLog
     | ShowEmoji
     | DelayedMessage
+    | ShowHistory
     | Quit
 )
 
@@ -96,6 +106,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     (":q <keyword>", "search your local chat log"),
     (":emoji [page]", "show a page of emoji aliases; write :alias: in a message"),
     (":delay <text> <seconds>", "send text (or userId;;text) after a delay"),
+    (":his <userId> [before]", "page back through your conversation with a user"),
     (":q!", "quit"),
 )
 
@@ -138,6 +149,8 @@ def parse(line: str) -> Command | None:
         return ShowEmoji(page=_parse_page(rest))
     if name == ":delay":
         return _parse_delay(rest)
+    if name == ":his":
+        return _parse_history(rest)
     raise CommandError(f"unknown command {head!r}; type :all for the list of commands")
 
 
@@ -186,3 +199,17 @@ def _parse_delay(rest: str) -> DelayedMessage:
             f"{usage} (seconds must be more than 0 and at most {MAX_DELAY_SECONDS:g})"
         )
     return DelayedMessage(message=_parse_message(text.strip()), seconds=seconds)
+
+
+def _parse_history(rest: str) -> ShowHistory:
+    usage = "usage: :his <userId> [before position]"
+    parts = rest.split()
+    if not 1 <= len(parts) <= 2 or not all(part.isascii() and part.isdigit() for part in parts):
+        raise CommandError(f"{usage} (whole numbers)")
+    peer_id = int(parts[0])
+    before = int(parts[1]) if len(parts) == 2 else 0
+    if peer_id <= 0 or (len(parts) == 2 and before <= 0):
+        raise CommandError(f"{usage} (the user id and position are positive)")
+    if peer_id >= 2**63 or before >= 2**64:
+        raise CommandError(f"{usage} (a number is too large)")
+    return ShowHistory(peer_id, before)

@@ -21,9 +21,12 @@ from prompt_toolkit.styles import Style
 from cim.client import commands, emoji
 from cim.client.chatlog import ChatLog, highlight
 from cim.client.client import CimClient, ClientEvent, EventKind
+from cim.core import conversations
 from cim.errors import CimError
 from cim.proto.v1 import common_pb2
 
+# Lines of history one :his shows.
+HISTORY_LINES = 20
 STYLE = Style.from_dict(
     {
         "time": "#888888",
@@ -185,6 +188,8 @@ class Console:
                 self.system(f"emoji page {number} of {emoji.page_count()}:")
                 for alias, char in rows:
                     self._print([("", f"  {char}  :{alias}:")])
+            case commands.ShowHistory(peer_id=peer_id, before=before):
+                await self.show_history(peer_id, before)
             case commands.DelayedMessage(message=message, seconds=seconds):
                 task = asyncio.create_task(self._send_later(message, seconds))
                 self._delayed.add(task)
@@ -192,6 +197,36 @@ class Console:
                 self.system(f"will send in {seconds:g} s")
             case _:
                 self.error(f"cannot run {command!r}")
+
+    async def show_history(self, peer_id: int, before: int) -> None:
+        """One page of the conversation with ``peer_id``, oldest line first,
+        and how to page further back."""
+        cid = conversations.private_id(self.client.user_id, peer_id)
+        page = await self.client.history(cid, before, HISTORY_LINES)
+        if not page.messages:
+            where = " before that" if before else " yet"
+            self.system(f"no messages with #{peer_id}{where}")
+            return
+        self.system(
+            f"conversation with #{peer_id}, messages {page.messages[-1].position}"
+            f"-{page.messages[0].position} of {page.head_position}:"
+        )
+        for message in reversed(page.messages):
+            who = "me" if message.sender_id == self.client.user_id else message.sender_name
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(message.server_time_ms / 1000))
+            self._print(
+                [
+                    ("class:time", f"  {message.position:>5} {stamp} "),
+                    ("class:sender", f"{who}: "),
+                    ("", message.text),
+                ]
+            )
+        if page.more:
+            self.system(f"older: :his {peer_id} {page.messages[-1].position}")
+        elif page.dropped_through_position:
+            self.system(f"messages up to {page.dropped_through_position} are no longer kept")
+        else:
+            self.system("that is the beginning of the conversation")
 
     async def send(self, message: commands.GroupMessage | commands.PrivateMessage) -> None:
         text = emoji.emojize(message.text)

@@ -252,6 +252,20 @@ class RouteClient:
             lambda stub: stub.FetchOffline(request, metadata=self._auth(), timeout=self._timeout),
         )
 
+    async def history(
+        self, conversation_id: str, before_position: int = 0, limit: int = 0
+    ) -> route_pb2.HistoryResponse:
+        """A page of a conversation's history, newest first. Raises
+        Unauthenticated, InvalidArgument (a malformed id, a limit out of
+        range), PermissionDenied (not a member), NotFound (a group id)."""
+        request = route_pb2.HistoryRequest(
+            conversation_id=conversation_id, before_position=before_position, limit=limit
+        )
+        return await self._call(
+            "read history",
+            lambda stub: stub.History(request, metadata=self._auth(), timeout=self._timeout),
+        )
+
     async def ack(self, seq: int) -> None:
         """Trims the caller's inbox up to ``seq`` (for clients without a stream).
         Raises Unauthenticated."""

@@ -52,6 +52,7 @@ from cim.store.base import (
     Appended,
     ConversationAppended,
     ConversationItem,
+    HistoryPage,
     InboxItem,
     InboxPage,
     PointerItem,
@@ -75,6 +76,9 @@ REMEMBER_DELAY = 0.05
 # Group appends go to the store in slices of this many receivers.
 GROUP_APPEND_SLICE = 500
 MAX_PAGE = 1000
+# History pages: this many messages unless asked for fewer, never more than HISTORY_MAX_PAGE.
+HISTORY_PAGE = 50
+HISTORY_MAX_PAGE = 100
 DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
 STORED = common_pb2.DELIVERY_STATUS_STORED
 NO_RECIPIENTS = common_pb2.DELIVERY_STATUS_NO_RECIPIENTS
@@ -823,6 +827,29 @@ class MessageRouter:
                 message.conversation_id = conversations.private_id(
                     message.sender_id, message.receiver_id
                 )
+            messages.append(message)
+        return messages, page
+
+    async def history(
+        self, user_id: int, conversation_id: str, before: int, limit: int
+    ) -> tuple[list[common_pb2.ChatMessage], HistoryPage]:
+        """A page of a conversation's history for one of its members, newest
+        first, each message with its position (and seq 0: outside the
+        reader's sequence)."""
+        conversation = conversations.parse(conversation_id)
+        if not conversation.private:
+            raise NotFound(f"no conversation {conversation_id}: groups do not exist yet")
+        conversations.peer(conversation, user_id)  # members only
+        limit = limit or HISTORY_PAGE
+        if limit < 0 or limit > HISTORY_MAX_PAGE:
+            raise InvalidArgument(
+                f"limit must be between 1 and {HISTORY_MAX_PAGE} (0: {HISTORY_PAGE}); got {limit}"
+            )
+        page = await self._store.read_history(conversation.cid, before, limit, self._retention)
+        messages = []
+        for entry in page.entries:
+            message = common_pb2.ChatMessage.FromString(entry.payload)
+            message.position = entry.position
             messages.append(message)
         return messages, page
 

@@ -182,6 +182,21 @@ class RouteService(route_pb2_grpc.RouteServicer):
         )
 
     @unary_edge
+    async def History(
+        self, request: route_pb2.HistoryRequest, context: Context
+    ) -> route_pb2.HistoryResponse:
+        caller = await self._caller(context)
+        messages, page = await self._router.history(
+            caller.user_id, request.conversation_id, request.before_position, request.limit
+        )
+        return route_pb2.HistoryResponse(
+            messages=messages,
+            more=page.more,
+            head_position=page.head,
+            dropped_through_position=page.dropped_through,
+        )
+
+    @unary_edge
     async def AckMessages(
         self, request: route_pb2.AckMessagesRequest, context: Context
     ) -> route_pb2.AckMessagesResponse:

@@ -10,6 +10,8 @@ real cluster. After every batch:
   nothing was logged as an error (a crash no caller saw);
 * inbox pages (FetchOffline, Replay, the replay after a stream login) hold
   stored messages after the asked seq, in seq order, none past the head;
+  history pages (History) hold the asked conversation's messages below the
+  asked position, newest first, within the limit;
 * the route and the chat server still answer health checks with SERVING,
   a normal private message still reaches a live stream, and one pool user
   the fuzz has been logging in, acking and replaying as can still connect,
@@ -622,9 +624,38 @@ fetch_op = st.tuples(
 ack_op = st.tuples(
     st.just("AckMessages"), st.builds(route_pb2.AckMessagesRequest, seq=seq_value), auth
 )
-route_op = st.one_of(
-    register_op, login_op, logout_op, online_op, private_op, group_op, fetch_op, ack_op
+# Conversation ids: the pool's own (some of them the caller's), near misses, garbage.
+conversation_id = st.one_of(
+    st.builds(lambda a, b: f"p:{min(a, b)}:{max(a, b)}", st.integers(1, 8), st.integers(1, 8)),
+    st.builds(lambda a, b: f"p:{a}:{b}", int64, int64),
+    st.sampled_from(["", "p:", "p:1", "p:2:1", "p:01:2", "g:1", "g:", "all", "p:1:2:3"]),
+    hostile_text,
 )
+history_op = st.tuples(
+    st.just("History"),
+    st.builds(
+        route_pb2.HistoryRequest,
+        conversation_id=conversation_id,
+        before_position=uint64,
+        limit=int32,
+    ),
+    auth,
+)
+route_op = st.one_of(
+    register_op, login_op, logout_op, online_op, private_op, group_op, fetch_op, ack_op, history_op
+)
+
+
+def check_history(request: route_pb2.HistoryRequest, reply: route_pb2.HistoryResponse) -> None:
+    """A page a member read: newest first, below before_position, within the limit."""
+    what = f"Route.History({short(request)})"
+    positions = [m.position for m in reply.messages]
+    assert len(positions) <= (request.limit or 50), what
+    assert positions == sorted(positions, reverse=True), what
+    assert all(0 < p <= reply.head_position for p in positions), what
+    if request.before_position:
+        assert all(p < request.before_position for p in positions), what
+    assert all(m.conversation_id == request.conversation_id for m in reply.messages), what
 
 
 async def run_route_op(f: Fuzz, op: tuple[Any, ...]) -> None:
@@ -653,6 +684,8 @@ async def run_route_op(f: Fuzz, op: tuple[Any, ...]) -> None:
         return
     if name == "FetchOffline":
         check_page(request.after_seq, request.limit, reply, f"Route.FetchOffline({request})")
+    if name == "History":
+        check_history(request, reply)
     if name == "Register":
         f.registered[request.user_name] = reply.user_id
     if name == "Login" and reply.user_name in POOL:

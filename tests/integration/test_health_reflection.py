@@ -95,6 +95,8 @@ async def test_reflection_does_not_describe_internal_services(rr, raw, target, s
     [
         ("route", "cim.v1.Route"),
         ("route", "cim.v1.Route.Login"),
+        ("route", "cim.v1.Route.History"),
+        ("route", "cim.v1.HistoryRequest"),
         ("route", "cim.admin.v1.Admin"),
         ("route", "cim.admin.v1.Admin.DisableUser"),
         ("server", "cim.v1.Chat"),

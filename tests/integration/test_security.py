@@ -17,6 +17,7 @@ import pytest
 
 from cim.client.client import CimClient, EventKind
 from cim.config import ClientConfig, ServerConfig
+from cim.core import conversations
 from cim.core.liveness import Backoff
 from cim.core.tokens import TokenSigner
 from cim.errors import Unauthenticated
@@ -34,7 +35,8 @@ from cim.testing import fast_route_config as route_config
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.value[0]
 
-# Every Route RPC that needs a session token, with a request that would be valid.
+# Every Route RPC that needs a session token, with a request that would be
+# valid for the caller (ids["alice"]).
 AUTHENTICATED_RPCS = {
     "Logout": lambda ids: route_pb2.LogoutRequest(),
     "ListOnlineUsers": lambda ids: route_pb2.ListOnlineUsersRequest(),
@@ -42,6 +44,10 @@ AUTHENTICATED_RPCS = {
     "SendGroup": lambda ids: common_pb2.SendGroupRequest(text="hi"),
     "FetchOffline": lambda ids: route_pb2.FetchOfflineRequest(),
     "AckMessages": lambda ids: route_pb2.AckMessagesRequest(seq=1),
+    # The caller's conversation with bob: members may read it.
+    "History": lambda ids: route_pb2.HistoryRequest(
+        conversation_id=conversations.private_id(ids["alice"], ids["bob"])
+    ),
 }
 
 
@@ -112,7 +118,7 @@ BAD_CREDENTIALS = [
 @pytest.mark.parametrize("rpc", AUTHENTICATED_RPCS)
 async def test_route_rpc_with_bad_credentials_is_unauthenticated(rr, raw, fails, rpc, credentials):
     login = await raw.login(rr, "alice")
-    ids = {"bob": await raw.register(rr, "bob")}
+    ids = {"alice": login.user_id, "bob": await raw.register(rr, "bob")}
     metadata = _bad_credentials(credentials, rr, login)
 
     err = await fails(getattr(raw.route(rr), rpc)(AUTHENTICATED_RPCS[rpc](ids), metadata=metadata))
@@ -124,7 +130,7 @@ async def test_route_rpc_with_bad_credentials_is_unauthenticated(rr, raw, fails,
 @pytest.mark.parametrize("rpc", AUTHENTICATED_RPCS)
 async def test_route_rpc_with_valid_token_is_accepted(rr, raw, rpc):
     login = await raw.login(rr, "alice")
-    ids = {"bob": await raw.register(rr, "bob")}
+    ids = {"alice": login.user_id, "bob": await raw.register(rr, "bob")}
     await getattr(raw.route(rr), rpc)(
         AUTHENTICATED_RPCS[rpc](ids), metadata=raw.auth(login.session_token)
     )
@@ -582,7 +588,7 @@ async def _another_route(c: TestCluster, **overrides: Any) -> AsyncIterator[Rout
 @pytest.mark.parametrize("rpc", SESSION_RPCS)
 async def test_a_logged_out_token_is_refused_by_every_route_rpc(rr, raw, fails, rpc):
     login = await raw.login(rr, "alice")
-    ids = {"bob": await raw.register(rr, "bob")}
+    ids = {"alice": login.user_id, "bob": await raw.register(rr, "bob")}
     stub, auth = raw.route(rr), raw.auth(login.session_token)
     await getattr(stub, rpc)(SESSION_RPCS[rpc](ids), metadata=auth)  # accepted (and cached)
 

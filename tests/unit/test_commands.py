@@ -13,6 +13,7 @@ from cim.client.commands import (
     SearchLog,
     ShowEmoji,
     ShowHelp,
+    ShowHistory,
     ShowInfo,
     parse,
 )
@@ -173,6 +174,28 @@ def test_help_rows_cover_every_command() -> None:
     syntaxes = [syntax for syntax, _ in COMMANDS]
     for expected in ("text", "userId;;text", ":all", ":olu", ":info", ":q!"):
         assert expected in syntaxes
-    for prefix in (":pu", ":q <", ":emoji", ":delay"):
+    for prefix in (":pu", ":q <", ":emoji", ":delay", ":his"):
         assert any(s.startswith(prefix) for s in syntaxes)
     assert all(description for _, description in COMMANDS)
+
+
+def test_history_of_a_conversation_from_the_newest() -> None:
+    assert parse(":his 42") == ShowHistory(42)
+    assert parse(":HIS 42 17") == ShowHistory(42, 17)
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (":his", "whole numbers"),
+        (":his bob", "whole numbers"),
+        (":his 42 17 3", "whole numbers"),
+        (":his -1", "whole numbers"),
+        (":his 0", "positive"),
+        (":his 42 0", "positive"),
+        (":his 99999999999999999999", "too large"),
+    ],
+)
+def test_history_needs_a_user_id_and_maybe_a_position(line: str, why: str) -> None:
+    with pytest.raises(CommandError, match=f"usage: :his <userId> \\[before position\\].*{why}"):
+        parse(line)
