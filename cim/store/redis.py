@@ -336,8 +336,12 @@ _READ_INBOX = _lua(
 local limit = tonumber(ARGV[2])
 trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[3]) - tonumber(ARGV[5]))
 local meta = redis.call('HMGET', KEYS[1], '$head', '$dropped', '$acked')
--- Acked entries (pointers kept for the id window) are not replayed.
-local after = math.max(tonumber(ARGV[1]), tonumber(meta[3]) or 0)
+-- Acked entries (pointers kept for the id window) are not replayed. The
+-- bound stays a string: Lua would print a large number in %.14g.
+local after = ARGV[1]
+if meta[3] and tonumber(meta[3]) > tonumber(after) then
+  after = meta[3]
+end
 local found = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. after, '+inf', 'WITHSCORES',
                          'LIMIT', 0, limit + 1)
 local count = #found / 2

@@ -718,3 +718,14 @@ async def test_a_page_of_pointers_that_all_lost_their_bodies_is_read_past(store:
     assert not page.more
     empty = await store.read_inbox(2, 0, 0, small)
     assert empty.entries == [] and empty.more
+
+
+async def test_a_read_after_a_huge_seq_finds_nothing_past_the_cursor(store: Store) -> None:
+    await store.append_inbox(items(7, "m1", "m2", "m3"), KEEP_ALL)
+    await store.ack_inbox([(7, 1)])
+    for after in (2**64 - 1, 10**15 + 1, 2**53 + 1):
+        page = await store.read_inbox(7, after, 10, KEEP_ALL)
+        assert (page.entries, page.more, page.head_seq) == ([], False, 3)
+    # Below the cursor, the cursor counts; above it, the asked seq.
+    assert [e.seq for e in (await store.read_inbox(7, 0, 10, KEEP_ALL)).entries] == [2, 3]
+    assert [e.seq for e in (await store.read_inbox(7, 2, 10, KEEP_ALL)).entries] == [3]
