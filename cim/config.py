@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cim.core.groups import Limits as GroupLimits
 from cim.core.liveness import Backoff, HeartbeatPolicy
 from cim.core.passwords import ScryptParams
 from cim.store.base import Retention
@@ -222,6 +223,10 @@ class RouteConfig:
     # A send retried with the same client_msg_id within this window gets the
     # first attempt's result and is not delivered again.
     send_dedup_window: float = 600.0
+    # Groups with membership (docs/design/conversations.md, Limits).
+    group_max_members: int = 1_000
+    max_groups_per_user: int = 500
+    group_creations_per_minute: int = 5
     scrypt: ScryptParams = field(default_factory=ScryptParams)
     # Unary sends per user through this route (a user spread over N routes
     # gets up to N times this), and registrations plus logins per client
@@ -251,6 +256,7 @@ class RouteConfig:
             raise ValueError("inbox retention (messages and age) must be positive")
         if self.history_max_messages <= 0 or self.history_max_age <= 0:
             raise ValueError("history retention (messages and age) must be positive")
+        self.group_limits  # noqa: B018 - checks the group limits
         check_rate_limit("messages", self.max_msgs_per_sec, self.msg_burst)
         check_rate_limit("logins", self.max_logins_per_sec, self.login_burst)
         if self.tls is not None:
@@ -260,6 +266,12 @@ class RouteConfig:
     def cluster_secret(self) -> str:
         """The secret this process sends on its internal calls."""
         return self.cluster_secrets[0]
+
+    @property
+    def group_limits(self) -> GroupLimits:
+        return GroupLimits(
+            self.group_max_members, self.max_groups_per_user, self.group_creations_per_minute
+        )
 
     @property
     def retention(self) -> Retention:

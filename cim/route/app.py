@@ -19,6 +19,7 @@ from cim.proto.internal.v1 import route_internal_pb2
 from cim.proto.v1 import route_pb2
 from cim.registry.base import Registry
 from cim.route.admin import Administration, AdminKeys
+from cim.route.groups import GroupManager
 from cim.route.messages import MessageRouter
 from cim.route.servers import ServerDirectory
 from cim.route.service import AdminService, RouteInternalService, RouteLimits, RouteService
@@ -71,6 +72,7 @@ class RouteApp:
         measured_store = measured(store, metrics.store_seconds, metrics.store_errors)
         self.sessions = SessionManager(config, measured_store, self.servers, signer)
         self.router = MessageRouter(config, measured_store, self.servers, metrics, self.tracer)
+        self.groups = GroupManager(config, measured_store, self.servers)
         self.limits = RouteLimits(config)
         metrics.count_rate_limits(self.limits.refusals)
         metrics.count_registry_errors(lambda: registry.errors)

@@ -11,6 +11,8 @@ from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from cim.core.groups import Change, Group
+
 
 @dataclass(frozen=True)
 class Account:
@@ -321,6 +323,40 @@ class Store(Protocol):
 
     async def read_sends(self, sends: Sequence[SendKey]) -> list[SendClaim | None]:
         """What each send's claim holds, without claiming it."""
+
+    # --- groups: records under the group's tag, an index per user ------------
+    async def new_group_number(self) -> int:
+        """The next group number (1, 2, 3...): the group is ``g:<n>``."""
+
+    async def count_group_creation(self, user_id: int) -> int:
+        """Counts one group creation by ``user_id`` and returns how many they
+        made in the current minute, this one included (a window of 60 s from
+        their first creation in it)."""
+
+    async def read_group(self, group_id: str) -> Group | None:
+        """The group's record (members, left, meta), or None if it never existed."""
+
+    async def apply_group(
+        self, change: Change, event_id: str, event: bytes, retention: Retention
+    ) -> int | None:
+        """Applies the change if the group is still at ``change.version`` (0:
+        it must not exist) and appends its event (``event`` is the ChatMessage
+        bytes, under ``event_id``) at the group's next position, in one atomic
+        step: new members join at that position, dropped ones get it as their
+        ``left``, the version is raised. Returns the event's position, or None
+        when the group moved on (plan again from a fresh read)."""
+
+    async def count_groups(self, user_ids: Sequence[int]) -> list[int]:
+        """How many groups each user is in (by their index)."""
+
+    async def index_groups(self, entries: Sequence[tuple[int, str, bool]]) -> None:
+        """For each (user id, group id, member): adds the group to the user's
+        index of groups, or removes it. The group's record is the truth; the
+        index lists and counts a user's groups."""
+
+    async def list_groups(self, user_id: int, after: int, limit: int) -> list[str]:
+        """Up to ``limit`` group ids of the user's index with a number above
+        ``after``, lowest first."""
 
     # --- idempotent sends -------------------------------------------------
     async def claim_sends(

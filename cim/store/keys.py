@@ -42,6 +42,11 @@ as a per-user key.
                                               + result (read as exact retries).
                                               Private sends claimed here before
                                               conversations; now notices only.
+    {prefix}{u:<id>}:groups           zset    group id -> group number: the user's groups
+                                              (an index; the group's members are the truth)
+    {prefix}{u:<id>}:groups_made      string  group creations in the current minute
+                                              (INCR, PEXPIRE 60 s from the first)
+    {prefix}group_ids                 string  last group number handed out (INCR)
     {prefix}conversations_since       string  ms since the epoch the store was first
                                               served with conversations (SET NX); 0
                                               if it had no account then
@@ -51,7 +56,11 @@ Per-conversation keys carry the hash tag ``{c:<conversation id>}``
 
     {prefix}{c:<cid>}:meta            hash    head (last position), dropped (highest
                                               position retention removed), last (id of
-                                              the newest message)
+                                              the newest message); a group's also ver
+                                              (membership version), name, owner,
+                                              created (ms), deleted ("1" once deleted)
+    {prefix}{c:<cid>}:members         hash    user id -> "role|joined position" (groups)
+    {prefix}{c:<cid>}:left            hash    user id -> position of their removal or leave
     {prefix}{c:<cid>}:log             zset    message id, score position
     {prefix}{c:<cid>}:bodies          hash    message id -> 13-digit append time (ms)
                                               + ChatMessage bytes
@@ -99,6 +108,12 @@ INBOX_DROPPED = "dropped"
 INBOX_ACKED = "acked"
 # Conversation meta hash fields (head and dropped as in an inbox).
 CONVERSATION_LAST = "last"
+# Group meta fields (in the conversation's meta hash).
+GROUP_VERSION = "ver"
+GROUP_NAME = "name"
+GROUP_OWNER = "owner"
+GROUP_CREATED = "created"
+GROUP_DELETED = "deleted"
 # The first byte of a pointer in a user's sequence; a full ChatMessage starts
 # with 0x0A (message_id, field 1, always set and serialized first).
 POINTER_TAG = b"P"
@@ -210,6 +225,22 @@ class KeyLayout:
 
     def conversation_bodies(self, conversation_id: str) -> str:
         return f"{self.prefix}{self.conversation_tag(conversation_id)}:bodies"
+
+    def conversation_members(self, conversation_id: str) -> str:
+        return f"{self.prefix}{self.conversation_tag(conversation_id)}:members"
+
+    def conversation_left(self, conversation_id: str) -> str:
+        return f"{self.prefix}{self.conversation_tag(conversation_id)}:left"
+
+    @property
+    def group_ids(self) -> str:
+        return f"{self.prefix}group_ids"
+
+    def user_groups(self, user_id: int) -> str:
+        return f"{self.prefix}{self.user_tag(user_id)}:groups"
+
+    def groups_made(self, user_id: int) -> str:
+        return f"{self.prefix}{self.user_tag(user_id)}:groups_made"
 
     def conversation_sent(self, conversation_id: str, sender_id: int, client_msg_id: str) -> str:
         """The claim, then the result, of one send to a conversation."""

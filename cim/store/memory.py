@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import count
 
+from cim.core.groups import Change, Group, Member
 from cim.store.base import (
     Account,
     Appended,
@@ -113,6 +114,13 @@ class MemoryStore:
         # (owner user or conversation, sender, client_msg_id) -> (claim or result, expires at)
         self._sent: dict[tuple[int | str, int, str], tuple[SendClaim, float]] = {}
         self._conversations_since: float | None = None
+        self._group_numbers = count(1)
+        # group id -> its record (the conversation holds its log).
+        self._groups: dict[str, Group] = {}
+        # user id -> (creations in the window, window ends at)
+        self._creations: dict[int, tuple[int, float]] = {}
+        # user id -> {group number: group id}
+        self._user_groups: dict[int, dict[int, str]] = {}
 
     async def create_account(
         self, user_name: str, password_hash: str, name_keys: Collection[str] = ()
@@ -417,6 +425,69 @@ class MemoryStore:
         for send, result in results:
             key = self._sent_key(send)
             self._sent[key] = (SendClaim("", result, send.digest), expires_at)
+
+    # --- groups -------------------------------------------------------------
+    async def new_group_number(self) -> int:
+        return next(self._group_numbers)
+
+    async def count_group_creation(self, user_id: int) -> int:
+        now = self._clock()
+        made, until = self._creations.get(user_id, (0, 0.0))
+        if until <= now:
+            made, until = 0, now + 60.0
+        self._creations[user_id] = (made + 1, until)
+        return made + 1
+
+    async def read_group(self, group_id: str) -> Group | None:
+        return self._groups.get(group_id)
+
+    async def apply_group(
+        self, change: Change, event_id: str, event: bytes, retention: Retention
+    ) -> int | None:
+        current = self._groups.get(change.group_id)
+        if (current.version if current is not None else 0) != change.version:
+            return None
+        (appended,) = await self.append_conversations(
+            [ConversationItem(change.group_id, event_id, event)], retention
+        )
+        position = appended.position
+        members = dict(current.members) if current is not None else {}
+        left = dict(current.left) if current is not None else {}
+        for user_id, role in change.set_roles.items():
+            known = members.get(user_id)
+            members[user_id] = Member(user_id, role, known.joined if known else position)
+            left.pop(user_id, None)
+        for user_id in change.drop:
+            members.pop(user_id, None)
+            left[user_id] = position
+        meta = dict(change.meta)
+        self._groups[change.group_id] = Group(
+            change.group_id,
+            meta.get("name", current.name if current else ""),
+            int(meta.get("owner", current.owner_id if current else 0)),
+            int(meta.get("created", current.created_ms if current else 0)),
+            change.version + 1,
+            meta.get("deleted") == "1" or (current is not None and current.deleted),
+            members,
+            left,
+        )
+        return position
+
+    async def count_groups(self, user_ids: Sequence[int]) -> list[int]:
+        return [len(self._user_groups.get(user_id, {})) for user_id in user_ids]
+
+    async def index_groups(self, entries: Sequence[tuple[int, str, bool]]) -> None:
+        for user_id, group_id, member in entries:
+            number = int(group_id.split(":", 1)[1])
+            mine = self._user_groups.setdefault(user_id, {})
+            if member:
+                mine[number] = group_id
+            else:
+                mine.pop(number, None)
+
+    async def list_groups(self, user_id: int, after: int, limit: int) -> list[str]:
+        mine = self._user_groups.get(user_id, {})
+        return [mine[n] for n in sorted(mine) if n > after][: max(limit, 0)]
 
     # --- token sessions (revocation) -----------------------------------------
     async def set_token_session(self, user_id: int, session_id: str, ttl: float) -> bool:

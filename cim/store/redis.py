@@ -36,6 +36,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from cim.core.groups import Change, Group, Member
 from cim.errors import Unavailable
 from cim.store import keys
 from cim.store.base import (
@@ -101,6 +102,7 @@ _FIELDS = {
     "disabled": keys.ACCOUNT_DISABLED,
     "disabled_reason": keys.ACCOUNT_DISABLED_REASON,
     "name": keys.ACCOUNT_NAME,
+    "ver": keys.GROUP_VERSION,
 }
 
 
@@ -467,6 +469,52 @@ return {seq, s[1], s[2], s[3], s[4], s[5]}
 """
 )
 
+# One change of a group's record with its event (see Store.apply_group).
+# KEYS: meta, log, bodies, members, left. ARGV: expected version, event id,
+# body (time + payload), now_ms, max_messages, max_age_ms, then n and n
+# (user id, role) pairs to set, m and m user ids to drop, k and k (field,
+# value) pairs of meta. Returns {position, version}, or {0, version} when the
+# group is not at the expected version (nothing written).
+_GROUP_APPLY = _lua(
+    _TRIM
+    + """
+local version = tonumber(redis.call('HGET', KEYS[1], '$ver') or '0')
+if version ~= tonumber(ARGV[1]) then
+  return {0, version}
+end
+local position = redis.call('HINCRBY', KEYS[1], '$head', 1)
+redis.call('ZADD', KEYS[2], position, ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[1], '$last', ARGV[2])
+local i = 7
+local n = tonumber(ARGV[i])
+for j = 1, n do
+  local uid, role = ARGV[i + 2 * j - 1], ARGV[i + 2 * j]
+  local joined = position
+  local known = redis.call('HGET', KEYS[4], uid)
+  if known then
+    joined = string.match(known, '|(%d+)$$')
+  end
+  redis.call('HSET', KEYS[4], uid, role .. '|' .. joined)
+  redis.call('HDEL', KEYS[5], uid)
+end
+i = i + 2 * n + 1
+n = tonumber(ARGV[i])
+for j = 1, n do
+  redis.call('HDEL', KEYS[4], ARGV[i + j])
+  redis.call('HSET', KEYS[5], ARGV[i + j], position)
+end
+i = i + n + 1
+n = tonumber(ARGV[i])
+for j = 1, n do
+  redis.call('HSET', KEYS[1], ARGV[i + 2 * j - 1], ARGV[i + 2 * j])
+end
+redis.call('HSET', KEYS[1], '$ver', version + 1)
+trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[5]), tonumber(ARGV[4]) - tonumber(ARGV[6]))
+return {position, version + 1}
+"""
+)
+
 # A page of a conversation's history. KEYS: meta, log, bodies. ARGV: before
 # (0: the newest), limit, now_ms, max_messages, max_age_ms. Trims like an
 # append, then returns head, dropped, how many entries are below `before` (up
@@ -702,6 +750,7 @@ class RedisStore:
         self._conv_append = client.register_script(_CONV_APPEND)
         self._pointers = client.register_script(_POINTERS)
         self._history = client.register_script(_HISTORY)
+        self._group_apply = client.register_script(_GROUP_APPLY)
         # Scripts queued in pipelines: redis-py loads them only for direct calls.
         self._pipelined = (
             self._claim,
@@ -1422,6 +1471,115 @@ class RedisStore:
         async with self._guard():
             found = await self._pipeline(build)
         return [_send_claim(name, value) for name, value in zip(names, found, strict=True)]
+
+    # --- groups -------------------------------------------------------------
+    def _group_keys(self, group_id: str) -> list[str]:
+        return [
+            *self._conversation_keys(group_id),
+            self._keys.conversation_members(group_id),
+            self._keys.conversation_left(group_id),
+        ]
+
+    async def new_group_number(self) -> int:
+        async with self._guard():
+            return int(await self._client.incr(self._keys.group_ids))
+
+    async def count_group_creation(self, user_id: int) -> int:
+        name = self._keys.groups_made(user_id)
+
+        def build(pipe: _Pipe) -> None:
+            pipe.incr(name)
+            # The window starts at the minute's first creation.
+            pipe.pexpire(name, 60_000, nx=True)
+
+        async with self._guard():
+            made, _ = await self._pipeline(build)
+        return int(made)
+
+    async def read_group(self, group_id: str) -> Group | None:
+        meta_key, _, _, members_key, left_key = self._group_keys(group_id)
+
+        def build(pipe: _Pipe) -> None:
+            pipe.hgetall(meta_key)
+            pipe.hgetall(members_key)
+            pipe.hgetall(left_key)
+
+        async with self._guard():
+            meta, members, left = await self._pipeline(build)
+        meta = {_text(k): _text(v) for k, v in meta.items()}
+        if not meta.get(keys.GROUP_VERSION):
+            return None
+        parsed = {}
+        for uid, value in members.items():
+            role, joined = _text(value).split("|")
+            parsed[int(uid)] = Member(int(uid), role, int(joined))
+        return Group(
+            group_id,
+            meta.get(keys.GROUP_NAME, ""),
+            int(meta.get(keys.GROUP_OWNER, "0")),
+            int(meta.get(keys.GROUP_CREATED, "0")),
+            int(meta[keys.GROUP_VERSION]),
+            meta.get(keys.GROUP_DELETED) == "1",
+            parsed,
+            {int(uid): int(at) for uid, at in left.items()},
+        )
+
+    async def apply_group(
+        self, change: Change, event_id: str, event: bytes, retention: Retention
+    ) -> int | None:
+        now = _now_ms()
+        args: list[Any] = [
+            change.version,
+            event_id,
+            b"%0*d" % (keys.INBOX_TIME_DIGITS, now) + event,
+            now,
+            retention.history_max_messages,
+            _bound_ms(retention.history_max_age),
+            len(change.set_roles),
+        ]
+        for user_id, role in change.set_roles.items():
+            args += [user_id, role]
+        args += [len(change.drop), *change.drop, len(change.meta)]
+        for name, value in change.meta.items():
+            args += [name, value]
+        async with self._guard():
+            position, _ = await self._group_apply(keys=self._group_keys(change.group_id), args=args)
+        return int(position) or None
+
+    async def count_groups(self, user_ids: Sequence[int]) -> list[int]:
+        if not user_ids:
+            return []
+
+        def build(pipe: _Pipe) -> None:
+            for user_id in user_ids:
+                pipe.zcard(self._keys.user_groups(user_id))
+
+        async with self._guard():
+            return [int(n) for n in await self._pipeline(build)]
+
+    async def index_groups(self, entries: Sequence[tuple[int, str, bool]]) -> None:
+        if not entries:
+            return
+
+        def build(pipe: _Pipe) -> None:
+            for user_id, group_id, member in entries:
+                name = self._keys.user_groups(user_id)
+                if member:
+                    pipe.zadd(name, {group_id: int(group_id.split(":", 1)[1])})
+                else:
+                    pipe.zrem(name, group_id)
+
+        async with self._guard():
+            await self._pipeline(build)
+
+    async def list_groups(self, user_id: int, after: int, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        async with self._guard():
+            found = await self._client.zrangebyscore(
+                self._keys.user_groups(user_id), f"({after}", "+inf", start=0, num=limit
+            )
+        return [_text(gid) for gid in found if isinstance(gid, (bytes, str))]
 
     # --- idempotent sends -------------------------------------------------
     # The key holds the message id while the send runs, its result once

@@ -36,6 +36,7 @@ READ_TIMEOUT = 5.0
 # suite and runs once per backend.
 SINGLE_BACKEND_MODULES = {
     "test_store_contract",
+    "test_group_manager",  # the route's group logic on each store directly
     "test_redis_store",
     "test_zookeeper_registry",
     "test_tls",  # transport only: the backends change nothing

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 
 import pytest
 
+from cim.core import groups
+from cim.core.groups import Change, Group, Member
 from cim.core.names import existing_name_keys, name_keys
 from cim.store import MemoryStore, SessionRecord, Store
 from cim.store.base import (
@@ -729,3 +731,116 @@ async def test_a_read_after_a_huge_seq_finds_nothing_past_the_cursor(store: Stor
     # Below the cursor, the cursor counts; above it, the asked seq.
     assert [e.seq for e in (await store.read_inbox(7, 0, 10, KEEP_ALL)).entries] == [2, 3]
     assert [e.seq for e in (await store.read_inbox(7, 2, 10, KEEP_ALL)).entries] == [3]
+
+
+# --- groups --------------------------------------------------------------------
+
+
+def _created(number: int, owner: int, *members: int) -> Change:
+    return groups.create(number, owner, f"group {number}", members, 1700, groups.Limits())
+
+
+async def test_group_numbers_count_up(store: Store) -> None:
+    first = await store.new_group_number()
+    assert await store.new_group_number() == first + 1
+
+
+async def test_a_group_change_applies_at_its_version_with_its_event(store: Store) -> None:
+    retention = Retention()
+    assert await store.read_group("g:1") is None
+    position = await store.apply_group(_created(1, 10, 11, 12), "e1", b"created", retention)
+    assert position == 1
+    group = await store.read_group("g:1")
+    assert group == Group(
+        "g:1",
+        "group 1",
+        10,
+        1700,
+        1,
+        False,
+        {
+            10: Member(10, groups.OWNER, 1),
+            11: Member(11, groups.MEMBER, 1),
+            12: Member(12, groups.MEMBER, 1),
+        },
+        {},
+    )
+    # Creating it again (version 0) is refused: it exists.
+    assert await store.apply_group(_created(1, 13), "e0", b"again", retention) is None
+    # The event is in the group's history at its position.
+    history = await store.read_history("g:1", 0, 10, retention)
+    assert [(e.position, e.payload) for e in history.entries] == [(1, b"created")]
+
+    added = groups.add(group, 10, [13], groups.Limits())
+    assert await store.apply_group(added, "e2", b"added", retention) == 2
+    # A change planned from the old version is refused: the group moved on.
+    stale = groups.remove(group, 10, [11])
+    assert await store.apply_group(stale, "e3", b"stale", retention) is None
+    group = await store.read_group("g:1")
+    assert group is not None and group.version == 2
+    assert group.members[13] == Member(13, groups.MEMBER, 2)
+
+    removed = groups.remove(group, 10, [11])
+    assert await store.apply_group(removed, "e3", b"removed", retention) == 3
+    promoted = groups.transfer(await store.read_group("g:1"), 10, 12)
+    assert await store.apply_group(promoted, "e4", b"handed over", retention) == 4
+    group = await store.read_group("g:1")
+    assert group is not None
+    assert group.owner_id == 12 and group.version == 4
+    # Roles change, join positions stay; the removed one's leave is recorded.
+    assert group.members == {
+        10: Member(10, groups.ADMIN, 1),
+        12: Member(12, groups.OWNER, 1),
+        13: Member(13, groups.MEMBER, 2),
+    }
+    assert group.left == {11: 3}
+    history = await store.read_history("g:1", 0, 10, retention)
+    assert [e.payload for e in history.entries] == [
+        b"handed over",
+        b"removed",
+        b"added",
+        b"created",
+    ]
+
+
+async def test_a_member_who_rejoins_joins_again_and_has_no_leave(store: Store) -> None:
+    retention = Retention()
+    await store.apply_group(_created(2, 1, 2), "e1", b"c", retention)
+    group = await store.read_group("g:2")
+    await store.apply_group(groups.remove(group, 1, [2]), "e2", b"r", retention)
+    group = await store.read_group("g:2")
+    assert group is not None and group.left == {2: 2} and 2 not in group.members
+    await store.apply_group(groups.add(group, 1, [2], groups.Limits()), "e3", b"a", retention)
+    group = await store.read_group("g:2")
+    assert group is not None and group.left == {}
+    assert group.members[2] == Member(2, groups.MEMBER, 3)
+
+
+async def test_renames_and_deletes_change_the_meta(store: Store) -> None:
+    retention = Retention()
+    await store.apply_group(_created(3, 1, 2), "e1", b"c", retention)
+    await store.apply_group(
+        groups.rename(await store.read_group("g:3"), 1, "new"), "e2", b"n", retention
+    )
+    await store.apply_group(groups.delete(await store.read_group("g:3"), 1), "e3", b"d", retention)
+    group = await store.read_group("g:3")
+    assert group is not None
+    assert (group.name, group.deleted, group.version) == ("new", True, 3)
+
+
+async def test_group_creations_are_counted_per_user(store: Store) -> None:
+    assert [await store.count_group_creation(5) for _ in range(3)] == [1, 2, 3]
+    assert await store.count_group_creation(6) == 1
+
+
+async def test_a_users_group_index_lists_counts_and_forgets(store: Store) -> None:
+    await store.index_groups(
+        [(1, "g:3", True), (1, "g:12", True), (1, "g:2", True), (2, "g:3", True)]
+    )
+    assert await store.count_groups([1, 2, 3]) == [3, 1, 0]
+    assert await store.list_groups(1, 0, 10) == ["g:2", "g:3", "g:12"]
+    assert await store.list_groups(1, 2, 1) == ["g:3"]
+    assert await store.list_groups(1, 3, 10) == ["g:12"]
+    await store.index_groups([(1, "g:3", False)])
+    assert await store.list_groups(1, 0, 10) == ["g:2", "g:12"]
+    assert await store.count_groups([1]) == [2]
