@@ -51,9 +51,13 @@ def check_user_id(user_id: int, what: str = "user id") -> int:
 
 
 def check_group(group_id: str) -> str:
-    """Only the implicit everyone-online group exists until groups have members."""
+    """CIM's broadcast: "all" (or empty, as before groups had members). A
+    group with members is ``g:<n>`` (cim.core.groups), checked apart."""
     if group_id not in ("", GROUP_ALL):
-        raise InvalidArgument(f"unknown group {group_id!r}: only {GROUP_ALL!r} exists")
+        raise InvalidArgument(
+            f"unknown group {group_id!r}: a group is g:<number>, "
+            f"or {GROUP_ALL!r} for everyone online"
+        )
     return GROUP_ALL
 
 

@@ -36,19 +36,26 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from cim import logcontext
 from cim.config import RouteConfig
-from cim.core import conversations, validation
+from cim.core import conversations, groups, validation
 from cim.core.ids import MessageIdGenerator, message_time_ms, new_trace_id
-from cim.errors import CimError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from cim.errors import (
+    CimError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from cim.metrics.route import GROUP, PRIVATE, RouteMetrics
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import common_pb2
 from cim.route.servers import Parcel, ServerDirectory
 from cim.store.base import (
+    GROUP_DELETED,
     Appended,
     ConversationAppended,
     ConversationItem,
@@ -70,6 +77,8 @@ log = logging.getLogger(__name__)
 
 # Accounts are never deleted: a set of known ids this big is cheap and sound.
 KNOWN_USERS_LIMIT = 1_000_000
+# Groups whose members a route holds at once (then it starts over).
+GROUP_CACHE_LIMIT = 10_000
 # Send results wait this long to be remembered together (a retry that comes
 # sooner finds the claim: same message id, same seq, no second message).
 REMEMBER_DELAY = 0.05
@@ -369,6 +378,9 @@ class MessageRouter:
         self._retention = config.retention
         self._ids = MessageIdGenerator()
         self._known_users: set[int] = set()
+        # group id -> (membership version, members): sent back by an append
+        # only when the version moved, so most sends carry no member list.
+        self._group_cache: dict[str, tuple[int, tuple[int, ...]]] = {}
         # Results to remember for retries: collected for REMEMBER_DELAY and
         # written in one pipeline, off the sender's critical path.
         self._unremembered: list[tuple[SendKey, bytes]] = []
@@ -724,6 +736,8 @@ class MessageRouter:
     ) -> common_pb2.SendResponse:
         # Checked first: a refused request never reads (or answers from) a claim.
         validation.check_text(request.text, self._config.max_text_bytes)
+        if request.group_id.startswith(conversations.GROUP_PREFIX):
+            return await self._accept_member_group(sender_id, sender_name, request, trace_id)
         group_id = validation.check_group(request.group_id)
         if self._config.broadcast == "off":
             raise PermissionDenied(BROADCAST_OFF)
@@ -758,6 +772,134 @@ class MessageRouter:
         if key is not None:
             self._remember_later([(key, outcome)])
         return outcome
+
+    async def _accept_member_group(
+        self,
+        sender_id: int,
+        sender_name: str,
+        request: common_pb2.SendGroupRequest,
+        trace_id: str | None,
+    ) -> common_pb2.SendResponse:
+        """A message to a group with members: round trip 1 appends it to the
+        group's log, refusing a non-member and reading the members in the
+        same atomic step (a member removed before it gets nothing); round
+        trip 2 a pointer per member; then the pushes. Idempotent by
+        client_msg_id (claimed under the group's tag, like a private send)."""
+        group_id = groups.parse_group_id(request.group_id)
+        key = None
+        if request.client_msg_id:
+            validation.check_client_msg_id(request.client_msg_id)
+            digest = send_digest(f"group:{group_id}", request.text)
+            key = SendKey(sender_id, sender_id, request.client_msg_id, digest, group_id)
+        message = self._compose(
+            common_pb2.ChatMessage(),
+            sender_id,
+            sender_name,
+            request.text,
+            request.client_msg_id,
+            self._ids.next(),
+            trace_id,
+        )
+        message.kind = common_pb2.MESSAGE_KIND_GROUP
+        message.group_id = message.conversation_id = group_id
+        stored = await self._append_group(message, key)
+        if isinstance(stored, common_pb2.SendResponse):
+            return stored  # a retry of a finished send: its result
+        message.position = stored.position
+        with logcontext.bound(user_id=sender_id, trace_id=message.trace_id):
+            outcome = await self._fan_out_group(message, self._group_members(group_id, stored))
+            log.debug(
+                "message %s from user %s to group %s at %d: %d members",
+                message.message_id,
+                sender_id,
+                group_id,
+                message.position,
+                outcome.recipients,
+            )
+        if key is not None:
+            self._remember_later([(key, outcome)])
+        return outcome
+
+    async def _append_group(
+        self, message: common_pb2.ChatMessage, key: SendKey | None
+    ) -> ConversationAppended | common_pb2.SendResponse:
+        """Round trip 1 (twice for the retry of an unfinished send, under its
+        earlier message id, then without a claim)."""
+        group_id = message.conversation_id
+        cached = self._group_cache.get(group_id)
+        item = ConversationItem(
+            group_id,
+            message.message_id,
+            message.SerializeToString(),
+            key,
+            group_sender=message.sender_id,
+            known_version=cached[0] if cached else -1,
+        )
+        (stored,) = await self._append_conversations([item], self._retention)
+        if stored.earlier is not None:
+            earlier = stored.earlier
+            if earlier.digest is not None and key is not None and earlier.digest != key.digest:
+                raise FailedPrecondition(REUSED_CLIENT_MSG_ID)
+            if earlier.result is not None:
+                return common_pb2.SendResponse.FromString(earlier.result)
+            # An unfinished attempt (its route may have crashed): the same
+            # message id again, which the log and the sequences know.
+            message.message_id = earlier.message_id
+            message.server_time_ms = message_time_ms(earlier.message_id)
+            item = replace(
+                item, message_id=earlier.message_id, payload=message.SerializeToString(), send=None
+            )
+            (stored,) = await self._append_conversations([item], self._retention)
+        if not stored.refused and stored.members is None:
+            cached = self._group_cache.get(group_id)
+            if cached is None or cached[0] != stored.version:
+                # The cache moved on meanwhile: the same append again (same
+                # position, by message id, in the same atomic read of the
+                # members), asking for them.
+                item = replace(item, send=None, known_version=-1)
+                (stored,) = await self._append_conversations([item], self._retention)
+        if stored.refused == GROUP_DELETED:
+            raise FailedPrecondition(f"group {group_id} was deleted")
+        if stored.refused:
+            raise PermissionDenied(f"you are not a member of group {group_id}")
+        return stored
+
+    def _group_members(self, group_id: str, stored: ConversationAppended) -> tuple[int, ...]:
+        """The members the append read (or, at the version the route holds,
+        the ones it cached: checked by _append_group)."""
+        if stored.members is None:
+            return self._group_cache[group_id][1]
+        if len(self._group_cache) > GROUP_CACHE_LIMIT:
+            self._group_cache.clear()
+        self._group_cache[group_id] = (stored.version, stored.members)
+        return stored.members
+
+    async def _fan_out_group(
+        self, message: common_pb2.ChatMessage, members: Sequence[int]
+    ) -> common_pb2.SendResponse:
+        """Round trip 2: a pointer in each other member's sequence; then the
+        pushes, one per chat server."""
+        receivers = [uid for uid in members if uid != message.sender_id]
+        appended = await self._append_pointers(
+            [
+                PointerItem(uid, message.conversation_id, message.position, message.message_id)
+                for uid in receivers
+            ],
+            self._retention,
+        )
+        flags = await self._servers.deliver_many(group_parcels(message, receivers, appended))
+        reached = sum(sum(oks) for oks in flags)
+        metrics = self._metrics
+        metrics.accepted_group.inc()
+        metrics.pushed_group.inc(reached)
+        metrics.offline_group.inc(len(receivers) - reached)
+        status = (DELIVERED if reached else STORED) if receivers else NO_RECIPIENTS
+        return common_pb2.SendResponse(
+            message_id=message.message_id,
+            status=status,
+            recipients=len(receivers),
+            server_time_ms=message.server_time_ms,
+        )
 
     async def _send_group(self, message: common_pb2.ChatMessage) -> common_pb2.SendResponse:
         sender_id = message.sender_id

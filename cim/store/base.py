@@ -112,6 +112,18 @@ class ConversationItem:
     # The idempotent send this append carries (``send.conversation`` is this
     # conversation): claimed first, in the same atomic step.
     send: SendKey | None = None
+    # A group's message: appended only if ``sender_id`` is a member of the
+    # group (and it is not deleted), checked in the same atomic step, which
+    # also reads the members to fan out to (see ConversationAppended).
+    group_sender: int = 0
+    # The membership version whose members the caller holds (-1: none):
+    # the members come back only when the group's version differs.
+    known_version: int = -1
+
+
+# Why a group append was refused (nothing written).
+NOT_A_MEMBER = "not_member"
+GROUP_DELETED = "deleted"
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,12 @@ class ConversationAppended:
     position: int
     # When the item's send was claimed before: what that attempt left.
     earlier: SendClaim | None = None
+    # A group's message: its membership version at the append, the members
+    # then (None when ``known_version`` was that version), and why it was
+    # refused ("": it was not; else NOT_A_MEMBER or GROUP_DELETED).
+    version: int = 0
+    members: tuple[int, ...] | None = None
+    refused: str = ""
 
 
 @dataclass(frozen=True)

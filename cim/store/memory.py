@@ -10,6 +10,8 @@ from itertools import count
 
 from cim.core.groups import Change, Group, Member
 from cim.store.base import (
+    GROUP_DELETED,
+    NOT_A_MEMBER,
     Account,
     Appended,
     ConversationAppended,
@@ -329,6 +331,14 @@ class MemoryStore:
         now = self._clock()
         appended = []
         for item in items:
+            group = self._groups.get(item.conversation_id) if item.group_sender else None
+            if item.group_sender:
+                if group is None or item.group_sender not in group.members:
+                    appended.append(ConversationAppended(0, refused=NOT_A_MEMBER))
+                    continue
+                if group.deleted:
+                    appended.append(ConversationAppended(0, refused=GROUP_DELETED))
+                    continue
             if item.send is not None:
                 if item.send.conversation != item.conversation_id:
                     raise ValueError("an append claims only its own conversation's sends")
@@ -346,7 +356,13 @@ class MemoryStore:
                 conversation.log[position] = (item.message_id, item.payload, now)
                 conversation.positions[item.message_id] = position
             conversation.trim(retention, now)
-            appended.append(ConversationAppended(position))
+            if group is None:
+                appended.append(ConversationAppended(position))
+            else:
+                members = (
+                    None if group.version == item.known_version else tuple(sorted(group.members))
+                )
+                appended.append(ConversationAppended(position, None, group.version, members))
         return appended
 
     async def append_pointers(

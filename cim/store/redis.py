@@ -40,6 +40,8 @@ from cim.core.groups import Change, Group, Member
 from cim.errors import Unavailable
 from cim.store import keys
 from cim.store.base import (
+    GROUP_DELETED,
+    NOT_A_MEMBER,
     Account,
     Appended,
     ConversationAppended,
@@ -103,6 +105,7 @@ _FIELDS = {
     "disabled_reason": keys.ACCOUNT_DISABLED_REASON,
     "name": keys.ACCOUNT_NAME,
     "ver": keys.GROUP_VERSION,
+    "deleted": keys.GROUP_DELETED,
 }
 
 
@@ -404,16 +407,33 @@ end
 """
 
 # Round trip 1 of a send: one message into a conversation's log. KEYS: meta,
-# log, bodies[, send claim]. ARGV: message id, body (time + payload), now_ms,
-# max_messages, max_age_ms, id_window_ms[, the claim's value]. With a claim
-# key the send is claimed first (SET NX GET): if an earlier attempt holds it,
-# returns {-1, its value} and appends nothing. A message id already in the log
-# gets its position back. Trims the log to the history bounds. Returns {position}.
+# log, bodies, members[, send claim]. ARGV: message id, body (time + payload),
+# now_ms, max_messages, max_age_ms, id_window_ms, the claim's value ('' without
+# a claim key), the group sender ('0': not a group's message), the membership
+# version the caller knows. A group's message is refused, before anything is
+# written, unless its sender is a member ({-2}) and the group not deleted
+# ({-3}). With a claim key the send is claimed next (SET NX GET): if an
+# earlier attempt holds it, returns {-1, its value} and appends nothing. A
+# message id already in the log gets its position back. Trims the log to the
+# history bounds. Returns {position}; for a group's message {position,
+# version, member ids...}, the ids only when the version is not the known one.
 _CONV_APPEND = _lua(
     _TRIM
     + """
-if #KEYS >= 4 then
-  local earlier = redis.call('SET', KEYS[4], ARGV[7], 'NX', 'GET', 'PX',
+local group_sender = ARGV[8]
+local version = 0
+if group_sender ~= '0' then
+  if not redis.call('HGET', KEYS[4], group_sender) then
+    return {-2}
+  end
+  local meta = redis.call('HMGET', KEYS[1], '$ver', '$deleted')
+  if meta[2] == '1' then
+    return {-3}
+  end
+  version = tonumber(meta[1]) or 0
+end
+if #KEYS >= 5 then
+  local earlier = redis.call('SET', KEYS[5], ARGV[7], 'NX', 'GET', 'PX',
                              math.max(1, tonumber(ARGV[6])))
   if earlier then
     return {-1, earlier}
@@ -429,7 +449,16 @@ else
   redis.call('HSET', KEYS[1], '$last', ARGV[1])
 end
 trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[3]) - tonumber(ARGV[5]))
-return {position}
+if group_sender == '0' then
+  return {position}
+end
+local out = {position, version}
+if version ~= tonumber(ARGV[9]) then
+  for _, uid in ipairs(redis.call('HKEYS', KEYS[4])) do
+    out[#out + 1] = tonumber(uid)
+  end
+end
+return out
 """
 )
 
@@ -1363,15 +1392,25 @@ class RedisStore:
             # One script per item in one round trip (per node): the items of
             # one conversation keep their order, so their positions do too.
             for item in items:
-                names = self._conversation_keys(item.conversation_id)
-                args = [item.message_id, stamp + item.payload, now, *bounds]
+                names = [
+                    *self._conversation_keys(item.conversation_id),
+                    self._keys.conversation_members(item.conversation_id),
+                ]
+                claim = b""
                 if item.send is not None:
                     if item.send.conversation != item.conversation_id:
                         raise ValueError("an append claims only its own conversation's sends")
                     names.append(self._sent_key(item.send))
-                    args.append(
-                        _claim_value(keys.SEND_RUNNING, item.send, item.message_id.encode())
-                    )
+                    claim = _claim_value(keys.SEND_RUNNING, item.send, item.message_id.encode())
+                args = [
+                    item.message_id,
+                    stamp + item.payload,
+                    now,
+                    *bounds,
+                    claim,
+                    item.group_sender,
+                    item.known_version,
+                ]
                 self._queue(pipe, self._conv_append, names, args)
 
         async with self._guard():
@@ -1380,13 +1419,26 @@ class RedisStore:
             rows = await self._pipeline(build)
         appended = []
         for item, row in zip(items, rows, strict=True):
-            if int(row[0]) == -1:
+            first = int(row[0])
+            if first == -1:
                 earlier = _send_claim(str(item.send), row[1]) or SendClaim(
                     item.message_id, None, item.send.digest if item.send else None
                 )
                 appended.append(ConversationAppended(0, earlier))
+            elif first == -2:
+                appended.append(ConversationAppended(0, refused=NOT_A_MEMBER))
+            elif first == -3:
+                appended.append(ConversationAppended(0, refused=GROUP_DELETED))
+            elif item.group_sender:
+                version = int(row[1])
+                members = (
+                    None
+                    if version == item.known_version
+                    else tuple(sorted(int(uid) for uid in row[2:]))
+                )
+                appended.append(ConversationAppended(first, None, version, members))
             else:
-                appended.append(ConversationAppended(int(row[0])))
+                appended.append(ConversationAppended(first))
         return appended
 
     async def append_pointers(

@@ -19,9 +19,10 @@ from cim.errors import (
 )
 from cim.proto.v1 import common_pb2
 from cim.route.groups import GroupManager
+from cim.route.messages import MessageRouter, send_digest
 from cim.route.servers import Parcel
 from cim.store import MemoryStore, SessionRecord, Store
-from cim.store.base import Retention
+from cim.store.base import ConversationItem, Retention, SendKey
 from cim.store.redis import RedisStore
 from cim.testing import fast_route_config as route_config
 
@@ -200,3 +201,130 @@ async def test_every_limit_refuses_precisely(store: Store) -> None:
         await groups.create(4, "dan", "x" * 65, [])
     with pytest.raises(InvalidArgument, match="control character"):
         await groups.rename(1, "ann", "g:1", "a\tb")
+
+
+# --- group messages (the conversation path) -------------------------------------
+
+
+class CountingStore:
+    """Counts the store calls of the send path (each one round trip on Redis)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        target = getattr(self._store, name)
+        if not name.startswith("append"):
+            return target
+
+        async def counted(*args: object) -> object:
+            self.calls.append(name)
+            return await target(*args)
+
+        return counted
+
+
+def router(store: Store, servers: FakeServers | None = None) -> MessageRouter:
+    return MessageRouter(route_config(), store, servers or FakeServers())  # type: ignore[arg-type]
+
+
+def to_group(group_id: str, text: str, client_msg_id: str = "") -> common_pb2.SendGroupRequest:
+    return common_pb2.SendGroupRequest(group_id=group_id, text=text, client_msg_id=client_msg_id)
+
+
+async def texts(store: Store, user_id: int) -> list[tuple[int, int, str]]:
+    """(seq, position, text) of the user's group messages."""
+    page = await store.read_inbox(user_id, 0, 100, Retention())
+    out = []
+    for entry in page.entries:
+        message = common_pb2.ChatMessage.FromString(entry.payload)
+        if message.kind == common_pb2.MESSAGE_KIND_GROUP:
+            out.append((entry.seq, entry.position, message.text))
+    return out
+
+
+async def test_a_group_message_reaches_every_other_member_in_two_round_trips(store: Store) -> None:
+    servers = FakeServers()
+    await manager(store).create(1, "ann", "team", [2, 3])
+    await store.claim_session(SessionRecord(2, "s", "server-1", connected=True), 30)
+    counting = CountingStore(store)
+    sent = await router(counting, servers).send_group(1, "ann", to_group("g:1", "hello"))  # type: ignore[arg-type]
+    assert counting.calls == ["append_conversations", "append_pointers"]
+    assert sent.status == common_pb2.DELIVERY_STATUS_DELIVERED and sent.recipients == 2
+    assert await texts(store, 2) == [(2, 2, "hello")]  # after the creation event
+    assert await texts(store, 3) == [(2, 2, "hello")]
+    assert await texts(store, 1) == []  # the sender gets no copy
+    ((receiver, pushed),) = servers.pushed
+    assert receiver == 2 and pushed.conversation_id == pushed.group_id == "g:1"
+    assert (pushed.seq, pushed.position, pushed.message_id) == (2, 2, sent.message_id)
+    history = await store.read_history("g:1", 0, 10, Retention())
+    assert [e.position for e in history.entries] == [2, 1]
+
+
+async def test_non_members_and_removed_members_are_refused_and_get_nothing(store: Store) -> None:
+    groups = manager(store)
+    await groups.create(1, "ann", "team", [2, 3])
+    routes = router(store)
+    with pytest.raises(PermissionDenied, match="you are not a member of group g:1"):
+        await routes.send_group(4, "dan", to_group("g:1", "let me in"))
+    with pytest.raises(PermissionDenied, match="you are not a member of group g:9"):
+        await routes.send_group(1, "ann", to_group("g:9", "forged"))
+    await routes.send_group(1, "ann", to_group("g:1", "one"))  # caches the members
+    await groups.remove(1, "ann", "g:1", [3])
+    await routes.send_group(1, "ann", to_group("g:1", "two"))
+    assert [t for _, _, t in await texts(store, 3)] == ["one"]
+    assert [t for _, _, t in await texts(store, 2)] == ["one", "two"]
+    with pytest.raises(PermissionDenied, match="you are not a member of group g:1"):
+        await routes.send_group(3, "cat", to_group("g:1", "still here?"))
+    # A refused send writes nothing: the history is the events and the two.
+    history = await store.read_history("g:1", 0, 10, Retention())
+    assert len(history.entries) == 4
+    await groups.add(1, "ann", "g:1", [4])
+    await routes.send_group(2, "bob", to_group("g:1", "welcome"))
+    assert [t for _, _, t in await texts(store, 4)] == ["welcome"]
+    await groups.delete(1, "ann", "g:1")
+    with pytest.raises(FailedPrecondition, match="group g:1 was deleted"):
+        await routes.send_group(2, "bob", to_group("g:1", "anyone?"))
+
+
+async def test_a_retried_group_send_is_delivered_once(store: Store) -> None:
+    await manager(store).create(1, "ann", "team", [2])
+    routes = router(store)
+    first = await routes.send_group(1, "ann", to_group("g:1", "once", "c-1"))
+    await routes.aclose()  # the result is remembered
+    again = await routes.send_group(1, "ann", to_group("g:1", "once", "c-1"))
+    assert again == first
+    assert [t for _, _, t in await texts(store, 2)] == ["once"]
+    with pytest.raises(FailedPrecondition):
+        await routes.send_group(1, "ann", to_group("g:1", "another", "c-1"))
+
+
+async def test_a_retry_of_an_unfinished_group_send_reuses_its_message_id(store: Store) -> None:
+    await manager(store).create(1, "ann", "team", [2])
+    routes = router(store)
+    # A first attempt that claimed and appended, then its route died.
+    payload = common_pb2.ChatMessage(
+        message_id="01EARLIER", kind=common_pb2.MESSAGE_KIND_GROUP, text="x", group_id="g:1"
+    ).SerializeToString()
+    digest = send_digest("group:g:1", "x")
+    key = SendKey(1, 1, "c-2", digest, "g:1")
+    item = ConversationItem("g:1", "01EARLIER", payload, key, group_sender=1)
+    (stored,) = await store.append_conversations([item], Retention())
+    sent = await routes.send_group(1, "ann", to_group("g:1", "x", "c-2"))
+    assert sent.message_id == "01EARLIER"
+    assert [(p, t) for _, p, t in await texts(store, 2)] == [(stored.position, "x")]
+    history = await store.read_history("g:1", 0, 10, Retention())
+    assert len(history.entries) == 2  # the event and the one message
+
+
+async def test_empty_and_all_keep_the_broadcast_and_bad_ids_are_refused(store: Store) -> None:
+    routes = router(store)
+    await store.claim_session(SessionRecord(2, "s", "server-1", connected=True), 30)
+    for group_id in ("", "all"):
+        sent = await routes.send_group(1, "ann", to_group(group_id, "hi all"))
+        assert sent.recipients == 1
+    with pytest.raises(InvalidArgument, match="positive number"):
+        await routes.send_group(1, "ann", to_group("g:0", "x"))
+    with pytest.raises(InvalidArgument, match="unknown group 'team'"):
+        await routes.send_group(1, "ann", to_group("team", "x"))
