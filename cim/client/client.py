@@ -37,11 +37,12 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 import grpc
+from google.protobuf.message import Message
 
 from cim.client.cursor import MemoryCursor, SeqCursor
 from cim.client.route import RouteClient, build_request, map_grpc_errors
@@ -60,7 +61,7 @@ from cim.errors import (
     error_for_number,
     from_item,
 )
-from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2, route_pb2
+from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2, groups_pb2, route_pb2
 from cim.tls import Tls, open_channel
 from cim.tls import load as load_tls
 
@@ -89,6 +90,16 @@ SEND_RETRY_PAUSE = 0.1
 ACK_INTERVAL = 1.0
 # A gap in the seqs that lasts this long asks the server for a replay.
 GAP_WAIT = 1.0
+# The membership changes of CimClient.change_group: RPC name -> request type.
+GROUP_CHANGES: dict[str, type[Message]] = {
+    "AddMembers": groups_pb2.AddMembersRequest,
+    "RemoveMembers": groups_pb2.RemoveMembersRequest,
+    "LeaveGroup": groups_pb2.LeaveGroupRequest,
+    "SetAdmin": groups_pb2.SetAdminRequest,
+    "TransferOwnership": groups_pb2.TransferOwnershipRequest,
+    "RenameGroup": groups_pb2.RenameGroupRequest,
+    "DeleteGroup": groups_pb2.DeleteGroupRequest,
+}
 
 MessageCallback = Callable[[common_pb2.ChatMessage], None]
 EventCallback = Callable[[ClientEvent], None]
@@ -378,13 +389,75 @@ class CimClient:
         )
         return await self._send(chat_pb2.SendFrame(private=request))
 
-    async def send_group(self, text: str, client_msg_id: str = "") -> common_pb2.SendResponse:
-        """Sends to every user online, as :meth:`send_private` does (same
-        errors, but for NotFound)."""
+    async def send_group(
+        self, text: str, client_msg_id: str = "", group_id: str = ""
+    ) -> common_pb2.SendResponse:
+        """Sends to a group with members (``group_id`` "g:<n>") or, without
+        one, to every user online (CIM's broadcast), as :meth:`send_private`
+        does (same errors, but for NotFound; PermissionDenied when the caller
+        is not a member of the group, FailedPrecondition when it was deleted)."""
         request = build_request(
-            common_pb2.SendGroupRequest, "message", text=text, client_msg_id=client_msg_id
+            common_pb2.SendGroupRequest,
+            "message",
+            text=text,
+            client_msg_id=client_msg_id,
+            group_id=group_id,
         )
         return await self._send(chat_pb2.SendFrame(group=request))
+
+    # --- groups with members (cim.v1.Groups) --------------------------------
+    # Each raises what its RPC's comment in groups.proto says, and what every
+    # route call raises (Unauthenticated, Unavailable, DeadlineExceeded).
+    async def create_group(
+        self, name: str, member_ids: Sequence[int] = ()
+    ) -> groups_pb2.GroupChangeResponse:
+        """A new group owned by this user, with ``member_ids``."""
+        request = build_request(
+            groups_pb2.CreateGroupRequest, "group", name=name, member_ids=list(member_ids)
+        )
+        reply: groups_pb2.GroupChangeResponse = await self.route.group_call(
+            "create group", "CreateGroup", request
+        )
+        return reply
+
+    async def change_group(self, method: str, **fields: object) -> groups_pb2.GroupChangeResponse:
+        """One membership change by its RPC's name: ``AddMembers`` (group_id,
+        user_ids), ``RemoveMembers`` (group_id, user_ids), ``LeaveGroup``,
+        ``SetAdmin`` (group_id, user_id, admin), ``TransferOwnership``
+        (group_id, user_id), ``RenameGroup`` (group_id, name), ``DeleteGroup``."""
+        if method not in GROUP_CHANGES:
+            raise ValueError(f"not a group change: {method!r}")
+        request = build_request(GROUP_CHANGES[method], "group change", **fields)
+        reply: groups_pb2.GroupChangeResponse = await self.route.group_call(
+            "change group", method, request
+        )
+        return reply
+
+    async def group_members(
+        self, group_id: str, after_user_id: int = 0, limit: int = 0
+    ) -> groups_pb2.ListMembersResponse:
+        """A page of the group's members (members only)."""
+        request = build_request(
+            groups_pb2.ListMembersRequest,
+            "group",
+            group_id=group_id,
+            after_user_id=after_user_id,
+            limit=limit,
+        )
+        reply: groups_pb2.ListMembersResponse = await self.route.group_call(
+            "list members", "ListMembers", request
+        )
+        return reply
+
+    async def my_groups(
+        self, after_number: int = 0, limit: int = 0
+    ) -> groups_pb2.ListMyGroupsResponse:
+        """A page of this user's groups."""
+        request = groups_pb2.ListMyGroupsRequest(after_number=after_number, limit=limit)
+        reply: groups_pb2.ListMyGroupsResponse = await self.route.group_call(
+            "list groups", "ListMyGroups", request
+        )
+        return reply
 
     async def list_online(self, name_prefix: str = "") -> list[common_pb2.UserInfo]:
         """Users online whose name starts with ``name_prefix``.

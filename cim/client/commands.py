@@ -9,6 +9,8 @@ from dataclasses import dataclass
 MAX_DELAY_SECONDS = 86400.0
 
 _PRIVATE = re.compile(r"(\d+);;(.*)", re.DOTALL)
+_TO_GROUP = re.compile(r"(g:\d+);;(.*)", re.DOTALL)
+_GROUP_ID = re.compile(r"g:[1-9]\d{0,18}")
 
 
 class CommandError(ValueError):
@@ -28,6 +30,43 @@ class PrivateMessage:
 
     receiver_id: int
     text: str
+
+
+@dataclass(frozen=True)
+class MemberGroupMessage:
+    """Text for the members of a group (``g:5;;text``)."""
+
+    group_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CreateGroup:
+    """A new group owned by this user, with these members."""
+
+    name: str
+    member_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChangeGroup:
+    """A membership change: the Groups RPC's name and its fields."""
+
+    method: str
+    group_id: str
+    user_ids: tuple[int, ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ListMembers:
+    group_id: str
+    after_user_id: int = 0
+
+
+@dataclass(frozen=True)
+class ListGroups:
+    """List this user's groups."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +104,7 @@ class ShowEmoji:
 class DelayedMessage:
     """Send ``message`` after ``seconds``."""
 
-    message: GroupMessage | PrivateMessage
+    message: GroupMessage | PrivateMessage | MemberGroupMessage
     seconds: float
 
 
@@ -86,6 +125,11 @@ class Quit:
 Command = (
     GroupMessage
     | PrivateMessage
+    | MemberGroupMessage
+    | CreateGroup
+    | ChangeGroup
+    | ListMembers
+    | ListGroups
     | ShowHelp
     | ListOnline
     | ShowInfo
@@ -99,6 +143,15 @@ Command = (
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("text", "send text to everyone online"),
     ("userId;;text", "send text privately to the user with that id"),
+    ("g:N;;text", "send text to the members of group g:N"),
+    (":gcreate <name>[;;userId ...]", "create a group you own, with these members"),
+    (":gadd g:N <userId> ...", "add users to a group (owner and admins)"),
+    (":gremove g:N <userId> ...", "remove members from a group (owner and admins)"),
+    (":gleave g:N", "leave a group (an owner hands it over first)"),
+    (":grename g:N <name>", "rename a group (owner)"),
+    (":gdelete g:N", "delete a group (owner)"),
+    (":gmembers g:N [after userId]", "list a group's members"),
+    (":groups", "list your groups"),
     (":all", "list all commands (also :help)"),
     (":olu", "list online users"),
     (":pu <name prefix>", "list online users whose name starts with the prefix"),
@@ -151,10 +204,18 @@ def parse(line: str) -> Command | None:
         return _parse_delay(rest)
     if name == ":his":
         return _parse_history(rest)
+    if name in _GROUP_COMMANDS:
+        return _parse_group_command(name, rest)
     raise CommandError(f"unknown command {head!r}; type :all for the list of commands")
 
 
-def _parse_message(text: str) -> GroupMessage | PrivateMessage:
+def _parse_message(text: str) -> GroupMessage | PrivateMessage | MemberGroupMessage:
+    to_group = _TO_GROUP.fullmatch(text)
+    if to_group is not None:
+        body = to_group.group(2).strip()
+        if not body:
+            raise CommandError("usage: g:N;;text (the text must not be empty)")
+        return MemberGroupMessage(group_id=_group_id(to_group.group(1)), text=body)
     match = _PRIVATE.fullmatch(text)
     if match is None:
         return GroupMessage(text=text)
@@ -213,3 +274,64 @@ def _parse_history(rest: str) -> ShowHistory:
     if peer_id >= 2**63 or before >= 2**64:
         raise CommandError(f"{usage} (a number is too large)")
     return ShowHistory(peer_id, before)
+_GROUP_COMMANDS = {
+    ":gcreate",
+    ":gadd",
+    ":gremove",
+    ":gleave",
+    ":grename",
+    ":gdelete",
+    ":gmembers",
+    ":groups",
+}
+
+
+def _group_id(text: str) -> str:
+    if not _GROUP_ID.fullmatch(text):
+        raise CommandError(f"{text!r} is not a group id (g:N, N a number from 1)")
+    return text
+
+
+def _user_ids(words: list[str], usage: str) -> tuple[int, ...]:
+    ids = []
+    for word in words:
+        if not word.isdecimal() or int(word) <= 0:
+            raise CommandError(f"{usage} (user ids are numbers from 1, got {word!r})")
+        ids.append(int(word))
+    return tuple(ids)
+
+
+def _parse_group_command(name: str, rest: str) -> Command:
+    syntax = next(text for text, _ in COMMANDS if text == name or text.startswith(name + " "))
+    usage = f"usage: {syntax}"
+    if name == ":groups":
+        if rest:
+            raise CommandError(f"{usage} (no arguments)")
+        return ListGroups()
+    if name == ":gcreate":
+        title, _, members = rest.partition(";;")
+        if not title.strip():
+            raise CommandError(usage)
+        return CreateGroup(title.strip(), _user_ids(members.split(), usage))
+    words = rest.split(maxsplit=1 if name == ":grename" else -1)
+    if not words:
+        raise CommandError(usage)
+    group_id = _group_id(words[0])
+    others = words[1:]
+    if name in (":gadd", ":gremove"):
+        if not others:
+            raise CommandError(usage)
+        method = "AddMembers" if name == ":gadd" else "RemoveMembers"
+        return ChangeGroup(method, group_id, _user_ids(others, usage))
+    if name == ":grename":
+        if not others or not others[0].strip():
+            raise CommandError(usage)
+        return ChangeGroup("RenameGroup", group_id, name=others[0].strip())
+    if name == ":gmembers":
+        if len(others) > 1:
+            raise CommandError(usage)
+        after = _user_ids(others, usage)
+        return ListMembers(group_id, after[0] if after else 0)
+    if others:
+        raise CommandError(f"{usage} (nothing after the group id)")
+    return ChangeGroup("LeaveGroup" if name == ":gleave" else "DeleteGroup", group_id)

@@ -71,8 +71,18 @@ class Console:
         if message.kind == common_pb2.MESSAGE_KIND_SYSTEM:
             self._show_notice(stamp, message)
             return
+        if message.kind == common_pb2.MESSAGE_KIND_MEMBERSHIP:
+            line = f"[{message.group_id}] {message.text}"
+            self._print([("class:time", f"[{stamp}] "), ("class:system", f"* {line}")])
+            self.chatlog.append(f"* {line}")
+            return
         private = message.kind == common_pb2.MESSAGE_KIND_PRIVATE
-        tags = (" (private)" if private else "") + (" (stored)" if message.stored else "")
+        in_group = message.group_id.startswith("g:")
+        tags = (
+            (" (private)" if private else "")
+            + (f" [{message.group_id}]" if in_group else "")
+            + (" (stored)" if message.stored else "")
+        )
         fragments: Fragments = [
             ("class:time", f"[{stamp}] "),
             (
@@ -157,8 +167,45 @@ class Console:
 
     async def execute(self, command: commands.Command) -> None:
         match command:
-            case commands.GroupMessage() | commands.PrivateMessage():
+            case (
+                commands.GroupMessage() | commands.PrivateMessage() | commands.MemberGroupMessage()
+            ):
                 await self.send(command)
+            case commands.CreateGroup(name=name, member_ids=member_ids):
+                made = await self.client.create_group(name, member_ids)
+                self.system(
+                    f"created group {made.group.group_id} {made.group.name!r} "
+                    f"with {made.group.member_count} member(s)"
+                )
+            case commands.ChangeGroup(method=method, group_id=group_id, user_ids=ids, name=name):
+                fields: dict[str, object] = {"group_id": group_id}
+                if ids:
+                    fields["user_ids"] = list(ids)
+                if name:
+                    fields["name"] = name
+                changed = await self.client.change_group(method, **fields)
+                self.system(f"{group_id}: {changed.event.text}")
+            case commands.ListMembers(group_id=group_id, after_user_id=after):
+                page = await self.client.group_members(group_id, after)
+                roles = {1: "owner", 2: "admin", 3: "member"}
+                self.system(
+                    f"group {group_id} {page.group.name!r}: {page.group.member_count} member(s)"
+                    + (" (deleted)" if page.group.deleted else "")
+                )
+                for member in page.members:
+                    self._print([("", f"  {member.user_id}  {roles.get(member.role, '?')}")])
+                if page.more:
+                    last = page.members[-1].user_id
+                    self.system(f"more: :gmembers {group_id} {last}")
+            case commands.ListGroups():
+                mine = await self.client.my_groups()
+                more = " (more follow)" if mine.more else ""
+                self.system(f"{len(mine.groups)} group(s){more}")
+                for group in mine.groups:
+                    state = " (deleted)" if group.deleted else ""
+                    self._print(
+                        [("", f"  {group.group_id}  {group.name}  {group.member_count}{state}")]
+                    )
             case commands.ShowHelp():
                 width = max(len(syntax) for syntax, _ in commands.COMMANDS)
                 for syntax, description in commands.COMMANDS:
@@ -228,9 +275,16 @@ class Console:
         else:
             self.system("that is the beginning of the conversation")
 
-    async def send(self, message: commands.GroupMessage | commands.PrivateMessage) -> None:
+    async def send(
+        self,
+        message: commands.GroupMessage | commands.PrivateMessage | commands.MemberGroupMessage,
+    ) -> None:
         text = emoji.emojize(message.text)
-        if isinstance(message, commands.PrivateMessage):
+        if isinstance(message, commands.MemberGroupMessage):
+            result = await self.client.send_group(text, group_id=message.group_id)
+            self.chatlog.append(f"me -> {message.group_id}: {text}")
+            self.system(f"to {message.group_id}: stored for {result.recipients} member(s)")
+        elif isinstance(message, commands.PrivateMessage):
             result = await self.client.send_private(message.receiver_id, text)
             outcome = (
                 "delivered"
@@ -245,7 +299,9 @@ class Console:
             self.system(f"sent to {result.recipients} online user(s)")
 
     async def _send_later(
-        self, message: commands.GroupMessage | commands.PrivateMessage, seconds: float
+        self,
+        message: commands.GroupMessage | commands.PrivateMessage | commands.MemberGroupMessage,
+        seconds: float,
     ) -> None:
         await asyncio.sleep(seconds)
         # The library raises only CimError; a cancellation (shutdown) ends the task.

@@ -14,9 +14,10 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from cim.errors import (
     CimError,
@@ -27,13 +28,14 @@ from cim.errors import (
     from_rpc_error,
 )
 from cim.grpcutil import token_metadata
-from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
+from cim.proto.v1 import common_pb2, groups_pb2_grpc, route_pb2, route_pb2_grpc
 from cim.tls import Tls, open_channel
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 M = TypeVar("M")
+S = TypeVar("S")
 _FAILOVER = {grpc.StatusCode.UNAVAILABLE}
 
 
@@ -103,6 +105,7 @@ class RouteClient:
         self._timeout = timeout
         self._channels = [open_channel(address, tls) for address in self.addresses]
         self._stubs = [route_pb2_grpc.RouteStub(channel) for channel in self._channels]
+        self._group_stubs = [groups_pb2_grpc.GroupsStub(channel) for channel in self._channels]
         self._turn = itertools.count()
         self._preferred = 0
         self.token = ""
@@ -110,13 +113,18 @@ class RouteClient:
     async def _call(
         self, what: str, call: Callable[[route_pb2_grpc.RouteStub], Awaitable[T | None]]
     ) -> T:
+        return await self._call_on(self._stubs, what, call)
+
+    async def _call_on(
+        self, stubs: Sequence[S], what: str, call: Callable[[S], Awaitable[T | None]]
+    ) -> T:
         last: CimError | None = None
         last_address = ""
         with map_grpc_errors():
-            for offset in range(len(self._stubs)):
-                index = (self._preferred + offset) % len(self._stubs)
+            for offset in range(len(stubs)):
+                index = (self._preferred + offset) % len(stubs)
                 try:
-                    result = await call(self._stubs[index])
+                    result = await call(stubs[index])
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() not in _FAILOVER:
                         raise
@@ -273,6 +281,25 @@ class RouteClient:
         await self._call(
             "ack messages",
             lambda stub: stub.AckMessages(request, metadata=self._auth(), timeout=self._timeout),
+        )
+
+    # --- groups (cim.v1.Groups) ------------------------------------------------
+    async def group_call(
+        self,
+        what: str,
+        method: str,
+        request: Message,
+    ) -> Any:
+        """One Groups RPC by name (``CreateGroup``...) with the caller's
+        token. Raises Unauthenticated, InvalidArgument, PermissionDenied,
+        NotFound, FailedPrecondition, ResourceExhausted as the RPC's comment
+        in groups.proto says."""
+        return await self._call_on(
+            self._group_stubs,
+            what,
+            lambda stub: getattr(stub, method)(
+                request, metadata=self._auth(), timeout=self._timeout
+            ),
         )
 
     async def aclose(self) -> None:

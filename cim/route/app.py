@@ -16,10 +16,11 @@ from cim.metrics.route import RouteMetrics
 from cim.metrics.store import measured
 from cim.proto.admin.v1 import admin_pb2
 from cim.proto.internal.v1 import route_internal_pb2
-from cim.proto.v1 import route_pb2
+from cim.proto.v1 import groups_pb2, route_pb2
 from cim.registry.base import Registry
 from cim.route.admin import Administration, AdminKeys
 from cim.route.groups import GroupManager
+from cim.route.groups_service import GroupsService
 from cim.route.messages import MessageRouter
 from cim.route.servers import ServerDirectory
 from cim.route.service import AdminService, RouteInternalService, RouteLimits, RouteService
@@ -36,8 +37,9 @@ log = logging.getLogger(__name__)
 ROUTE = route_pb2.DESCRIPTOR.services_by_name["Route"]
 ROUTE_INTERNAL = route_internal_pb2.DESCRIPTOR.services_by_name["RouteInternal"]
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
+GROUPS = groups_pb2.DESCRIPTOR.services_by_name["Groups"]
 # Every service a route serves (tests enumerate them: fuzzing, malformed bytes).
-SERVICES = (ROUTE, ROUTE_INTERNAL, ADMIN)
+SERVICES = (ROUTE, ROUTE_INTERNAL, ADMIN, GROUPS)
 PROBE_INTERVAL = 2.0
 # How long after a failed attempt (the store down) the name backfill tries again.
 NAME_INDEX_RETRY = 5.0
@@ -105,6 +107,7 @@ class RouteApp:
             self.sessions, self.router, SecretCheck(self.config.cluster_secrets)
         )
         listener.add(internal, ROUTE_INTERNAL, public=False)
+        listener.add(GroupsService(self.sessions, self.groups), GROUPS, public=True)
         # Served (and listed by reflection) even without admin keys: a call
         # then says the admin API is off and how to turn it on.
         admin = Administration(self.store, self.sessions, self.router, self.servers)

@@ -52,7 +52,15 @@ from cim.proto.internal.v1 import (
     route_internal_pb2,
     route_internal_pb2_grpc,
 )
-from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2, route_pb2, route_pb2_grpc
+from cim.proto.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    common_pb2,
+    groups_pb2,
+    groups_pb2_grpc,
+    route_pb2,
+    route_pb2_grpc,
+)
 from cim.route.admin import ADMIN_KEY
 from cim.route.app import SERVICES as ROUTE_SERVICES
 from cim.server.app import SERVICES as SERVER_SERVICES
@@ -246,6 +254,9 @@ class Fuzz:
 
     def route(self) -> route_pb2_grpc.RouteStub:
         return route_pb2_grpc.RouteStub(self._route_channel)
+
+    def groups(self) -> groups_pb2_grpc.GroupsStub:
+        return groups_pb2_grpc.GroupsStub(self.channel(self.c.route_address))
 
     def internal(self) -> route_internal_pb2_grpc.RouteInternalStub:
         return route_internal_pb2_grpc.RouteInternalStub(self._route_channel)
@@ -696,6 +707,105 @@ async def run_route_op(f: Fuzz, op: tuple[Any, ...]) -> None:
 @fuzz_settings(examples=60)
 async def test_route_rpcs_survive_hostile_requests(fuzz: Fuzz, ops: list[Any]) -> None:
     await asyncio.gather(*(run_route_op(fuzz, op) for op in ops))
+    await fuzz.assert_healthy()
+
+
+# --- Groups -------------------------------------------------------------------------
+
+# Real ids (the fuzz's first groups), forged ones, "all", empty and garbage.
+group_id = st.one_of(
+    st.sampled_from(["g:1", "g:2", "g:3", "g:999999", "all", "", "g:0", "g:01", "p:1:2"]),
+    hostile_text,
+)
+user_ids = st.lists(int64, max_size=5)
+uint32 = st.one_of(
+    st.sampled_from([0, 1, 50, 51, 100, 101, 1000, 1001, 2**32 - 1]), st.integers(0, 2**32 - 1)
+)
+groups_op = st.one_of(
+    st.tuples(
+        st.just("CreateGroup"),
+        st.builds(groups_pb2.CreateGroupRequest, name=hostile_text, member_ids=user_ids),
+        auth,
+    ),
+    st.tuples(
+        st.just("AddMembers"),
+        st.builds(groups_pb2.AddMembersRequest, group_id=group_id, user_ids=user_ids),
+        auth,
+    ),
+    st.tuples(
+        st.just("RemoveMembers"),
+        st.builds(groups_pb2.RemoveMembersRequest, group_id=group_id, user_ids=user_ids),
+        auth,
+    ),
+    st.tuples(
+        st.just("LeaveGroup"), st.builds(groups_pb2.LeaveGroupRequest, group_id=group_id), auth
+    ),
+    st.tuples(
+        st.just("SetAdmin"),
+        st.builds(
+            groups_pb2.SetAdminRequest, group_id=group_id, user_id=int64, admin=st.booleans()
+        ),
+        auth,
+    ),
+    st.tuples(
+        st.just("TransferOwnership"),
+        st.builds(groups_pb2.TransferOwnershipRequest, group_id=group_id, user_id=int64),
+        auth,
+    ),
+    st.tuples(
+        st.just("RenameGroup"),
+        st.builds(groups_pb2.RenameGroupRequest, group_id=group_id, name=hostile_text),
+        auth,
+    ),
+    st.tuples(
+        st.just("DeleteGroup"), st.builds(groups_pb2.DeleteGroupRequest, group_id=group_id), auth
+    ),
+    st.tuples(
+        st.just("ListMembers"),
+        st.builds(
+            groups_pb2.ListMembersRequest, group_id=group_id, after_user_id=int64, limit=uint32
+        ),
+        auth,
+    ),
+    st.tuples(
+        st.just("ListMyGroups"),
+        st.builds(groups_pb2.ListMyGroupsRequest, after_number=int64, limit=uint32),
+        auth,
+    ),
+    st.tuples(
+        st.just("SendGroup"),
+        st.builds(
+            common_pb2.SendGroupRequest,
+            text=hostile_text,
+            group_id=group_id,
+            client_msg_id=client_msg_id,
+        ),
+        auth,
+    ),
+)
+
+
+async def run_groups_op(f: Fuzz, op: tuple[Any, ...]) -> None:
+    name, request, mode = op
+    COUNTS[f"Groups.{name}"] += 1
+    stub = f.route() if name == "SendGroup" else f.groups()
+    try:
+        reply = await getattr(stub, name)(request, metadata=f.metadata(mode), timeout=CALL_TIMEOUT)
+    except grpc.aio.AioRpcError as err:
+        check_error(err, f"Groups.{name}({short(request)}) auth={mode[0]}")
+        return
+    if name == "ListMembers":
+        assert len(reply.members) <= (request.limit or 100), short(request)
+        ids = [m.user_id for m in reply.members]
+        assert ids == sorted(ids) and all(i > request.after_user_id for i in ids)
+    if name == "ListMyGroups":
+        assert len(reply.groups) <= (request.limit or 50), short(request)
+
+
+@given(ops=st.lists(groups_op, min_size=10, max_size=25))
+@fuzz_settings(examples=40)
+async def test_groups_rpcs_survive_hostile_requests(fuzz: Fuzz, ops: list[Any]) -> None:
+    await asyncio.gather(*(run_groups_op(fuzz, op) for op in ops))
     await fuzz.assert_healthy()
 
 

@@ -199,3 +199,54 @@ def test_history_of_a_conversation_from_the_newest() -> None:
 def test_history_needs_a_user_id_and_maybe_a_position(line: str, why: str) -> None:
     with pytest.raises(CommandError, match=f"usage: :his <userId> \\[before position\\].*{why}"):
         parse(line)
+# --- groups with members ----------------------------------------------------------
+
+
+def test_group_messages_name_their_group() -> None:
+    from cim.client.commands import MemberGroupMessage
+
+    assert parse("g:5;; hi there ") == MemberGroupMessage("g:5", "hi there")
+    with pytest.raises(CommandError, match="text must not be empty"):
+        parse("g:5;;  ")
+    with pytest.raises(CommandError, match="not a group id"):
+        parse("g:05;;hi")
+
+
+def test_group_commands_parse() -> None:
+    from cim.client.commands import ChangeGroup, CreateGroup, ListGroups, ListMembers
+
+    assert parse(":gcreate the team;;2 3") == CreateGroup("the team", (2, 3))
+    assert parse(":gcreate solo") == CreateGroup("solo")
+    assert parse(":gadd g:7 2 3") == ChangeGroup("AddMembers", "g:7", (2, 3))
+    assert parse(":gremove g:7 3") == ChangeGroup("RemoveMembers", "g:7", (3,))
+    assert parse(":gleave g:7") == ChangeGroup("LeaveGroup", "g:7")
+    assert parse(":gdelete g:7") == ChangeGroup("DeleteGroup", "g:7")
+    assert parse(":grename g:7 new name") == ChangeGroup("RenameGroup", "g:7", name="new name")
+    assert parse(":gmembers g:7") == ListMembers("g:7")
+    assert parse(":gmembers g:7 12") == ListMembers("g:7", 12)
+    assert parse(":groups") == ListGroups()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (":gcreate", r"usage: :gcreate <name>\[;;userId ...\]"),
+        (":gcreate x;;2 bob", "user ids are numbers from 1, got 'bob'"),
+        (":gadd g:7", r"usage: :gadd g:N <userId> \.\.\."),
+        (":gadd all 2", "'all' is not a group id"),
+        (":gremove g:7 0", "got '0'"),
+        (":gleave g:7 extra", "nothing after the group id"),
+        (":grename g:7", "usage: :grename"),
+        (":gmembers g:7 1 2", "usage: :gmembers"),
+        (":groups mine", "no arguments"),
+    ],
+)
+def test_group_commands_refuse_bad_input(line: str, message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        parse(line)
+
+
+def test_every_group_command_is_listed() -> None:
+    listed = " ".join(syntax for syntax, _ in COMMANDS)
+    for name in (":gcreate", ":gadd", ":gremove", ":gleave", ":gmembers", ":groups", "g:N;;"):
+        assert name in listed

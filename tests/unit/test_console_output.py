@@ -57,3 +57,36 @@ async def test_a_users_message_is_shown_as_before(console, capsys):
     printed, logged = shown(capsys, console)
     assert printed.endswith("bob#2 (private): hi")
     assert logged == "bob#2 (private): hi"
+
+
+async def test_a_membership_event_is_shown_as_one_for_its_group(console, capsys):
+    console.show_message(
+        common_pb2.ChatMessage(
+            kind=common_pb2.MESSAGE_KIND_MEMBERSHIP,
+            sender_id=1,
+            sender_name="ann",
+            group_id="g:5",
+            text="ann added bob",
+            seq=3,
+        )
+    )
+    printed, logged = shown(capsys, console)
+    assert printed.endswith("* [g:5] ann added bob")
+    assert logged == "* [g:5] ann added bob"
+
+
+async def test_a_group_message_names_its_group(console, capsys):
+    console.show_message(
+        common_pb2.ChatMessage(
+            kind=common_pb2.MESSAGE_KIND_GROUP,
+            sender_id=2,
+            sender_name="bob",
+            group_id="g:5",
+            text="hi",
+            seq=4,
+            stored=True,
+        )
+    )
+    printed, logged = shown(capsys, console)
+    assert printed.endswith("bob#2 [g:5] (stored): hi")
+    assert logged == "bob#2 [g:5] (stored): hi"
