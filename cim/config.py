@@ -202,6 +202,7 @@ class RouteConfig:
     token_check_cache: float = 1.0
     routing: str = "consistent-hash"
     duplicate_login: str = "reject"
+    # Whether users may send to group "all" (CIM's broadcast): "everyone" or "off".
     broadcast: str = "everyone"
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     # Login state of a live stream expires this long after its last refresh.

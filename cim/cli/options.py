@@ -25,6 +25,7 @@ from cim.config import (
     DUPLICATE_LOGIN_POLICIES,
     TRACING_EXPORTERS,
 )
+from cim.core.groups import MEMBERS_CEILING
 from cim.core.placement import ALGORITHMS
 
 Command = Callable[..., Any]
@@ -167,6 +168,7 @@ class RoutingFlags:
     routing: str
     duplicate_login: str
     broadcast: str
+    group_max_members: int = 1_000
 
 
 routing_options = option_group(
@@ -187,7 +189,15 @@ routing_options = option_group(
         default="everyone",
         type=click.Choice(BROADCAST_POLICIES),
         help="Who may send to group 'all' (everyone online, CIM's group chat): "
-        "everyone, or nobody (off; administrators' notices still reach everyone).",
+        "everyone, or nobody (off; administrators' notices still reach everyone; "
+        "groups with members are not affected).",
+    ),
+    click.option(
+        "--group-max-members",
+        envvar="CIM_GROUP_MAX_MEMBERS",
+        default=1_000,
+        type=click.IntRange(min=2, max=MEMBERS_CEILING),
+        help="Members per group at most; over it an add gets RESOURCE_EXHAUSTED.",
     ),
 )
 

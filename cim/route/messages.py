@@ -98,7 +98,8 @@ SYSTEM_SENDER_ID = 0
 SEND_DIGEST_SIZE = 8
 REUSED_CLIENT_MSG_ID = "client_msg_id reused with a different message"
 BROADCAST_OFF = (
-    "sending to group 'all' (everyone online) is off on this cluster (the route's --broadcast off)"
+    "sending to group 'all' (everyone online) is off on this cluster (the route's "
+    "--broadcast off): send to a group (g:<number>) or a user"
 )
 # What a send comes to: its response, or the error that refused it.
 Outcome = common_pb2.SendResponse | CimError

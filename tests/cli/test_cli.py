@@ -239,7 +239,7 @@ def test_dev_limits_can_be_lifted() -> None:
     flags = {
         "host": "127.0.0.1",
         "advertise_host": None,
-        "routing": RoutingFlags("round-robin", "kick-old", "off"),
+        "routing": RoutingFlags("round-robin", "kick-old", "off", 50),
         "max_text_bytes": 100,
         "message_limits": MessageLimits(0.0, 1),
         "login_limits": LoginLimits(0.0, 1),
@@ -259,6 +259,7 @@ def test_dev_limits_can_be_lifted() -> None:
     assert (route.session_ttl, route.inbox_max_messages, route.inbox_max_age) == (5, 10, 60)
     assert (route.history_max_messages, route.history_max_age) == (20, 120)
     assert route.retention.history_max_messages == 20
+    assert (route.broadcast, route.group_limits.max_members) == ("off", 50)
     assert (server.heartbeat.ping_interval, server.heartbeat.idle_timeout) == (2, 6)
     assert server.max_text_bytes == 100 and route.tls is None and server.tls is None
 

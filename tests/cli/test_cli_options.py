@@ -35,6 +35,8 @@ ADDED: dict[str, set[str]] = {
         "--inbox-max-age",
         "--history-max-messages",
         "--history-max-age",
+        "--broadcast",
+        "--group-max-members",
         "--heartbeat-interval",
         "--idle-timeout",
         "--tls-cert",
@@ -49,21 +51,21 @@ ADDED: dict[str, set[str]] = {
         "--otlp-endpoint",
         # The Admin API (cim admin): a random key when none is given.
         "--admin-keys",
-        "--broadcast",
     },
     # JSON logs for every process; metrics and tracing for the server processes;
     # the Admin API's keys.
     "route": {
-        # History per conversation (issue 12).
+        # History per conversation, who may broadcast, group sizes (issue 12).
         "--history-max-messages",
         "--history-max-age",
+        "--broadcast",
+        "--group-max-members",
         "--log-format",
         "--metrics-port",
         "--metrics-host",
         "--tracing",
         "--otlp-endpoint",
         "--admin-keys",
-        "--broadcast",  # who may send to group "all"
     },
     "server": {"--log-format", "--metrics-port", "--metrics-host", "--tracing", "--otlp-endpoint"},
     "client": {"--log-format"},
