@@ -274,6 +274,8 @@ def _parse_history(rest: str) -> ShowHistory:
     if peer_id >= 2**63 or before >= 2**64:
         raise CommandError(f"{usage} (a number is too large)")
     return ShowHistory(peer_id, before)
+
+
 _GROUP_COMMANDS = {
     ":gcreate",
     ":gadd",

@@ -199,6 +199,8 @@ def test_history_of_a_conversation_from_the_newest() -> None:
 def test_history_needs_a_user_id_and_maybe_a_position(line: str, why: str) -> None:
     with pytest.raises(CommandError, match=f"usage: :his <userId> \\[before position\\].*{why}"):
         parse(line)
+
+
 # --- groups with members ----------------------------------------------------------
 
 
