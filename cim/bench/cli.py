@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -93,6 +94,10 @@ def bench(
 ) -> None:
     """Benchmark cim on a real local cluster (ZooKeeper, Redis, a route, chat
     servers) against bare gRPC ceilings; prints a table, writes JSON."""
+    # The run forks many children from a process that serves gRPC; without
+    # this, gRPC restarts its poller in each child, which may die before its
+    # exec (grpc/grpc#43055). Set before gRPC is first initialised.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from cim.bench import report, runner
     from cim.bench.procstats import raise_open_file_limit
     from cim.cli.runtime import setup_logging  # not at the top: cim.cli imports this module

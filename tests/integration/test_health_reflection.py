@@ -65,7 +65,7 @@ async def test_health_of_an_unknown_service_is_not_found(rr, raw, fails):
 async def test_route_reflection_lists_only_its_public_services(rr, raw):
     services = await _list_services(raw, rr.route_address)
     # The admin API is listed (admins use grpcurl) even where it is off.
-    assert services == {"cim.v1.Route", "cim.admin.v1.Admin", HEALTH, REFLECTION}
+    assert services == {"cim.v1.Route", "cim.v1.Groups", "cim.admin.v1.Admin", HEALTH, REFLECTION}
 
 
 async def test_chat_server_reflection_lists_only_its_public_services(rr, raw):
