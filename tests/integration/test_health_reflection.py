@@ -44,7 +44,8 @@ async def _file_containing(
 
 
 @pytest.mark.parametrize(
-    "service", ["", "cim.v1.Route", "cim.admin.v1.Admin", "cim.internal.v1.RouteInternal"]
+    "service",
+    ["", "cim.v1.Route", "cim.v1.Groups", "cim.admin.v1.Admin", "cim.internal.v1.RouteInternal"],
 )
 async def test_route_reports_serving(rr, raw, service):
     assert await _check(raw, rr.route_address, service) == SERVING
