@@ -221,6 +221,9 @@ class RouteConfig:
     # this many messages, none older than this.
     history_max_messages: int = 10_000
     history_max_age: float = 30 * 24 * 3600.0
+    # A private message whose fan-out (its pointer) a crashed route left
+    # undone is fanned out by the next send to its conversation this long after.
+    fanout_repair_after: float = 5.0
     # A send retried with the same client_msg_id within this window gets the
     # first attempt's result and is not delivered again.
     send_dedup_window: float = 600.0
@@ -282,6 +285,7 @@ class RouteConfig:
             self.send_dedup_window,
             self.history_max_messages,
             self.history_max_age,
+            self.fanout_repair_after,
         )
 
 

@@ -385,6 +385,8 @@ class MessageRouter:
         # Results to remember for retries: collected for REMEMBER_DELAY and
         # written in one pipeline, off the sender's critical path.
         self._unremembered: list[tuple[SendKey, bytes]] = []
+        # Fan-outs done, (conversation id, message id), confirmed with them.
+        self._fanned_out: list[tuple[str, str]] = []
         self._remembering: asyncio.Task[None] | None = None
 
     @staticmethod
@@ -564,18 +566,44 @@ class MessageRouter:
             [send.conversation_item(claim=True) for send in sends], self._retention
         )
         again = settle_conversation_claims(sends, appended)
+        repairs = list(appended)
         if again:
             redone = await self._append_conversations(
                 [send.conversation_item(claim=False) for send in again], self._retention
             )
             for send, stored in zip(again, redone, strict=True):
                 send.positioned(stored)
+            repairs += redone
         sends = [send for send in sends if send.in_flight]
-        if not sends:
+        repaired = self._repairs(repairs, sends)
+        if not sends and not repaired:
             return
-        pointed = await self._append_pointers([send.pointer() for send in sends], self._retention)
-        for send, in_sequence in zip(sends, pointed, strict=True):
+        pointers = [*repaired, *(send.pointer() for send in sends)]
+        pointed = await self._append_pointers(pointers, self._retention)
+        for send, in_sequence in zip(sends, pointed[len(repaired) :], strict=True):
             send.appended(in_sequence)
+        self._finish_later([(p.conversation_id, p.message_id) for p in pointers])
+
+    def _repairs(
+        self, appended: Sequence[ConversationAppended], sends: Sequence[PrivateSend]
+    ) -> list[PointerItem]:
+        """The pointers of the fan-outs a crashed route left unfinished, which
+        the appends found (each once; none of this batch's own messages):
+        appended before this batch's, so its receiver gets them in order."""
+        own = {(send.message.conversation_id, send.message.message_id) for send in sends}
+        found: dict[tuple[str, str], PointerItem] = {}
+        for stored in appended:
+            for old in stored.unfinished:
+                message = common_pb2.ChatMessage.FromString(old.payload)
+                where = (message.conversation_id, old.message_id)
+                if where in own or where in found or message.receiver_id <= 0:
+                    continue
+                found[where] = PointerItem(
+                    message.receiver_id, message.conversation_id, old.position, old.message_id
+                )
+        if found:
+            log.info("fanning out %d messages a crashed send left unfinished", len(found))
+        return list(found.values())
 
     async def _legacy_claims(self, sends: Sequence[PrivateSend]) -> None:
         """For one dedup window after the upgrade to conversations: a retry of
@@ -669,6 +697,16 @@ class MessageRouter:
         if self._remembering is None:
             self._remembering = asyncio.create_task(self._remember_soon())
 
+    def _finish_later(self, done: Sequence[tuple[str, str]]) -> None:
+        """Confirms fan-outs with the next results remembered (off the
+        critical path): until then, one is unfinished, and an append to its
+        conversation more than ``repair_after`` later does it again."""
+        if not done:
+            return
+        self._fanned_out.extend(done)
+        if self._remembering is None:
+            self._remembering = asyncio.create_task(self._remember_soon())
+
     async def start(self) -> None:
         """Reads (or sets) the store's conversations mark before serving: a
         store that has no account yet is marked as having no older claims,
@@ -693,6 +731,7 @@ class MessageRouter:
     async def _remember_soon(self) -> None:
         await asyncio.sleep(REMEMBER_DELAY)
         results, self._unremembered = self._unremembered, []
+        fanned_out, self._fanned_out = self._fanned_out, []
         self._remembering = None
         try:
             await self._store.finish_sends(results, self._config.send_dedup_window)
@@ -700,6 +739,11 @@ class MessageRouter:
             # The claims stay: a retry then sends again under the same
             # message id, which its receivers' inboxes already hold.
             log.warning("could not remember %d sends' results: %s", len(results), exc.message)
+        try:
+            await self._store.finish_fanouts(fanned_out)
+        except CimError as exc:
+            # They stay unfinished: a later append fans them out again, idempotently.
+            log.warning("could not confirm %d fan-outs: %s", len(fanned_out), exc.message)
 
     async def _unknown_users(self, user_ids: Sequence[int]) -> set[int]:
         """The ids with no account. Accounts are never deleted, so known ids are

@@ -56,6 +56,10 @@ class Retention:
     # ``history_max_messages``, none older than ``history_max_age`` seconds.
     history_max_messages: int = 10_000
     history_max_age: float = 30 * 24 * 3600.0
+    # A conversation append whose fan-out (the pointers) was not confirmed
+    # this many seconds later is handed to the next append to that
+    # conversation, to be fanned out again (its route may have crashed).
+    repair_after: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,16 @@ GROUP_DELETED = "deleted"
 
 
 @dataclass(frozen=True)
+class Unfinished:
+    """An earlier message of the conversation whose fan-out was never
+    confirmed (see ``Retention.repair_after``)."""
+
+    message_id: str
+    position: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
 class ConversationAppended:
     # The message's position in the conversation (1, 2, 3...); 0 when
     # ``earlier`` is set (nothing appended).
@@ -139,6 +153,8 @@ class ConversationAppended:
     version: int = 0
     members: tuple[int, ...] | None = None
     refused: str = ""
+    # Earlier messages of the conversation to fan out again first (at most 10).
+    unfinished: tuple[Unfinished, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -315,7 +331,14 @@ class Store(Protocol):
         gets its position back. An item with ``send`` is appended only if it
         claims that send (for ``retention.id_window``); else ``earlier`` says
         what the earlier attempt left. Trims the log to the history bounds.
-        One round trip for the batch; items of one conversation keep their order."""
+        One round trip for the batch; items of one conversation keep their order.
+        A new message counts as unfinished until ``finish_fanouts`` names it:
+        an append also returns the conversation's messages unfinished for
+        over ``retention.repair_after`` (those older than the id window are
+        forgotten instead: members may have trimmed their pointers)."""
+
+    async def finish_fanouts(self, done: Sequence[tuple[str, str]]) -> None:
+        """Marks each (conversation id, message id) as fanned out to every member."""
 
     async def append_pointers(
         self, items: Sequence[PointerItem], retention: Retention

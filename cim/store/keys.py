@@ -64,6 +64,8 @@ Per-conversation keys carry the hash tag ``{c:<conversation id>}``
     {prefix}{c:<cid>}:log             zset    message id, score position
     {prefix}{c:<cid>}:bodies          hash    message id -> 13-digit append time (ms)
                                               + ChatMessage bytes
+    {prefix}{c:<cid>}:pending         zset    message id, score append time (ms): fan-outs
+                                              not confirmed yet (repaired after 5 s)
     {prefix}{c:<cid>}:send:<sender id>:<client id>
                                       string  a send's claim, then result, as above
 """
@@ -231,6 +233,9 @@ class KeyLayout:
 
     def conversation_left(self, conversation_id: str) -> str:
         return f"{self.prefix}{self.conversation_tag(conversation_id)}:left"
+
+    def conversation_pending(self, conversation_id: str) -> str:
+        return f"{self.prefix}{self.conversation_tag(conversation_id)}:pending"
 
     @property
     def group_ids(self) -> str:

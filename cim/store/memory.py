@@ -26,6 +26,7 @@ from cim.store.base import (
     SendClaim,
     SendKey,
     SessionRecord,
+    Unfinished,
 )
 
 # An entry of a user's sequence: (message id, payload, appended at, pointer).
@@ -85,6 +86,26 @@ class _Conversation:
     # position -> (message id, payload, appended at), oldest first.
     log: dict[int, tuple[str, bytes, float]] = field(default_factory=dict)
     positions: dict[str, int] = field(default_factory=dict)
+    # message id -> appended at: fan-outs not confirmed yet.
+    pending: dict[str, float] = field(default_factory=dict)
+
+    def unfinished(self, retention: Retention, now: float, but: str) -> tuple[Unfinished, ...]:
+        """The fan-outs to do again (see Store.append_conversations)."""
+        self.pending = {
+            mid: at for mid, at in self.pending.items() if at >= now - retention.id_window
+        }
+        found = []
+        for message_id, at in list(self.pending.items()):
+            if at > now - retention.repair_after or message_id == but:
+                continue
+            position = self.positions.get(message_id)
+            if position is None:  # retention dropped it
+                del self.pending[message_id]
+                continue
+            found.append(Unfinished(message_id, position, self.log[position][1]))
+            if len(found) == 10:
+                break
+        return tuple(found)
 
     def trim(self, retention: Retention, now: float) -> None:
         oldest_kept = now - retention.history_max_age
@@ -355,15 +376,25 @@ class MemoryStore:
                 position = conversation.head
                 conversation.log[position] = (item.message_id, item.payload, now)
                 conversation.positions[item.message_id] = position
+                conversation.pending[item.message_id] = now
             conversation.trim(retention, now)
+            unfinished = conversation.unfinished(retention, now, item.message_id)
             if group is None:
-                appended.append(ConversationAppended(position))
+                appended.append(ConversationAppended(position, unfinished=unfinished))
             else:
                 members = (
                     None if group.version == item.known_version else tuple(sorted(group.members))
                 )
-                appended.append(ConversationAppended(position, None, group.version, members))
+                appended.append(
+                    ConversationAppended(position, None, group.version, members, "", unfinished)
+                )
         return appended
+
+    async def finish_fanouts(self, done: Sequence[tuple[str, str]]) -> None:
+        for conversation_id, message_id in done:
+            conversation = self._conversations.get(conversation_id)
+            if conversation is not None:
+                conversation.pending.pop(message_id, None)
 
     async def append_pointers(
         self, items: Sequence[PointerItem], retention: Retention

@@ -56,6 +56,7 @@ from cim.store.base import (
     SendClaim,
     SendKey,
     SessionRecord,
+    Unfinished,
 )
 from cim.store.keys import KeyLayout
 
@@ -406,19 +407,59 @@ local function trim_acked(meta, inbox, bodies, young)
 end
 """
 
+# Fan-out repair (docs/design/conversations.md, "Writes in other slots"), a
+# block of its own so that any append script can carry it. The append marks a
+# conversation's new message in `pending` (zset: message id -> append ms)
+# until its route confirms the fan-out (a ZREM in its deferred pipeline).
+# overdue() returns, as a flat list of id, position, body, up to 10 of the
+# conversation's messages pending for longer than `after` ms, but `own`: a
+# route that died left their fan-out undone, and the caller does it first
+# (idempotent by message id). Those pending for longer than `window` (the id
+# window) are dropped instead, and so are those retention dropped: members may
+# have trimmed their pointers, so a late fan-out could show one twice (its
+# sender was never answered; it stays in the history).
+_OVERDUE = """
+local function overdue(pending, log, bodies, own, now, after, window)
+  local found = redis.call('ZRANGEBYSCORE', pending, '-inf', string.format('%d', now - after),
+                           'WITHSCORES', 'LIMIT', 0, 20)
+  local out = {}
+  for i = 1, #found, 2 do
+    local id = found[i]
+    if id ~= own then
+      local position = tonumber(found[i + 1]) >= now - window and redis.call('ZSCORE', log, id)
+      local body = position and redis.call('HGET', bodies, id)
+      if not body then
+        redis.call('ZREM', pending, id)
+      else
+        out[#out + 1] = id
+        out[#out + 1] = tonumber(position)
+        out[#out + 1] = body
+        if #out == 30 then
+          break
+        end
+      end
+    end
+  end
+  return out
+end
+"""
+
 # Round trip 1 of a send: one message into a conversation's log. KEYS: meta,
-# log, bodies, members[, send claim]. ARGV: message id, body (time + payload),
-# now_ms, max_messages, max_age_ms, id_window_ms, the claim's value ('' without
-# a claim key), the group sender ('0': not a group's message), the membership
-# version the caller knows. A group's message is refused, before anything is
-# written, unless its sender is a member ({-2}) and the group not deleted
-# ({-3}). With a claim key the send is claimed next (SET NX GET): if an
-# earlier attempt holds it, returns {-1, its value} and appends nothing. A
-# message id already in the log gets its position back. Trims the log to the
-# history bounds. Returns {position}; for a group's message {position,
-# version, member ids...}, the ids only when the version is not the known one.
+# log, bodies, members, pending[, send claim]. ARGV: message id, body (time +
+# payload), now_ms, max_messages, max_age_ms, id_window_ms, the claim's value
+# ('' without a claim key), the group sender ('0': not a group's message), the
+# membership version the caller knows, repair_after_ms. A group's message is
+# refused, before anything is written, unless its sender is a member ({-2})
+# and the group not deleted ({-3}). With a claim key the send is claimed next
+# (SET NX GET): if an earlier attempt holds it, returns {-1, its value} and
+# appends nothing. A message id already in the log gets its position back; a
+# new one is marked pending (see overdue). Trims the log to the history
+# bounds. Returns {position, overdue}; for a group's message {position,
+# overdue, version, member ids...}, the ids only when the version is not the
+# known one.
 _CONV_APPEND = _lua(
     _TRIM
+    + _OVERDUE
     + """
 local group_sender = ARGV[8]
 local version = 0
@@ -432,13 +473,14 @@ if group_sender ~= '0' then
   end
   version = tonumber(meta[1]) or 0
 end
-if #KEYS >= 5 then
-  local earlier = redis.call('SET', KEYS[5], ARGV[7], 'NX', 'GET', 'PX',
+if #KEYS >= 6 then
+  local earlier = redis.call('SET', KEYS[6], ARGV[7], 'NX', 'GET', 'PX',
                              math.max(1, tonumber(ARGV[6])))
   if earlier then
     return {-1, earlier}
   end
 end
+local now = tonumber(ARGV[3])
 local position = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if position then
   position = tonumber(position)
@@ -447,12 +489,15 @@ else
   redis.call('ZADD', KEYS[2], position, ARGV[1])
   redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
   redis.call('HSET', KEYS[1], '$last', ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])  -- pending: see overdue
 end
-trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[3]) - tonumber(ARGV[5]))
+trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), now - tonumber(ARGV[5]))
+local repairs = overdue(KEYS[5], KEYS[2], KEYS[3], ARGV[1], now, tonumber(ARGV[10]),
+                        tonumber(ARGV[6]))
 if group_sender == '0' then
-  return {position}
+  return {position, repairs}
 end
-local out = {position, version}
+local out = {position, repairs, version}
 if version ~= tonumber(ARGV[9]) then
   for _, uid in ipairs(redis.call('HKEYS', KEYS[4])) do
     out[#out + 1] = tonumber(uid)
@@ -672,6 +717,15 @@ def _appended(item: InboxItem, row: Sequence[Any]) -> Appended:
         )
         return Appended(0, None, earlier)
     return Appended(int(row[0]), _session(item.user_id, row[1:]))
+
+
+def _unfinished(flat: Sequence[Any]) -> tuple[Unfinished, ...]:
+    """overdue()'s id, position, body triples (a body: time, then payload)."""
+    skip = keys.INBOX_TIME_DIGITS
+    return tuple(
+        Unfinished(_text(flat[i]), int(flat[i + 1]), bytes(flat[i + 2])[skip:])
+        for i in range(0, len(flat), 3)
+    )
 
 
 def _claim_value(tag: bytes, send: SendKey, body: bytes) -> bytes:
@@ -1368,6 +1422,17 @@ class RedisStore:
             await self._pipeline(build)
 
     # --- conversations ----------------------------------------------------
+    async def finish_fanouts(self, done: Sequence[tuple[str, str]]) -> None:
+        if not done:
+            return
+
+        def build(pipe: _Pipe) -> None:
+            for conversation_id, message_id in done:
+                pipe.zrem(self._keys.conversation_pending(conversation_id), message_id)
+
+        async with self._guard():
+            await self._pipeline(build)
+
     def _conversation_keys(self, conversation_id: str) -> list[str]:
         return [
             self._keys.conversation_meta(conversation_id),
@@ -1387,6 +1452,7 @@ class RedisStore:
             _bound_ms(retention.history_max_age),
             _bound_ms(retention.id_window),
         ]
+        repair_after = _bound_ms(retention.repair_after)
 
         def build(pipe: _Pipe) -> None:
             # One script per item in one round trip (per node): the items of
@@ -1395,6 +1461,7 @@ class RedisStore:
                 names = [
                     *self._conversation_keys(item.conversation_id),
                     self._keys.conversation_members(item.conversation_id),
+                    self._keys.conversation_pending(item.conversation_id),
                 ]
                 claim = b""
                 if item.send is not None:
@@ -1410,6 +1477,7 @@ class RedisStore:
                     claim,
                     item.group_sender,
                     item.known_version,
+                    repair_after,
                 ]
                 self._queue(pipe, self._conv_append, names, args)
 
@@ -1425,20 +1493,22 @@ class RedisStore:
                     item.message_id, None, item.send.digest if item.send else None
                 )
                 appended.append(ConversationAppended(0, earlier))
-            elif first == -2:
-                appended.append(ConversationAppended(0, refused=NOT_A_MEMBER))
-            elif first == -3:
-                appended.append(ConversationAppended(0, refused=GROUP_DELETED))
-            elif item.group_sender:
-                version = int(row[1])
+                continue
+            if first < 0:
+                refused = NOT_A_MEMBER if first == -2 else GROUP_DELETED
+                appended.append(ConversationAppended(0, refused=refused))
+                continue
+            unfinished = _unfinished(row[1])
+            if item.group_sender:
+                version = int(row[2])
                 members = (
                     None
                     if version == item.known_version
-                    else tuple(sorted(int(uid) for uid in row[2:]))
+                    else tuple(sorted(int(uid) for uid in row[3:]))
                 )
-                appended.append(ConversationAppended(first, None, version, members))
+                appended.append(ConversationAppended(first, None, version, members, "", unfinished))
             else:
-                appended.append(ConversationAppended(first))
+                appended.append(ConversationAppended(first, unfinished=unfinished))
         return appended
 
     async def append_pointers(

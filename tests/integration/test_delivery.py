@@ -267,6 +267,41 @@ async def test_a_send_retried_after_a_route_crash_reaches_the_receiver_once(rr, 
     assert await _nothing_more(rr, bob)
 
 
+async def test_a_fan_out_a_crashed_route_left_undone_is_done_by_the_next_send():
+    """The route died between the conversation append and the pointer of a
+    send without a client_msg_id (nobody retries it): the next send to that
+    conversation, later than fanout_repair_after, fans it out first."""
+    async with cluster(route_config=route_config(fanout_repair_after=0.2)) as c:
+        alice = await c.client("alice")
+        bob = await c.client("bob", connect=False)
+        cid = conversations.private_id(alice.user_id, bob.user_id)
+        crashed = common_pb2.ChatMessage(
+            message_id="01J0000000CRASHED0000",
+            sender_id=alice.user_id,
+            receiver_id=bob.user_id,
+            text="lost in the crash",
+            conversation_id=cid,
+        )
+        await _store(c).append_conversations(
+            [ConversationItem(cid, crashed.message_id, crashed.SerializeToString())],
+            c.embedded.route.config.retention,
+        )
+        await asyncio.sleep(0.3)
+        await alice.send_private(bob.user_id, "next")
+        await bob.start(register=False)
+        received = await _received(c, bob, 2)
+        assert [(m.text, m.seq, m.position) for m in received] == [
+            ("lost in the crash", 1, 1),
+            ("next", 2, 2),
+        ]
+        # Confirmed: a later send does not fan it out again.
+        await asyncio.sleep(0.3)
+        await alice.send_private(bob.user_id, "last")
+        (last,) = await _received(c, bob, 1)
+        assert (last.text, last.seq) == ("last", 3)
+        assert await _nothing_more(c, bob)
+
+
 async def test_a_send_the_code_before_conversations_left_unfinished_is_appended_once(raw):
     """The first attempt (by the code before conversations, which served the
     store before this route started) appended a full copy and died before

@@ -733,6 +733,40 @@ async def test_a_read_after_a_huge_seq_finds_nothing_past_the_cursor(store: Stor
     assert [e.seq for e in (await store.read_inbox(7, 2, 10, KEEP_ALL)).entries] == [3]
 
 
+async def test_an_append_hands_back_fan_outs_left_unfinished(store: Store) -> None:
+    quick = Retention(repair_after=0.2)
+    (m1,) = await store.append_conversations(conv("p:1:2", "m1"), quick)
+    (m2,) = await store.append_conversations(conv("p:1:2", "m2"), quick)
+    assert m1.unfinished == m2.unfinished == ()  # too recent to be a crash
+    await store.finish_fanouts([("p:1:2", "m2")])
+    await asyncio.sleep(0.3)
+    (m3,) = await store.append_conversations(conv("p:1:2", "m3"), quick)
+    assert [(u.message_id, u.position, u.payload) for u in m3.unfinished] == [("m1", 1, b"body-m1")]
+    # Its own retry is not its own repair; another conversation has none.
+    (again,) = await store.append_conversations(conv("p:1:2", "m1"), quick)
+    assert again.position == 1 and again.unfinished == ()
+    (other,) = await store.append_conversations(conv("p:1:3", "x"), quick)
+    assert other.unfinished == ()
+    await store.finish_fanouts([("p:1:2", "m1"), ("p:1:2", "m3"), ("p:9:9", "none")])
+    await asyncio.sleep(0.3)
+    (m4,) = await store.append_conversations(conv("p:1:2", "m4"), quick)
+    assert m4.unfinished == ()
+
+
+async def test_unfinished_fan_outs_are_forgotten_after_the_id_window(store: Store) -> None:
+    brief = Retention(repair_after=0.1, id_window=0.3)
+    await store.append_conversations(conv("p:1:2", "m1"), brief)
+    await asyncio.sleep(0.5)
+    (m2,) = await store.append_conversations(conv("p:1:2", "m2"), brief)
+    assert m2.unfinished == ()  # too old: members may have trimmed their pointers
+    # Retention that dropped a body drops its fan-out too.
+    small = Retention(repair_after=0.1, history_max_messages=1)
+    await store.append_conversations(conv("p:1:3", "a", "b"), small)
+    await asyncio.sleep(0.2)
+    (c,) = await store.append_conversations(conv("p:1:3", "c"), small)
+    assert c.unfinished == ()
+
+
 # --- groups --------------------------------------------------------------------
 
 
