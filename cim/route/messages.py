@@ -698,9 +698,10 @@ class MessageRouter:
             self._remembering = asyncio.create_task(self._remember_soon())
 
     def _finish_later(self, done: Sequence[tuple[str, str]]) -> None:
-        """Confirms fan-outs with the next results remembered (off the
-        critical path): until then, one is unfinished, and an append to its
-        conversation more than ``repair_after`` later does it again."""
+        """Confirms the fan-outs of (conversation id, message id) with the
+        results remembered next, in the same pipeline (off the critical
+        path): until then each is pending, and an append to its conversation
+        more than ``repair_after`` later does it again, idempotently."""
         if not done:
             return
         self._fanned_out.extend(done)
@@ -734,16 +735,17 @@ class MessageRouter:
         fanned_out, self._fanned_out = self._fanned_out, []
         self._remembering = None
         try:
-            await self._store.finish_sends(results, self._config.send_dedup_window)
+            await self._store.finish_sends(results, self._config.send_dedup_window, fanned_out)
         except CimError as exc:
             # The claims stay: a retry then sends again under the same
-            # message id, which its receivers' inboxes already hold.
-            log.warning("could not remember %d sends' results: %s", len(results), exc.message)
-        try:
-            await self._store.finish_fanouts(fanned_out)
-        except CimError as exc:
-            # They stay unfinished: a later append fans them out again, idempotently.
-            log.warning("could not confirm %d fan-outs: %s", len(fanned_out), exc.message)
+            # message id, which its receivers' inboxes already hold; the
+            # fan-outs stay pending: a later append does them again (idempotent).
+            log.warning(
+                "could not remember %d sends' results and %d fan-outs: %s",
+                len(results),
+                len(fanned_out),
+                exc.message,
+            )
 
     async def _unknown_users(self, user_ids: Sequence[int]) -> set[int]:
         """The ids with no account. Accounts are never deleted, so known ids are

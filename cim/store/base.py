@@ -332,13 +332,11 @@ class Store(Protocol):
         claims that send (for ``retention.id_window``); else ``earlier`` says
         what the earlier attempt left. Trims the log to the history bounds.
         One round trip for the batch; items of one conversation keep their order.
-        A new message counts as unfinished until ``finish_fanouts`` names it:
-        an append also returns the conversation's messages unfinished for
-        over ``retention.repair_after`` (those older than the id window are
-        forgotten instead: members may have trimmed their pointers)."""
-
-    async def finish_fanouts(self, done: Sequence[tuple[str, str]]) -> None:
-        """Marks each (conversation id, message id) as fanned out to every member."""
+        A new message counts as unfinished until ``finish_sends`` confirms
+        its fan-out: an append also returns the conversation's messages
+        unfinished for over ``retention.repair_after`` (those older than the
+        id window are forgotten instead: members may have trimmed their
+        pointers)."""
 
     async def append_pointers(
         self, items: Sequence[PointerItem], retention: Retention
@@ -384,7 +382,9 @@ class Store(Protocol):
         it must not exist) and appends its event (``event`` is the ChatMessage
         bytes, under ``event_id``) at the group's next position, in one atomic
         step: new members join at that position, dropped ones get it as their
-        ``left``, the version is raised. Returns the event's position, or None
+        ``left``, the version is raised. The event's fan-out is pending until
+        ``finish_sends`` confirms it, as a message's (see
+        ``append_conversations``). Returns the event's position, or None
         when the group moved on (plan again from a fresh read)."""
 
     async def count_groups(self, user_ids: Sequence[int]) -> list[int]:
@@ -408,9 +408,16 @@ class Store(Protocol):
         first attempt; else what an earlier attempt left (its digest tells a
         retry from a reused client_msg_id)."""
 
-    async def finish_sends(self, results: Sequence[tuple[SendKey, bytes]], ttl: float) -> None:
+    async def finish_sends(
+        self,
+        results: Sequence[tuple[SendKey, bytes]],
+        ttl: float,
+        fanned_out: Sequence[tuple[str, str]] = (),
+    ) -> None:
         """For each (send, result): remembers the send's result, with its
-        digest, for ``ttl`` seconds."""
+        digest, for ``ttl`` seconds. For each (conversation id, message id)
+        of ``fanned_out``: confirms that the message's fan-out is done, so no
+        append hands it back as unfinished. One round trip."""
 
     # --- token sessions: which session's tokens authorize (revocation) ----
     # One entry per user, apart from the session record: that one expires

@@ -390,12 +390,6 @@ class MemoryStore:
                 )
         return appended
 
-    async def finish_fanouts(self, done: Sequence[tuple[str, str]]) -> None:
-        for conversation_id, message_id in done:
-            conversation = self._conversations.get(conversation_id)
-            if conversation is not None:
-                conversation.pending.pop(message_id, None)
-
     async def append_pointers(
         self, items: Sequence[PointerItem], retention: Retention
     ) -> list[Appended]:
@@ -467,11 +461,20 @@ class MemoryStore:
             found.append(None)
         return found
 
-    async def finish_sends(self, results: Sequence[tuple[SendKey, bytes]], ttl: float) -> None:
+    async def finish_sends(
+        self,
+        results: Sequence[tuple[SendKey, bytes]],
+        ttl: float,
+        fanned_out: Sequence[tuple[str, str]] = (),
+    ) -> None:
         expires_at = self._clock() + ttl
         for send, result in results:
             key = self._sent_key(send)
             self._sent[key] = (SendClaim("", result, send.digest), expires_at)
+        for conversation_id, message_id in fanned_out:
+            conversation = self._conversations.get(conversation_id)
+            if conversation is not None:
+                conversation.pending.pop(message_id, None)
 
     # --- groups -------------------------------------------------------------
     async def new_group_number(self) -> int:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Sequence
 from string import Template
 from typing import Any
@@ -544,7 +545,8 @@ return {seq, s[1], s[2], s[3], s[4], s[5]}
 )
 
 # One change of a group's record with its event (see Store.apply_group).
-# KEYS: meta, log, bodies, members, left. ARGV: expected version, event id,
+# KEYS: meta, log, bodies, members, left, pending (the event's fan-out is
+# pending like a message's: see overdue). ARGV: expected version, event id,
 # body (time + payload), now_ms, max_messages, max_age_ms, then n and n
 # (user id, role) pairs to set, m and m user ids to drop, k and k (field,
 # value) pairs of meta. Returns {position, version}, or {0, version} when the
@@ -560,6 +562,7 @@ local position = redis.call('HINCRBY', KEYS[1], '$head', 1)
 redis.call('ZADD', KEYS[2], position, ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[1], '$last', ARGV[2])
+redis.call('ZADD', KEYS[6], ARGV[4], ARGV[2])
 local i = 7
 local n = tonumber(ARGV[i])
 for j = 1, n do
@@ -1422,17 +1425,6 @@ class RedisStore:
             await self._pipeline(build)
 
     # --- conversations ----------------------------------------------------
-    async def finish_fanouts(self, done: Sequence[tuple[str, str]]) -> None:
-        if not done:
-            return
-
-        def build(pipe: _Pipe) -> None:
-            for conversation_id, message_id in done:
-                pipe.zrem(self._keys.conversation_pending(conversation_id), message_id)
-
-        async with self._guard():
-            await self._pipeline(build)
-
     def _conversation_keys(self, conversation_id: str) -> list[str]:
         return [
             self._keys.conversation_meta(conversation_id),
@@ -1664,8 +1656,12 @@ class RedisStore:
         args += [len(change.drop), *change.drop, len(change.meta)]
         for name, value in change.meta.items():
             args += [name, value]
+        names = [
+            *self._group_keys(change.group_id),
+            self._keys.conversation_pending(change.group_id),
+        ]
         async with self._guard():
-            position, _ = await self._group_apply(keys=self._group_keys(change.group_id), args=args)
+            position, _ = await self._group_apply(keys=names, args=args)
         return int(position) or None
 
     async def count_groups(self, user_ids: Sequence[int]) -> list[int]:
@@ -1731,15 +1727,26 @@ class RedisStore:
             found = await self._pipeline(build)
         return [_send_claim(name, value) for name, value in zip(names, found, strict=True)]
 
-    async def finish_sends(self, results: Sequence[tuple[SendKey, bytes]], ttl: float) -> None:
-        if not results:
+    async def finish_sends(
+        self,
+        results: Sequence[tuple[SendKey, bytes]],
+        ttl: float,
+        fanned_out: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        if not results and not fanned_out:
             return
         px = _ttl_ms(ttl)
+        # One ZREM per conversation: a batch often holds several of its messages.
+        confirmed: dict[str, list[str]] = defaultdict(list)
+        for conversation_id, message_id in fanned_out:
+            confirmed[conversation_id].append(message_id)
 
         def build(pipe: _Pipe) -> None:
             for send, result in results:
                 value = _claim_value(keys.SEND_FINISHED, send, result)
                 pipe.set(self._sent_key(send), value, px=px)
+            for conversation_id, message_ids in confirmed.items():
+                pipe.zrem(self._keys.conversation_pending(conversation_id), *message_ids)
 
         async with self._guard():
             await self._pipeline(build)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
+from dataclasses import replace
 
 import pytest
 
@@ -15,6 +16,8 @@ from cim.core.groups import Change, Group, Member
 from cim.core.names import existing_name_keys, name_keys
 from cim.store import MemoryStore, SessionRecord, Store
 from cim.store.base import (
+    NOT_A_MEMBER,
+    ConversationAppended,
     ConversationItem,
     InboxItem,
     PointerItem,
@@ -733,38 +736,99 @@ async def test_a_read_after_a_huge_seq_finds_nothing_past_the_cursor(store: Stor
     assert [e.seq for e in (await store.read_inbox(7, 2, 10, KEEP_ALL)).entries] == [3]
 
 
-async def test_an_append_hands_back_fan_outs_left_unfinished(store: Store) -> None:
-    quick = Retention(repair_after=0.2)
-    (m1,) = await store.append_conversations(conv("p:1:2", "m1"), quick)
-    (m2,) = await store.append_conversations(conv("p:1:2", "m2"), quick)
+# --- fan-outs left undone: pending, confirmed, handed back, dropped ---------------
+# Retention is per call: a patient one never hands back a pending fan-out, an
+# impatient one (repair_after=0) hands back every one appended before.
+PATIENT = Retention(repair_after=3600)
+AT_ONCE = Retention(repair_after=0)
+
+
+def _overdue(appended: ConversationAppended) -> list[tuple[str, int, bytes]]:
+    return [(u.message_id, u.position, u.payload) for u in appended.unfinished]
+
+
+async def test_a_new_message_is_pending_until_its_fan_out_is_confirmed(store: Store) -> None:
+    (m1,) = await store.append_conversations(conv("p:1:2", "m1"), PATIENT)
+    (m2,) = await store.append_conversations(conv("p:1:2", "m2"), PATIENT)
     assert m1.unfinished == m2.unfinished == ()  # too recent to be a crash
-    await store.finish_fanouts([("p:1:2", "m2")])
-    await asyncio.sleep(0.3)
-    (m3,) = await store.append_conversations(conv("p:1:2", "m3"), quick)
-    assert [(u.message_id, u.position, u.payload) for u in m3.unfinished] == [("m1", 1, b"body-m1")]
-    # Its own retry is not its own repair; another conversation has none.
-    (again,) = await store.append_conversations(conv("p:1:2", "m1"), quick)
-    assert again.position == 1 and again.unfinished == ()
-    (other,) = await store.append_conversations(conv("p:1:3", "x"), quick)
+    (m3,) = await store.append_conversations(conv("p:1:2", "m3"), AT_ONCE)
+    assert _overdue(m3) == [("m1", 1, b"body-m1"), ("m2", 2, b"body-m2")]
+    # Confirmed in the same call that remembers a send's result.
+    send = SendKey(0, 1, "c-9", b"d", conversation="p:1:2")
+    await store.finish_sends([(send, b"done")], 10, [("p:1:2", "m1"), ("p:1:2", "m2")])
+    assert await store.read_sends([send]) == [SendClaim("", b"done", b"d")]
+    (m4,) = await store.append_conversations(conv("p:1:2", "m4"), AT_ONCE)
+    assert _overdue(m4) == [("m3", 3, b"body-m3")]
+    # Confirming what is not pending (or no conversation at all) is harmless.
+    await store.finish_sends([], 10, [("p:1:2", "m3"), ("p:1:2", "m4"), ("p:8:9", "none")])
+    (m5,) = await store.append_conversations(conv("p:1:2", "m5"), AT_ONCE)
+    assert m5.unfinished == ()
+
+
+async def test_an_append_does_not_hand_back_its_own_message_or_another_conversations(
+    store: Store,
+) -> None:
+    await store.append_conversations(conv("p:1:2", "m1"), PATIENT)
+    # The retry of m1 (same id, same position) is about to fan it out itself.
+    (again,) = await store.append_conversations(conv("p:1:2", "m1"), AT_ONCE)
+    assert (again.position, again.unfinished) == (1, ())
+    (other,) = await store.append_conversations(conv("p:1:3", "x"), AT_ONCE)
     assert other.unfinished == ()
-    await store.finish_fanouts([("p:1:2", "m1"), ("p:1:2", "m3"), ("p:9:9", "none")])
-    await asyncio.sleep(0.3)
-    (m4,) = await store.append_conversations(conv("p:1:2", "m4"), quick)
-    assert m4.unfinished == ()
+    # A retry appends nothing new: m1 was pending once, and is confirmed once.
+    await store.finish_sends([], 10, [("p:1:2", "m1")])
+    (m2,) = await store.append_conversations(conv("p:1:2", "m2"), AT_ONCE)
+    assert m2.unfinished == ()
 
 
-async def test_unfinished_fan_outs_are_forgotten_after_the_id_window(store: Store) -> None:
-    brief = Retention(repair_after=0.1, id_window=0.3)
-    await store.append_conversations(conv("p:1:2", "m1"), brief)
-    await asyncio.sleep(0.5)
+async def test_an_append_hands_back_ten_overdue_fan_outs_at_most_oldest_first(
+    store: Store,
+) -> None:
+    ids = [f"m{n:02}" for n in range(1, 13)]
+    for mid in ids:  # one append each: one append time each, oldest first
+        await store.append_conversations(conv("p:1:2", mid), PATIENT)
+    (m13,) = await store.append_conversations(conv("p:1:2", "m13"), AT_ONCE)
+    assert [u.message_id for u in m13.unfinished] == ids[:10]
+    await store.finish_sends([], 10, [("p:1:2", mid) for mid in ids[:10]])
+    (m14,) = await store.append_conversations(conv("p:1:2", "m14"), AT_ONCE)
+    assert [u.message_id for u in m14.unfinished] == [*ids[10:], "m13"]
+
+
+async def test_fan_outs_pending_past_the_id_window_or_dropped_by_retention_are_dropped(
+    store: Store,
+) -> None:
+    await store.append_conversations(conv("p:1:2", "m1"), PATIENT)
+    await asyncio.sleep(0.05)
+    brief = Retention(repair_after=0, id_window=0.01)
     (m2,) = await store.append_conversations(conv("p:1:2", "m2"), brief)
     assert m2.unfinished == ()  # too old: members may have trimmed their pointers
+    # Dropped, not merely passed over: a longer window does not bring it back.
+    (m3,) = await store.append_conversations(conv("p:1:2", "m3"), AT_ONCE)
+    assert _overdue(m3) == [("m2", 2, b"body-m2")]
     # Retention that dropped a body drops its fan-out too.
-    small = Retention(repair_after=0.1, history_max_messages=1)
-    await store.append_conversations(conv("p:1:3", "a", "b"), small)
-    await asyncio.sleep(0.2)
-    (c,) = await store.append_conversations(conv("p:1:3", "c"), small)
+    one = Retention(repair_after=0, history_max_messages=1)
+    await store.append_conversations(conv("p:1:3", "a", "b"), PATIENT)
+    (c,) = await store.append_conversations(conv("p:1:3", "c"), one)
     assert c.unfinished == ()
+    (d,) = await store.append_conversations(conv("p:1:3", "d"), AT_ONCE)
+    assert _overdue(d) == [("c", 3, b"body-c")]
+
+
+async def test_a_group_message_and_a_membership_event_are_pending_too(store: Store) -> None:
+    await store.apply_group(_created(1, 10, 11), "e1", b"created", PATIENT)
+    item = ConversationItem("g:1", "m2", b"hello", group_sender=10)
+    (m2,) = await store.append_conversations([item], PATIENT)
+    assert (m2.position, m2.unfinished) == (2, ())
+    later = ConversationItem("g:1", "m3", b"again", group_sender=11, known_version=1)
+    (m3,) = await store.append_conversations([later], AT_ONCE)
+    # The group's part of the answer is as without a repair.
+    assert (m3.position, m3.version, m3.members) == (3, 1, None)
+    assert _overdue(m3) == [("e1", 1, b"created"), ("m2", 2, b"hello")]
+    await store.finish_sends([], 10, [("g:1", "e1"), ("g:1", "m2")])
+    stranger = ConversationItem("g:1", "m4", b"no", group_sender=99)
+    (refused,) = await store.append_conversations([stranger], AT_ONCE)
+    assert (refused.refused, refused.unfinished) == (NOT_A_MEMBER, ())
+    (m5,) = await store.append_conversations([replace(later, message_id="m5")], AT_ONCE)
+    assert _overdue(m5) == [("m3", 3, b"again")]
 
 
 # --- groups --------------------------------------------------------------------
