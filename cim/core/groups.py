@@ -367,6 +367,25 @@ def readable(group: Group | None, user_id: int) -> Group:
     return group
 
 
+def fan_out_again(group: Group, position: int, sender_id: int, *, event: bool) -> tuple[int, ...]:
+    """Whom the group's message at ``position`` goes to when its fan-out,
+    left undone by a crashed route, is done again from the record as it is
+    now: the members who joined at or before it (its sender aside, unless it
+    is a membership event, which its actor gets too) and, for an event, those
+    it removed (their ``left`` is its position). Who joined later was not a
+    member then. Who was a member then but was removed before the repair
+    gets nothing: nobody gets a pointer after their own removal; the message
+    stays in their history (before their ``left``)."""
+    members = [
+        uid
+        for uid, member in group.members.items()
+        if member.joined <= position and (event or uid != sender_id)
+    ]
+    if event:
+        members += [uid for uid, at in group.left.items() if at == position]
+    return tuple(sorted(members))
+
+
 def describe(action: Action, actor: str, users: Collection[str], name: str) -> str:
     """The event's text, for clients that show only text."""
     whom = ", ".join(users)

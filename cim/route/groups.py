@@ -20,6 +20,7 @@ from cim.core import groups
 from cim.core.groups import Change, Group, Member
 from cim.core.ids import MessageIdGenerator, message_time_ms, new_trace_id
 from cim.errors import (
+    CimError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -284,9 +285,11 @@ class GroupManager:
 
     async def _fan_out(self, event: common_pb2.ChatMessage, recipients: Sequence[int]) -> None:
         """A pointer in each recipient's sequence (one round trip), then a
-        push to those online; a failed push is no loss (replay has it)."""
-        if not recipients:
-            return
+        push to those online; a failed push is no loss (replay has it). Then
+        the fan-out is confirmed: until then the event is pending, and a
+        message sent to the group more than ``fanout_repair_after`` later
+        does the fan-out again (the route may have crashed). Membership
+        changes are rare: confirmed at once, not deferred like a send's."""
         appended = await self._store.append_pointers(
             [
                 PointerItem(uid, event.conversation_id, event.position, event.message_id)
@@ -294,6 +297,13 @@ class GroupManager:
             ],
             self._retention,
         )
+        try:
+            await self._store.finish_sends(
+                [], self._config.send_dedup_window, [(event.conversation_id, event.message_id)]
+            )
+        except CimError as exc:
+            # It stays pending: the next message to the group does it again, idempotently.
+            log.warning("could not confirm the fan-out of %s: %s", event.message_id, exc.message)
         parcels = event_parcels(event, recipients, appended)
         if parcels:
             await self._servers.deliver_many(parcels)

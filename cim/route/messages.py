@@ -35,7 +35,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -322,8 +322,9 @@ def log_private(send: PrivateSend) -> None:
 def group_parcels(
     message: common_pb2.ChatMessage, receivers: Sequence[int], appended: Sequence[Appended]
 ) -> list[tuple[str, Parcel]]:
-    """The pushes of one group message to the receivers with a stream, one
-    parcel per chat server, each copy under its receiver's seq."""
+    """The pushes of one message to many receivers (a group's, or a repaired
+    fan-out's), to those with a stream: one parcel per chat server, each copy
+    under its receiver's seq."""
     by_server: dict[str, Parcel] = defaultdict(list)
     for receiver, stored in zip(receivers, appended, strict=True):
         if stored.session is None or not stored.session.connected:
@@ -335,6 +336,37 @@ def group_parcels(
             chat_internal_pb2.Delivery(receiver_id=receiver, message=copy)
         )
     return list(by_server.items())
+
+
+@dataclass(frozen=True)
+class Repair:
+    """A fan-out a crashed route left undone (its message was appended to
+    its conversation and is pending since), done again: a pointer to the
+    message (with its position) in each receiver's sequence, then a push."""
+
+    message: common_pb2.ChatMessage
+    receivers: tuple[int, ...]
+
+    def pointers(self) -> list[PointerItem]:
+        message = self.message
+        return [
+            PointerItem(uid, message.conversation_id, message.position, message.message_id)
+            for uid in self.receivers
+        ]
+
+
+def repair_parcels(
+    repairs: Sequence[Repair], appended: Sequence[Appended]
+) -> list[tuple[str, Parcel]]:
+    """The pushes of the repaired fan-outs, whose pointers lead ``appended``
+    (in the repairs' order): per repair, one parcel per chat server."""
+    parcels = []
+    start = 0
+    for repair in repairs:
+        end = start + len(repair.receivers)
+        parcels += group_parcels(repair.message, repair.receivers, appended[start:end])
+        start = end
+    return parcels
 
 
 class MessageRouter:
@@ -535,75 +567,106 @@ class MessageRouter:
                 send.fail(NotFound(f"no user with id {send.message.receiver_id}"))
         routed = [send for send in routed if send.in_flight]
         try:
-            await self._append(routed)
+            repaired = await self._append(routed)
         except CimError as exc:
             for send in routed:  # every send the batch took to the store, answered retries too
                 send.fail(exc)
             return
-        await self._push([send for send in routed if send.in_flight])
+        await self._push([send for send in routed if send.in_flight], repaired)
 
-    async def _append(self, sends: Sequence[PrivateSend]) -> None:
+    async def _append(self, sends: Sequence[PrivateSend]) -> list[tuple[str, Parcel]]:
         """Stores the sends: private messages in their conversations, system
-        notices in their receivers' inboxes."""
+        notices in their receivers' inboxes. Returns the pushes of the
+        fan-outs it repaired on the way (see _append_private)."""
         private = [send for send in sends if send.in_conversation]
         notices = [send for send in sends if not send.in_conversation]
+        repaired: list[tuple[str, Parcel]] = []
         if private:
-            await self._append_private(private)
+            repaired = await self._append_private(private)
         if notices:
             await self._append_notices(notices)
+        return repaired
 
-    async def _append_private(self, sends: Sequence[PrivateSend]) -> None:
+    async def _append_private(self, sends: Sequence[PrivateSend]) -> list[tuple[str, Parcel]]:
         """Round trip 1: each message into its conversation's log, claiming
         its send (the retries of unfinished sends again, under their earlier
         message ids, without a claim). Round trip 2: a pointer into each
-        receiver's sequence, reading their session. The sender's own side
-        (their conversation list, read cursor) comes with issue 13."""
+        receiver's sequence, reading their session; first those of the
+        fan-outs a crashed route left undone that the appends found, so each
+        receiver gets them before this batch's. Returns the repairs' pushes.
+        The sender's own side (their conversation list, read cursor) comes
+        with issue 13."""
         await self._legacy_claims(sends)
         sends = [send for send in sends if send.in_flight]
         if not sends:
-            return
+            return []
         appended = await self._append_conversations(
             [send.conversation_item(claim=True) for send in sends], self._retention
         )
         again = settle_conversation_claims(sends, appended)
-        repairs = list(appended)
         if again:
             redone = await self._append_conversations(
                 [send.conversation_item(claim=False) for send in again], self._retention
             )
             for send, stored in zip(again, redone, strict=True):
                 send.positioned(stored)
-            repairs += redone
+            appended += redone
         sends = [send for send in sends if send.in_flight]
-        repaired = self._repairs(repairs, sends)
-        if not sends and not repaired:
-            return
-        pointers = [*repaired, *(send.pointer() for send in sends)]
-        pointed = await self._append_pointers(pointers, self._retention)
+        repairs = await self._repairs(appended, {send.message.message_id for send in sends})
+        if not sends and not repairs:
+            return []
+        repaired = [pointer for repair in repairs for pointer in repair.pointers()]
+        pointed = await self._append_pointers(
+            [*repaired, *(send.pointer() for send in sends)], self._retention
+        )
         for send, in_sequence in zip(sends, pointed[len(repaired) :], strict=True):
             send.appended(in_sequence)
-        self._finish_later([(p.conversation_id, p.message_id) for p in pointers])
+        self._finish_later(
+            [(repair.message.conversation_id, repair.message.message_id) for repair in repairs]
+            + [(send.message.conversation_id, send.message.message_id) for send in sends]
+        )
+        return repair_parcels(repairs, pointed)
 
-    def _repairs(
-        self, appended: Sequence[ConversationAppended], sends: Sequence[PrivateSend]
-    ) -> list[PointerItem]:
-        """The pointers of the fan-outs a crashed route left unfinished, which
-        the appends found (each once; none of this batch's own messages):
-        appended before this batch's, so its receiver gets them in order."""
-        own = {(send.message.conversation_id, send.message.message_id) for send in sends}
-        found: dict[tuple[str, str], PointerItem] = {}
+    async def _repairs(
+        self, appended: Sequence[ConversationAppended], own: Collection[str]
+    ) -> list[Repair]:
+        """The fan-outs a crashed route left undone that the appends found,
+        each once, none of ``own`` (this batch's message ids): a private
+        message to its receiver; a group's message or membership event to
+        the members the group's record gives it now (groups.fan_out_again;
+        one read per group, only when there is a repair)."""
+        found: dict[str, common_pb2.ChatMessage] = {}
         for stored in appended:
             for old in stored.unfinished:
-                message = common_pb2.ChatMessage.FromString(old.payload)
-                where = (message.conversation_id, old.message_id)
-                if where in own or where in found or message.receiver_id <= 0:
-                    continue
-                found[where] = PointerItem(
-                    message.receiver_id, message.conversation_id, old.position, old.message_id
-                )
-        if found:
-            log.info("fanning out %d messages a crashed send left unfinished", len(found))
-        return list(found.values())
+                if old.message_id not in own and old.message_id not in found:
+                    message = common_pb2.ChatMessage.FromString(old.payload)
+                    message.position = old.position
+                    found[old.message_id] = message
+        if not found:
+            return []
+        records: dict[str, groups.Group | None] = {}
+        repairs = []
+        for message in found.values():
+            cid = message.conversation_id
+            if not cid.startswith(conversations.GROUP_PREFIX):
+                repairs.append(Repair(message, (message.receiver_id,)))
+                continue
+            if cid not in records:
+                records[cid] = await self._store.read_group(cid)
+            group = records[cid]
+            event = message.kind == common_pb2.MESSAGE_KIND_MEMBERSHIP
+            receivers = (
+                ()
+                if group is None
+                else groups.fan_out_again(group, message.position, message.sender_id, event=event)
+            )
+            repairs.append(Repair(message, receivers))
+        log.info(
+            "doing again %d fan-outs a crashed route left undone (%d pointers)",
+            len(repairs),
+            sum(len(repair.receivers) for repair in repairs),
+        )
+        return repairs
 
     async def _legacy_claims(self, sends: Sequence[PrivateSend]) -> None:
         """For one dedup window after the upgrade to conversations: a retry of
@@ -637,9 +700,13 @@ class MessageRouter:
             for send, stored in zip(again, redone, strict=True):
                 send.appended(stored)
 
-    async def _push(self, sends: Sequence[PrivateSend]) -> None:
+    async def _push(
+        self, sends: Sequence[PrivateSend], first: Sequence[tuple[str, Parcel]] = ()
+    ) -> None:
         """Pushes the appended sends to their receivers' streams, one parcel
-        per chat server (in the sends' order), and answers each."""
+        per chat server (in the sends' order), after the parcels ``first``
+        (repaired fan-outs: earlier in their receivers' sequences), and
+        answers each."""
         by_server: dict[str, tuple[list[PrivateSend], Parcel]] = {}
         for send in sends:
             parcel = send.parcel()
@@ -649,8 +716,9 @@ class MessageRouter:
                 pushed.append(send)
                 merged.extend(deliveries)
         flags = await self._servers.deliver_many(
-            [(server_id, merged) for server_id, (_, merged) in by_server.items()]
+            [*first, *((server_id, merged) for server_id, (_, merged) in by_server.items())]
         )
+        flags = flags[len(first) :]
         reached = 0
         for (pushed, _), oks in zip(by_server.values(), flags, strict=True):
             for send, ok in zip(pushed, oks, strict=True):
@@ -853,8 +921,10 @@ class MessageRouter:
         if isinstance(stored, common_pb2.SendResponse):
             return stored  # a retry of a finished send: its result
         message.position = stored.position
+        repairs = await self._repairs([stored], {message.message_id})
         with logcontext.bound(user_id=sender_id, trace_id=message.trace_id):
-            outcome = await self._fan_out_group(message, self._group_members(group_id, stored))
+            members = self._group_members(group_id, stored)
+            outcome = await self._fan_out_group(message, members, repairs)
             log.debug(
                 "message %s from user %s to group %s at %d: %d members",
                 message.message_id,
@@ -922,20 +992,34 @@ class MessageRouter:
         return stored.members
 
     async def _fan_out_group(
-        self, message: common_pb2.ChatMessage, members: Sequence[int]
+        self, message: common_pb2.ChatMessage, members: Sequence[int], repairs: Sequence[Repair]
     ) -> common_pb2.SendResponse:
-        """Round trip 2: a pointer in each other member's sequence; then the
-        pushes, one per chat server."""
+        """Round trip 2: a pointer in each other member's sequence, after
+        those of the group's fan-outs a crashed route left undone (found by
+        the append); then the pushes, one per chat server (the repairs'
+        first). The fan-outs are confirmed later, off the critical path."""
         receivers = [uid for uid in members if uid != message.sender_id]
-        appended = await self._append_pointers(
+        repaired = [pointer for repair in repairs for pointer in repair.pointers()]
+        pointed = await self._append_pointers(
             [
-                PointerItem(uid, message.conversation_id, message.position, message.message_id)
-                for uid in receivers
+                *repaired,
+                *(
+                    PointerItem(uid, message.conversation_id, message.position, message.message_id)
+                    for uid in receivers
+                ),
             ],
             self._retention,
         )
-        flags = await self._servers.deliver_many(group_parcels(message, receivers, appended))
-        reached = sum(sum(oks) for oks in flags)
+        self._finish_later(
+            [(repair.message.conversation_id, repair.message.message_id) for repair in repairs]
+            + [(message.conversation_id, message.message_id)]
+        )
+        first = repair_parcels(repairs, pointed)
+        appended = pointed[len(repaired) :]
+        flags = await self._servers.deliver_many(
+            [*first, *group_parcels(message, receivers, appended)]
+        )
+        reached = sum(sum(oks) for oks in flags[len(first) :])
         metrics = self._metrics
         metrics.accepted_group.inc()
         metrics.pushed_group.inc(reached)

@@ -15,7 +15,7 @@ from cim.core.passwords import hash_password
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 from cim.route.messages import send_digest
-from cim.store.base import ConversationItem, InboxItem, PointerItem, SendKey
+from cim.store.base import ConversationItem, InboxItem, PointerItem, Retention, SendKey
 from cim.testing import backends, cluster, crash
 from cim.testing import fast_route_config as route_config
 
@@ -267,39 +267,185 @@ async def test_a_send_retried_after_a_route_crash_reaches_the_receiver_once(rr, 
     assert await _nothing_more(rr, bob)
 
 
-async def test_a_fan_out_a_crashed_route_left_undone_is_done_by_the_next_send():
-    """The route died between the conversation append and the pointer of a
-    send without a client_msg_id (nobody retries it): the next send to that
-    conversation, later than fanout_repair_after, fans it out first."""
-    async with cluster(route_config=route_config(fanout_repair_after=0.2)) as c:
+# --- fan-outs a crashed route left undone --------------------------------------
+# A send without a client_msg_id whose route died after round trip 1 (the
+# conversation append) and before round trip 2 (the pointers): nobody retries
+# it, so the next send to that conversation, more than fanout_repair_after
+# later, does its fan-out first. The crash is the append alone, in the store.
+REPAIR_AFTER = 0.2
+
+
+def _crashed(sender, text: str, conversation_id: str, **fields) -> common_pb2.ChatMessage:
+    return common_pb2.ChatMessage(
+        message_id="01J0000000CRASHED0000",
+        sender_id=sender.user_id,
+        sender_name=sender.user_name,
+        text=text,
+        conversation_id=conversation_id,
+        **fields,
+    )
+
+
+@pytest.mark.parametrize("online", [True, False], ids=["pushed", "replayed"])
+async def test_a_private_fan_out_a_crashed_route_left_undone_is_done_by_the_next_send(online):
+    async with cluster(route_config=route_config(fanout_repair_after=REPAIR_AFTER)) as c:
         alice = await c.client("alice")
-        bob = await c.client("bob", connect=False)
+        bob = await c.client("bob", connect=online)
         cid = conversations.private_id(alice.user_id, bob.user_id)
-        crashed = common_pb2.ChatMessage(
-            message_id="01J0000000CRASHED0000",
-            sender_id=alice.user_id,
-            receiver_id=bob.user_id,
-            text="lost in the crash",
-            conversation_id=cid,
-        )
+        crashed = _crashed(alice, "lost in the crash", cid, receiver_id=bob.user_id)
         await _store(c).append_conversations(
             [ConversationItem(cid, crashed.message_id, crashed.SerializeToString())],
             c.embedded.route.config.retention,
         )
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(REPAIR_AFTER + 0.1)
         await alice.send_private(bob.user_id, "next")
-        await bob.start(register=False)
+        if not online:
+            await bob.start(register=False)
         received = await _received(c, bob, 2)
-        assert [(m.text, m.seq, m.position) for m in received] == [
-            ("lost in the crash", 1, 1),
-            ("next", 2, 2),
+        assert [(m.text, m.seq, m.position, m.stored) for m in received] == [
+            ("lost in the crash", 1, 1, not online),
+            ("next", 2, 2, not online),
         ]
+        assert received[0].message_id == crashed.message_id
         # Confirmed: a later send does not fan it out again.
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(REPAIR_AFTER + 0.1)
         await alice.send_private(bob.user_id, "last")
         (last,) = await _received(c, bob, 1)
         assert (last.text, last.seq) == ("last", 3)
         assert await _nothing_more(c, bob)
+
+
+async def test_a_group_fan_out_a_crashed_route_left_undone_reaches_the_members_at_its_position():
+    """Done from the group's record at the repair: who joined after the
+    message does not get it, nor does a member removed before the repair
+    (nobody gets a pointer after their own removal); everyone else once, in
+    their own sequence's order (after what they got meanwhile)."""
+    async with cluster(route_config=route_config(fanout_repair_after=REPAIR_AFTER)) as c:
+        ann = await c.client("ann")
+        bob = await c.client("bob")
+        cat = await c.client("cat", connect=False)
+        dan = await c.client("dan")
+        eve = await c.client("eve")
+        groups = c.embedded.route.groups
+        others = [bob.user_id, cat.user_id, dan.user_id]
+        made = await groups.create(ann.user_id, "ann", "team", others)
+        gid = made.group.group_id
+        crashed = _crashed(
+            ann, "lost in the crash", gid, kind=common_pb2.MESSAGE_KIND_GROUP, group_id=gid
+        )
+        (appended,) = await _store(c).append_conversations(
+            [
+                ConversationItem(
+                    gid, crashed.message_id, crashed.SerializeToString(), group_sender=ann.user_id
+                )
+            ],
+            c.embedded.route.config.retention,
+        )
+        assert appended.position == 2
+        await groups.remove(ann.user_id, "ann", gid, [dan.user_id])  # position 3
+        await groups.add(ann.user_id, "ann", gid, [eve.user_id])  # position 4
+        await asyncio.sleep(REPAIR_AFTER + 0.1)
+        await bob.send_group("next", group_id=gid)  # position 5
+
+        def seen(messages):
+            return [(m.position, m.seq, m.text) for m in messages]
+
+        created = "ann created group 'team' with bob, cat, dan"
+        removed, added = "ann removed dan", "ann added eve"
+        assert seen(await _received(c, bob, 4)) == [
+            (1, 1, created),
+            (3, 2, removed),
+            (4, 3, added),
+            (2, 4, "lost in the crash"),
+        ]
+        assert seen(await _received(c, ann, 4)) == [
+            (1, 1, created),
+            (3, 2, removed),
+            (4, 3, added),
+            (5, 4, "next"),
+        ]
+        assert seen(await _received(c, dan, 2)) == [(1, 1, created), (3, 2, removed)]
+        assert seen(await _received(c, eve, 2)) == [(4, 1, added), (5, 2, "next")]
+        await cat.start(register=False)
+        assert seen(await _received(c, cat, 5)) == [
+            (1, 1, created),
+            (3, 2, removed),
+            (4, 3, added),
+            (2, 4, "lost in the crash"),
+            (5, 5, "next"),
+        ]
+        # Confirmed: the next message is the only thing anyone gets.
+        await asyncio.sleep(REPAIR_AFTER + 0.1)
+        await ann.send_group("last", group_id=gid)
+        for member in (bob, cat, eve):
+            (last,) = await _received(c, member, 1)
+            assert last.text == "last"
+        for member in (ann, bob, cat, dan, eve):
+            assert await _nothing_more(c, member, wait=0.1)
+
+
+async def test_a_membership_event_a_crashed_route_left_undone_is_done_by_the_next_message(
+    monkeypatch,
+):
+    """The route died after the change and its event were stored, before
+    their fan-out: the next message to the group fans the event out first,
+    to the members after the change (the one added too)."""
+    async with cluster(route_config=route_config(fanout_repair_after=REPAIR_AFTER)) as c:
+        ann = await c.client("ann")
+        bob = await c.client("bob")
+        cat = await c.client("cat", connect=False)
+        groups = c.embedded.route.groups
+        made = await groups.create(ann.user_id, "ann", "team", [bob.user_id])
+        gid = made.group.group_id
+        await _received(c, bob, 1)  # the creation
+        await _received(c, ann, 1)
+
+        async def crash(*_):
+            raise RuntimeError("the route died")
+
+        monkeypatch.setattr(groups, "_fan_out", crash)
+        with pytest.raises(RuntimeError):
+            await groups.add(ann.user_id, "ann", gid, [cat.user_id])
+        monkeypatch.undo()
+        await asyncio.sleep(REPAIR_AFTER + 0.1)
+        await bob.send_group("next", group_id=gid)
+        (added,) = await _received(c, bob, 1)
+        assert (added.text, added.position, added.seq) == ("ann added cat", 2, 2)
+        assert added.membership.user_ids == [cat.user_id]
+        assert [(m.text, m.seq) for m in await _received(c, ann, 2)] == [
+            ("ann added cat", 2),
+            ("next", 3),
+        ]
+        await cat.start(register=False)
+        assert [(m.text, m.position, m.seq) for m in await _received(c, cat, 2)] == [
+            ("ann added cat", 2, 1),
+            ("next", 3, 2),
+        ]
+        for member in (ann, bob, cat):
+            assert await _nothing_more(c, member, wait=0.1)
+
+
+async def test_sends_and_membership_changes_leave_nothing_pending_once_confirmed():
+    """The deferred step confirms each fan-out (the route's own and the
+    groups'): an append that would hand back any fan-out still pending
+    (repair_after 0) finds none."""
+    async with cluster(route_config=route_config(fanout_repair_after=REPAIR_AFTER)) as c:
+        alice = await c.client("alice")
+        bob = await c.client("bob")
+        made = await c.embedded.route.groups.create(alice.user_id, "alice", "team", [bob.user_id])
+        gid = made.group.group_id
+        await alice.send_private(bob.user_id, "private", client_msg_id="c-1")
+        await alice.send_private(bob.user_id, "no client_msg_id")
+        await alice.send_group("group", group_id=gid)
+        await _received(c, bob, 4)
+        await asyncio.sleep(0.2)  # the deferred step runs 50 ms after a send
+        cid = conversations.private_id(alice.user_id, bob.user_id)
+        probe = Retention(repair_after=0)
+        for conversation_id in (cid, gid):
+            (found,) = await _store(c).append_conversations(
+                [ConversationItem(conversation_id, f"probe-{conversation_id}", b"")], probe
+            )
+            assert found.unfinished == ()
 
 
 async def test_a_send_the_code_before_conversations_left_unfinished_is_appended_once(raw):

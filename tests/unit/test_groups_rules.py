@@ -165,3 +165,21 @@ def test_limits_are_checked_when_configured() -> None:
         Limits(max_members=10_001)
     with pytest.raises(ValueError, match="at least 1"):
         Limits(creations_per_minute=0)
+
+
+def test_a_fan_out_done_again_goes_to_the_members_at_its_position_still_in_the_group() -> None:
+    # Owner 1 and 2 since position 1, 5 since 6; 3 removed at 4, 4 left at 7.
+    roster = {
+        1: Member(1, OWNER, 1),
+        2: Member(2, MEMBER, 1),
+        5: Member(5, MEMBER, 6),
+    }
+    group = Group("g:7", "team", 1, 1000, 5, False, roster, {3: 4, 4: 7})
+    # A message of 2 at position 5: not to its sender, nor to 5 (joined
+    # later), nor to 4 (removed since: no pointer after their own removal).
+    assert groups.fan_out_again(group, 5, 2, event=False) == (1,)
+    assert groups.fan_out_again(group, 6, 2, event=False) == (1, 5)
+    # An event goes to its actor too, and to whoever it removed.
+    assert groups.fan_out_again(group, 4, 1, event=True) == (1, 2, 3)
+    assert groups.fan_out_again(group, 7, 4, event=True) == (1, 2, 4, 5)
+    assert groups.fan_out_again(group, 6, 1, event=True) == (1, 2, 5)
