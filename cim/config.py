@@ -221,8 +221,9 @@ class RouteConfig:
     # this many messages, none older than this.
     history_max_messages: int = 10_000
     history_max_age: float = 30 * 24 * 3600.0
-    # A private message whose fan-out (its pointer) a crashed route left
-    # undone is fanned out by the next send to its conversation this long after.
+    # A message or membership event whose fan-out (its pointers) a crashed
+    # route left undone is fanned out by the next message to its
+    # conversation this long after (docs/design/conversations.md).
     fanout_repair_after: float = 5.0
     # A send retried with the same client_msg_id within this window gets the
     # first attempt's result and is not delivered again.
@@ -260,6 +261,9 @@ class RouteConfig:
             raise ValueError("inbox retention (messages and age) must be positive")
         if self.history_max_messages <= 0 or self.history_max_age <= 0:
             raise ValueError("history retention (messages and age) must be positive")
+        if not 0 < self.fanout_repair_after < self.send_dedup_window:
+            # A fan-out pending past the dedup window is dropped, not repaired.
+            raise ValueError("the fan-out repair delay must be positive and below the dedup window")
         self.group_limits  # noqa: B018 - checks the group limits
         check_rate_limit("messages", self.max_msgs_per_sec, self.msg_burst)
         check_rate_limit("logins", self.max_logins_per_sec, self.login_burst)

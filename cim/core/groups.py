@@ -374,8 +374,8 @@ def fan_out_again(group: Group, position: int, sender_id: int, *, event: bool) -
     is a membership event, which its actor gets too) and, for an event, those
     it removed (their ``left`` is its position). Who joined later was not a
     member then. Who was a member then but was removed before the repair
-    gets nothing: nobody gets a pointer after their own removal; the message
-    stays in their history (before their ``left``)."""
+    gets nothing: nobody gets a pointer after their own removal (the message
+    stays before their ``left`` in the group's history)."""
     members = [
         uid
         for uid, member in group.members.items()
