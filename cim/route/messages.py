@@ -62,6 +62,8 @@ from cim.store.base import (
     HistoryPage,
     InboxItem,
     InboxPage,
+    PointedAppended,
+    PointedItem,
     PointerItem,
     Retention,
     SendClaim,
@@ -190,23 +192,22 @@ class PrivateSend:
             return None
         return SendKey(message.receiver_id, message.sender_id, message.client_msg_id, self.digest)
 
-    def conversation_item(self, *, claim: bool) -> ConversationItem:
-        """The message for its conversation's log; with ``claim``, the append
-        also claims the send (when it has a client_msg_id)."""
+    def pointed_item(self, *, claim: bool) -> PointedItem:
+        """The message for its conversation's log and its receiver's
+        sequence; with ``claim``, the append also claims the send (when it
+        has a client_msg_id)."""
         message = self.message
         send = self.key if claim else None
-        return ConversationItem(
+        item = ConversationItem(
             message.conversation_id, message.message_id, message.SerializeToString(), send
         )
+        return PointedItem(item, message.receiver_id)
 
-    def positioned(self, stored: ConversationAppended) -> None:
-        self.message.position = stored.position
-
-    def pointer(self) -> PointerItem:
-        message = self.message
-        return PointerItem(
-            message.receiver_id, message.conversation_id, message.position, message.message_id
-        )
+    def pointed(self, stored: PointedAppended) -> None:
+        if stored.pointer is None:
+            raise RuntimeError("an append without a claim came back without a pointer")
+        self.message.position = stored.conversation.position
+        self.appended(stored.pointer)
 
     def inbox_item(self, *, claim: bool) -> InboxItem:
         """The message for its receiver's inbox; with ``claim``, the append
@@ -282,15 +283,15 @@ def settle_claims(sends: Sequence[PrivateSend], appended: Sequence[Appended]) ->
     return again
 
 
-def settle_conversation_claims(
-    sends: Sequence[PrivateSend], appended: Sequence[ConversationAppended]
+def settle_pointed(
+    sends: Sequence[PrivateSend], stored: Sequence[PointedAppended]
 ) -> list[PrivateSend]:
-    """As :func:`settle_claims`, for the sends' conversation appends."""
+    """As :func:`settle_claims`, for the sends' conversation appends and pointers."""
     again = []
-    for send, stored in zip(sends, appended, strict=True):
-        if stored.earlier is None:
-            send.positioned(stored)
-        elif settle_earlier(send, stored.earlier):
+    for send, done in zip(sends, stored, strict=True):
+        if done.conversation.earlier is None:
+            send.pointed(done)
+        elif settle_earlier(send, done.conversation.earlier):
             again.append(send)
     return again
 
@@ -397,6 +398,9 @@ class MessageRouter:
         self._append_pointers: Callable[
             [Sequence[PointerItem], Retention], Awaitable[list[Appended]]
         ] = store.append_pointers
+        self._append_pointed: Callable[
+            [Sequence[PointedItem], Retention], Awaitable[list[PointedAppended]]
+        ] = store.append_pointed
         if tracer is not None:
             self._append_inbox = tracer.store_call("append_inbox", store.append_inbox)
             self._claim_sends = tracer.store_call("claim_sends", store.claim_sends)
@@ -404,6 +408,7 @@ class MessageRouter:
                 "append_conversations", store.append_conversations
             )
             self._append_pointers = tracer.store_call("append_pointers", store.append_pointers)
+            self._append_pointed = tracer.store_call("append_pointed", store.append_pointed)
         # Until one dedup window after the store was first served with
         # conversations, private sends also look for claims the code before
         # them left under the receiver's keys (see _legacy_claims).
@@ -588,44 +593,45 @@ class MessageRouter:
         return repaired
 
     async def _append_private(self, sends: Sequence[PrivateSend]) -> list[tuple[str, Parcel]]:
-        """Round trip 1: each message into its conversation's log, claiming
-        its send (the retries of unfinished sends again, under their earlier
-        message ids, without a claim). Round trip 2: a pointer into each
-        receiver's sequence, reading their session; first those of the
-        fan-outs a crashed route left undone that the appends found, so each
-        receiver gets them before this batch's. Returns the repairs' pushes.
-        The sender's own side (their conversation list, read cursor) comes
-        with issue 13."""
+        """Each message into its conversation's log, claiming its send, and a
+        pointer into its receiver's sequence, reading their session: one
+        round trip on a standalone Redis, two on a cluster (see
+        ``Store.append_pointed``). The retries of unfinished sends go again,
+        under their earlier message ids, without a claim. The fan-outs a
+        crashed route left undone that the appends found are done next (one
+        more round trip, only then): in their receivers' sequences after this
+        batch's messages. Returns the repairs' pushes. The sender's own side
+        (their conversation list, read cursor) comes with issue 13."""
         await self._legacy_claims(sends)
         sends = [send for send in sends if send.in_flight]
         if not sends:
             return []
-        appended = await self._append_conversations(
-            [send.conversation_item(claim=True) for send in sends], self._retention
+        stored = await self._append_pointed(
+            [send.pointed_item(claim=True) for send in sends], self._retention
         )
-        again = settle_conversation_claims(sends, appended)
+        again = settle_pointed(sends, stored)
         if again:
-            redone = await self._append_conversations(
-                [send.conversation_item(claim=False) for send in again], self._retention
+            redone = await self._append_pointed(
+                [send.pointed_item(claim=False) for send in again], self._retention
             )
-            for send, stored in zip(again, redone, strict=True):
-                send.positioned(stored)
-            appended += redone
+            for send, done in zip(again, redone, strict=True):
+                send.pointed(done)
+            stored += redone
         sends = [send for send in sends if send.in_flight]
-        repairs = await self._repairs(appended, {send.message.message_id for send in sends})
-        if not sends and not repairs:
-            return []
-        repaired = [pointer for repair in repairs for pointer in repair.pointers()]
-        pointed = await self._append_pointers(
-            [*repaired, *(send.pointer() for send in sends)], self._retention
+        repairs = await self._repairs(
+            [done.conversation for done in stored], {send.message.message_id for send in sends}
         )
-        for send, in_sequence in zip(sends, pointed[len(repaired) :], strict=True):
-            send.appended(in_sequence)
+        parcels: list[tuple[str, Parcel]] = []
+        if repairs:
+            repaired = [pointer for repair in repairs for pointer in repair.pointers()]
+            parcels = repair_parcels(
+                repairs, await self._append_pointers(repaired, self._retention)
+            )
         self._finish_later(
             [(repair.message.conversation_id, repair.message.message_id) for repair in repairs]
             + [(send.message.conversation_id, send.message.message_id) for send in sends]
         )
-        return repair_parcels(repairs, pointed)
+        return parcels
 
     async def _repairs(
         self, appended: Sequence[ConversationAppended], own: Collection[str]

@@ -169,6 +169,49 @@ class PointerItem:
 
 
 @dataclass(frozen=True)
+class PointedItem:
+    """A private message: into its conversation's log, then, under the
+    position it gets there, a pointer into its receiver's sequence."""
+
+    conversation: ConversationItem
+    receiver_id: int
+
+
+@dataclass(frozen=True)
+class PointedAppended:
+    conversation: ConversationAppended
+    # The receiver's pointer; None when nothing was appended (the send was
+    # claimed before: ``conversation.earlier`` says by what).
+    pointer: Appended | None
+
+
+async def append_then_point(
+    store: Store, items: Sequence[PointedItem], retention: Retention
+) -> list[PointedAppended]:
+    """``Store.append_pointed`` as its two steps: the conversations' round
+    trip, then the pointers' (for the items that got a position)."""
+    stored = await store.append_conversations([item.conversation for item in items], retention)
+    placed = [
+        (
+            i,
+            PointerItem(
+                item.receiver_id,
+                item.conversation.conversation_id,
+                done.position,
+                item.conversation.message_id,
+            ),
+        )
+        for i, (item, done) in enumerate(zip(items, stored, strict=True))
+        if done.position > 0
+    ]
+    pointers = await store.append_pointers([pointer for _, pointer in placed], retention)
+    found: list[Appended | None] = [None] * len(items)
+    for (i, _), appended in zip(placed, pointers, strict=True):
+        found[i] = appended
+    return [PointedAppended(done, pointer) for done, pointer in zip(stored, found, strict=True)]
+
+
+@dataclass(frozen=True)
 class InboxEntry:
     seq: int
     # The ChatMessage bytes: the entry's own (a full copy: broadcast, system
@@ -345,6 +388,14 @@ class Store(Protocol):
         seq (a message id already there gets its seq back) and returns it
         with the user's session read after the append, as ``append_inbox``.
         One round trip for the batch."""
+
+    async def append_pointed(
+        self, items: Sequence[PointedItem], retention: Retention
+    ) -> list[PointedAppended]:
+        """``append_conversations`` and then, for each item that got a
+        position, ``append_pointers`` to its receiver, with the same results
+        and guarantees: one round trip for the batch where the store can
+        (a standalone Redis), else two (see ``append_then_point``)."""
 
     async def read_history(
         self, conversation_id: str, before: int, limit: int, retention: Retention

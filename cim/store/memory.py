@@ -21,12 +21,15 @@ from cim.store.base import (
     InboxEntry,
     InboxItem,
     InboxPage,
+    PointedAppended,
+    PointedItem,
     PointerItem,
     Retention,
     SendClaim,
     SendKey,
     SessionRecord,
     Unfinished,
+    append_then_point,
 )
 
 # An entry of a user's sequence: (message id, payload, appended at, pointer).
@@ -411,6 +414,11 @@ class MemoryStore:
             inbox.trim(retention, now)
             appended.append(Appended(seq, self._live_session(item.user_id)))
         return appended
+
+    async def append_pointed(
+        self, items: Sequence[PointedItem], retention: Retention
+    ) -> list[PointedAppended]:
+        return await append_then_point(self, items, retention)
 
     async def read_history(
         self, conversation_id: str, before: int, limit: int, retention: Retention

@@ -52,12 +52,15 @@ from cim.store.base import (
     InboxEntry,
     InboxItem,
     InboxPage,
+    PointedAppended,
+    PointedItem,
     PointerItem,
     Retention,
     SendClaim,
     SendKey,
     SessionRecord,
     Unfinished,
+    append_then_point,
 )
 from cim.store.keys import KeyLayout
 
@@ -445,102 +448,146 @@ local function overdue(pending, log, bodies, own, now, after, window)
 end
 """
 
-# Round trip 1 of a send: one message into a conversation's log. KEYS: meta,
-# log, bodies, members, pending[, send claim]. ARGV: message id, body (time +
-# payload), now_ms, max_messages, max_age_ms, id_window_ms, the claim's value
-# ('' without a claim key), the group sender ('0': not a group's message), the
-# membership version the caller knows, repair_after_ms. A group's message is
-# refused, before anything is written, unless its sender is a member ({-2})
-# and the group not deleted ({-3}). With a claim key the send is claimed next
-# (SET NX GET): if an earlier attempt holds it, returns {-1, its value} and
-# appends nothing. A message id already in the log gets its position back; a
-# new one is marked pending (see overdue). Trims the log to the history
-# bounds. Returns {position, overdue}; for a group's message {position,
-# overdue, version, member ids...}, the ids only when the version is not the
-# known one.
+# Round trip 1 of a send, as a function: one message into a conversation's
+# log. k: meta, log, bodies, members, pending, send claim (nil: no claim). a:
+# message id, body (time + payload), now_ms, max_messages, max_age_ms,
+# id_window_ms, the claim's value, the group sender ('0': not a group's
+# message), the membership version the caller knows, repair_after_ms. A
+# group's message is refused, before anything is written, unless its sender
+# is a member ({-2}) and the group not deleted ({-3}). With a claim key the
+# send is claimed next (SET NX GET): if an earlier attempt holds it, returns
+# {-1, its value} and appends nothing. A message id already in the log gets
+# its position back; a new one is marked pending (see overdue). Trims the log
+# to the history bounds. Returns {position, overdue}; for a group's message
+# {position, overdue, version, member ids...}, the ids only when the version
+# is not the known one.
+_CONV_APPEND_FN = """
+local function conv_append(k, a)
+  local group_sender = a[8]
+  local version = 0
+  if group_sender ~= '0' then
+    if not redis.call('HGET', k[4], group_sender) then
+      return {-2}
+    end
+    local meta = redis.call('HMGET', k[1], '$ver', '$deleted')
+    if meta[2] == '1' then
+      return {-3}
+    end
+    version = tonumber(meta[1]) or 0
+  end
+  if k[6] then
+    local earlier = redis.call('SET', k[6], a[7], 'NX', 'GET', 'PX',
+                               math.max(1, tonumber(a[6])))
+    if earlier then
+      return {-1, earlier}
+    end
+  end
+  local now = tonumber(a[3])
+  local position = redis.call('ZSCORE', k[2], a[1])
+  if position then
+    position = tonumber(position)
+  else
+    position = redis.call('HINCRBY', k[1], '$head', 1)
+    redis.call('ZADD', k[2], position, a[1])
+    redis.call('HSET', k[3], a[1], a[2])
+    redis.call('HSET', k[1], '$last', a[1])
+    redis.call('ZADD', k[5], a[3], a[1])  -- pending: see overdue
+  end
+  trim(k[1], k[2], k[3], tonumber(a[4]), now - tonumber(a[5]))
+  local repairs = overdue(k[5], k[2], k[3], a[1], now, tonumber(a[10]), tonumber(a[6]))
+  if group_sender == '0' then
+    return {position, repairs}
+  end
+  local out = {position, repairs, version}
+  if version ~= tonumber(a[9]) then
+    for _, uid in ipairs(redis.call('HKEYS', k[4])) do
+      out[#out + 1] = tonumber(uid)
+    end
+  end
+  return out
+end
+"""
+
+# Round trip 2 of a send, as a function: a pointer into one member's
+# sequence. k: inbox meta, inbox, bodies, ids, id seqs, session. The message
+# id, the entry (time + pointer), now_ms, max_messages, max_age_ms,
+# id_window_ms. A message id the sequence holds gets its seq back (acked
+# pointers stay for the id window); so does one a full-copy append of the
+# code before conversations remembered (ids, id seqs: a retry that crossed
+# the upgrade). Returns the seq, then the session's fields as HMGET reads them.
+_POINT_FN = """
+local function point(k, id, entry, now, max_n, max_age, window)
+  local seq = redis.call('ZSCORE', k[2], id)
+  if not seq then
+    seq = redis.call('HGET', k[5], id)
+    if seq then
+      local at = redis.call('ZSCORE', k[4], id)
+      if not at or tonumber(at) < now - window then
+        seq = false
+      end
+    end
+  end
+  if seq then
+    seq = tonumber(seq)
+  else
+    seq = redis.call('HINCRBY', k[1], '$head', 1)
+    redis.call('ZADD', k[2], seq, id)
+    redis.call('HSET', k[3], id, entry)
+  end
+  trim(k[1], k[2], k[3], max_n, now - max_age)
+  trim_acked(k[1], k[2], k[3], now - window)
+  local s = redis.call('HMGET', k[6], '$sid', '$server', '$device', '$connected', '$exp')
+  return {seq, s[1], s[2], s[3], s[4], s[5]}
+end
+"""
+
+# Round trip 1 of a send. KEYS: meta, log, bodies, members, pending[, send
+# claim]. ARGV: as conv_append's a.
 _CONV_APPEND = _lua(
     _TRIM
     + _OVERDUE
-    + """
-local group_sender = ARGV[8]
-local version = 0
-if group_sender ~= '0' then
-  if not redis.call('HGET', KEYS[4], group_sender) then
-    return {-2}
-  end
-  local meta = redis.call('HMGET', KEYS[1], '$ver', '$deleted')
-  if meta[2] == '1' then
-    return {-3}
-  end
-  version = tonumber(meta[1]) or 0
-end
-if #KEYS >= 6 then
-  local earlier = redis.call('SET', KEYS[6], ARGV[7], 'NX', 'GET', 'PX',
-                             math.max(1, tonumber(ARGV[6])))
-  if earlier then
-    return {-1, earlier}
-  end
-end
-local now = tonumber(ARGV[3])
-local position = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if position then
-  position = tonumber(position)
-else
-  position = redis.call('HINCRBY', KEYS[1], '$head', 1)
-  redis.call('ZADD', KEYS[2], position, ARGV[1])
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-  redis.call('HSET', KEYS[1], '$last', ARGV[1])
-  redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])  -- pending: see overdue
-end
-trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), now - tonumber(ARGV[5]))
-local repairs = overdue(KEYS[5], KEYS[2], KEYS[3], ARGV[1], now, tonumber(ARGV[10]),
-                        tonumber(ARGV[6]))
-if group_sender == '0' then
-  return {position, repairs}
-end
-local out = {position, repairs, version}
-if version ~= tonumber(ARGV[9]) then
-  for _, uid in ipairs(redis.call('HKEYS', KEYS[4])) do
-    out[#out + 1] = tonumber(uid)
-  end
-end
-return out
-"""
+    + _CONV_APPEND_FN
+    + "return conv_append({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, ARGV)"
 )
 
-# Round trip 2 of a send: a pointer into one member's sequence. KEYS: inbox
-# meta, inbox, bodies, ids, id seqs, session. ARGV: message id, body (time +
-# pointer), now_ms, max_messages, max_age_ms, id_window_ms. A message id the
-# sequence holds gets its seq back (acked pointers stay for the id window);
-# so does one a full-copy append of the code before conversations remembered
-# (ids, id seqs: a retry that crossed the upgrade). Returns the seq, then the
-# session's fields as HMGET reads them.
+# Round trip 2 of a send. KEYS: as point's k. ARGV: message id, entry (time +
+# pointer), now_ms, max_messages, max_age_ms, id_window_ms.
 _POINTERS = _lua(
     _TRIM
     + _TRIM_ACKED
+    + _POINT_FN
     + """
-local id, now, window = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[6])
-local seq = redis.call('ZSCORE', KEYS[2], id)
-if not seq then
-  seq = redis.call('HGET', KEYS[5], id)
-  if seq then
-    local at = redis.call('ZSCORE', KEYS[4], id)
-    if not at or tonumber(at) < now - window then
-      seq = false
-    end
-  end
+return point(KEYS, ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+             tonumber(ARGV[6]))
+"""
+)
+
+# Both round trips of a private send in one script, for a standalone Redis
+# (every key on one node; a cluster runs the two scripts above instead).
+# KEYS: the receiver's six (as point's k), then meta, log, bodies, members,
+# pending[, send claim] of the conversation. ARGV: conv_append's ten, then the
+# receiver's max_messages and max_age_ms, then the pointer entry's start
+# (time + pointer tag + conversation id + '|'). Returns conv_append's answer
+# when it is not a position (nothing appended: the send was claimed before),
+# else {position, overdue, seq, session fields...}.
+_CONV_POINT = _lua(
+    _TRIM
+    + _TRIM_ACKED
+    + _OVERDUE
+    + _CONV_APPEND_FN
+    + _POINT_FN
+    + """
+local stored = conv_append({KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]}, ARGV)
+local position = stored[1]
+if position < 0 then
+  return stored
 end
-if seq then
-  seq = tonumber(seq)
-else
-  seq = redis.call('HINCRBY', KEYS[1], '$head', 1)
-  redis.call('ZADD', KEYS[2], seq, id)
-  redis.call('HSET', KEYS[3], id, ARGV[2])
-end
-trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), now - tonumber(ARGV[5]))
-trim_acked(KEYS[1], KEYS[2], KEYS[3], now - window)
-local s = redis.call('HMGET', KEYS[6], '$sid', '$server', '$device', '$connected', '$exp')
-return {seq, s[1], s[2], s[3], s[4], s[5]}
+local entry = ARGV[13] .. position .. '|' .. ARGV[1]
+local pointed = point(KEYS, ARGV[1], entry, tonumber(ARGV[3]), tonumber(ARGV[11]),
+                      tonumber(ARGV[12]), tonumber(ARGV[6]))
+table.insert(pointed, 1, stored[2])
+table.insert(pointed, 1, position)
+return pointed
 """
 )
 
@@ -835,6 +882,7 @@ class RedisStore:
         self._ack_inbox = client.register_script(_ACK_INBOX)
         self._conv_append = client.register_script(_CONV_APPEND)
         self._pointers = client.register_script(_POINTERS)
+        self._conv_point = client.register_script(_CONV_POINT)
         self._history = client.register_script(_HISTORY)
         self._group_apply = client.register_script(_GROUP_APPLY)
         # Scripts queued in pipelines: redis-py loads them only for direct calls.
@@ -846,6 +894,7 @@ class RedisStore:
             self._ack_inbox,
             self._conv_append,
             self._pointers,
+            self._conv_point,
         )
         # The store's conversations mark (see conversations_since), once read.
         self._since: float | None = None
@@ -1432,6 +1481,66 @@ class RedisStore:
             self._keys.conversation_bodies(conversation_id),
         ]
 
+    def _conversation_call(
+        self, item: ConversationItem, now: int, stamp: bytes, retention: Retention
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of conv_append for one item."""
+        cid = item.conversation_id
+        names = [
+            *self._conversation_keys(cid),
+            self._keys.conversation_members(cid),
+            self._keys.conversation_pending(cid),
+        ]
+        claim = b""
+        if item.send is not None:
+            if item.send.conversation != cid:
+                raise ValueError("an append claims only its own conversation's sends")
+            names.append(self._sent_key(item.send))
+            claim = _claim_value(keys.SEND_RUNNING, item.send, item.message_id.encode())
+        args = [
+            item.message_id,
+            stamp + item.payload,
+            now,
+            retention.history_max_messages,
+            _bound_ms(retention.history_max_age),
+            _bound_ms(retention.id_window),
+            claim,
+            item.group_sender,
+            item.known_version,
+            _bound_ms(retention.repair_after),
+        ]
+        return names, args
+
+    @staticmethod
+    def _conversation_appended(item: ConversationItem, row: Sequence[Any]) -> ConversationAppended:
+        first = int(row[0])
+        if first == -1:
+            earlier = _send_claim(str(item.send), row[1]) or SendClaim(
+                item.message_id, None, item.send.digest if item.send else None
+            )
+            return ConversationAppended(0, earlier)
+        if first < 0:
+            refused = NOT_A_MEMBER if first == -2 else GROUP_DELETED
+            return ConversationAppended(0, refused=refused)
+        unfinished = _unfinished(row[1])
+        if item.group_sender:
+            version = int(row[2])
+            members = (
+                None
+                if version == item.known_version
+                else tuple(sorted(int(uid) for uid in row[3:]))
+            )
+            return ConversationAppended(first, None, version, members, "", unfinished)
+        return ConversationAppended(first, unfinished=unfinished)
+
+    def _pointer_keys(self, user_id: int) -> list[str]:
+        return [
+            *self._inbox_keys(user_id),
+            self._keys.inbox_ids(user_id),
+            self._keys.inbox_id_seqs(user_id),
+            self._keys.session(user_id),
+        ]
+
     async def append_conversations(
         self, items: Sequence[ConversationItem], retention: Retention
     ) -> list[ConversationAppended]:
@@ -1439,69 +1548,21 @@ class RedisStore:
             return []
         now = _now_ms()
         stamp = b"%0*d" % (keys.INBOX_TIME_DIGITS, now)
-        bounds = [
-            retention.history_max_messages,
-            _bound_ms(retention.history_max_age),
-            _bound_ms(retention.id_window),
-        ]
-        repair_after = _bound_ms(retention.repair_after)
 
         def build(pipe: _Pipe) -> None:
             # One script per item in one round trip (per node): the items of
             # one conversation keep their order, so their positions do too.
             for item in items:
-                names = [
-                    *self._conversation_keys(item.conversation_id),
-                    self._keys.conversation_members(item.conversation_id),
-                    self._keys.conversation_pending(item.conversation_id),
-                ]
-                claim = b""
-                if item.send is not None:
-                    if item.send.conversation != item.conversation_id:
-                        raise ValueError("an append claims only its own conversation's sends")
-                    names.append(self._sent_key(item.send))
-                    claim = _claim_value(keys.SEND_RUNNING, item.send, item.message_id.encode())
-                args = [
-                    item.message_id,
-                    stamp + item.payload,
-                    now,
-                    *bounds,
-                    claim,
-                    item.group_sender,
-                    item.known_version,
-                    repair_after,
-                ]
+                names, args = self._conversation_call(item, now, stamp, retention)
                 self._queue(pipe, self._conv_append, names, args)
 
         async with self._guard():
             # Safe to rerun after a NOSCRIPT: a message id in the log gets its
             # position back; one that claimed its send finds its own claim.
             rows = await self._pipeline(build)
-        appended = []
-        for item, row in zip(items, rows, strict=True):
-            first = int(row[0])
-            if first == -1:
-                earlier = _send_claim(str(item.send), row[1]) or SendClaim(
-                    item.message_id, None, item.send.digest if item.send else None
-                )
-                appended.append(ConversationAppended(0, earlier))
-                continue
-            if first < 0:
-                refused = NOT_A_MEMBER if first == -2 else GROUP_DELETED
-                appended.append(ConversationAppended(0, refused=refused))
-                continue
-            unfinished = _unfinished(row[1])
-            if item.group_sender:
-                version = int(row[2])
-                members = (
-                    None
-                    if version == item.known_version
-                    else tuple(sorted(int(uid) for uid in row[3:]))
-                )
-                appended.append(ConversationAppended(first, None, version, members, "", unfinished))
-            else:
-                appended.append(ConversationAppended(first, unfinished=unfinished))
-        return appended
+        return [
+            self._conversation_appended(item, row) for item, row in zip(items, rows, strict=True)
+        ]
 
     async def append_pointers(
         self, items: Sequence[PointerItem], retention: Retention
@@ -1518,16 +1579,12 @@ class RedisStore:
 
         def build(pipe: _Pipe) -> None:
             for item in items:
-                uid = item.user_id
-                names = [
-                    *self._inbox_keys(uid),
-                    self._keys.inbox_ids(uid),
-                    self._keys.inbox_id_seqs(uid),
-                    self._keys.session(uid),
-                ]
                 entry = keys.pointer(item.conversation_id, item.position, item.message_id)
                 self._queue(
-                    pipe, self._pointers, names, [item.message_id, stamp + entry, now, *bounds]
+                    pipe,
+                    self._pointers,
+                    self._pointer_keys(item.user_id),
+                    [item.message_id, stamp + entry, now, *bounds],
                 )
 
         async with self._guard():
@@ -1536,6 +1593,49 @@ class RedisStore:
             Appended(int(row[0]), _session(item.user_id, row[1:]))
             for item, row in zip(items, rows, strict=True)
         ]
+
+    async def append_pointed(
+        self, items: Sequence[PointedItem], retention: Retention
+    ) -> list[PointedAppended]:
+        if not items:
+            return []
+        if isinstance(self._client, RedisCluster):
+            # The conversation's and the receiver's keys live on different
+            # nodes: the two round trips, each one pipeline per node.
+            return await append_then_point(self, items, retention)
+        now = _now_ms()
+        stamp = b"%0*d" % (keys.INBOX_TIME_DIGITS, now)
+        bounds = [retention.max_messages, _bound_ms(retention.max_age)]
+
+        def build(pipe: _Pipe) -> None:
+            # One script per item, both steps, in one round trip: on one node
+            # a script may touch the conversation's and the receiver's keys.
+            for item in items:
+                conversation = item.conversation
+                names, args = self._conversation_call(conversation, now, stamp, retention)
+                start = b"%s%s%s|" % (
+                    stamp,
+                    keys.POINTER_TAG,
+                    conversation.conversation_id.encode(),
+                )
+                self._queue(
+                    pipe,
+                    self._conv_point,
+                    [*self._pointer_keys(item.receiver_id), *names],
+                    [*args, *bounds, start],
+                )
+
+        async with self._guard():
+            rows = await self._pipeline(build)  # both steps idempotent by message id
+        out = []
+        for item, row in zip(items, rows, strict=True):
+            stored = self._conversation_appended(item.conversation, row)
+            if stored.position <= 0:
+                out.append(PointedAppended(stored, None))
+                continue
+            pointer = Appended(int(row[2]), _session(item.receiver_id, row[3:]))
+            out.append(PointedAppended(stored, pointer))
+        return out
 
     async def read_history(
         self, conversation_id: str, before: int, limit: int, retention: Retention

@@ -20,6 +20,7 @@ from cim.store.base import (
     ConversationAppended,
     ConversationItem,
     InboxItem,
+    PointedItem,
     PointerItem,
     Retention,
     SendClaim,
@@ -478,6 +479,40 @@ async def test_a_conversation_append_claims_its_send(store: Store) -> None:
     await store.finish_sends([(key, b"result")], ttl=10)
     assert await store.read_sends([key]) == [SendClaim("", b"result", b"d")]
     assert (await store.read_history("p:1:2", 0, 10, KEEP_ALL)).head == 1
+
+
+async def test_a_pointed_append_is_the_conversation_append_then_the_pointer(store: Store) -> None:
+    """append_pointed (one round trip on a standalone Redis) answers as its
+    two steps do: position, the receiver's seq and session; the send's claim
+    first, idempotent by message id."""
+    await store.claim_session(SessionRecord(2, "s2", "server-a", connected=True), ttl=10)
+    await store.append_pointers([PointerItem(2, "p:2:5", 1, "older")], KEEP_ALL)  # seq 1
+    items = [PointedItem(item, 2) for item in conv("p:1:2", "m1", "m2", sender=1)]
+    items.append(PointedItem(conv("p:2:3", "m3")[0], 3))
+    first = await store.append_pointed(items, KEEP_ALL)
+    assert [a.conversation.position for a in first] == [1, 2, 1]
+    assert [a.pointer.seq if a.pointer else None for a in first] == [2, 3, 1]
+    session = first[0].pointer.session if first[0].pointer else None
+    assert session is not None and session.session_id == "s2" and session.connected
+    assert first[2].pointer is not None and first[2].pointer.session is None  # user 3: offline
+    # A retry under another message id finds the claim: nothing appended, no pointer.
+    retry = conv("p:1:2", "m9", sender=1)[0]
+    retry = ConversationItem(retry.conversation_id, "m9", b"x", items[0].conversation.send)
+    (again,) = await store.append_pointed([PointedItem(retry, 2)], KEEP_ALL)
+    assert again.pointer is None and again.conversation.earlier == SendClaim("m1", None, b"d")
+    # The earlier attempt's id again, without a claim: same position, same seq.
+    unclaimed = ConversationItem("p:1:2", "m1", b"body-m1")
+    (redone,) = await store.append_pointed([PointedItem(unclaimed, 2)], KEEP_ALL)
+    assert redone.conversation.position == 1 and redone.pointer is not None
+    assert redone.pointer.seq == 2
+    page = await store.read_inbox(2, 1, 10, KEEP_ALL)
+    assert [(e.seq, e.conversation_id, e.position, e.payload) for e in page.entries] == [
+        (2, "p:1:2", 1, b"body-m1"),
+        (3, "p:1:2", 2, b"body-m2"),
+    ]
+    history = await store.read_history("p:1:2", 0, 10, KEEP_ALL)
+    assert [e.position for e in history.entries] == [2, 1]
+    assert await store.append_pointed([], KEEP_ALL) == []
 
 
 async def test_read_sends_reads_without_claiming(store: Store) -> None:

@@ -20,7 +20,7 @@ from cim.route.messages import (
     group_parcels,
     send_digest,
     settle_claims,
-    settle_conversation_claims,
+    settle_pointed,
 )
 from cim.route.servers import Parcel
 from cim.route.service import submit_result
@@ -29,6 +29,7 @@ from cim.store.base import (
     ConversationAppended,
     ConversationItem,
     InboxItem,
+    PointedAppended,
     PointerItem,
     Retention,
     SendClaim,
@@ -139,38 +140,43 @@ def test_a_retry_of_an_unfinished_send_reuses_the_earlier_id_and_its_time() -> N
     assert send.inbox_item(claim=False).message_id == EARLIER_ID
 
 
-def test_the_conversation_item_claims_the_send_only_when_asked_and_only_with_an_id() -> None:
+def test_the_pointed_item_claims_the_send_only_when_asked_and_only_with_an_id() -> None:
     send = _send()
-    claiming = send.conversation_item(claim=True)
+    item = send.pointed_item(claim=True)
+    claiming = item.conversation
+    assert item.receiver_id == 2
     assert (claiming.conversation_id, claiming.message_id) == ("p:1:2", MESSAGE_ID)
     assert claiming.send == SendKey(2, 1, "c-1", send.digest, conversation="p:1:2")
     assert common_pb2.ChatMessage.FromString(claiming.payload) == send.message
-    assert send.conversation_item(claim=False).send is None
-    assert _send(client_msg_id="").conversation_item(claim=True).send is None
+    assert send.pointed_item(claim=False).conversation.send is None
+    assert _send(client_msg_id="").pointed_item(claim=True).conversation.send is None
     # Where the code before conversations claimed it: the receiver's keys.
     assert send.legacy_key == SendKey(2, 1, "c-1", send.digest)
 
 
-def test_a_positioned_send_points_its_receiver_at_the_conversation() -> None:
+def test_a_pointed_send_takes_its_position_seq_and_session() -> None:
     send = _send()
-    send.positioned(ConversationAppended(5))
-    assert send.pointer() == PointerItem(2, "p:1:2", 5, MESSAGE_ID)
-    send.appended(Appended(seq=9, session=None))
-    assert (send.message.position, send.message.seq) == (5, 9)
+    session = SessionRecord(2, "s2", "server-a", connected=True)
+    send.pointed(PointedAppended(ConversationAppended(5), Appended(seq=9, session=session)))
+    assert (send.message.position, send.message.seq, send.session) == (5, 9, session)
+    with pytest.raises(RuntimeError):
+        _send().pointed(PointedAppended(ConversationAppended(0), None))
 
 
-def test_settle_conversation_claims_sorts_first_attempts_and_retries() -> None:
+def test_settle_pointed_sorts_first_attempts_and_retries() -> None:
     first, reused, unfinished = _send(), _send(), _send()
-    again = settle_conversation_claims(
+    again = settle_pointed(
         [first, reused, unfinished],
         [
-            ConversationAppended(4),
-            ConversationAppended(0, SendClaim(EARLIER_ID, None, b"another digest")),
-            ConversationAppended(0, SendClaim(EARLIER_ID, None)),
+            PointedAppended(ConversationAppended(4), Appended(seq=7, session=None)),
+            PointedAppended(
+                ConversationAppended(0, SendClaim(EARLIER_ID, None, b"another digest")), None
+            ),
+            PointedAppended(ConversationAppended(0, SendClaim(EARLIER_ID, None)), None),
         ],
     )
     assert again == [unfinished]
-    assert first.in_flight and first.message.position == 4
+    assert first.in_flight and (first.message.position, first.message.seq) == (4, 7)
     assert isinstance(reused.result, FailedPrecondition)
     assert unfinished.message.message_id == EARLIER_ID
 
