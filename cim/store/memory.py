@@ -143,6 +143,8 @@ class MemoryStore:
         self._group_numbers = count(1)
         # group id -> its record (the conversation holds its log).
         self._groups: dict[str, Group] = {}
+        # Deleted groups: when they are gone.
+        self._group_expires: dict[str, float] = {}
         # user id -> (creations in the window, window ends at)
         self._creations: dict[int, tuple[int, float]] = {}
         # user id -> {group number: group id}
@@ -355,7 +357,7 @@ class MemoryStore:
         now = self._clock()
         appended = []
         for item in items:
-            group = self._groups.get(item.conversation_id) if item.group_sender else None
+            group = self._group(item.conversation_id) if item.group_sender else None
             if item.group_sender:
                 if group is None or item.group_sender not in group.members:
                     appended.append(ConversationAppended(0, refused=NOT_A_MEMBER))
@@ -423,6 +425,7 @@ class MemoryStore:
     async def read_history(
         self, conversation_id: str, before: int, limit: int, retention: Retention
     ) -> HistoryPage:
+        self._group(conversation_id)  # a deleted group's history goes with it
         conversation = self._conversations.get(conversation_id)
         if conversation is None:
             return HistoryPage([], 0, 0, more=False)
@@ -497,12 +500,22 @@ class MemoryStore:
         return made + 1
 
     async def read_group(self, group_id: str) -> Group | None:
+        return self._group(group_id)
+
+    def _group(self, group_id: str) -> Group | None:
+        """The group, unless it was deleted longer ago than the history's
+        max age: then it is gone, history and all (Redis expires its keys)."""
+        expires = self._group_expires.get(group_id)
+        if expires is not None and expires <= self._clock():
+            del self._group_expires[group_id]
+            self._groups.pop(group_id, None)
+            self._conversations.pop(group_id, None)
         return self._groups.get(group_id)
 
     async def apply_group(
         self, change: Change, event_id: str, event: bytes, retention: Retention
     ) -> int | None:
-        current = self._groups.get(change.group_id)
+        current = self._group(change.group_id)
         if (current.version if current is not None else 0) != change.version:
             return None
         (appended,) = await self.append_conversations(
@@ -529,6 +542,8 @@ class MemoryStore:
             members,
             left,
         )
+        if self._groups[change.group_id].deleted:
+            self._group_expires[change.group_id] = self._clock() + retention.history_max_age
         return position
 
     async def count_groups(self, user_ids: Sequence[int]) -> list[int]:

@@ -597,7 +597,8 @@ return pointed
 # body (time + payload), now_ms, max_messages, max_age_ms, then n and n
 # (user id, role) pairs to set, m and m user ids to drop, k and k (field,
 # value) pairs of meta. Returns {position, version}, or {0, version} when the
-# group is not at the expected version (nothing written).
+# group is not at the expected version (nothing written). Once the group is
+# deleted, its keys expire after the history's max age.
 _GROUP_APPLY = _lua(
     _TRIM
     + """
@@ -635,6 +636,13 @@ for j = 1, n do
 end
 redis.call('HSET', KEYS[1], '$ver', version + 1)
 trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[5]), tonumber(ARGV[4]) - tonumber(ARGV[6]))
+if redis.call('HGET', KEYS[1], '$deleted') == '1' then
+  -- A deleted group's members may read its history for the retention age;
+  -- then its keys go (nothing writes to it any more).
+  for _, name in ipairs(KEYS) do
+    redis.call('PEXPIRE', name, math.max(1, tonumber(ARGV[6])))
+  end
+end
 return {position, version + 1}
 """
 )

@@ -961,6 +961,23 @@ async def test_renames_and_deletes_change_the_meta(store: Store) -> None:
     assert (group.name, group.deleted, group.version) == ("new", True, 3)
 
 
+async def test_a_deleted_group_is_gone_after_the_history_max_age(store: Store) -> None:
+    short = Retention(history_max_age=0.4)
+    await store.apply_group(_created(4, 1, 2), "e1", b"c", short)
+    await store.apply_group(groups.delete(await store.read_group("g:4"), 1), "e2", b"d", short)
+    # Its members may still read it for a while...
+    assert (await store.read_history("g:4", 0, 10, Retention())).head == 2
+    deleted = await store.read_group("g:4")
+    assert deleted is not None and deleted.deleted
+    await asyncio.sleep(0.6)
+    # ...then it is gone, history and all; a group never deleted stays.
+    assert await store.read_group("g:4") is None
+    assert (await store.read_history("g:4", 0, 10, Retention())).head == 0
+    await store.apply_group(_created(5, 1, 2), "e3", b"c", short)
+    await asyncio.sleep(0.6)
+    assert await store.read_group("g:5") is not None
+
+
 async def test_group_creations_are_counted_per_user(store: Store) -> None:
     assert [await store.count_group_creation(5) for _ in range(3)] == [1, 2, 3]
     assert await store.count_group_creation(6) == 1
