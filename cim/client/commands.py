@@ -56,6 +56,8 @@ class ChangeGroup:
     group_id: str
     user_ids: tuple[int, ...] = ()
     name: str = ""
+    # SetAdmin: appoint (True) or step down (False).
+    admin: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     (":gleave g:N", "leave a group (an owner hands it over first)"),
     (":grename g:N <name>", "rename a group (owner)"),
     (":gdelete g:N", "delete a group (owner)"),
+    (":gadmin g:N <userId> [off]", "make a member an admin, or no longer (owner)"),
+    (":gowner g:N <userId>", "hand the group over to a member (owner)"),
     (":gmembers g:N [after userId]", "list a group's members"),
     (":groups", "list your groups"),
     (":all", "list all commands (also :help)"),
@@ -283,6 +287,8 @@ _GROUP_COMMANDS = {
     ":gleave",
     ":grename",
     ":gdelete",
+    ":gadmin",
+    ":gowner",
     ":gmembers",
     ":groups",
 }
@@ -329,6 +335,14 @@ def _parse_group_command(name: str, rest: str) -> Command:
         if not others or not others[0].strip():
             raise CommandError(usage)
         return ChangeGroup("RenameGroup", group_id, name=others[0].strip())
+    if name in (":gadmin", ":gowner"):
+        off = name == ":gadmin" and len(others) == 2 and others[1] == "off"
+        if len(others) != 1 + off:
+            raise CommandError(usage)
+        (user_id,) = _user_ids(others[:1], usage)
+        if name == ":gowner":
+            return ChangeGroup("TransferOwnership", group_id, (user_id,))
+        return ChangeGroup("SetAdmin", group_id, (user_id,), admin=not off)
     if name == ":gmembers":
         if len(others) > 1:
             raise CommandError(usage)

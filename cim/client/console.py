@@ -177,10 +177,16 @@ class Console:
                     f"created group {made.group.group_id} {made.group.name!r} "
                     f"with {made.group.member_count} member(s)"
                 )
-            case commands.ChangeGroup(method=method, group_id=group_id, user_ids=ids, name=name):
+            case commands.ChangeGroup(
+                method=method, group_id=group_id, user_ids=ids, name=name, admin=admin
+            ):
                 fields: dict[str, object] = {"group_id": group_id}
-                if ids:
+                if method in ("SetAdmin", "TransferOwnership"):
+                    fields["user_id"] = ids[0]
+                elif ids:
                     fields["user_ids"] = list(ids)
+                if admin is not None:
+                    fields["admin"] = admin
                 if name:
                     fields["name"] = name
                 changed = await self.client.change_group(method, **fields)

@@ -176,6 +176,29 @@ async def test_every_limit_is_refused_with_resource_exhausted(raw, fails):
         assert err.details() == "3 groups created in the last minute: the limit is 3"
 
 
+async def test_the_console_appoints_admins_and_hands_a_group_over(rr, tmp_path, capsys):
+    ann = await rr.client("ann")
+    bob = await rr.client("bob")
+    console = Console(ann, ChatLog(tmp_path, "ann"), interactive=False)
+    for line in (
+        f":gcreate crew;;{bob.user_id}",
+        f":gadmin g:1 {bob.user_id}",
+        f":gadmin g:1 {bob.user_id} off",
+        f":gowner g:1 {bob.user_id}",
+        ":gmembers g:1",
+    ):
+        command = commands.parse(line)
+        assert command is not None
+        await console.execute(command)
+    with pytest.raises(PermissionDenied, match="only the owner of group g:1 may"):
+        await console.execute(commands.parse(":gdelete g:1"))  # no longer the owner
+    out = capsys.readouterr().out
+    assert "* g:1: ann made bob an admin" in out
+    assert "* g:1: ann made bob a member again" in out
+    assert "* g:1: ann handed the group over to bob" in out
+    assert f"  {bob.user_id}  owner" in out and f"  {ann.user_id}  admin" in out
+
+
 async def test_the_console_runs_group_commands(rr, tmp_path, capsys):
     ann = await rr.client("ann")
     bob = await rr.client("bob")

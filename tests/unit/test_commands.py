@@ -227,6 +227,9 @@ def test_group_commands_parse() -> None:
     assert parse(":gmembers g:7") == ListMembers("g:7")
     assert parse(":gmembers g:7 12") == ListMembers("g:7", 12)
     assert parse(":groups") == ListGroups()
+    assert parse(":gadmin g:7 3") == ChangeGroup("SetAdmin", "g:7", (3,), admin=True)
+    assert parse(":gadmin g:7 3 off") == ChangeGroup("SetAdmin", "g:7", (3,), admin=False)
+    assert parse(":gowner g:7 3") == ChangeGroup("TransferOwnership", "g:7", (3,))
 
 
 @pytest.mark.parametrize(
@@ -241,6 +244,11 @@ def test_group_commands_parse() -> None:
         (":grename g:7", "usage: :grename"),
         (":gmembers g:7 1 2", "usage: :gmembers"),
         (":groups mine", "no arguments"),
+        (":gadmin g:7", r"usage: :gadmin g:N <userId> \[off\]"),
+        (":gadmin g:7 3 on", "usage: :gadmin"),
+        (":gadmin g:7 3 4", "usage: :gadmin"),
+        (":gowner g:7", "usage: :gowner"),
+        (":gowner g:7 x", "got 'x'"),
     ],
 )
 def test_group_commands_refuse_bad_input(line: str, message: str) -> None:
@@ -250,5 +258,15 @@ def test_group_commands_refuse_bad_input(line: str, message: str) -> None:
 
 def test_every_group_command_is_listed() -> None:
     listed = " ".join(syntax for syntax, _ in COMMANDS)
-    for name in (":gcreate", ":gadd", ":gremove", ":gleave", ":gmembers", ":groups", "g:N;;"):
+    for name in (
+        ":gcreate",
+        ":gadd",
+        ":gremove",
+        ":gleave",
+        ":gadmin",
+        ":gowner",
+        ":gmembers",
+        ":groups",
+        "g:N;;",
+    ):
         assert name in listed
