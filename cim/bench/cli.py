@@ -10,12 +10,21 @@ from pathlib import Path
 import click
 
 
+def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    from cim.bench.records import parse_sizes
+
+    try:
+        return parse_sizes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command()
 @click.option(
     "--scenarios",
     envvar="CIM_BENCH_SCENARIOS",
-    default="ceiling,private,group,connections,login",
-    help="Comma list from ceiling, private, group, connections, login.",
+    default="ceiling,private,group,connections,login,groups,history",
+    help="Comma list from ceiling, private, group, connections, login, groups, history.",
 )
 @click.option(
     "--users",
@@ -36,7 +45,10 @@ import click
     envvar="CIM_BENCH_DURATION",
     default=8.0,
     type=click.FloatRange(min=0.1),
-    help="Seconds of each private-message phase (ceilings: at most 5).",
+    help=(
+        "Seconds of each private-message phase (at most: ceilings 5, sustained group sends 3,"
+        " concurrent history reads 2)."
+    ),
 )
 @click.option(
     "--fanout-users",
@@ -58,6 +70,20 @@ import click
     default=1000,
     type=click.IntRange(min=1),
     help="Logins of the login storm.",
+)
+@click.option(
+    "--group-sizes",
+    envvar="CIM_BENCH_GROUP_SIZES",
+    default="100,1000",
+    callback=_sizes,
+    help="Comma list of group sizes (members, half of them online) for the groups scenario.",
+)
+@click.option(
+    "--history-messages",
+    envvar="CIM_BENCH_HISTORY_MESSAGES",
+    default=2000,
+    type=click.IntRange(min=2),
+    help="Messages in the conversation whose history pages are read.",
 )
 @click.option(
     "--output",
@@ -87,6 +113,8 @@ def bench(
     fanout_users: int,
     connections: int,
     logins: int,
+    group_sizes: tuple[int, ...],
+    history_messages: int,
     output: Path,
     no_uvloop: bool,
     redis_fsync: str,
@@ -113,6 +141,8 @@ def bench(
             fanout_users=fanout_users,
             connections=connections,
             logins=logins,
+            group_sizes=group_sizes,
+            history_messages=history_messages,
             use_uvloop=not no_uvloop,
             redis_fsync=redis_fsync,
             metrics=metrics,

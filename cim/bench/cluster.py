@@ -216,10 +216,15 @@ class BenchCluster:
         return env
 
     def start_cim(
-        self, servers: int = 2, routes: int = 1, routing: str = "round-robin"
+        self,
+        servers: int = 2,
+        routes: int = 1,
+        routing: str = "round-robin",
+        group_max_members: int | None = None,
     ) -> Deployment:
         """Starts routes and chat servers under a fresh ZooKeeper root and Redis
-        key prefix; returns once each is SERVING and registered in ZooKeeper."""
+        key prefix; returns once each is SERVING and registered in ZooKeeper.
+        ``group_max_members``: the routes' --group-max-members (default: theirs)."""
         if self.deployment is not None:
             raise ClusterError("stop the running cim processes first (stop_cim)")
         self.start_backends()
@@ -259,6 +264,11 @@ class BenchCluster:
                 # users in from this one address; messages keep the default limit.
                 "--max-logins-per-sec",
                 "0",
+                *(
+                    ("--group-max-members", str(group_max_members))
+                    if group_max_members is not None
+                    else ()
+                ),
                 *common,
                 *self._metrics_flag(metrics_ports, i - 1),
             ]

@@ -1,6 +1,6 @@
 """The load generator: one scenario against a running cluster, in its own process.
 
-    python -m cim.bench.load private|group|connections|login --params JSON
+    python -m cim.bench.load private|group|connections|login|groups|history --params JSON
 
 It talks to the cluster with raw stubs: one channel to the route shared by all
 users (Login, and the unary send path), and for each user its own channel (its
@@ -60,7 +60,7 @@ from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2, route_pb2, route_p
 
 log = logging.getLogger("cim.bench.load")
 
-SCENARIOS = ("private", "group", "connections", "login")
+SCENARIOS = ("private", "group", "connections", "login", "groups", "history")
 PASSWORD = "bench-password"
 # How long one message may take before it counts as lost.
 MESSAGE_TIMEOUT = 5.0
@@ -251,7 +251,7 @@ class Population:
             await user.login(self.route)
             await user.connect(self._channel_for(user.server_address), self.on_frame)
         except (grpc.aio.AioRpcError, RuntimeError, TimeoutError) as exc:
-            self.errors[_error_name(exc)] += 1
+            self.errors[error_name(exc)] += 1
             log.warning("user %s could not join: %s", user.name, exc)
             user.close()
             return False
@@ -321,7 +321,7 @@ class Population:
         await self.route_channel.close()
 
 
-def _error_name(exc: BaseException) -> str:
+def error_name(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return str(exc.code().name)
     if isinstance(exc, StreamRefused):
@@ -442,7 +442,7 @@ class PrivateBench:
         except TimeoutError:
             phase.errors["timeout"] += 1
         except grpc.aio.AioRpcError as exc:
-            phase.errors[_error_name(exc)] += 1
+            phase.errors[error_name(exc)] += 1
         except _Counted:
             pass
         finally:
@@ -685,7 +685,7 @@ class LoginBench:
                         timeout=RPC_TIMEOUT,
                     )
                 except grpc.aio.AioRpcError as exc:
-                    errors[_error_name(exc)] += 1
+                    errors[error_name(exc)] += 1
                     continue
                 latencies.append(time.perf_counter_ns() - started)
 
@@ -742,9 +742,18 @@ BENCHES: dict[str, Callable[[Params, Reporter], Bench]] = {
 }
 
 
+def bench_for(scenario: str) -> Callable[[Params, Reporter], Bench]:
+    if scenario in BENCHES:
+        return BENCHES[scenario]
+    # Imported here: groups and history (cim.bench.conversations) build on this module.
+    from cim.bench import conversations
+
+    return conversations.BENCHES[scenario]
+
+
 async def run_scenario(scenario: str, params: Params) -> LoadRun:
     reporter = Reporter(bool(params.get("interactive", False)))
-    bench = BENCHES[scenario](params, reporter)
+    bench = bench_for(scenario)(params, reporter)
     started = time.perf_counter()
     result = await bench.run()
     result.wall_s = time.perf_counter() - started

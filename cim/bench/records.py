@@ -10,7 +10,7 @@ back with :func:`decode`; the runner puts them together in a
     ├── options: BenchOptions       what was asked for
     ├── scrypt: ScryptCost          what one password hash costs here
     ├── ceilings: Ceilings          bare gRPC: unary, streaming, relay, relay_fixed, stream_memory
-    ├── scenarios: Scenarios        cim: private, group, connections, login
+    ├── scenarios: Scenarios        cim: private, group, connections, login, groups, history
     └── errors                      what failed (that part is None, named in *.failed)
 
 Every scenario record carries the CPU and memory of every process of the
@@ -30,8 +30,39 @@ from cim.bench.procstats import ProcStats
 
 T = TypeVar("T")
 
-ALL_SCENARIOS = ("ceiling", "private", "group", "connections", "login")
+ALL_SCENARIOS = ("ceiling", "private", "group", "connections", "login", "groups", "history")
 REDIS_FSYNC = ("off", "everysec", "always")
+# Smallest group of the groups scenario: a sender and a receiver online, two
+# members offline; the largest a route allows (--group-max-members).
+GROUP_SIZE_MIN = 4
+GROUP_SIZE_MAX = 10_000
+# Conversations the history scenario can read: "group" once Route.History
+# serves groups (it answers NOT_FOUND for them until then).
+HISTORY_KINDS = ("private", "group")
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """``"100,1000"`` -> ``(100, 1000)``: group sizes, each between
+    GROUP_SIZE_MIN and GROUP_SIZE_MAX, in the order given, no repeats."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ValueError("no group size given")
+    sizes: list[int] = []
+    for part in parts:
+        try:
+            size = int(part)
+        except ValueError:
+            raise ValueError(f"group size {part!r} is not a whole number") from None
+        _check_size(size)
+        if size in sizes:
+            raise ValueError(f"group size {size} is given twice")
+        sizes.append(size)
+    return tuple(sizes)
+
+
+def _check_size(size: int) -> None:
+    if not GROUP_SIZE_MIN <= size <= GROUP_SIZE_MAX:
+        raise ValueError(f"group size {size} is out of range {GROUP_SIZE_MIN}-{GROUP_SIZE_MAX:,}")
 
 
 @dataclass(frozen=True)
@@ -56,10 +87,39 @@ class BenchOptions:
     redis_fsync: str = "off"
     # Every cim process serves Prometheus metrics, scraped once a second.
     metrics: bool = False
+    # Groups with members, half of each online (see cim.bench.conversations).
+    group_sizes: tuple[int, ...] = (100, 1000)
+    # Sends timed one at a time, per size.
+    group_sends: int = 30
+    # Group messages an offline member has when it logs in (the timed sends count).
+    group_stored: int = 100
+    # Offline members whose login and replay are timed, one after another.
+    group_replays: int = 3
+    # The sustained group phase: seconds (default: min(duration, 3)), online
+    # members sending, and the sends each has awaiting their results.
+    group_sustain_s: float | None = None
+    group_senders: int = 4
+    group_window: int = 1
+    # Messages in each conversation whose history is read, and the reads timed.
+    history_messages: int = 2000
+    history_reads: int = 200
+    history_kinds: tuple[str, ...] = ("private",)
 
     def __post_init__(self) -> None:
         if self.redis_fsync not in REDIS_FSYNC:
             raise ValueError(f"redis fsync must be one of {', '.join(REDIS_FSYNC)}")
+        for size in self.group_sizes:
+            _check_size(size)
+        counts = (self.group_sends, self.group_replays, self.group_senders, self.group_window)
+        if min(counts) < 1 or self.history_reads < 1:
+            raise ValueError(
+                "group sends, replays, senders and window, and history reads must be at least 1"
+            )
+        if self.history_messages < 2:
+            raise ValueError("a conversation whose history is read needs 2 messages at least")
+        unknown_kinds = set(self.history_kinds) - set(HISTORY_KINDS)
+        if unknown_kinds or not self.history_kinds:
+            raise ValueError(f"history kinds must be among {', '.join(HISTORY_KINDS)}")
         unknown = set(self.scenarios) - set(ALL_SCENARIOS)
         if unknown:
             raise ValueError(
@@ -345,6 +405,120 @@ class LoginResult(LoadRun, Measured):
         return sum(storm.errors for storm in (self.default, self.cheap) if storm is not None)
 
 
+@dataclass(kw_only=True)
+class GroupSeries:
+    """Sends one at a time, each from its send until the last online member
+    has it (``to_last_ms``); ``spread_ms``: from the first online member's
+    copy to the last one's."""
+
+    sends: int
+    # Sends every online member received (within MESSAGE_TIMEOUT).
+    complete: int
+    to_first_ms: Latency
+    to_last_ms: Latency
+    spread_ms: Latency
+    fastest_ms: float
+    # From the send to its result on the sender's stream (stored and pushed).
+    accept_ms: Latency
+
+
+@dataclass(kw_only=True)
+class GroupSustained:
+    """Several online members send to the group as fast as it accepts them
+    (a window of sends awaiting their results each, under the per-user rate
+    limit); deliveries = messages x online members but their sender."""
+
+    senders: int
+    in_flight_per_sender: int
+    rate_cap_per_sender: float
+    sending_s: float
+    accepted: int
+    deliveries: int
+    expected_deliveries: int
+    # From the first send to the last delivery.
+    elapsed_s: float
+    deliveries_per_s: float
+    msgs_per_s: float
+    # From a send to each online member's copy.
+    delivery_ms: Latency
+    accept_ms: Latency
+
+
+@dataclass(kw_only=True)
+class GroupReplay:
+    """Offline members log in one after another, each after ``stored`` group
+    messages were sent while it was away: from its Login call to ReplayDone
+    on its new stream (every stored message comes before it)."""
+
+    stored: int
+    logins: int
+    # Group messages each login replayed (the fewest of them).
+    replayed: int
+    to_replay_done_ms: Latency
+    # The Login call alone (its password check included).
+    login_ms: Latency
+
+
+@dataclass(kw_only=True)
+class GroupSize:
+    """One group of ``members``: half of them (``online``, the sender among
+    them) connected on chat streams, the rest offline."""
+
+    members: int
+    online: int
+    receivers: int  # online members but the sender
+    group_id: str
+    joined: Joined
+    create_ms: float
+    series: GroupSeries
+    replay: GroupReplay
+    sustained: GroupSustained
+    errors: int
+    error_kinds: dict[str, int]
+    load_cpu_s: float
+
+
+@dataclass(kw_only=True)
+class GroupsResult(LoadRun, Measured):
+    sizes: list[GroupSize]
+
+    def errors(self) -> int:
+        return sum(size.errors for size in self.sizes)
+
+
+@dataclass(kw_only=True)
+class HistoryConversation:
+    """Pages of one conversation's history (Route.History) read by a member:
+    one at a time, then ``concurrency`` in flight for ``load_s``."""
+
+    kind: str  # "private" or "group"
+    conversation_id: str
+    # Its last position when read (every message, membership events included).
+    head_position: int
+    fill_s: float
+    page_limit: int
+    reads: int
+    # One read at a time, half from the newest, half from a random position.
+    page_ms: Latency
+    newest_page_ms: Latency
+    older_page_ms: Latency
+    concurrency: int
+    load_s: float
+    load_reads: int
+    load_reads_per_s: float
+    load_ms: Latency
+    errors: int
+    error_kinds: dict[str, int]
+
+
+@dataclass(kw_only=True)
+class HistoryResult(LoadRun, Measured):
+    conversations: list[HistoryConversation]
+
+    def errors(self) -> int:
+        return sum(conversation.errors for conversation in self.conversations)
+
+
 @dataclass
 class Scenarios:
     """What was run; a scenario not run or failed is None (``failed``: why)."""
@@ -353,6 +527,8 @@ class Scenarios:
     group: GroupResult | None = None
     connections: ConnectionsResult | None = None
     login: LoginResult | None = None
+    groups: GroupsResult | None = None
+    history: HistoryResult | None = None
     failed: dict[str, str] = field(default_factory=dict)
 
 

@@ -21,6 +21,8 @@ from cim.bench.records import (
     BenchResults,
     ConnectionsResult,
     GroupResult,
+    GroupSize,
+    HistoryConversation,
     Latency,
     LoginResult,
     LoginStorm,
@@ -260,6 +262,32 @@ CONNECTIONS_ROWS: tuple[Row[ConnectionsResult], ...] = (
 )  # fmt: skip
 
 
+# Groups with members, one set of rows per size (issue 12 sets no target but
+# no errors; deliveries/s is put next to the streaming ceiling as the
+# broadcast fan-out's is).
+GROUPS_ROWS: tuple[Row[GroupSize], ...] = (
+    Row("{size}: to last of {receivers} online, p50", "ms", lambda g, _: g.series.to_last_ms.p50),
+    Row("{size}: to last of {receivers} online, p99", "ms", lambda g, _: g.series.to_last_ms.p99),
+    Row("{size}: first to last online, p50", "ms", lambda g, _: g.series.spread_ms.p50),
+    Row("{size}: deliveries/s sustained", "/s", lambda g, _: g.sustained.deliveries_per_s,
+        lambda g, b: b.streaming_msgs, "streaming"),
+    Row("{size}: offline login to replay of {stored}, p50", "ms",
+        lambda g, _: g.replay.to_replay_done_ms.p50),
+    Row("{size}: offline login to replay of {stored}, max", "ms",
+        lambda g, _: g.replay.to_replay_done_ms.max),
+    Row("{size}: errors", "", lambda g, _: g.errors, target=NO_ERRORS),
+)  # fmt: skip
+
+HISTORY_ROWS: tuple[Row[HistoryConversation], ...] = (
+    Row("{kind}, {head} msgs: page of {limit} p50", "ms", lambda h, _: h.page_ms.p50),
+    Row("{kind}, {head} msgs: page of {limit} p99", "ms", lambda h, _: h.page_ms.p99),
+    Row("{kind}: pages/s ({concurrency} in flight)", "/s", lambda h, _: h.load_reads_per_s,
+        lambda h, b: b.unary_calls, "unary"),
+    Row("{kind}: p99 with {concurrency} in flight", "ms", lambda h, _: h.load_ms.p99),
+    Row("{kind}: errors", "", lambda h, _: h.errors, target=NO_ERRORS),
+)  # fmt: skip
+
+
 def _logins(storm: LoginStorm | None) -> float | None:
     return _of(storm, lambda s: s.logins_per_s)
 
@@ -343,6 +371,23 @@ def figures(results: BenchResults) -> list[Figure]:
     if runs.login is not None:
         labels = _login_labels(runs.login, results)
         rows += _rows("login", runs.login, LOGIN_ROWS, bounds, labels)
+    if runs.groups is not None:
+        for size in runs.groups.sizes:
+            labels = {
+                "size": f"{size.members:,} members",
+                "receivers": size.receivers,
+                "stored": size.replay.stored,
+            }
+            rows += _rows("groups", size, GROUPS_ROWS, bounds, labels)
+    if runs.history is not None:
+        for conversation in runs.history.conversations:
+            labels = {
+                "kind": conversation.kind,
+                "head": f"{conversation.head_position:,}",
+                "limit": conversation.page_limit,
+                "concurrency": conversation.concurrency,
+            }
+            rows += _rows("history", conversation, HISTORY_ROWS, bounds, labels)
     rows += [Figure(name, "FAILED (see errors)", None, passed=False) for name in runs.failed]
     return rows
 
@@ -431,6 +476,8 @@ def _cpu_lines(results: BenchResults) -> list[str]:
         "group": runs.group,
         "login": runs.login,
         "connections": runs.connections,
+        "groups": runs.groups,
+        "history": runs.history,
     }
     lines = []
     for scenario, outcome in measured.items():

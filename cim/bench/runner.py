@@ -3,8 +3,9 @@ scenarios on a real cluster, collected in one :class:`BenchResults` (see
 :mod:`cim.bench.report` for the figures, ratios and targets).
 
 Order: ceilings first (nothing else running); then a cluster with one route and
-two chat servers (round-robin routing) for the private, group and login
-scenarios; then a fresh deployment with one chat server for the connections
+two chat servers (round-robin routing) for the private, group, login, groups
+and history scenarios (the last two after the others: they leave groups and
+long conversations in the store); then a fresh deployment with one chat server for the connections
 scenario. Everything is stopped when the run ends, fails or is interrupted.
 """
 
@@ -154,7 +155,9 @@ def run(options: BenchOptions, progress: Progress | None = None) -> BenchResults
         results.ceilings = run_ceilings(options, step)
         results.errors += [f"ceiling {key}: {why}" for key, why in results.ceilings.failed.items()]
 
-    cluster_scenarios = [s for s in ("private", "group", "login") if s in wanted]
+    cluster_scenarios = [
+        s for s in ("private", "group", "login", "groups", "history") if s in wanted
+    ]
     with contextlib.ExitStack() as stack:
         if options.workdir is not None:
             workdir = options.workdir
@@ -173,7 +176,9 @@ def run(options: BenchOptions, progress: Progress | None = None) -> BenchResults
             cluster.start_backends()
             if cluster_scenarios:
                 step("starting a route and 2 chat servers")
-                deployment = cluster.start_cim(servers=2, routing="round-robin")
+                deployment = cluster.start_cim(
+                    servers=2, routing="round-robin", group_max_members=_group_limit(options)
+                )
                 ctx = scenarios.Context(cluster, deployment, workdir, options.use_uvloop, step)
                 for name in cluster_scenarios:
                     _scenario(results, name, partial(_run_one, ctx, name, options))
@@ -202,7 +207,39 @@ def _run_one(ctx: scenarios.Context, name: str, options: BenchOptions) -> Measur
         return scenarios.group(ctx, options.fanout_users, options.fanout_repeats)
     if name == "login":
         return scenarios.login(ctx, options.logins, options.login_concurrency)
+    if name == "groups":
+        return scenarios.groups(
+            ctx,
+            options.group_sizes,
+            options.group_sends,
+            options.group_stored,
+            options.group_replays,
+            _phase_seconds(options.group_sustain_s, options.duration, 3.0),
+            options.group_senders,
+            options.group_window,
+        )
+    if name == "history":
+        return scenarios.history(
+            ctx,
+            options.history_messages,
+            options.history_reads,
+            options.history_kinds,
+            _phase_seconds(None, options.duration, 2.0),
+        )
     raise ValueError(f"unknown scenario {name}")
+
+
+def _phase_seconds(asked: float | None, duration: float, most: float) -> float:
+    """A phase's length: as asked, else the run's duration, at most ``most``."""
+    return asked if asked is not None else min(duration, most)
+
+
+def _group_limit(options: BenchOptions) -> int | None:
+    """The route's --group-max-members when a group size is over its default."""
+    from cim.core.groups import Limits
+
+    largest = max(options.group_sizes) if "groups" in options.scenarios else 0
+    return largest if largest > Limits().max_members else None
 
 
 def _scenario(results: BenchResults, name: str, work: Callable[[], Measured]) -> None:

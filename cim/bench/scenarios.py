@@ -24,6 +24,8 @@ from cim.bench.records import (
     ConnectionsPart,
     ConnectionsResult,
     GroupResult,
+    GroupsResult,
+    HistoryResult,
     LoadRun,
     LoginResult,
     PrivateResult,
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 # The parameters of a load process (JSON on its command line: see cim.bench.load).
 Params = dict[str, Any]
-R = TypeVar("R", PrivateResult, GroupResult, LoginResult)
+R = TypeVar("R", PrivateResult, GroupResult, LoginResult, GroupsResult, HistoryResult)
 
 # Connections one load process holds at most (each is a socket of its own).
 CONNECTIONS_PER_LOAD = 2500
@@ -214,6 +216,63 @@ def login(ctx: Context, logins: int, concurrency: int = 64) -> LoginResult:
     params = {**ctx.base_params(), "logins": logins, "concurrency": concurrency}
     # Each default login costs one scrypt n=2^14 (~0.1 s of one core).
     return run_load(ctx, "login", params, 60.0 + logins * 0.2, LoginResult)
+
+
+def groups(
+    ctx: Context,
+    sizes: tuple[int, ...],
+    sends: int = 30,
+    stored: int = 100,
+    replays: int = 3,
+    sustain_s: float = 3.0,
+    senders: int = 4,
+    window: int = 1,
+) -> GroupsResult:
+    """Per size M, a group of M members (half online) created through the
+    Groups service: sends timed one at a time, the replay of offline members
+    at login, deliveries/s sustained (:mod:`cim.bench.conversations`)."""
+    params = {
+        **ctx.base_params(),
+        "sizes": list(sizes),
+        "sends": sends,
+        "stored": stored,
+        "replays": replays,
+        "sustain_s": sustain_s,
+        "senders": senders,
+        "window": window,
+        "streams_per_channel": STREAMS_PER_CHANNEL,
+    }
+    # Per size: joins, the series (a send may wait 5 s), the fill and the
+    # sustained phase with their drains, the replays.
+    per_size = 30.0 + 6 * sends + 2 * stored / 10 + sustain_s + 20 + 40 * replays
+    timeout = 60.0 + sum(sizes) / 20 + len(sizes) * per_size
+    return run_load(ctx, "groups", params, timeout, GroupsResult)
+
+
+def history(
+    ctx: Context,
+    messages: int,
+    reads: int = 200,
+    kinds: tuple[str, ...] = ("private",),
+    load_s: float = 2.0,
+    limit: int = 50,
+    concurrency: int = 64,
+) -> HistoryResult:
+    """Two users fill a conversation of each kind with M messages; one of
+    them reads pages of its history, one at a time, then many in flight."""
+    params = {
+        **ctx.base_params(),
+        "messages": messages,
+        "reads": reads,
+        "kinds": list(kinds),
+        "load_s": load_s,
+        "limit": limit,
+        "concurrency": concurrency,
+    }
+    # The fill is paced under the per-user rate limit (two senders).
+    fill = messages / 150
+    timeout = 60.0 + len(kinds) * (fill + reads * 0.1 + load_s + 30)
+    return run_load(ctx, "history", params, timeout, HistoryResult)
 
 
 def connections(ctx: Context, count: int, in_flight: int = 200) -> ConnectionsResult:

@@ -356,3 +356,11 @@ def test_bench_checks_its_options(tmp_path: Path) -> None:
     assert_fails(invoke("bench", "--scenarios", "private,nope"), 2, "unknown scenario(s) nope")
     assert_fails(invoke("bench", "--users", "1"), 2, "--users")
     assert_fails(invoke("bench", "--redis-fsync", "sometimes"), 2, "--redis-fsync")
+    assert_fails(
+        invoke("bench", "--group-sizes", "100,3"),
+        2,
+        "--group-sizes",
+        "group size 3 is out of range 4-10,000",
+    )
+    assert_fails(invoke("bench", "--group-sizes", "100,100"), 2, "group size 100 is given twice")
+    assert_fails(invoke("bench", "--history-messages", "1"), 2, "--history-messages")

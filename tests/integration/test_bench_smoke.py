@@ -76,6 +76,10 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
             "50",
             "--logins",
             "20",
+            "--group-sizes",
+            "6,12",
+            "--history-messages",
+            "120",
             "--output",
             str(output),
         ],
@@ -104,7 +108,14 @@ def test_every_scenario_has_positive_figures(bench_run: BenchRun) -> None:
 
     scenarios = results["scenarios"]
     assert scenarios["failed"] == {} and results["ceilings"]["failed"] == {}
-    assert set(scenarios) - {"failed"} == {"private", "group", "connections", "login"}
+    assert set(scenarios) - {"failed"} == {
+        "private",
+        "group",
+        "connections",
+        "login",
+        "groups",
+        "history",
+    }
     private = scenarios["private"]
     assert private["users"] == 10
     for path in ("stream", "unary"):
@@ -136,12 +147,38 @@ def test_every_scenario_has_positive_figures(bench_run: BenchRun) -> None:
         assert login[variant]["logins_per_s"] > 0
     assert results["scrypt"]["ms_per_hash"] > 0
 
+    sizes = scenarios["groups"]["sizes"]
+    assert [size["members"] for size in sizes] == [6, 12]
+    for size in sizes:
+        members = size["members"]
+        assert size["errors"] == 0, size["error_kinds"]
+        # Half of the members online, the sender among them; every send reached each of them.
+        assert size["online"] == members // 2 and size["receivers"] == members // 2 - 1
+        assert size["group_id"].startswith("g:")
+        series = size["series"]
+        assert series["sends"] == series["complete"] == 30
+        assert 0 < series["to_first_ms"]["p50"] <= series["to_last_ms"]["p50"]
+        sustained = size["sustained"]
+        assert sustained["accepted"] > 0 and sustained["deliveries_per_s"] > 0
+        assert sustained["deliveries"] == sustained["expected_deliveries"]
+        assert sustained["expected_deliveries"] == sustained["accepted"] * size["receivers"]
+        # Each returning member had every group message sent while it was away.
+        replay = size["replay"]
+        assert replay["logins"] == 3 and replay["replayed"] == replay["stored"] == 100
+        assert replay["to_replay_done_ms"]["p50"] > replay["login_ms"]["p50"] > 0
+
+    (history,) = scenarios["history"]["conversations"]
+    assert history["kind"] == "private" and history["errors"] == 0, history["error_kinds"]
+    assert history["head_position"] == 120
+    assert history["reads"] == 200 and history["page_ms"]["p50"] > 0
+    assert history["load_reads_per_s"] > 0 and history["load_ms"]["p99"] > 0
+
     # CPU and memory of every process, per phase and per scenario.
     everyone = {"route", "server-1", "server-2", "redis", "zookeeper", "load"}
     phase = private["phases"]["stream-max"]["processes"]
     assert everyone <= set(phase)
     assert phase["load"]["peak_rss_kb"] > 0
-    for name in ("private", "group", "login"):
+    for name in ("private", "group", "login", "groups", "history"):
         totals = scenarios[name]["processes"]["processes"]
         assert everyone <= set(totals), name
         assert totals["route"]["cpu_s"] > 0 and totals["route"]["peak_rss_kb"] > 0, name
@@ -154,6 +191,8 @@ def test_every_scenario_has_positive_figures(bench_run: BenchRun) -> None:
         "group",
         "connections",
         "login",
+        "groups",
+        "history",
     }
     ratios = [row for row in figures if row["ratio"] is not None]
     assert ratios and all(row["ratio"] > 0 for row in ratios)
@@ -162,7 +201,7 @@ def test_every_scenario_has_positive_figures(bench_run: BenchRun) -> None:
 def test_table_is_printed(bench_run: BenchRun) -> None:
     out = bench_run.completed.stdout
     assert "scenario" in out and "ceiling" in out and "targets met:" in out
-    for scenario in ("private", "group", "connections", "login"):
+    for scenario in ("private", "group", "connections", "login", "groups", "history"):
         assert f"\n{scenario} " in out
     # Progress went to stderr, one line per step (stderr is not a terminal here).
     assert "private: stream-max" in bench_run.completed.stderr

@@ -17,9 +17,17 @@ from cim.bench.records import (
     Ceilings,
     ConnectionsResult,
     FanOut,
+    GroupReplay,
     GroupResult,
     GroupRound,
+    GroupSeries,
+    GroupSize,
+    GroupsResult,
+    GroupSustained,
     HashParams,
+    HistoryConversation,
+    HistoryResult,
+    Joined,
     Latency,
     LoginResult,
     LoginStorm,
@@ -81,6 +89,38 @@ STREAM_MAX = Usage(
     machine_cpu_s=9.6,
     other_cpu_s=0.8,
 )
+
+
+def _group_size(members: int, to_last: Latency, deliveries_per_s: float, errors: int) -> GroupSize:
+    online = members // 2
+    return GroupSize(
+        members=members, online=online, receivers=online - 1, group_id="g:1",
+        joined=Joined(**{**JOINED, "users": online}), create_ms=5.0,
+        series=GroupSeries(
+            sends=30, complete=30, to_first_ms=_latency(1.0, 2.0), to_last_ms=to_last,
+            spread_ms=_latency(3.0, 6.0), fastest_ms=1.5, accept_ms=_latency(4.0, 8.0),
+        ),
+        replay=GroupReplay(
+            stored=100, logins=3, replayed=100, to_replay_done_ms=_latency(40.0, 60.0),
+            login_ms=_latency(5.0, 7.0),
+        ),
+        sustained=GroupSustained(
+            senders=4, in_flight_per_sender=1, rate_cap_per_sender=90.0, sending_s=3.0,
+            accepted=100, deliveries=100 * (online - 1), expected_deliveries=100 * (online - 1),
+            elapsed_s=3.1, deliveries_per_s=deliveries_per_s, msgs_per_s=32.0,
+            delivery_ms=_latency(50.0, 90.0), accept_ms=_latency(60.0, 100.0),
+        ),
+        errors=errors, error_kinds={"missing": errors} if errors else {}, load_cpu_s=1.0,
+    )  # fmt: skip
+
+
+HISTORY = HistoryConversation(
+    kind="private", conversation_id="p:1:2", head_position=2000, fill_s=11.0, page_limit=50,
+    reads=200, page_ms=_latency(1.5, 4.0), newest_page_ms=_latency(1.4, 3.0),
+    older_page_ms=_latency(1.6, 4.0), concurrency=64, load_s=2.0, load_reads=2000,
+    load_reads_per_s=1000.0, load_ms=_latency(60.0, 120.0), errors=0, error_kinds={},
+)  # fmt: skip
+
 
 RESULTS = BenchResults(
     machine=Machine(
@@ -144,6 +184,13 @@ RESULTS = BenchResults(
             default=_storm(40.0, _latency(1500.0, 1800.0), errors=0),
             cheap=_storm(1400.0, _latency(40.0, 90.0), errors=2),
         ),
+        groups=GroupsResult(
+            sizes=[
+                _group_size(100, _latency(20.0, 80.0), 3000.0, errors=0),
+                _group_size(1000, _latency(180.0, 380.0), 5000.0, errors=2),
+            ],
+        ),
+        history=HistoryResult(conversations=[HISTORY]),
     ),
     errors=[],
     elapsed_s=123.4,
@@ -319,3 +366,42 @@ def test_json(rows: list[Figure], tmp_path: Path) -> None:
         "passed",
     }
     assert json.loads(report.to_json(RESULTS)) == document
+
+
+def test_groups_rows_per_size(rows: list[Figure]) -> None:
+    groups = [r for r in rows if r.scenario == "groups"]
+    assert [r.figure for r in groups[:7]] == [
+        "100 members: to last of 49 online, p50",
+        "100 members: to last of 49 online, p99",
+        "100 members: first to last online, p50",
+        "100 members: deliveries/s sustained",
+        "100 members: offline login to replay of 100, p50",
+        "100 members: offline login to replay of 100, max",
+        "100 members: errors",
+    ]
+    assert _row(rows, "groups", "1,000 members: to last of 499 online, p99").value == 380.0
+    sustained = _row(rows, "groups", "1,000 members: deliveries/s")
+    assert sustained.ceiling_name == "streaming" and sustained.ratio == pytest.approx(0.25)
+    assert sustained.passed is None  # no target but errors
+    assert _row(rows, "groups", "100 members: offline login to replay of 100, max").value == 120.0
+    assert _row(rows, "groups", "100 members: errors").passed is True
+    assert _row(rows, "groups", "1,000 members: errors").passed is False
+
+
+def test_history_rows(rows: list[Figure]) -> None:
+    assert _row(rows, "history", "private, 2,000 msgs: page of 50 p50").value == 1.5
+    assert _row(rows, "history", "private, 2,000 msgs: page of 50 p99").value == 4.0
+    pages = _row(rows, "history", "private: pages/s (64 in flight)")
+    assert pages.ceiling_name == "unary" and pages.ratio == pytest.approx(0.25)
+    assert _row(rows, "history", "private: p99 with 64 in flight").value == 120.0
+    assert _row(rows, "history", "private: errors").passed is True
+
+
+def test_groups_and_history_phases_are_in_the_cpu_lines() -> None:
+    results = copy.deepcopy(RESULTS)
+    assert results.scenarios.groups is not None and results.scenarios.history is not None
+    results.scenarios.groups.phases = {"groups-100-sustained": STREAM_MAX}
+    results.scenarios.history.phases = {"history-private": STREAM_MAX}
+    table = report.render_table(results)
+    assert "groups/groups-100-sustained: load 70%/60, route 40%/50" in table
+    assert "history/history-private: load 70%/60" in table
