@@ -404,6 +404,16 @@ class Store(Protocol):
         ``before`` (0: from the newest), newest first, after trimming the log
         to the history bounds. Who may read is the caller's check."""
 
+    async def read_group_history(
+        self, group_id: str, reader_id: int, before: int, limit: int, retention: Retention
+    ) -> HistoryPage | None:
+        """``read_history`` of a group for ``reader_id``, with the membership
+        check in the same atomic step: a member reads everything kept (a
+        deleted group's too); a removed or departed one only up to the
+        position of their removal (``before`` clamped to it; ``head`` and
+        ``dropped_through`` no higher); None for anyone else and for a group
+        that does not exist (nothing is trimmed then)."""
+
     async def conversations_since(self) -> float:
         """When this store was first served with conversations (seconds since
         the epoch; marked by the first call): private send claims written

@@ -425,17 +425,44 @@ class MemoryStore:
     async def read_history(
         self, conversation_id: str, before: int, limit: int, retention: Retention
     ) -> HistoryPage:
+        return self._history(conversation_id, before, limit, retention)
+
+    async def read_group_history(
+        self, group_id: str, reader_id: int, before: int, limit: int, retention: Retention
+    ) -> HistoryPage | None:
+        group = self._group(group_id)  # a deleted group goes after its age
+        if group is None:
+            return None
+        if reader_id in group.members:
+            return self._history(group_id, before, limit, retention)
+        if reader_id not in group.left:
+            return None
+        return self._history(group_id, before, limit, retention, through=group.left[reader_id])
+
+    def _history(
+        self,
+        conversation_id: str,
+        before: int,
+        limit: int,
+        retention: Retention,
+        through: int | None = None,
+    ) -> HistoryPage:
+        """A page below ``before`` (0: the newest); with ``through``, nothing
+        after that position is read or reported."""
         self._group(conversation_id)  # a deleted group's history goes with it
         conversation = self._conversations.get(conversation_id)
         if conversation is None:
             return HistoryPage([], 0, 0, more=False)
         conversation.trim(retention, self._clock())
+        if through is not None and (before <= 0 or before > through):
+            before = through + 1
         older = [p for p in reversed(conversation.log) if before <= 0 or p < before]
         taken = older[: max(limit, 0)]
         entries = [HistoryEntry(p, conversation.log[p][1]) for p in taken]
-        return HistoryPage(
-            entries, conversation.head, conversation.dropped_through, more=len(older) > len(taken)
-        )
+        head, dropped = conversation.head, conversation.dropped_through
+        if through is not None:
+            head, dropped = min(head, through), min(dropped, through)
+        return HistoryPage(entries, head, dropped, more=len(older) > len(taken))
 
     async def conversations_since(self) -> float:
         if self._conversations_since is None:

@@ -647,24 +647,43 @@ return {position, version + 1}
 """
 )
 
-# A page of a conversation's history. KEYS: meta, log, bodies. ARGV: before
-# (0: the newest), limit, now_ms, max_messages, max_age_ms. Trims like an
-# append, then returns head, dropped, how many entries are below `before` (up
-# to limit + 1), and position1, body1, ... newest first, for the first `limit`.
+# A page of a conversation's history. KEYS: meta, log, bodies[, members,
+# left]. ARGV: before (0: the newest), limit, now_ms, max_messages,
+# max_age_ms[, reader]. With a group's members and left keys, the reader is
+# checked first: a member reads everything kept, a removed one up to their
+# removal (`before` clamped to it, head and dropped no higher), anyone else
+# gets {-1} (nothing trimmed: a group that does not exist has no members).
+# Trims like an append, then returns head, dropped, how many entries are below
+# `before` (up to limit + 1), and position1, body1, ... newest first, for the
+# first `limit`.
 _HISTORY = _lua(
     _TRIM
     + """
+local through = nil
+if #KEYS >= 5 and redis.call('HEXISTS', KEYS[4], ARGV[6]) == 0 then
+  through = tonumber(redis.call('HGET', KEYS[5], ARGV[6]))
+  if not through then
+    return {-1}
+  end
+end
 trim(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[3]) - tonumber(ARGV[5]))
 local limit = tonumber(ARGV[2])
 local high = '+inf'
-if tonumber(ARGV[1]) > 0 then
+local before = tonumber(ARGV[1])
+if through and (before <= 0 or before > through) then
+  high = through
+elseif before > 0 then
   high = '(' .. ARGV[1]
 end
 local found = redis.call('ZREVRANGEBYSCORE', KEYS[2], high, '-inf', 'WITHSCORES',
                          'LIMIT', 0, limit + 1)
 local meta = redis.call('HMGET', KEYS[1], '$head', '$dropped')
+local head, dropped = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
+if through then
+  head, dropped = math.min(head, through), math.min(dropped, through)
+end
 local count = #found / 2
-local out = {tonumber(meta[1]) or 0, tonumber(meta[2]) or 0, count}
+local out = {head, dropped, count}
 local ids = {}
 for i = 1, math.min(count, limit) do
   ids[i] = found[2 * i - 1]
@@ -818,6 +837,15 @@ def _send_claim(name: str, found: Any) -> SendClaim | None:
     # an empty message id, let this attempt go ahead.
     log.warning("unreadable send claim %r: ignoring it", name)
     return None
+
+
+def _history_page(flat: Sequence[Any], limit: int) -> HistoryPage:
+    """A page of history from what the history script returned."""
+    skip = keys.INBOX_TIME_DIGITS
+    entries = [
+        HistoryEntry(int(flat[i]), bytes(flat[i + 1])[skip:]) for i in range(3, len(flat), 2)
+    ]
+    return HistoryPage(entries, int(flat[0]), int(flat[1]), more=int(flat[2]) > max(limit, 0))
 
 
 def _session(user_id: int, fields: Sequence[Any] | None) -> SessionRecord | None:
@@ -1648,21 +1676,37 @@ class RedisStore:
     async def read_history(
         self, conversation_id: str, before: int, limit: int, retention: Retention
     ) -> HistoryPage:
-        limit = max(limit, 0)
+        names = self._conversation_keys(conversation_id)
+        return _history_page(await self._page_of(names, before, limit, retention), limit)
+
+    async def read_group_history(
+        self, group_id: str, reader_id: int, before: int, limit: int, retention: Retention
+    ) -> HistoryPage | None:
+        # One script on the group's tag: the reader's check and the page.
+        names = self._group_keys(group_id)
+        flat = await self._page_of(names, before, limit, retention, reader_id)
+        return None if int(flat[0]) < 0 else _history_page(flat, limit)
+
+    async def _page_of(
+        self,
+        names: list[str],
+        before: int,
+        limit: int,
+        retention: Retention,
+        *reader: int,
+    ) -> list[Any]:
+        """What the history script returns (see _HISTORY)."""
         args = [
             before,
-            limit,
+            max(limit, 0),
             _now_ms(),
             retention.history_max_messages,
             _bound_ms(retention.history_max_age),
+            *reader,
         ]
         async with self._guard():
-            flat = await self._history(keys=self._conversation_keys(conversation_id), args=args)
-        skip = keys.INBOX_TIME_DIGITS
-        entries = [
-            HistoryEntry(int(flat[i]), bytes(flat[i + 1])[skip:]) for i in range(3, len(flat), 2)
-        ]
-        return HistoryPage(entries, int(flat[0]), int(flat[1]), more=int(flat[2]) > limit)
+            flat: list[Any] = await self._history(keys=names, args=args)
+        return flat
 
     async def conversations_since(self) -> float:
         if self._since is None:

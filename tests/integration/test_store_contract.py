@@ -19,6 +19,7 @@ from cim.store.base import (
     NOT_A_MEMBER,
     ConversationAppended,
     ConversationItem,
+    HistoryPage,
     InboxItem,
     PointedItem,
     PointerItem,
@@ -994,3 +995,83 @@ async def test_a_users_group_index_lists_counts_and_forgets(store: Store) -> Non
     await store.index_groups([(1, "g:3", False)])
     assert await store.list_groups(1, 0, 10) == ["g:2", "g:12"]
     assert await store.count_groups([1]) == [2]
+
+
+async def _group_says(store: Store, group_id: str, sender: int, *texts: str) -> None:
+    appended = await store.append_conversations(
+        [
+            ConversationItem(group_id, f"{group_id}-{t}", t.encode(), group_sender=sender)
+            for t in texts
+        ],
+        KEEP_ALL,
+    )
+    assert all(a.position and not a.refused for a in appended)
+
+
+def _positions(page: HistoryPage | None) -> list[int]:
+    assert page is not None
+    return [entry.position for entry in page.entries]
+
+
+async def test_a_group_history_is_read_by_members_and_up_to_a_removal(store: Store) -> None:
+    await store.apply_group(_created(4, 1, 2, 3), "e1", b"created", KEEP_ALL)
+    await _group_says(store, "g:4", 1, "a", "b", "c")  # positions 2-4
+    group = await store.read_group("g:4")
+    assert await store.apply_group(groups.remove(group, 1, [2]), "e5", b"-2", KEEP_ALL) == 5
+    await _group_says(store, "g:4", 3, "d", "e")  # 6-7: after 2's removal
+
+    member = await store.read_group_history("g:4", 3, 0, 10, KEEP_ALL)
+    assert member is not None and _positions(member) == [7, 6, 5, 4, 3, 2, 1]
+    assert (member.head, member.dropped_through, member.more) == (7, 0, False)
+    assert [e.payload for e in member.entries[:3]] == [b"e", b"d", b"-2"]
+
+    # The removed member: their own removal is the last thing they see, from
+    # the newest or from any position past it; head says no more than that.
+    for before in (0, 6, 8, 10**6, 2**64 - 1):
+        page = await store.read_group_history("g:4", 2, before, 10, KEEP_ALL)
+        assert page is not None and _positions(page) == [5, 4, 3, 2, 1], before
+        assert (page.head, page.more) == (5, False)
+    page = await store.read_group_history("g:4", 2, 0, 2, KEEP_ALL)
+    assert page is not None and _positions(page) == [5, 4] and page.more
+    page = await store.read_group_history("g:4", 2, 4, 2, KEEP_ALL)
+    assert page is not None and _positions(page) == [3, 2] and page.more
+    assert _positions(await store.read_group_history("g:4", 2, 2, 10, KEEP_ALL)) == [1]
+
+    # Never a member, or no such group: refused alike.
+    assert await store.read_group_history("g:4", 9, 0, 10, KEEP_ALL) is None
+    assert await store.read_group_history("g:404", 1, 0, 10, KEEP_ALL) is None
+
+    # Back in: everything again, their earlier removal included.
+    group = await store.read_group("g:4")
+    await store.apply_group(groups.add(group, 1, [2], groups.Limits()), "e8", b"+2", KEEP_ALL)
+    page = await store.read_group_history("g:4", 2, 0, 10, KEEP_ALL)
+    assert page is not None and _positions(page) == [8, 7, 6, 5, 4, 3, 2, 1] and page.head == 8
+
+
+async def test_a_left_member_sees_retention_only_up_to_their_leave(store: Store) -> None:
+    await store.apply_group(_created(5, 1, 2), "e1", b"created", KEEP_ALL)
+    group = await store.read_group("g:5")
+    assert await store.apply_group(groups.leave(group, 2), "e2", b"left", KEEP_ALL) == 2
+    await _group_says(store, "g:5", 1, *(f"m{n}" for n in range(3, 8)))  # 3-7
+    small = Retention(history_max_messages=3)
+    # A refused read trims nothing.
+    assert await store.read_group_history("g:5", 9, 0, 10, small) is None
+    page = await store.read_group_history("g:5", 1, 0, 10, KEEP_ALL)
+    assert _positions(page) == [7, 6, 5, 4, 3, 2, 1]
+    # Retention keeps 5-7: all that 2 could read is gone, and that is all it says.
+    page = await store.read_group_history("g:5", 2, 0, 10, small)
+    assert page is not None and (page.entries, page.head, page.dropped_through) == ([], 2, 2)
+    page = await store.read_group_history("g:5", 1, 0, 10, small)
+    assert page is not None and _positions(page) == [7, 6, 5] and page.dropped_through == 4
+
+
+async def test_a_deleted_groups_members_still_read_its_history(store: Store) -> None:
+    await store.apply_group(_created(6, 1, 2), "e1", b"created", KEEP_ALL)
+    await _group_says(store, "g:6", 2, "hi")
+    deleted = groups.delete(await store.read_group("g:6"), 1)
+    await store.apply_group(deleted, "e3", b"gone", KEEP_ALL)
+    for reader in (1, 2):
+        page = await store.read_group_history("g:6", reader, 0, 10, KEEP_ALL)
+        assert page is not None
+        assert [e.payload for e in page.entries] == [b"gone", b"hi", b"created"]
+    assert await store.read_group_history("g:6", 3, 0, 10, KEEP_ALL) is None
