@@ -488,13 +488,15 @@ class CimClient:
         at most ``limit`` (0: 50; at most 100). Page back by passing the last
         message's position; ``more`` says whether older ones are left. The id
         of the private conversation with a user is
-        ``cim.core.conversations.private_id(me, them)`` (every message
-        carries its ``conversation_id``).
+        ``cim.core.conversations.private_id(me, them)``, a group's is its id
+        ``g:<n>`` (every message carries its ``conversation_id``). A group's
+        history holds its membership events too; a member it removed (or who
+        left) reads up to their removal.
 
         Raises Unauthenticated, InvalidArgument (a malformed id, a limit out
-        of range), PermissionDenied (not one of its members), NotFound (a
-        group id: groups do not exist yet), Unavailable, DeadlineExceeded,
-        FailedPrecondition (the client is closed).
+        of range), PermissionDenied (not one of its members, or a group that
+        does not exist), Unavailable, DeadlineExceeded, FailedPrecondition
+        (the client is closed).
         """
         return await self.route.history(conversation_id, before_position, limit)
 

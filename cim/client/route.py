@@ -265,7 +265,7 @@ class RouteClient:
     ) -> route_pb2.HistoryResponse:
         """A page of a conversation's history, newest first. Raises
         Unauthenticated, InvalidArgument (a malformed id, a limit out of
-        range), PermissionDenied (not a member), NotFound (a group id)."""
+        range), PermissionDenied (not a member, or no such group)."""
         request = route_pb2.HistoryRequest(
             conversation_id=conversation_id, before_position=before_position, limit=limit
         )

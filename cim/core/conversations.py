@@ -2,10 +2,9 @@
 
 A private conversation's id is derived from its two users, lower id first:
 ``p:<low>:<high>`` (``p:3:17``), so both sides name it alike without a lookup
-and its members are the id itself. A group's id is ``g:<n>`` (groups with
-membership come later; the id form is reserved for them here). CIM's
-broadcast, group ``all``, is not a conversation. See
-docs/design/conversations.md.
+and its members are the id itself. A group's id is ``g:<n>``; its members
+are in its record (``cim.core.groups``). CIM's broadcast, group ``all``, is
+not a conversation. See docs/design/conversations.md.
 """
 
 from __future__ import annotations

@@ -1114,17 +1114,27 @@ class MessageRouter:
     ) -> tuple[list[common_pb2.ChatMessage], HistoryPage]:
         """A page of a conversation's history for one of its members, newest
         first, each message with its position (and seq 0: outside the
-        reader's sequence)."""
+        reader's sequence). A group's removed or departed member reads up to
+        their removal; anyone else, and a group that does not exist, get
+        PERMISSION_DENIED alike (as from the Groups service)."""
         conversation = conversations.parse(conversation_id)
-        if not conversation.private:
-            raise NotFound(f"no conversation {conversation_id}: groups do not exist yet")
-        conversations.peer(conversation, user_id)  # members only
+        if conversation.private:
+            conversations.peer(conversation, user_id)  # members only
         limit = limit or HISTORY_PAGE
         if limit < 0 or limit > HISTORY_MAX_PAGE:
             raise InvalidArgument(
                 f"limit must be between 1 and {HISTORY_MAX_PAGE} (0: {HISTORY_PAGE}); got {limit}"
             )
-        page = await self._store.read_history(conversation.cid, before, limit, self._retention)
+        cid = conversation.cid
+        if conversation.private:
+            page = await self._store.read_history(cid, before, limit, self._retention)
+        else:
+            found = await self._store.read_group_history(
+                cid, user_id, before, limit, self._retention
+            )
+            if found is None:
+                raise PermissionDenied(f"you are not a member of group {cid}")
+            page = found
         messages = []
         for entry in page.entries:
             message = common_pb2.ChatMessage.FromString(entry.payload)

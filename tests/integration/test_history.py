@@ -10,7 +10,7 @@ from cim.client import commands
 from cim.client.chatlog import ChatLog
 from cim.client.console import Console
 from cim.core import conversations
-from cim.errors import InvalidArgument, NotFound, PermissionDenied
+from cim.errors import InvalidArgument, PermissionDenied
 from cim.proto.v1 import common_pb2, route_pb2
 from cim.testing import cluster
 from cim.testing import fast_route_config as route_config
@@ -77,7 +77,8 @@ async def test_others_and_malformed_ids_are_refused_precisely(rr):
         await alice.history("")
     with pytest.raises(InvalidArgument, match="must start with 'p:'"):
         await alice.history("all")
-    with pytest.raises(NotFound, match="no conversation g:1: groups do not exist yet"):
+    # A group that does not exist reads like someone else's (test_group_history.py).
+    with pytest.raises(PermissionDenied, match="you are not a member of group g:1"):
         await alice.history("g:1")
     with pytest.raises(
         InvalidArgument, match=r"limit must be between 1 and 100 \(0: 50\); got 101"
