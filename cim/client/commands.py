@@ -112,11 +112,13 @@ class DelayedMessage:
 
 @dataclass(frozen=True)
 class ShowHistory:
-    """Page back through the private conversation with a user: the newest
-    page, or the one before a position."""
+    """Page back through the private conversation with a user (``peer_id``)
+    or a group's (``group_id``, ``peer_id`` 0): the newest page, or the one
+    before a position."""
 
     peer_id: int
     before: int = 0
+    group_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     (":q <keyword>", "search your local chat log"),
     (":emoji [page]", "show a page of emoji aliases; write :alias: in a message"),
     (":delay <text> <seconds>", "send text (or userId;;text) after a delay"),
-    (":his <userId> [before]", "page back through your conversation with a user"),
+    (":his <userId|g:N> [before]", "page back through a conversation with a user or a group"),
     (":q!", "quit"),
 )
 
@@ -267,17 +269,20 @@ def _parse_delay(rest: str) -> DelayedMessage:
 
 
 def _parse_history(rest: str) -> ShowHistory:
-    usage = "usage: :his <userId> [before position]"
+    usage = "usage: :his <userId|g:N> [before position]"
     parts = rest.split()
-    if not 1 <= len(parts) <= 2 or not all(part.isascii() and part.isdigit() for part in parts):
+    group_id = _group_id(parts[0]) if parts and parts[0].startswith("g:") else ""
+    numbers = parts[1:] if group_id else parts
+    if not 1 <= len(parts) <= 2 or not all(part.isascii() and part.isdigit() for part in numbers):
         raise CommandError(f"{usage} (whole numbers)")
-    peer_id = int(parts[0])
-    before = int(parts[1]) if len(parts) == 2 else 0
-    if peer_id <= 0 or (len(parts) == 2 and before <= 0):
+    values = [int(part) for part in numbers]
+    if any(value <= 0 for value in values):
         raise CommandError(f"{usage} (the user id and position are positive)")
+    peer_id = 0 if group_id else values[0]
+    before = values[-1] if len(parts) == 2 else 0
     if peer_id >= 2**63 or before >= 2**64:
         raise CommandError(f"{usage} (a number is too large)")
-    return ShowHistory(peer_id, before)
+    return ShowHistory(peer_id, before, group_id)
 
 
 _GROUP_COMMANDS = {

@@ -241,8 +241,8 @@ class Console:
                 self.system(f"emoji page {number} of {emoji.page_count()}:")
                 for alias, char in rows:
                     self._print([("", f"  {char}  :{alias}:")])
-            case commands.ShowHistory(peer_id=peer_id, before=before):
-                await self.show_history(peer_id, before)
+            case commands.ShowHistory(peer_id=peer_id, before=before, group_id=group_id):
+                await self.show_history(peer_id, before, group_id)
             case commands.DelayedMessage(message=message, seconds=seconds):
                 task = asyncio.create_task(self._send_later(message, seconds))
                 self._delayed.add(task)
@@ -251,31 +251,35 @@ class Console:
             case _:
                 self.error(f"cannot run {command!r}")
 
-    async def show_history(self, peer_id: int, before: int) -> None:
-        """One page of the conversation with ``peer_id``, oldest line first,
-        and how to page further back."""
-        cid = conversations.private_id(self.client.user_id, peer_id)
+    async def show_history(self, peer_id: int, before: int, group_id: str = "") -> None:
+        """One page of the conversation with ``peer_id`` (or of the group
+        ``group_id``), oldest line first, and how to page further back."""
+        if group_id:
+            cid, target, title = group_id, group_id, f"group {group_id}"
+            nothing = f"no messages in {group_id}"
+        else:
+            cid = conversations.private_id(self.client.user_id, peer_id)
+            target, title = str(peer_id), f"conversation with #{peer_id}"
+            nothing = f"no messages with #{peer_id}"
         page = await self.client.history(cid, before, HISTORY_LINES)
         if not page.messages:
-            where = " before that" if before else " yet"
-            self.system(f"no messages with #{peer_id}{where}")
+            self.system(nothing + (" before that" if before else " yet"))
             return
         self.system(
-            f"conversation with #{peer_id}, messages {page.messages[-1].position}"
+            f"{title}, messages {page.messages[-1].position}"
             f"-{page.messages[0].position} of {page.head_position}:"
         )
         for message in reversed(page.messages):
-            who = "me" if message.sender_id == self.client.user_id else message.sender_name
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(message.server_time_ms / 1000))
-            self._print(
-                [
-                    ("class:time", f"  {message.position:>5} {stamp} "),
-                    ("class:sender", f"{who}: "),
-                    ("", message.text),
-                ]
-            )
+            line: Fragments = [("class:time", f"  {message.position:>5} {stamp} ")]
+            if message.kind == common_pb2.MESSAGE_KIND_MEMBERSHIP:
+                line.append(("class:system", f"* {message.text}"))
+            else:
+                who = "me" if message.sender_id == self.client.user_id else message.sender_name
+                line += [("class:sender", f"{who}: "), ("", message.text)]
+            self._print(line)
         if page.more:
-            self.system(f"older: :his {peer_id} {page.messages[-1].position}")
+            self.system(f"older: :his {target} {page.messages[-1].position}")
         elif page.dropped_through_position:
             self.system(f"messages up to {page.dropped_through_position} are no longer kept")
         else:

@@ -1,8 +1,8 @@
 """Route.History of groups, on each backend: members page back through
 messages and membership events; a removed or departed member reads up to
 their removal and no further, however they page; a rejoined member reads
-everything; non-members and unknown groups are refused alike; the limits.
-Private conversations: test_history.py."""
+everything; non-members and unknown groups are refused alike; the limits; the
+console's :his g:N. Private conversations: test_history.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import asyncio
 import grpc
 import pytest
 
+from cim.client import commands
+from cim.client.chatlog import ChatLog
 from cim.client.client import CimClient
+from cim.client.console import Console
 from cim.errors import InvalidArgument, PermissionDenied
 from cim.proto.v1 import common_pb2, route_pb2
 
@@ -191,3 +194,30 @@ async def test_history_of_a_group_needs_a_session_token(rr, raw, fails):
     await ann.route.logout()
     err = await fails(raw.route(rr).History(request, metadata=raw.auth(token)))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_console_pages_back_through_a_group(rr, tmp_path, capsys):
+    # Ann has no stream (nothing pushed to her prints amid the pages).
+    ann = await rr.client("ann", connect=False)
+    await ann.login()
+    bob = await rr.client("bob")
+    dan = await rr.client("dan")
+    gid = await _group(rr, ann, bob)
+    for n in range(1, 25):
+        await bob.send_group(f"#{n}", group_id=gid)  # positions 2-25
+    console = Console(ann, ChatLog(tmp_path, "ann"), interactive=False)
+    capsys.readouterr()
+    await console.execute(commands.parse(f":his {gid}"))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"* group {gid}, messages 6-25 of 25:"
+    assert lines[1].endswith("bob: #5") and lines[20].endswith("bob: #24")
+    assert lines[-1] == f"* older: :his {gid} 6"
+    await console.execute(commands.parse(f":his {gid} 6"))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith("* ann created group 'team' with bob")
+    assert [line.rsplit(" ", 1)[1] for line in lines[2:-1]] == [f"#{n}" for n in range(1, 5)]
+    assert lines[-1] == "* that is the beginning of the conversation"
+    # A stranger's console says what the route said.
+    console = Console(dan, ChatLog(tmp_path, "dan"), interactive=False)
+    with pytest.raises(PermissionDenied, match=f"you are not a member of group {gid}"):
+        await console.execute(commands.parse(f":his {gid}"))

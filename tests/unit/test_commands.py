@@ -184,6 +184,11 @@ def test_history_of_a_conversation_from_the_newest() -> None:
     assert parse(":HIS 42 17") == ShowHistory(42, 17)
 
 
+def test_history_of_a_group() -> None:
+    assert parse(":his g:5") == ShowHistory(0, 0, "g:5")
+    assert parse(":his  g:5  17 ") == ShowHistory(0, 17, "g:5")
+
+
 @pytest.mark.parametrize(
     ("line", "why"),
     [
@@ -194,10 +199,21 @@ def test_history_of_a_conversation_from_the_newest() -> None:
         (":his 0", "positive"),
         (":his 42 0", "positive"),
         (":his 99999999999999999999", "too large"),
+        (":his g:5 0", "positive"),
+        (":his g:5 x", "whole numbers"),
+        (":his g:5 1 2", "whole numbers"),
+        (":his g:5 99999999999999999999", "too large"),
     ],
 )
 def test_history_needs_a_user_id_and_maybe_a_position(line: str, why: str) -> None:
-    with pytest.raises(CommandError, match=f"usage: :his <userId> \\[before position\\].*{why}"):
+    usage = "usage: :his <userId\\|g:N> \\[before position\\]"
+    with pytest.raises(CommandError, match=f"{usage}.*{why}"):
+        parse(line)
+
+
+@pytest.mark.parametrize("line", [":his g:0", ":his g:", ":his g:05", ":his g:x 3"])
+def test_history_of_a_malformed_group_id(line: str) -> None:
+    with pytest.raises(CommandError, match="is not a group id"):
         parse(line)
 
 
