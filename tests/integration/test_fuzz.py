@@ -237,6 +237,7 @@ class Fuzz:
     reader: asyncio.Task[None] | None = None
     # The seq each pool user holds (from the pool checks): presented at login.
     held: dict[str, int] = field(default_factory=dict)
+    seeded: bool = False
     errors: ErrorLog = field(default_factory=lambda: ErrorLog())
 
     def channel(self, address: str) -> grpc.aio.Channel:
@@ -295,6 +296,21 @@ class Fuzz:
         first = await asyncio.wait_for(self.erin_call.read(), 5)
         assert first.WhichOneof("frame") == "login_ok", first
         self.reader = asyncio.create_task(self._drain_erin())
+
+    async def seed_groups(self) -> None:
+        """Once per cluster: g:1 and g:2 of alice with bob and dave, so the
+        group ops meet real groups with members (not only refusals)."""
+        if self.seeded:
+            return
+        self.seeded = True
+        for name in ("fuzz one", "fuzz two"):
+            await self.groups().CreateGroup(
+                groups_pb2.CreateGroupRequest(
+                    name=name, member_ids=[self.ids["bob"], self.ids["dave"]]
+                ),
+                metadata=bearer(self.tokens["alice"]),
+                timeout=5,
+            )
 
     async def login(self, name: str) -> str:
         reply = await self.route().Login(
@@ -782,13 +798,25 @@ groups_op = st.one_of(
         ),
         auth,
     ),
+    st.tuples(
+        st.just("History"),
+        st.builds(
+            route_pb2.HistoryRequest,
+            # The seeded groups often, so that pages are read too (by members,
+            # removed members and strangers), not only refused.
+            conversation_id=st.one_of(st.sampled_from(["g:1", "g:2"]), group_id),
+            before_position=st.one_of(st.integers(0, 20), uint64),
+            limit=st.one_of(st.integers(0, 100), int32),
+        ),
+        auth,
+    ),
 )
 
 
 async def run_groups_op(f: Fuzz, op: tuple[Any, ...]) -> None:
     name, request, mode = op
     COUNTS[f"Groups.{name}"] += 1
-    stub = f.route() if name == "SendGroup" else f.groups()
+    stub = f.route() if name in ("SendGroup", "History") else f.groups()
     try:
         reply = await getattr(stub, name)(request, metadata=f.metadata(mode), timeout=CALL_TIMEOUT)
     except grpc.aio.AioRpcError as err:
@@ -800,13 +828,58 @@ async def run_groups_op(f: Fuzz, op: tuple[Any, ...]) -> None:
         assert ids == sorted(ids) and all(i > request.after_user_id for i in ids)
     if name == "ListMyGroups":
         assert len(reply.groups) <= (request.limit or 50), short(request)
+    if name == "History":
+        check_history(request, reply)
+        if not request.conversation_id.startswith("g:"):
+            return  # "p:1:2" is among the ids: a private one, for its two users
+        # A group's, answered only to a member, now or before (nobody leaves both lists).
+        group = await f.c.embedded.store.read_group(request.conversation_id)
+        reader = f.ids[mode[1]]
+        assert group is not None and (reader in group.members or reader in group.left), (
+            short(request),
+            mode[1],
+        )
 
 
 @given(ops=st.lists(groups_op, min_size=10, max_size=25))
 @fuzz_settings(examples=40)
 async def test_groups_rpcs_survive_hostile_requests(fuzz: Fuzz, ops: list[Any]) -> None:
+    await fuzz.seed_groups()
     await asyncio.gather(*(run_groups_op(fuzz, op) for op in ops))
+    await check_group_histories(fuzz)
     await fuzz.assert_healthy()
+
+
+async def check_group_histories(f: Fuzz) -> None:
+    """After a batch, whatever it did to the seeded groups: each pool user
+    reads each one's history as its record says: a member all of it, one it
+    removed (or who left) up to their removal, anyone else nothing."""
+    store = f.c.embedded.store
+    for gid in ("g:1", "g:2"):
+        group = await store.read_group(gid)
+        assert group is not None, gid
+        for name in POOL:
+            reader = f.ids[name]
+            request = route_pb2.HistoryRequest(conversation_id=gid, limit=100)
+            what = f"Route.History({gid}) by {name}: {group}"
+            try:
+                reply = await f.route().History(
+                    request, metadata=bearer(f.tokens[name]), timeout=CALL_TIMEOUT
+                )
+            except grpc.aio.AioRpcError as err:
+                assert reader not in group.members and reader not in group.left, what
+                assert err.code() == grpc.StatusCode.PERMISSION_DENIED, (what, err.details())
+                COUNTS["pool checks: group history refused to a stranger"] += 1
+                continue
+            check_history(request, reply)
+            if reader in group.members:
+                COUNTS["pool checks: group history read by a member"] += 1
+                continue
+            assert reader in group.left, what
+            removal = group.left[reader]
+            assert reply.head_position == removal, what
+            assert reply.messages and reply.messages[0].position == removal, what
+            COUNTS["pool checks: group history read up to a removal"] += 1
 
 
 # --- RouteInternal ----------------------------------------------------------------

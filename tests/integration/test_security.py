@@ -24,7 +24,14 @@ from cim.errors import Unauthenticated
 from cim.grpcutil import AUTHORIZATION, CLUSTER_SECRET, secret_metadata
 from cim.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2, route_internal_pb2_grpc
-from cim.proto.v1 import chat_pb2, common_pb2, route_pb2, route_pb2_grpc
+from cim.proto.v1 import (
+    chat_pb2,
+    common_pb2,
+    groups_pb2,
+    groups_pb2_grpc,
+    route_pb2,
+    route_pb2_grpc,
+)
 from cim.registry.inprocess import InProcessRegistry
 from cim.route.admin import ADMIN_KEY
 from cim.route.app import RouteApp
@@ -196,6 +203,79 @@ async def test_identity_comes_from_the_token_only(rr, raw):
     )
     frame = await stream.read()
     assert (frame.message.sender_id, frame.message.sender_name) == (alice.user_id, "alice")
+
+
+# --- Route.History of a group: members only, a removed member up to the removal -------------------
+
+
+async def _team(rr, raw, owner: route_pb2.LoginResponse, *member_ids: int) -> str:
+    reply = await groups_pb2_grpc.GroupsStub(raw.channel(rr.route_address)).CreateGroup(
+        groups_pb2.CreateGroupRequest(name="team", member_ids=list(member_ids)),
+        metadata=raw.auth(owner.session_token),
+    )
+    return str(reply.group.group_id)
+
+
+@pytest.mark.parametrize("credentials", BAD_CREDENTIALS)
+async def test_a_groups_history_needs_a_valid_token_of_a_member(rr, raw, fails, credentials):
+    alice = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")  # the next id: alice's tampered claims name bob
+    gid = await _team(rr, raw, bob)
+    request = route_pb2.HistoryRequest(conversation_id=gid)
+    await raw.route(rr).History(request, metadata=raw.auth(bob.session_token))  # bob reads
+
+    err = await fails(
+        raw.route(rr).History(request, metadata=_bad_credentials(credentials, rr, alice))
+    )
+
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err.details()
+
+
+async def test_a_groups_history_tells_outsiders_nothing(rr, raw, fails):
+    ann = await raw.login(rr, "ann")
+    bob = await raw.login(rr, "bob")
+    eve = await raw.login(rr, "eve")
+    gid = await _team(rr, raw, ann, bob.user_id)
+    stub = groups_pb2_grpc.GroupsStub(raw.channel(rr.route_address))
+    removed = await stub.RemoveMembers(
+        groups_pb2.RemoveMembersRequest(group_id=gid, user_ids=[bob.user_id]),
+        metadata=raw.auth(ann.session_token),
+    )
+    secret = await raw.route(rr).SendGroup(
+        common_pb2.SendGroupRequest(group_id=gid, text="after bob"),
+        metadata=raw.auth(ann.session_token),
+    )
+    unknown = f"g:{int(gid[2:]) + 1000}"
+
+    async def history(login, cid: str, before: int = 0) -> Any:
+        return await raw.route(rr).History(
+            route_pb2.HistoryRequest(conversation_id=cid, before_position=before),
+            metadata=raw.auth(login.session_token),
+        )
+
+    # A stranger: the same answer for a group that exists and one that does not.
+    for caller, cid in ((eve, gid), (eve, unknown), (ann, unknown)):
+        err = await fails(history(caller, cid))
+        assert (err.code(), err.details()) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"you are not a member of group {cid}",
+        )
+    # The removed member: up to their removal, however far they ask.
+    for before in (0, removed.event.position + 1, 2**64 - 1):
+        page = await history(bob, gid, before)
+        assert page.messages[0].message_id == removed.event.message_id
+        assert secret.message_id not in {m.message_id for m in page.messages}
+        assert page.head_position == removed.event.position
+    # Malformed and oversized ids are refused before any store read.
+    for cid, words in (
+        ("", "conversation id is required"),
+        ("all", "must start with 'p:'"),
+        ("g:01", "without leading zeros"),
+        ("g:" + "9" * 70, "HistoryRequest.conversation_id is 72 bytes; the limit is 64"),
+    ):
+        err = await fails(history(ann, cid))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert words in err.details()
 
 
 # --- Chat.Connect: the login frame ---------------------------------------------------------------
