@@ -11,7 +11,9 @@ real cluster. After every batch:
 * inbox pages (FetchOffline, Replay, the replay after a stream login) hold
   stored messages after the asked seq, in seq order, none past the head;
   history pages (History) hold the asked conversation's messages below the
-  asked position, newest first, within the limit;
+  asked position, newest first, within the limit; a group's history answers
+  each pool user as the group's record says (a member all of it, a removed
+  member up to the removal, anyone else PERMISSION_DENIED);
 * the route and the chat server still answer health checks with SERVING,
   a normal private message still reaches a live stream, and one pool user
   the fuzz has been logging in, acking and replaying as can still connect,
