@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // A small cim client in Node.js: register, log in at a route, open the Chat
-// stream to the chat server the route picked, send, receive, log out.
+// stream to the chat server the route picked, send, receive, log out; and a
+// group conversation: create a group, send to its members, page back through
+// its history.
 //
 // Delivery: every message to a user carries the next seq of that user's
 // sequence (1, 2, 3...). The client presents the last seq it holds at login,
@@ -9,7 +11,9 @@
 // in the seqs lasts.
 //
 //   node client.js --route 127.0.0.1:7100 --user NAME --password PW \
-//       [--send-to ID --text TEXT] [--group TEXT] [--wait-for N] [--timeout S]
+//       [--send-to ID --text TEXT] [--create-group NAME [--members ID,...]]
+//       [--group-id g:N] [--group TEXT] [--history [--page N]]
+//       [--wait-for N] [--timeout S]
 //
 // Everything that happens is one JSON object per line on stdout; a failure is
 // one "cim-node: error: ..." line on stderr and exit status 1.
@@ -30,19 +34,28 @@ const PING_INTERVAL_MS = 10_000; // ping after this much silence (or the server'
 const RPC_TIMEOUT_MS = 5_000; // deadline of every unary call and of the stream login
 const ACK_DELAY_MS = 200; // one cumulative ack for what was printed meanwhile
 const GAP_WAIT_MS = 2_000; // a missing seq not filled by then: ask for a replay
+const MAX_PAGE = 100; // Route.History's largest page
 
 const USAGE = `usage: node client.js --route HOST:PORT --user NAME --password PW
-                      [--send-to ID --text TEXT] [--group TEXT]
+                      [--send-to ID --text TEXT]
+                      [--create-group NAME [--members ID,...]] [--group-id g:N]
+                      [--group TEXT] [--history [--page N]]
                       [--wait-for N] [--timeout S]
 
-  --route      route address (default 127.0.0.1:7100, or CIM_ROUTE)
-  --user       user name (registered on first use)
-  --password   password (or CIM_PASSWORD)
-  --send-to    user id to send --text to privately
-  --text       the private message's text
-  --group      text of a group message (everyone online but you)
-  --wait-for   exit after receiving this many messages (default 0: after sending)
-  --timeout    give up after this many seconds (default 30)`;
+  --route         route address (default 127.0.0.1:7100, or CIM_ROUTE)
+  --user          user name (registered on first use)
+  --password      password (or CIM_PASSWORD)
+  --send-to       user id to send --text to privately
+  --text          the private message's text
+  --create-group  create a group with this name, owned by you
+  --members       its first members besides you (user ids, comma-separated)
+  --group-id      a group you are in (g:N)
+  --group         text of a group message: to the members of the group
+                  (--create-group or --group-id), else to everyone online but you
+  --history       at the end, page back through the group's history
+  --page          messages per history page (default 50, at most 100)
+  --wait-for      exit after receiving this many messages (default 0: after sending)
+  --timeout       give up after this many seconds (default 30)`;
 
 // --- output ---------------------------------------------------------------
 
@@ -84,6 +97,11 @@ function parseCli(argv) {
         'send-to': { type: 'string' },
         text: { type: 'string' },
         group: { type: 'string' },
+        'create-group': { type: 'string' },
+        members: { type: 'string' },
+        'group-id': { type: 'string' },
+        history: { type: 'boolean', default: false },
+        page: { type: 'string', default: '50' },
         'wait-for': { type: 'string', default: '0' },
         timeout: { type: 'string', default: '30' },
         help: { type: 'boolean', short: 'h' },
@@ -107,6 +125,30 @@ function parseCli(argv) {
   if (sendTo !== null && !/^[1-9][0-9]*$/.test(sendTo)) {
     throw new CliError(`--send-to must be a user id (a positive integer), not ${JSON.stringify(sendTo)}`);
   }
+  const createGroup = values['create-group'] === undefined ? null : values['create-group'];
+  const groupId = values['group-id'] === undefined ? null : values['group-id'];
+  if (createGroup !== null && groupId !== null) {
+    throw new CliError('--create-group and --group-id do not go together: the new group is the one');
+  }
+  if (values.members !== undefined && createGroup === null) {
+    throw new CliError('--members goes with --create-group');
+  }
+  const members = values.members === undefined || values.members === '' ? [] : values.members.split(',');
+  for (const member of members) {
+    if (!/^[1-9][0-9]*$/.test(member)) {
+      throw new CliError(`--members must be user ids (positive integers, comma-separated), not ${JSON.stringify(member)}`);
+    }
+  }
+  if (groupId !== null && !/^g:[1-9][0-9]*$/.test(groupId)) {
+    throw new CliError(`--group-id must be a group id (g:N), not ${JSON.stringify(groupId)}`);
+  }
+  if (values.history && createGroup === null && groupId === null) {
+    throw new CliError('--history reads a group: give --create-group or --group-id');
+  }
+  const page = Number(values.page);
+  if (!Number.isInteger(page) || page < 1 || page > MAX_PAGE) {
+    throw new CliError(`--page must be an integer from 1 to ${MAX_PAGE}`);
+  }
   const waitFor = Number(values['wait-for']);
   if (!Number.isInteger(waitFor) || waitFor < 0) throw new CliError('--wait-for must be an integer >= 0');
   const timeout = Number(values.timeout);
@@ -118,6 +160,11 @@ function parseCli(argv) {
     sendTo,
     text: values.text,
     group: values.group,
+    createGroup,
+    members,
+    groupId,
+    history: values.history,
+    page,
     waitFor,
     timeoutMs: timeout * 1000,
   };
@@ -127,7 +174,7 @@ function parseCli(argv) {
 
 function loadProtos() {
   const definition = protoLoader.loadSync(
-    ['cim/proto/v1/route.proto', 'cim/proto/v1/chat.proto'],
+    ['cim/proto/v1/route.proto', 'cim/proto/v1/chat.proto', 'cim/proto/v1/groups.proto'],
     {
       includeDirs: [PROTO_ROOT],
       keepCase: true, // field names as in the .proto files: user_id, session_token, ...
@@ -147,6 +194,11 @@ class NodeCimClient {
     this.proto = proto;
     this.opts = opts;
     this.route = new proto.Route(opts.route, grpc.credentials.createInsecure());
+    // Groups is served on the route's port, over the same connection.
+    this.groups = new proto.Groups(opts.route, grpc.credentials.createInsecure(), {
+      channelOverride: this.route.getChannel(),
+    });
+    this.groupId = opts.groupId; // the group this run sends to and reads (or creates)
     this.chat = null;
     this.call = null;
     this.token = '';
@@ -173,12 +225,12 @@ class NodeCimClient {
     });
   }
 
-  unary(method, request, withToken = true) {
+  unary(method, request, withToken = true, stub = this.route) {
     const metadata = new grpc.Metadata();
     if (withToken) metadata.set('authorization', `Bearer ${this.token}`);
     const deadline = new Date(Date.now() + RPC_TIMEOUT_MS);
     return new Promise((resolve, reject) => {
-      this.route[method](request, metadata, { deadline }, (err, reply) => {
+      stub[method](request, metadata, { deadline }, (err, reply) => {
         if (err) reject(new CliError(`${method} at ${this.opts.route} failed: ${describeGrpcError(err)}`));
         else resolve(reply);
       });
@@ -328,6 +380,8 @@ class NodeCimClient {
           message_id: m.message_id,
           stored: m.stored,
           seq: Number(m.seq),
+          conversation_id: m.conversation_id,
+          position: Number(m.position),
         });
         this.received += 1;
         this.checkDone();
@@ -409,7 +463,10 @@ class NodeCimClient {
     if (this.opts.sendTo !== null) {
       sends.push({ private: { receiver_id: this.opts.sendTo, text: this.opts.text } });
     }
-    if (this.opts.group !== undefined) sends.push({ group: { text: this.opts.group } });
+    if (this.opts.group !== undefined) {
+      // No group id: CIM's broadcast, to everyone online.
+      sends.push({ group: { text: this.opts.group, ...(this.groupId ? { group_id: this.groupId } : {}) } });
+    }
     for (const target of sends) {
       const ok = await this.send(target);
       emit({
@@ -418,6 +475,7 @@ class NodeCimClient {
         status: shortEnum(ok.status, 'DELIVERY_STATUS_'),
         recipients: ok.recipients,
         kind: target.private ? 'private' : 'group',
+        ...(target.group ? { group_id: target.group.group_id || 'all' } : {}),
       });
     }
     this.sendsDone = true;
@@ -428,13 +486,72 @@ class NodeCimClient {
     if (this.sendsDone && this.received >= this.opts.waitFor) this.finish();
   }
 
+  // Groups.CreateGroup: the caller owns it. Its "created" event is pushed to
+  // every member, this user included (a "message" of kind "membership").
+  async createGroup() {
+    const reply = await this.unary(
+      'CreateGroup',
+      { name: this.opts.createGroup, member_ids: this.opts.members },
+      true,
+      this.groups,
+    );
+    this.groupId = reply.group.group_id;
+    emit({
+      event: 'group_created',
+      group_id: reply.group.group_id,
+      name: reply.group.name,
+      member_count: reply.group.member_count,
+      position: Number(reply.event.position),
+    });
+  }
+
+  // Route.History, newest first, a page at a time back to the oldest kept:
+  // one "history" line per message, then "history_end".
+  async readHistory() {
+    const conversationId = this.groupId;
+    let before = '0';
+    let pages = 0;
+    let reply;
+    for (;;) {
+      reply = await this.unary('History', {
+        conversation_id: conversationId,
+        before_position: before,
+        limit: this.opts.page,
+      });
+      pages += 1;
+      for (const m of reply.messages) {
+        emit({
+          event: 'history',
+          conversation_id: m.conversation_id,
+          position: Number(m.position),
+          kind: shortEnum(m.kind, 'MESSAGE_KIND_'),
+          sender_id: id(m.sender_id),
+          sender_name: m.sender_name,
+          text: m.text,
+          message_id: m.message_id,
+        });
+      }
+      if (!reply.more || reply.messages.length === 0) break;
+      before = reply.messages[reply.messages.length - 1].position; // the oldest so far
+    }
+    emit({
+      event: 'history_end',
+      conversation_id: conversationId,
+      pages,
+      head_position: Number(reply.head_position),
+      dropped_through_position: Number(reply.dropped_through_position),
+    });
+  }
+
   async run() {
     await this.register();
     const server = await this.login();
     await this.connect(server);
+    if (this.opts.createGroup !== null) await this.createGroup();
     // A stream failure while sending rejects both; whichever comes first wins.
     await Promise.race([this.sendAll(), this.finished]);
     await this.finished;
+    if (this.opts.history) await this.readHistory();
   }
 
   // Logs out at the route, then closes the stream and the channels.

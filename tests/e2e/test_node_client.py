@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from cim.core import conversations
 from cim.proto.v1 import common_pb2
 from cim.testing import TestCluster, cluster
 
@@ -29,6 +30,7 @@ NODE_DIR = Path(__file__).resolve().parents[2] / "examples" / "node"
 READ_TIMEOUT = 10.0
 PRIVATE = common_pb2.MESSAGE_KIND_PRIVATE
 GROUP = common_pb2.MESSAGE_KIND_GROUP
+MEMBERSHIP = common_pb2.MESSAGE_KIND_MEMBERSHIP
 DELIVERED = common_pb2.DELIVERY_STATUS_DELIVERED
 STORED = common_pb2.DELIVERY_STATUS_STORED
 
@@ -194,6 +196,7 @@ async def test_python_and_node_exchange_private_and_group_messages(node_client):
             ("private", "delivered"),
             ("group", "delivered"),
         ]
+        assert sent[1]["group_id"] == "all"  # no --group-id: CIM's broadcast
         assert sent[0]["message_id"] == private.message_id
         assert sent[1]["message_id"] == group.message_id
         assert sent[1]["recipients"] == 1
@@ -209,10 +212,95 @@ async def test_python_and_node_exchange_private_and_group_messages(node_client):
             "message_id": reply.message_id,
             "stored": False,
             "seq": 1,  # the first message of the Node user's sequence
+            "conversation_id": conversations.private_id(py.user_id, node_id),
+            "position": 2,  # the conversation's second: after "hello from node"
         }
         assert node.events[-1] == {"event": "logged_out"}
         # Logged out: a message to the Node user is now stored, not delivered.
         assert (await py.send_private(node_id, "after logout")).status == STORED
+
+
+async def test_node_runs_a_group_conversation_and_pages_back_through_it(node_client):
+    async with cluster() as c:
+        py = await c.client("pyuser")
+        async with _node(
+            node_client,
+            c,
+            *_args(
+                "nodeowner",
+                "--create-group",
+                "node team",
+                "--members",
+                py.user_id,
+                "--group",
+                "hello group",
+                "--history",
+                "--page",
+                2,
+                "--wait-for",
+                2,  # its own group's creation, then the Python user's reply
+            ),
+        ) as node:
+            node_id = (await node.wait_for("logged_in"))["user_id"]
+            created = await c.next_message(py)
+            assert (created.kind, created.sender_id) == (MEMBERSHIP, node_id)
+            assert created.membership.action == common_pb2.MEMBERSHIP_ACTION_CREATED
+            gid = created.group_id
+            hello = await c.next_message(py)
+            assert (hello.text, hello.kind, hello.sender_id) == ("hello group", GROUP, node_id)
+            assert (hello.group_id, hello.conversation_id, hello.position) == (gid, gid, 2)
+            reply = await py.send_group("hi node", group_id=gid)
+            code, stderr = await node.finish()
+
+        assert code == 0, stderr
+        assert node.named("group_created") == [
+            {
+                "event": "group_created",
+                "group_id": gid,
+                "name": "node team",
+                "member_count": 2,
+                "position": 1,
+            }
+        ]
+        [sent] = node.named("sent")
+        assert sent == {
+            "event": "sent",
+            "message_id": hello.message_id,
+            "status": "delivered",
+            "recipients": 1,
+            "kind": "group",
+            "group_id": gid,
+        }
+        creation = "nodeowner created group 'node team' with pyuser"
+        received = node.named("message")
+        assert [(m["kind"], m["position"], m["text"]) for m in received] == [
+            ("membership", 1, creation),
+            ("group", 3, "hi node"),
+        ]
+        assert all(m["group_id"] == gid == m["conversation_id"] for m in received)
+        assert received[1]["message_id"] == reply.message_id
+        # The history, newest first, two a page: the reply, the node's own
+        # message and the creation.
+        history = node.named("history")
+        assert [(h["position"], h["kind"], h["sender_id"], h["text"]) for h in history] == [
+            (3, "group", py.user_id, "hi node"),
+            (2, "group", node_id, "hello group"),
+            (1, "membership", node_id, creation),
+        ]
+        assert all(h["conversation_id"] == gid for h in history)
+        assert node.named("history_end") == [
+            {
+                "event": "history_end",
+                "conversation_id": gid,
+                "pages": 2,
+                "head_position": 3,
+                "dropped_through_position": 0,
+            }
+        ]
+        assert node.events[-1] == {"event": "logged_out"}
+        # The Python client reads the same history.
+        page = await py.history(gid)
+        assert [m.message_id for m in page.messages] == [h["message_id"] for h in history]
 
 
 async def test_node_gets_messages_stored_while_offline(node_client):
@@ -257,6 +345,24 @@ async def test_node_client_failures_exit_1_with_an_error_line(node_client):
         code, stderr, _ = await _run_node(node_client, c, *args)
         assert code == 1
         assert "NOT_FOUND" in stderr
+
+        for args, words in (
+            (_args("reader", "--history"), "--history reads a group"),
+            (_args("reader", "--group-id", "g:0"), "--group-id must be a group id (g:N)"),
+            (_args("reader", "--members", "2"), "--members goes with --create-group"),
+            (_args("reader", "--create-group", "x", "--members", "2,x"), "--members must be"),
+            (_args("reader", "--group-id", "g:1", "--page", 101), "--page must be"),
+        ):
+            code, stderr, node = await _run_node(node_client, c, *args)
+            assert code == 1 and words in stderr, stderr
+            assert node.events == []  # refused before it registers
+        # A group the Node user is not in: the route refuses its history.
+        args = _args("reader", "--group-id", "g:999", "--history")
+        code, stderr, node = await _run_node(node_client, c, *args)
+        assert code == 1
+        assert "History at" in stderr and "PERMISSION_DENIED" in stderr
+        assert "you are not a member of group g:999" in stderr
+        assert node.events[-1] == {"event": "logged_out"}
 
         args = _args("waiter", "--wait-for", 1, timeout=1)
         code, stderr, node = await _run_node(node_client, c, *args)
