@@ -173,6 +173,70 @@ def test_the_readme_tour_works_as_pasted(dev: Dev) -> None:
     # FetchOffline: gina's inbox is empty, and grpcurl leaves zero fields out.
     assert "\n{\n  \n}\n" in out
     assert '"status": "SERVING"' in out
+    # The group part: ListMembers, the send to the group and its History.
+    members = _reply_at(out, '{\n  "group": {')
+    group = members["group"]
+    gid = group["groupId"]
+    assert group["name"] == "team" and group["myRole"] == "GROUP_ROLE_OWNER"
+    assert group["memberCount"] == 2
+    assert [(m["role"], m["joinedPosition"]) for m in members["members"]] == [
+        ("GROUP_ROLE_OWNER", "1"),
+        ("GROUP_ROLE_MEMBER", "1"),
+    ]
+    gina, hal = (m["userId"] for m in members["members"])
+    assert group["ownerId"] == gina
+    sent = _reply_at(out, '{\n  "messageId"', after='"groupId": "')
+    assert sent["status"] == "DELIVERY_STATUS_STORED" and sent["recipients"] == 1  # hal is away
+    history = _reply_at(out, '{\n  "messages": [')
+    assert history["headPosition"] == "2" and "more" not in history
+    said, created = history["messages"]
+    assert (said["position"], said["kind"], said["text"]) == ("2", "MESSAGE_KIND_GROUP", "hi team")
+    assert said["messageId"] == sent["messageId"] and said["conversationId"] == gid
+    assert (created["position"], created["kind"]) == ("1", "MESSAGE_KIND_MEMBERSHIP")
+    assert created["text"] == "gina created group 'team' with hal"
+    assert created["membership"] == {
+        "action": "MEMBERSHIP_ACTION_CREATED",
+        "actorId": gina,
+        "userIds": [hal],
+        "groupName": "team",
+    }
+
+
+def _reply_at(out: str, start: str, after: str = "") -> Any:
+    """The JSON reply that begins with ``start`` in grpcurl's output (the
+    first one after the text ``after``)."""
+    offset = out.index(start, out.index(after) if after else 0)
+    reply, _ = json.JSONDecoder().raw_decode(out, offset)
+    return reply
+
+
+def test_groups_and_history_the_grpcurl_way(dev: Dev) -> None:
+    """Described with their comments; a member reads, a stranger is refused."""
+    route = dev.route_address
+    described = grpcurl_ok(route, "describe", "cim.v1.Route.History")
+    assert "removed or who left, who read up to and including their removal" in described
+    assert "cim.v1.Groups" in listed(route)
+    tokens = {}
+    for name in ("ivy", "kim"):
+        credentials = json.dumps({"user_name": name, "password": "pw"})
+        grpcurl_ok("-d", credentials, route, "cim.v1.Route/Register")
+        tokens[name] = grpcurl_json("-d", credentials, route, "cim.v1.Route/Login")["sessionToken"]
+
+    def as_user(name: str) -> tuple[str, str]:
+        return ("-H", f"authorization: Bearer {tokens[name]}")
+
+    made = grpcurl_json(
+        *as_user("ivy"), "-d", '{"name":"pair"}', route, "cim.v1.Groups/CreateGroup"
+    )
+    gid = made["group"]["groupId"]
+    assert made["event"]["kind"] == "MESSAGE_KIND_MEMBERSHIP"
+    request = json.dumps({"conversation_id": gid, "limit": 1})
+    page = grpcurl_json(*as_user("ivy"), "-d", request, route, "cim.v1.Route/History")
+    assert [m["text"] for m in page["messages"]] == ["ivy created group 'pair'"]
+    refused = grpcurl(*as_user("kim"), "-d", request, route, "cim.v1.Route/History")
+    out = refused.stdout + refused.stderr
+    assert refused.returncode != 0
+    assert "Code: PermissionDenied" in out and f"you are not a member of group {gid}" in out
 
 
 def test_a_refused_stream_fails_for_grpcurl(dev: Dev) -> None:
