@@ -103,7 +103,7 @@ class BenchOptions:
     # Messages in each conversation whose history is read, and the reads timed.
     history_messages: int = 2000
     history_reads: int = 200
-    history_kinds: tuple[str, ...] = ("private",)
+    history_kinds: tuple[str, ...] = ("private", "group")
 
     def __post_init__(self) -> None:
         if self.redis_fsync not in REDIS_FSYNC:
