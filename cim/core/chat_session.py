@@ -19,12 +19,14 @@ States::
 Events in (frozen dataclasses, below): ``FrameReceived``, ``ClientClosed``,
 ``ReadFailed``, ``LoginTimedOut``, ``LoginAccepted``, ``LoginRefused``,
 ``ReplayPageReceived``, ``ReplayPageQueued``, ``ReplayFailed``,
-``SendSettled``, ``Deliver``, ``OutboundOverflow``, ``Tick``, ``Kick``,
-``Replaced``, ``SessionInvalid``, ``Drain``, ``Stop``, ``Ended``.
+``SendSettled``, ``Deliver``, ``TypingReceived``, ``TypingRefused``,
+``OutboundOverflow``, ``Tick``, ``Kick``, ``Replaced``, ``SessionInvalid``,
+``Drain``, ``Stop``, ``Ended``.
 
 Actions out: ``Push`` (a frame for the client; ``paced`` ones wait for room in
-the outbound queue), ``CheckLogin`` (ask a route whether the token stands),
-``FetchReplayPage``, ``Submit`` (hand a send to a route), ``ForwardAck``,
+the outbound queue, ``expendable`` ones are dropped when it is half full),
+``CheckLogin`` (ask a route whether the token stands), ``FetchReplayPage``,
+``Submit`` (hand a send to a route), ``ForwardAck``, ``ForwardTyping``,
 ``Close`` (end the stream after what is queued, with an optional final frame
 past the queue's bound and an optional error for the call's status), and
 ``ReportDisconnected``.
@@ -59,6 +61,15 @@ Rules:
   refused send gets an error result and the stream goes on; an accepted one
   becomes ``Submit`` and its ``SendSettled`` becomes its result frame.
 * Acks are forwarded for the session's own user, never one a frame names.
+* Typing notes (``cim.core.typing_notes``) never end the stream. Each counts
+  against the user's flood bucket (the server's ``TypingGate``); over it, or
+  with a malformed conversation id, or a private one that is not the user's,
+  the note is refused: a ``KIND_REFUSED`` notice with the error's code, at
+  most one per ``REFUSAL_INTERVAL`` (the others are silent). A note past the
+  throttle becomes ``ForwardTyping`` for the session's user (a group's
+  membership is the route's to check: its refusal comes back as
+  ``TypingRefused`` and is told the same way). A note from a route
+  (``TypingReceived``) is an expendable push, in the replay or live.
 * Heartbeat. Every frame counts as traffic; a ``Tick`` (the driver's idle
   sweep) closes a session silent for longer than the heartbeat policy's
   idle timeout. Pings get a pong.
@@ -100,9 +111,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from cim.core import limits
+from cim.core import conversations, limits, typing_notes
 from cim.core.liveness import HeartbeatPolicy
 from cim.core.ratelimit import KeyedLimiter
+from cim.core.typing_notes import REFUSAL_INTERVAL, TypingGate
 from cim.errors import (
     CimError,
     DeadlineExceeded,
@@ -131,6 +143,7 @@ __all__ = [
     "Event",
     "FetchReplayPage",
     "ForwardAck",
+    "ForwardTyping",
     "FrameReceived",
     "Kick",
     "LiveGate",
@@ -152,6 +165,8 @@ __all__ = [
     "Stop",
     "Submit",
     "Tick",
+    "TypingReceived",
+    "TypingRefused",
     "error_notice",
     "notice",
 ]
@@ -167,6 +182,7 @@ KICKED = chat_pb2.Notice.KIND_KICKED
 DRAINING = chat_pb2.Notice.KIND_DRAINING
 ERROR = chat_pb2.Notice.KIND_ERROR
 BEHIND = chat_pb2.Notice.KIND_BEHIND
+REFUSED = chat_pb2.Notice.KIND_REFUSED
 
 Clock = Callable[[], float]
 
@@ -260,6 +276,21 @@ class Deliver:
 
 
 @dataclass(frozen=True)
+class TypingReceived:
+    """Another participant's typing note for this session's user, from a route."""
+
+    typing: chat_pb2.Typing
+
+
+@dataclass(frozen=True)
+class TypingRefused:
+    """The route refused a typing note this session forwarded (not a member
+    of the group, a deleted group)."""
+
+    error: CimError
+
+
+@dataclass(frozen=True)
 class OutboundOverflow:
     """A push did not fit in the driver's bounded outbound queue."""
 
@@ -316,6 +347,8 @@ Event = (
     | ReplayFailed
     | SendSettled
     | Deliver
+    | TypingReceived
+    | TypingRefused
     | OutboundOverflow
     | Tick
     | Kick
@@ -333,10 +366,13 @@ Event = (
 @dataclass(frozen=True)
 class Push:
     """Queue ``frame`` for the client; a ``paced`` one waits until the queue is
-    at most half full (a long replay goes at the client's pace)."""
+    at most half full (a long replay goes at the client's pace); an
+    ``expendable`` one (a typing note) is dropped unless the queue is less
+    than half full, and never makes the session "too slow"."""
 
     frame: chat_pb2.ServerFrame
     paced: bool = False
+    expendable: bool = False
 
 
 @dataclass(frozen=True)
@@ -369,6 +405,13 @@ class ForwardAck:
 
 
 @dataclass(frozen=True)
+class ForwardTyping:
+    """Hand a typing note to a route (it answers with a refusal or nothing)."""
+
+    note: route_internal_pb2.SubmittedTyping
+
+
+@dataclass(frozen=True)
 class Close:
     """End the stream after what is queued, then ``final`` (past the bound).
     ``error`` set: the call ends with its status; None: it ends normally."""
@@ -385,7 +428,16 @@ class ReportDisconnected:
     reason: str
 
 
-Action = Push | CheckLogin | FetchReplayPage | Submit | ForwardAck | Close | ReportDisconnected
+Action = (
+    Push
+    | CheckLogin
+    | FetchReplayPage
+    | Submit
+    | ForwardAck
+    | ForwardTyping
+    | Close
+    | ReportDisconnected
+)
 
 
 def notice(kind: chat_pb2.Notice.Kind.ValueType, text: str, code: int = 0) -> chat_pb2.ServerFrame:
@@ -456,9 +508,11 @@ class LiveGate:
 class ChatSession:
     """One client stream's protocol state; see the module docstring.
 
-    ``limiter`` is the server's per-user send limiter (shared: a user's new
-    stream does not start with a fresh bucket); ``clock`` is monotonic time
-    for the heartbeat, ``wall_clock`` the time a pong reports.
+    ``limiter`` is the server's per-user send limiter and ``typing`` its
+    typing limits (both shared: a user's new stream does not start with a
+    fresh bucket; without ``typing`` the session has limits of its own);
+    ``clock`` is monotonic time for the heartbeat, ``wall_clock`` the time a
+    pong reports.
     """
 
     def __init__(
@@ -466,11 +520,15 @@ class ChatSession:
         settings: SessionSettings,
         limiter: KeyedLimiter[int] | None = None,
         *,
+        typing: TypingGate | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
     ) -> None:
         self.settings = settings
         self._limiter = limiter
+        self._typing = typing if typing is not None else TypingGate(clock=clock)
+        # When the client was last told of a refused typing note (None: never).
+        self._refused_at: float | None = None
         self._clock = clock
         self._wall_clock = wall_clock
         self.state = State.AWAITING_LOGIN
@@ -513,6 +571,15 @@ class ChatSession:
                 return self._deliver(message)
             case SendSettled(correlation_id, outcome):
                 return self._settled(correlation_id, outcome)
+            case TypingReceived(typing):
+                if self.state not in (State.REPLAYING, State.LIVE):
+                    return []
+                return [Push(chat_pb2.ServerFrame(typing=typing), expendable=True)]
+            case TypingRefused(error):
+                self._typing.count(typing_notes.REFUSED)
+                if self.closed:
+                    return []
+                return self._refuse_note(error)
             case ClientClosed():
                 if self.state is State.AWAITING_LOGIN:
                     return self._refuse(self._refusal or _no_login())
@@ -614,6 +681,8 @@ class ChatSession:
         if kind == "ack":
             # The user is the session's, never one named in the frame.
             return [ForwardAck(self.user_id, self.session_id, frame.ack.seq)]
+        if kind == "typing":
+            return self._typing_note(frame.typing)
         if kind == "sync":
             if self.state is not State.LIVE:
                 return []  # a replay is running (or the login is being checked)
@@ -674,6 +743,8 @@ class ChatSession:
         if refusal is not None:
             return [_send_error(correlation_id, refusal)]
         self.outstanding_sends += 1
+        if len(self._typing.throttle):  # someone typed lately: a message ends the note
+            self._typing.message_sent(self.user_id, _conversation_of(self.user_id, item))
         return [Submit(correlation_id, item)]
 
     def _check_send(self, text: str) -> CimError | None:
@@ -701,6 +772,42 @@ class ChatSession:
         else:
             result.error.CopyFrom(outcome.error)
         return [Push(chat_pb2.ServerFrame(send_result=result))]
+
+    # --- typing notes ---------------------------------------------------------------
+    def _typing_note(self, note: chat_pb2.TypingFrame) -> list[Action]:
+        gate = self._typing
+        refusal = gate.flood_refusal(self.user_id)
+        if refusal is not None:
+            return self._refuse_note(refusal)
+        cid = note.conversation_id
+        try:
+            conversation = conversations.parse(cid)
+            if conversation.private:
+                conversations.peer(conversation, self.user_id)  # theirs only
+        except CimError as exc:
+            invalid = isinstance(exc, InvalidArgument)
+            gate.count(typing_notes.INVALID if invalid else typing_notes.NOT_MEMBER)
+            return self._refuse_note(exc)
+        if not gate.allow(self.user_id, cid, note.stopped):
+            return []
+        forward = route_internal_pb2.SubmittedTyping(
+            user_id=self.user_id,
+            session_id=self.session_id,
+            user_name=self.user_name,
+            conversation_id=cid,
+            stopped=note.stopped,
+        )
+        return [ForwardTyping(forward)]
+
+    def _refuse_note(self, error: CimError) -> list[Action]:
+        """Tells the client a typing note was refused, unless it was told
+        less than REFUSAL_INTERVAL ago: a flood gets a notice a second."""
+        now = self._clock()
+        if self._refused_at is not None and now - self._refused_at < REFUSAL_INTERVAL:
+            return []
+        self._refused_at = now
+        item = to_item(error)
+        return [Push(notice(REFUSED, f"typing note refused: {item.message}", item.code))]
 
     # --- replay and live pushes ----------------------------------------------------
     def _begin_replay(self, after_seq: int) -> list[Action]:
@@ -775,6 +882,15 @@ class ChatSession:
 
 
 _NO_TARGET = "send frame has neither a private nor a group target"
+
+
+def _conversation_of(sender_id: int, item: route_internal_pb2.SubmittedMessage) -> str:
+    """The conversation a send goes to, as typing notes name it ("" when it
+    is none: a bad receiver id)."""
+    if item.WhichOneof("target") == "group":
+        return item.group.group_id
+    receiver_id = item.private.receiver_id
+    return conversations.private_id(sender_id, receiver_id) if receiver_id > 0 else ""
 
 
 def _no_login() -> CimError:
