@@ -315,6 +315,9 @@ class Store(Protocol):
 
     async def get_session(self, user_id: int) -> SessionRecord | None: ...
 
+    async def get_sessions(self, user_ids: Sequence[int]) -> list[SessionRecord | None]:
+        """The sessions of many users in one round trip, in order (None: none)."""
+
     async def mark_connected(
         self, user_id: int, session_id: str, server_id: str, ttl: float
     ) -> SessionRecord | None:
@@ -435,6 +438,10 @@ class Store(Protocol):
 
     async def read_group(self, group_id: str) -> Group | None:
         """The group's record (members, left, meta), or None if it never existed."""
+
+    async def group_versions(self, group_ids: Sequence[str]) -> list[int]:
+        """Each group's membership version in one round trip, in order (0: no
+        such group): whether members cached at a version are still current."""
 
     async def apply_group(
         self, change: Change, event_id: str, event: bytes, retention: Retention

@@ -230,6 +230,9 @@ class MemoryStore:
     async def get_session(self, user_id: int) -> SessionRecord | None:
         return self._live_session(user_id)
 
+    async def get_sessions(self, user_ids: Sequence[int]) -> list[SessionRecord | None]:
+        return [self._live_session(user_id) for user_id in user_ids]
+
     async def mark_connected(
         self, user_id: int, session_id: str, server_id: str, ttl: float
     ) -> SessionRecord | None:
@@ -538,6 +541,10 @@ class MemoryStore:
             self._groups.pop(group_id, None)
             self._conversations.pop(group_id, None)
         return self._groups.get(group_id)
+
+    async def group_versions(self, group_ids: Sequence[str]) -> list[int]:
+        groups = [self._groups.get(group_id) for group_id in group_ids]
+        return [group.version if group is not None else 0 for group in groups]
 
     async def apply_group(
         self, change: Change, event_id: str, event: bytes, retention: Retention

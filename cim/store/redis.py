@@ -1270,6 +1270,12 @@ class RedisStore:
             fields = await self._client.hmget(self._keys.session(user_id), keys.SESSION_FIELDS)
         return _session(user_id, fields)
 
+    async def get_sessions(self, user_ids: Sequence[int]) -> list[SessionRecord | None]:
+        if not user_ids:
+            return []
+        async with self._guard():
+            return await self._read_sessions(user_ids)
+
     async def _read_sessions(self, user_ids: Sequence[int]) -> list[SessionRecord | None]:
         def build(pipe: _Pipe) -> None:
             for user_id in user_ids:
@@ -1789,6 +1795,18 @@ class RedisStore:
             parsed,
             {int(uid): int(at) for uid, at in left.items()},
         )
+
+    async def group_versions(self, group_ids: Sequence[str]) -> list[int]:
+        if not group_ids:
+            return []
+
+        def build(pipe: _Pipe) -> None:
+            for group_id in group_ids:
+                pipe.hget(self._keys.conversation_meta(group_id), keys.GROUP_VERSION)
+
+        async with self._guard():
+            found = await self._pipeline(build)
+        return [int(version) if version else 0 for version in found]
 
     async def apply_group(
         self, change: Change, event_id: str, event: bytes, retention: Retention

@@ -1075,3 +1075,32 @@ async def test_a_deleted_groups_members_still_read_its_history(store: Store) -> 
         assert page is not None
         assert [e.payload for e in page.entries] == [b"gone", b"hi", b"created"]
     assert await store.read_group_history("g:6", 3, 0, 10, KEEP_ALL) is None
+
+
+# --- typing notes: reads only -------------------------------------------------------
+
+
+async def test_many_sessions_are_read_at_once_in_order(store: Store) -> None:
+    await store.claim_session(SessionRecord(1, "s1", "server-a"), ttl=10)
+    await store.claim_session(SessionRecord(3, "s3", "server-b"), ttl=10)
+    await store.mark_connected(3, "s3", "server-b", ttl=10)
+    found = await store.get_sessions([3, 2, 1, 3])
+    assert found == [
+        SessionRecord(3, "s3", "server-b", connected=True),
+        None,
+        SessionRecord(1, "s1", "server-a"),
+        SessionRecord(3, "s3", "server-b", connected=True),
+    ]
+    assert await store.get_sessions([]) == []
+
+
+async def test_group_versions_follow_every_change(store: Store) -> None:
+    retention = Retention()
+    assert await store.group_versions(["g:1", "g:2"]) == [0, 0]
+    await store.apply_group(_created(1, 10, 11), "e1", b"created", retention)
+    await store.apply_group(_created(2, 10), "e2", b"created", retention)
+    group = await store.read_group("g:1")
+    assert group is not None
+    await store.apply_group(groups.remove(group, 10, [11]), "e3", b"removed", retention)
+    assert await store.group_versions(["g:2", "g:1", "g:3"]) == [1, 2, 0]
+    assert await store.group_versions([]) == []
