@@ -74,6 +74,15 @@ class ServerMetrics(AppMetrics):
             "Stored messages replayed to logging-in clients.",
             registry=registry,
         )
+        typing_pushes = Counter(
+            "cim_typing_pushes_total",
+            "Typing notes from routes for users connected here, by result: pushed to "
+            "their stream, or dropped (gone, not logged in yet, or behind on its frames).",
+            ["result"],
+            registry=registry,
+        )
+        self.typing_pushed = typing_pushes.labels(result="pushed")
+        self.typing_dropped = typing_pushes.labels(result="dropped")
 
     def count_users(self, read: Callable[[], int]) -> None:
         self._users.set_function(read)
@@ -89,6 +98,17 @@ class ServerMetrics(AppMetrics):
 
     def login(self, error: CimError | None) -> None:
         self.stream_logins.labels(result=result_label(error)).inc()
+
+    def count_typing(self, read: Callable[[], dict[str, int]]) -> None:
+        """``read``: the typing gate's counts (``TypingGate.counts``)."""
+        self.counts.add(
+            "cim_typing_notes",
+            "Typing notes clients sent on their streams here, by outcome: forwarded to a "
+            "route, or why dropped (throttled: within 3 s of the last one; flood: over 10 "
+            "a second; invalid; not_member; refused_by_route; route_failed).",
+            "outcome",
+            read,
+        )
 
     def count_rate_limits(self, read: Callable[[], dict[str, int]]) -> None:
         self.counts.add(

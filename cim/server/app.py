@@ -58,6 +58,7 @@ class ChatServerApp:
         )
         metrics.count_users(lambda: len(self.streams))
         metrics.count_rate_limits(lambda: {"stream_messages": self.service.send_limits.refused})
+        metrics.count_typing(lambda: dict(self.service.typing_gate.counts))
         metrics.count_registry_errors(lambda: registry.errors)
         self.listener = Listener(
             MemberKind.SERVER,

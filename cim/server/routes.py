@@ -60,6 +60,10 @@ class RouteLinks:
         self._submissions: Coalescer[
             route_internal_pb2.SubmittedMessage, route_internal_pb2.SubmitResult
         ] = Coalescer(self._submit_batch)
+        # Typing notes: batched the same way (one call while another is in flight).
+        self._typings: Coalescer[
+            route_internal_pb2.SubmittedTyping, route_internal_pb2.TypingResult
+        ] = Coalescer(self._typing_batch)
         # How long routes keep login state without a refresh, as they said last
         # (seconds; None until one said): refreshes must come well within it.
         self.session_ttl: float | None = None
@@ -155,6 +159,23 @@ class RouteLinks:
         """Queues a message a client sent (batched with others); the future of its result."""
         return self._submissions.enqueue(message)
 
+    def typing(
+        self, note: route_internal_pb2.SubmittedTyping
+    ) -> asyncio.Future[route_internal_pb2.TypingResult]:
+        """Queues a typing note (batched with others); the future of the
+        route's answer: a refusal, or nothing (forwarded or dropped)."""
+        return self._typings.enqueue(note)
+
+    async def _typing_batch(
+        self, notes: list[route_internal_pb2.SubmittedTyping]
+    ) -> list[route_internal_pb2.TypingResult]:
+        request = route_internal_pb2.TypingRequest(server_id=self._server_id, notes=notes)
+        reply: route_internal_pb2.TypingResponse = await self._call(
+            "Typing",
+            lambda stub: stub.Typing(request, metadata=self._metadata, timeout=self._timeout),
+        )
+        return list(reply.results)
+
     async def _call(self, what: str, call: Call[T]) -> T:
         """Runs ``call`` against a route, trying the next one when a route is unreachable."""
         return await self._failover(what, lambda member: call(self._stub(member)))
@@ -202,6 +223,7 @@ class RouteLinks:
 
     async def aclose(self) -> None:
         await self._submissions.aclose()
+        await self._typings.aclose()
         for stream in self._streams.values():
             await stream.aclose()
         self._streams.clear()

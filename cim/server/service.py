@@ -29,6 +29,7 @@ from cim.core.chat_session import (
     Ended,
     FetchReplayPage,
     ForwardAck,
+    ForwardTyping,
     FrameReceived,
     Kick,
     LoginAccepted,
@@ -44,9 +45,11 @@ from cim.core.chat_session import (
     SendSettled,
     SessionSettings,
     Submit,
+    TypingRefused,
 )
 from cim.core.ratelimit import KeyedLimiter
-from cim.errors import CimError, Internal
+from cim.core.typing_notes import FAILED, TypingGate
+from cim.errors import CimError, Internal, from_item
 from cim.grpcutil import SecretCheck, refuse_stream, unary_edge
 from cim.metrics.server import ServerMetrics
 from cim.proto.internal.v1 import chat_internal_pb2, chat_internal_pb2_grpc, route_internal_pb2
@@ -97,12 +100,15 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self.send_limits: KeyedLimiter[int] = KeyedLimiter(
             config.max_msgs_per_sec, config.msg_burst
         )
+        # Typing notes per user and conversation, and per user (floods).
+        self.typing_gate = TypingGate()
 
     async def Connect(
         self, request_iterator: AsyncIterator[chat_pb2.ClientFrame], context: Context
     ) -> AsyncIterator[chat_pb2.ServerFrame]:
         stream = ClientStream(
-            ChatSession(self._settings, self.send_limits), self._config.outbound_queue
+            ChatSession(self._settings, self.send_limits, typing=self.typing_gate),
+            self._config.outbound_queue,
         )
         if not self.accepting:
             stream.handle(Drain())
@@ -209,10 +215,29 @@ class ChatService(chat_pb2_grpc.ChatServicer):
                 future.add_done_callback(functools.partial(_settle, stream, action.correlation_id))
             elif isinstance(action, ForwardAck):
                 self._acks.note(action.user_id, action.session_id, action.seq)
+            elif isinstance(action, ForwardTyping):
+                answer = self._routes.typing(action.note)
+                answer.add_done_callback(functools.partial(self._typing_settled, stream))
             elif isinstance(action, FetchReplayPage):
                 stream.replay_task = asyncio.create_task(self._replay(stream, action))
             else:
                 raise AssertionError(f"unexpected action {action!r}")
+
+    def _typing_settled(
+        self, stream: ClientStream, done: asyncio.Future[route_internal_pb2.TypingResult]
+    ) -> None:
+        """A forwarded typing note's answer: a refusal goes back to its
+        session; a failure costs the note alone (it is worth nothing later)."""
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if exc is not None:
+            self.typing_gate.count(FAILED)
+            log.debug("a typing note of user %s was lost: %s", stream.user_id, exc)
+            return
+        result = done.result()
+        if result.HasField("refused"):
+            stream.handle(TypingRefused(from_item(result.refused)))
 
     async def _replay(self, stream: ClientStream, fetch: FetchReplayPage | None) -> None:
         """Reads the inbox pages the session asks for and queues them at the
@@ -309,6 +334,9 @@ class ChatInternalService(chat_internal_pb2_grpc.ChatInternalServicer):
             stream = self._streams.get(kick.user_id)
             if stream is not None:
                 stream.handle(Kick(kick.session_id, kick.reason))
+        if request.typings:
+            # Before the messages: a message of the typist then ends the note it follows.
+            self._hand_over_typings(request.typings)
         if self._tracer is None:
             delivered = await self._hand_over(request.deliveries)
         else:
@@ -334,6 +362,20 @@ class ChatInternalService(chat_internal_pb2_grpc.ChatInternalServicer):
             else:
                 delivered.append(False)
         return delivered
+
+    def _hand_over_typings(self, notes: Sequence[chat_internal_pb2.TypingNote]) -> None:
+        """Queues each typing note for its receivers' streams; a receiver not
+        (or no longer) here, not logged in, or behind gets none."""
+        pushed = dropped = 0
+        for note in notes:
+            for receiver_id in note.receiver_ids:
+                stream = self._streams.get(receiver_id)
+                if stream is not None and stream.typing(note.typing):
+                    pushed += 1
+                else:
+                    dropped += 1
+        self._metrics.typing_pushed.inc(pushed)
+        self._metrics.typing_dropped.inc(dropped)
 
     @unary_edge
     async def Presence(

@@ -24,6 +24,7 @@ from cim.core.chat_session import (
     OutboundOverflow,
     Push,
     State,
+    TypingReceived,
 )
 from cim.errors import CimError
 from cim.proto.v1 import chat_pb2, common_pb2
@@ -54,6 +55,14 @@ class Outbox:
         self._frames.append(frame)
         self._ready.set()
         return True
+
+    def push_expendable(self, frame: chat_pb2.ServerFrame) -> bool:
+        """Queues a frame worth little (a typing note) only while the queue is
+        less than half full: a client that is behind gets none, and never
+        fills the queue with them."""
+        if len(self._frames) >= self._max_buffered // 2:
+            return False
+        return self.push(frame)
 
     async def push_paced(self, frame: chat_pb2.ServerFrame) -> bool:
         """Queues a frame once the queue is at most half full: a long replay
@@ -133,6 +142,15 @@ class ClientStream:
         self.handle(Deliver(message))
         return not self.session.closed
 
+    def typing(self, note: chat_pb2.Typing) -> bool:
+        """Another participant's typing note from a route; True when it was
+        queued for the client (not logged in yet, closed, or behind: dropped)."""
+        queued = False
+        for action in self.session.handle(TypingReceived(note)):
+            if isinstance(action, Push) and action.expendable:
+                queued = self.outbox.push_expendable(action.frame)
+        return queued
+
     async def push_paced(self, frame: chat_pb2.ServerFrame) -> bool:
         """Queues a replayed frame at the client's pace; False once closed."""
         return await self.outbox.push_paced(frame)
@@ -143,7 +161,9 @@ class ClientStream:
     def _carry_out(self, actions: list[Action]) -> list[Action]:
         rest: list[Action] = []
         for action in actions:
-            if isinstance(action, Push) and not action.paced:
+            if isinstance(action, Push) and action.expendable:
+                self.outbox.push_expendable(action.frame)
+            elif isinstance(action, Push) and not action.paced:
                 if not self.outbox.push(action.frame) and not self.outbox.closed:
                     self._carry_out(self.session.handle(OutboundOverflow()))
             elif isinstance(action, Close):

@@ -133,3 +133,30 @@ async def test_find_waits_for_a_login_being_checked() -> None:
     assert await table.find(9, wait=1.0) is stream
     await task
     assert await table.find(10, wait=1.0) is None
+
+
+async def test_a_typing_note_is_queued_only_while_the_outbox_is_under_half_full() -> None:
+    stream = live_stream(max_buffered=8)  # LoginOk and ReplayDone are queued
+    note = chat_pb2.Typing(conversation_id="p:1:2", user_id=2, user_name="bob")
+    assert stream.typing(note)
+    assert stream.outbox.push(frame("a"))
+    assert not stream.typing(note)  # behind: dropped, and not "too slow"
+    assert not stream.closed and len(stream.outbox) == 4
+    stream.outbox.close()
+    frames = await drained(stream)
+    assert [f.WhichOneof("frame") for f in frames] == [
+        "login_ok",
+        "replay_done",
+        "typing",
+        "notice",
+    ]
+    assert frames[2].typing == note
+
+
+async def test_a_typing_note_for_a_stream_not_logged_in_or_closed_is_dropped() -> None:
+    note = chat_pb2.Typing(conversation_id="p:1:2", user_id=2)
+    fresh = ClientStream(ChatSession(SessionSettings(server_id="s")), 10)
+    assert not fresh.typing(note) and len(fresh.outbox) == 0
+    stream = live_stream()
+    stream.handle(Drain())
+    assert not stream.typing(note)
