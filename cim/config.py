@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cim.core.groups import MEMBERS_CEILING
 from cim.core.groups import Limits as GroupLimits
 from cim.core.liveness import Backoff, HeartbeatPolicy
 from cim.core.passwords import ScryptParams
@@ -27,6 +28,9 @@ DEFAULT_MAX_MSGS_PER_SEC = 100.0
 DEFAULT_MSG_BURST = 200
 DEFAULT_MAX_LOGINS_PER_SEC = 20.0
 DEFAULT_LOGIN_BURST = 50
+# Typing notes reach groups of at most this many members: each costs a
+# session read per member.
+DEFAULT_TYPING_MAX_MEMBERS = 100
 
 DUPLICATE_LOGIN_POLICIES = ("reject", "kick-old")
 # Who may send CIM's broadcast (group "all": everyone online): anyone, or nobody.
@@ -232,6 +236,8 @@ class RouteConfig:
     group_max_members: int = 1_000
     max_groups_per_user: int = 500
     group_creations_per_minute: int = 5
+    # Groups with more members than this get no typing notes (0: no group does).
+    typing_max_members: int = DEFAULT_TYPING_MAX_MEMBERS
     scrypt: ScryptParams = field(default_factory=ScryptParams)
     # Unary sends per user through this route (a user spread over N routes
     # gets up to N times this), and registrations plus logins per client
@@ -265,6 +271,8 @@ class RouteConfig:
             # A fan-out pending past the dedup window is dropped, not repaired.
             raise ValueError("the fan-out repair delay must be positive and below the dedup window")
         self.group_limits  # noqa: B018 - checks the group limits
+        if not 0 <= self.typing_max_members <= MEMBERS_CEILING:
+            raise ValueError(f"typing max members must be between 0 and {MEMBERS_CEILING:,}")
         check_rate_limit("messages", self.max_msgs_per_sec, self.msg_burst)
         check_rate_limit("logins", self.max_logins_per_sec, self.login_burst)
         if self.tls is not None:

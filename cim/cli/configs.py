@@ -187,6 +187,7 @@ def _route_behaviour(
         duplicate_login=routing.duplicate_login,
         broadcast=routing.broadcast,
         group_max_members=routing.group_max_members,
+        typing_max_members=routing.typing_max_members,
         max_text_bytes=max_text_bytes,
         session_ttl=retention.session_ttl,
         inbox_max_messages=retention.inbox_max_messages,

@@ -22,6 +22,7 @@ from cim.config import (
     DEFAULT_MAX_LOGINS_PER_SEC,
     DEFAULT_MAX_MSGS_PER_SEC,
     DEFAULT_MSG_BURST,
+    DEFAULT_TYPING_MAX_MEMBERS,
     DUPLICATE_LOGIN_POLICIES,
     TRACING_EXPORTERS,
 )
@@ -169,6 +170,7 @@ class RoutingFlags:
     duplicate_login: str
     broadcast: str
     group_max_members: int = 1_000
+    typing_max_members: int = DEFAULT_TYPING_MAX_MEMBERS
 
 
 routing_options = option_group(
@@ -198,6 +200,14 @@ routing_options = option_group(
         default=1_000,
         type=click.IntRange(min=2, max=MEMBERS_CEILING),
         help="Members per group at most; over it an add gets RESOURCE_EXHAUSTED.",
+    ),
+    click.option(
+        "--typing-max-members",
+        envvar="CIM_TYPING_MAX_MEMBERS",
+        default=DEFAULT_TYPING_MAX_MEMBERS,
+        type=click.IntRange(min=0, max=MEMBERS_CEILING),
+        help="Groups with more members get no typing notes (each note costs a session "
+        "read per member); 0: none do.",
     ),
 )
 

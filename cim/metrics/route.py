@@ -105,6 +105,27 @@ class RouteMetrics(AppMetrics):
             ["operation"],
             registry=registry,
         )
+        self._typing_notes = Counter(
+            "cim_typing_notes_total",
+            "Typing notes from chat servers, by outcome: forwarded (to at least one "
+            "participant online), nobody_online, too_many_members (a group over "
+            "--typing-max-members), or refused: invalid, not_member, deleted_group.",
+            ["outcome"],
+            registry=registry,
+        )
+        self._typing_outcomes: dict[str, Counter] = {}
+        self.typing_receivers = Counter(
+            "cim_typing_receivers_total",
+            "Typing notes handed to chat servers for a receiver online there.",
+            registry=registry,
+        )
+
+    def typing_note(self, outcome: str) -> None:
+        """One typing note more with this outcome (a fixed set: cim.route.typing_notes)."""
+        counter = self._typing_outcomes.get(outcome)
+        if counter is None:
+            counter = self._typing_outcomes[outcome] = self._typing_notes.labels(outcome=outcome)
+        counter.inc()
 
     def refused(self, kind: str, error: CimError) -> None:
         self._refused.labels(kind=kind, result=result_label(error)).inc()

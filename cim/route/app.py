@@ -21,10 +21,12 @@ from cim.registry.base import Registry
 from cim.route.admin import Administration, AdminKeys
 from cim.route.groups import GroupManager
 from cim.route.groups_service import GroupsService
+from cim.route.member_cache import GroupMemberCache
 from cim.route.messages import MessageRouter
 from cim.route.servers import ServerDirectory
 from cim.route.service import AdminService, RouteInternalService, RouteLimits, RouteService
 from cim.route.sessions import SessionManager
+from cim.route.typing_notes import TypingRouter
 from cim.serving import Listener
 from cim.store.base import Store
 from cim.tls import load as load_tls
@@ -73,7 +75,12 @@ class RouteApp:
         # The store as the route's work sees it: every operation timed.
         measured_store = measured(store, metrics.store_seconds, metrics.store_errors)
         self.sessions = SessionManager(config, measured_store, self.servers, signer)
-        self.router = MessageRouter(config, measured_store, self.servers, metrics, self.tracer)
+        # Group members by version, for the message and the typing paths alike.
+        members = GroupMemberCache()
+        self.router = MessageRouter(
+            config, measured_store, self.servers, metrics, self.tracer, members
+        )
+        self.typing = TypingRouter(config, measured_store, self.servers, members, metrics)
         self.groups = GroupManager(config, measured_store, self.servers)
         self.limits = RouteLimits(config)
         metrics.count_rate_limits(self.limits.refusals)
@@ -104,7 +111,7 @@ class RouteApp:
             RouteService(self.sessions, self.router, self.limits, self.metrics), ROUTE, public=True
         )
         internal = RouteInternalService(
-            self.sessions, self.router, SecretCheck(self.config.cluster_secrets)
+            self.sessions, self.router, SecretCheck(self.config.cluster_secrets), self.typing
         )
         listener.add(internal, ROUTE_INTERNAL, public=False)
         listener.add(GroupsService(self.sessions, self.groups), GROUPS, public=True)

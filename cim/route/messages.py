@@ -53,6 +53,7 @@ from cim.errors import (
 from cim.metrics.route import GROUP, PRIVATE, RouteMetrics
 from cim.proto.internal.v1 import chat_internal_pb2, route_internal_pb2
 from cim.proto.v1 import common_pb2
+from cim.route.member_cache import GroupMemberCache
 from cim.route.servers import Parcel, ServerDirectory
 from cim.store.base import (
     GROUP_DELETED,
@@ -79,8 +80,6 @@ log = logging.getLogger(__name__)
 
 # Accounts are never deleted: a set of known ids this big is cheap and sound.
 KNOWN_USERS_LIMIT = 1_000_000
-# Groups whose members a route holds at once (then it starts over).
-GROUP_CACHE_LIMIT = 10_000
 # Send results wait this long to be remembered together (a retry that comes
 # sooner finds the claim: same message id, same seq, no second message).
 REMEMBER_DELAY = 0.05
@@ -378,6 +377,7 @@ class MessageRouter:
         servers: ServerDirectory,
         metrics: RouteMetrics | None = None,
         tracer: MessageTracer | None = None,
+        members: GroupMemberCache | None = None,
     ) -> None:
         self._metrics = metrics or RouteMetrics()
         self._config = config
@@ -418,7 +418,7 @@ class MessageRouter:
         self._known_users: set[int] = set()
         # group id -> (membership version, members): sent back by an append
         # only when the version moved, so most sends carry no member list.
-        self._group_cache: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self._group_cache = members if members is not None else GroupMemberCache()
         # Results to remember for retries: collected for REMEMBER_DELAY and
         # written in one pipeline, off the sender's critical path.
         self._unremembered: list[tuple[SendKey, bytes]] = []
@@ -991,10 +991,11 @@ class MessageRouter:
         """The members the append read (or, at the version the route holds,
         the ones it cached: checked by _append_group)."""
         if stored.members is None:
-            return self._group_cache[group_id][1]
-        if len(self._group_cache) > GROUP_CACHE_LIMIT:
-            self._group_cache.clear()
-        self._group_cache[group_id] = (stored.version, stored.members)
+            cached = self._group_cache.get(group_id)
+            if cached is None:
+                raise RuntimeError(f"group {group_id}'s members are neither cached nor read")
+            return cached[1]
+        self._group_cache.put(group_id, stored.version, stored.members)
         return stored.members
 
     async def _fan_out_group(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
@@ -27,6 +28,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Parcel = list[chat_internal_pb2.Delivery]
+
+
+@dataclass(frozen=True)
+class TypingParcel:
+    """Typing notes for one chat server: they ride in the same DeliverStream
+    batches as the pushes, and get no result (expendable)."""
+
+    notes: list[chat_internal_pb2.TypingNote]
+
+
+# What one item of a server's delivery batches carries.
+Shipment = Parcel | TypingParcel
 
 
 class ServerLink:
@@ -54,22 +67,37 @@ class ServerLink:
             timeout,
             f"Deliver to {member.member_id}",
         )
-        self._deliveries: Coalescer[Parcel, list[bool]] = Coalescer(self._send_parcels)
+        self._deliveries: Coalescer[Shipment, list[bool]] = Coalescer(self._send_parcels)
 
-    def enqueue(self, parcel: Parcel) -> asyncio.Future[list[bool]]:
+    def enqueue(self, parcel: Shipment) -> asyncio.Future[list[bool]]:
+        """Queues a parcel of pushes (its future: a flag per push) or of
+        typing notes (its future: no flags)."""
         return self._deliveries.enqueue(parcel)
 
-    async def _send_parcels(self, parcels: list[Parcel]) -> list[list[bool]]:
+    async def _send_parcels(self, parcels: list[Shipment]) -> list[list[bool]]:
+        pushes = [parcel for parcel in parcels if not isinstance(parcel, TypingParcel)]
         request = chat_internal_pb2.DeliverRequest(
-            deliveries=[delivery for parcel in parcels for delivery in parcel]
+            deliveries=[delivery for parcel in pushes for delivery in parcel]
         )
-        self._batch_sizes.observe(len(request.deliveries))
+        if len(pushes) != len(parcels):
+            request.typings.extend(
+                note
+                for parcel in parcels
+                if isinstance(parcel, TypingParcel)
+                for note in parcel.notes
+            )
+        if request.deliveries or not request.typings:
+            self._batch_sizes.observe(len(request.deliveries))
         reply = await self._stream.call(request)
         flags = list(reply.delivered)
         if len(flags) != len(request.deliveries):
             raise Unavailable(f"chat server {self.member.member_id} answered a malformed batch")
-        results, start = [], 0
+        results: list[list[bool]] = []
+        start = 0
         for parcel in parcels:
+            if isinstance(parcel, TypingParcel):
+                results.append([])
+                continue
             results.append(flags[start : start + len(parcel)])
             start += len(parcel)
         return results
@@ -190,6 +218,30 @@ class ServerDirectory:
             else:
                 self._suspect.discard(server_id)
         return results
+
+    async def push_typing(
+        self, requests: Sequence[tuple[str, list[chat_internal_pb2.TypingNote]]]
+    ) -> int:
+        """Sends each (server id, typing notes) in that server's next delivery
+        batch; how many receivers' notes the servers took. A server that
+        cannot be reached is marked suspect, as for pushes."""
+        queued = []
+        for server_id, notes in requests:
+            link = self.link(server_id)
+            if link is not None:
+                receivers = sum(len(note.receiver_ids) for note in notes)
+                queued.append((server_id, link.enqueue(TypingParcel(notes)), receivers))
+        reached = 0
+        for server_id, future, receivers in queued:
+            try:
+                await future
+            except (grpc.aio.AioRpcError, Unavailable) as exc:
+                self._metrics.push_failures.inc()
+                self.mark_suspect(server_id, f"Deliver failed: {_describe(exc)}")
+            else:
+                self._suspect.discard(server_id)
+                reached += receivers
+        return reached
 
     async def kick(self, server_id: str, user_id: int, session_id: str, reason: str) -> None:
         link = self.link(server_id)

@@ -23,6 +23,7 @@ from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
 from cim.route.admin import Administration, AdminKeys, UserView, user_ref
 from cim.route.messages import MessageRouter, Outcome
 from cim.route.sessions import SessionManager
+from cim.route.typing_notes import TypingRouter
 from cim.store.base import Account
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -214,11 +215,16 @@ def submit_result(outcome: Outcome) -> route_internal_pb2.SubmitResult:
 
 class RouteInternalService(route_internal_pb2_grpc.RouteInternalServicer):
     def __init__(
-        self, sessions: SessionManager, router: MessageRouter, secret: SecretCheck
+        self,
+        sessions: SessionManager,
+        router: MessageRouter,
+        secret: SecretCheck,
+        typing: TypingRouter,
     ) -> None:
         self._sessions = sessions
         self._router = router
         self._secret = secret
+        self._typing = typing
 
     async def SubmitStream(
         self,
@@ -301,6 +307,21 @@ class RouteInternalService(route_internal_pb2_grpc.RouteInternalServicer):
         acks = [(validation.check_user_id(ack.user_id), ack.seq) for ack in request.acks]
         await self._router.ack(acks)
         return route_internal_pb2.AckResponse()
+
+    @unary_edge
+    async def Typing(
+        self, request: route_internal_pb2.TypingRequest, context: Context
+    ) -> route_internal_pb2.TypingResponse:
+        self._secret.require(context)
+        refusals = await self._typing.forward(request.notes)
+        return route_internal_pb2.TypingResponse(
+            results=[
+                route_internal_pb2.TypingResult(refused=to_item(refusal))
+                if refusal is not None
+                else route_internal_pb2.TypingResult()
+                for refusal in refusals
+            ]
+        )
 
 
 # --- Admin --------------------------------------------------------------------------
