@@ -20,6 +20,11 @@ Sending: sends to one conversation (a receiver, a group) go one at a time,
 each retried with the same client_msg_id until it has a result, so a
 sender's messages reach each receiver once and in the order they were sent.
 
+Typing notes (``typing()``) are ephemeral: written once if the stream is up,
+never retried, at most one per conversation per 3 s; those of others go to
+the ``on_typing`` callback, and a note the server refused comes back as a
+REFUSED event (the stream goes on).
+
 Errors: public methods raise ``cim.errors`` classes only (each docstring says
 which); grpc's exceptions are mapped at one seam (``cim.client.route``), so
 ``_Connection`` raises CimError for whatever breaks the stream (the class of
@@ -47,8 +52,10 @@ from google.protobuf.message import Message
 from cim.client.cursor import MemoryCursor, SeqCursor
 from cim.client.route import RouteClient, build_request, map_grpc_errors
 from cim.config import ClientConfig
+from cim.core import conversations
 from cim.core.liveness import HeartbeatPolicy
 from cim.core.sequence import SequenceTracker
+from cim.core.typing_notes import TypingThrottle
 from cim.errors import (
     CimError,
     DeadlineExceeded,
@@ -76,6 +83,8 @@ class EventKind(StrEnum):
     GAVE_UP = "gave_up"
     # Messages were dropped by the server's retention before we fetched them.
     BEHIND = "behind"
+    # The server refused a frame that has no reply of its own (a typing note).
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,7 @@ GROUP_CHANGES: dict[str, type[Message]] = {
 
 MessageCallback = Callable[[common_pb2.ChatMessage], None]
 EventCallback = Callable[[ClientEvent], None]
+TypingCallback = Callable[[chat_pb2.Typing], None]
 
 
 class _Connection:
@@ -162,6 +172,7 @@ class CimClient:
         *,
         on_message: MessageCallback | None = None,
         on_event: EventCallback | None = None,
+        on_typing: TypingCallback | None = None,
         rng: random.Random | None = None,
         cursor: SeqCursor | None = None,
     ) -> None:
@@ -172,6 +183,10 @@ class CimClient:
         self.route = RouteClient(self.config.routes, self.config.rpc_timeout, self._tls)
         self.on_message = on_message
         self.on_event = on_event
+        # Others' typing notes, as they come (none are stored: only while connected).
+        self.on_typing = on_typing
+        # Our own notes: no more than the chat server forwards.
+        self._typing_sent: TypingThrottle[str] = TypingThrottle()
         self._rng = rng or random.Random()
         self.user_id = 0
         self.server: route_pb2.ServerAddress | None = None
@@ -500,6 +515,39 @@ class CimClient:
         """
         return await self.route.history(conversation_id, before_position, limit)
 
+    async def typing(self, conversation_id: str, *, stopped: bool = False) -> bool:
+        """Tells the other participants of a conversation who are online that
+        this user is typing there (``stopped``: stopped without sending).
+        Call it as often as the user types: one note per conversation per
+        3 s goes out (what the chat server forwards), a stop only after a
+        note; a message sent there ends the note by itself. The id of the
+        private conversation with a user is
+        ``cim.core.conversations.private_id(me, them)``.
+
+        True when a note was written; False when none was due, or the stream
+        is down (a note is not worth a retry). Raises InvalidArgument (a
+        malformed id), PermissionDenied (a private conversation that is not
+        this user's), FailedPrecondition (the client is closed). What the
+        server refuses later (too many notes, a group one is not a member
+        of) comes as a REFUSED event.
+        """
+        if self._closing or self._gave_up:
+            raise FailedPrecondition("client is closed")
+        conversation = conversations.parse(conversation_id)
+        if conversation.private:
+            conversations.peer(conversation, self.user_id)
+        conn = self._conn
+        if conn is None or not self._connected.is_set():
+            return False
+        if not self._typing_sent.allow(conversation_id, stopped):
+            return False
+        frame = chat_pb2.TypingFrame(conversation_id=conversation_id, stopped=stopped)
+        try:
+            await conn.write(chat_pb2.ClientFrame(typing=frame))
+        except CimError:
+            return False  # the reader notices the broken stream
+        return True
+
     async def messages(self) -> AsyncIterator[common_pb2.ChatMessage]:
         """Pushed messages in arrival order; ends when the client closes or
         gives up. Raises nothing."""
@@ -516,9 +564,15 @@ class CimClient:
         if frame.WhichOneof("target") == "private":
             request: common_pb2.SendPrivateRequest | common_pb2.SendGroupRequest = frame.private
             conversation = ("private", frame.private.receiver_id)
+            if self.user_id > 0 and frame.private.receiver_id > 0:
+                # The message ends a typing note there: the next one goes out at once.
+                self._typing_sent.reset(
+                    conversations.private_id(self.user_id, frame.private.receiver_id)
+                )
         else:
             request = frame.group
             conversation = ("group", frame.group.group_id)
+            self._typing_sent.reset(frame.group.group_id)
         if not request.client_msg_id:
             request.client_msg_id = uuid.uuid4().hex
         lock = self._conversations.setdefault(conversation, asyncio.Lock())
@@ -589,9 +643,15 @@ class CimClient:
                 self._on_result(frame.send_result)
             elif kind == "replay_done":
                 self._replayed(frame.replay_done)
+            elif kind == "typing":
+                if self.on_typing is not None:
+                    self.on_typing(frame.typing)
             elif kind == "notice":
                 if frame.notice.kind == chat_pb2.Notice.KIND_BEHIND:
                     self._event(EventKind.BEHIND, frame.notice.text)
+                    continue
+                if frame.notice.kind == chat_pb2.Notice.KIND_REFUSED:
+                    self._event(EventKind.REFUSED, frame.notice.text)
                     continue
                 why = frame.notice.text
                 if frame.notice.kind == chat_pb2.Notice.KIND_KICKED:

@@ -12,6 +12,7 @@ import pytest
 
 from cim.client.client import CimClient, ClientEvent, EventKind
 from cim.core.conversations import private_id
+from cim.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from cim.proto.v1 import chat_pb2, common_pb2
 from cim.route.typing_notes import OUTCOMES
 from cim.testing import cluster
@@ -339,3 +340,38 @@ def _drain(queue: asyncio.Queue[chat_pb2.Typing]) -> list[chat_pb2.Typing]:
     while not queue.empty():
         found.append(queue.get_nowait())
     return found
+
+
+# --- the client library -------------------------------------------------------------
+
+
+async def test_the_client_sends_no_more_than_the_server_forwards(rr):
+    ann = await rr.client("ann")
+    bob = await rr.client("bob")
+    heard_by_bob = Watch(bob)
+    cid = private_id(ann.user_id, bob.user_id)
+    assert not await ann.typing(cid, stopped=True)  # nothing to stop
+    assert await ann.typing(cid)
+    assert not await ann.typing(cid)  # within 3 s: not written at all
+    assert await ann.typing(cid, stopped=True)
+    assert [(await heard_by_bob.note()).stopped for _ in range(2)] == [False, True]
+    # A message ends the note: typing the next one is told at once.
+    await ann.send_private(bob.user_id, "hi")
+    assert await ann.typing(cid)
+    assert not (await heard_by_bob.note()).stopped
+    servers = [s.metrics.registry for s in rr.embedded.servers]
+    assert sum(metric(r, "cim_typing_notes_total", outcome="throttled") for r in servers) == 0
+
+
+async def test_the_client_refuses_what_is_not_a_conversation_of_its_user(rr):
+    ann = await rr.client("ann")
+    with pytest.raises(InvalidArgument, match="must start with 'p:'"):
+        await ann.typing("bob")
+    with pytest.raises(PermissionDenied, match="not a member of conversation p:1000:1001"):
+        await ann.typing("p:1000:1001")
+    offline = await rr.client("cat", connect=False)
+    await offline.login()
+    assert not await offline.typing("g:1")  # no stream: nothing written, nothing raised
+    await ann.close()
+    with pytest.raises(FailedPrecondition):
+        await ann.typing(private_id(ann.user_id, offline.user_id))
