@@ -170,6 +170,23 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 
+def typing_target(text: str) -> int | str | None:
+    """Where a line being typed would go if sent now, for typing notes: the
+    receiver's id (``userId;;text``) or the group's (``g:N;;text``), once
+    some text follows the ``;;``; None for anything else (a command, text
+    for everyone online, a bad id)."""
+    stripped = text.lstrip()
+    to_group = _TO_GROUP.fullmatch(stripped)
+    if to_group is not None:
+        body, group_id = to_group.group(2), to_group.group(1)
+        return group_id if body.strip() and _GROUP_ID.fullmatch(group_id) else None
+    private = _PRIVATE.fullmatch(stripped)
+    if private is None or not private.group(2).strip():
+        return None
+    receiver_id = int(private.group(1))
+    return receiver_id if 0 < receiver_id < 2**63 else None
+
+
 def parse(line: str) -> Command | None:
     """The command a console line stands for; None for a blank line.
 

@@ -2,7 +2,8 @@
 
 In a terminal it uses prompt_toolkit, so pushed messages print above the line
 being typed instead of garbling it. Without a terminal (a pipe) it reads lines
-from stdin and prints plainly, which keeps it scriptable.
+from stdin and prints plainly, which keeps it scriptable. Typing notes, both
+ways, are ``cim.client.typing_display``'s.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import print_formatted_text
 from prompt_toolkit.styles import Style
+from prompt_toolkit.utils import is_dumb_terminal
 
 from cim.client import commands, emoji
 from cim.client.chatlog import ChatLog, highlight
 from cim.client.client import CimClient, ClientEvent, EventKind
+from cim.client.typing_display import TypingDisplay
 from cim.core import conversations
 from cim.errors import CimError
 from cim.proto.v1 import common_pb2
@@ -37,6 +40,8 @@ STYLE = Style.from_dict(
         "error": "bold #cc0000",
         "highlight": "reverse bold",
         "prompt": "bold",
+        "typing": "italic #888888",
+        "bottom-toolbar": "noreverse",
     }
 )
 
@@ -52,6 +57,12 @@ class Console:
         self._ended = asyncio.Event()
         client.on_message = self.show_message
         client.on_event = self.show_event
+        # Who else is typing: in the toolbar of a terminal that can redraw it,
+        # else as a line above the input.
+        self.typing = TypingDisplay(
+            client, self._print, toolbar=interactive and not is_dumb_terminal()
+        )
+        client.on_typing = self.typing.note
 
     # --- output ---------------------------------------------------------------
     def _print(self, fragments: Fragments) -> None:
@@ -67,6 +78,7 @@ class Console:
         self._print([("class:error", f"! {text}")])
 
     def show_message(self, message: common_pb2.ChatMessage) -> None:
+        self.typing.message(message)
         stamp = time.strftime("%H:%M:%S", time.localtime(message.server_time_ms / 1000))
         if message.kind == common_pb2.MESSAGE_KIND_SYSTEM:
             self._show_notice(stamp, message)
@@ -122,6 +134,7 @@ class Console:
         )
         if self.interactive:
             session: PromptSession[str] = PromptSession()
+            self.typing.attach(session)
             with patch_stdout(raw=True):
                 await self._loop(
                     lambda: session.prompt_async(
@@ -143,6 +156,7 @@ class Console:
                 line = await read()
             except (EOFError, KeyboardInterrupt):
                 break
+            self.typing.line_submitted()
             try:
                 command = commands.parse(str(line))
             except commands.CommandError as exc:
@@ -162,6 +176,7 @@ class Console:
         for task in self._delayed:
             task.cancel()
         await asyncio.gather(*self._delayed, return_exceptions=True)
+        await self.typing.aclose()
         await self.client.close()
         self.system("bye")
 

@@ -22,7 +22,10 @@ little, and a client that floods it must not cost the cluster anything.
   forwards and drops (plain integers, read by the metrics).
 * :class:`TypingBoard` is a receiving client's: who is typing where, each
   shown until its note is ``SHOW_FOR`` old, a stop comes, or a message of
-  theirs in that conversation arrives.
+  theirs in that conversation arrives. Notes and messages take different
+  paths through the cluster, so a note sent just before a message can
+  arrive just after it: a note within ``ANSWER_GRACE`` (1 s) of their
+  message there is taken for that one and not shown.
 
 Memory is bounded everywhere: keys idle past ``SHOW_FOR`` are forgotten (a
 stop after that would end nothing a receiver still shows), and past
@@ -41,6 +44,7 @@ from cim.core.ratelimit import DEFAULT_MAX_KEYS, KeyedLimiter
 from cim.errors import ResourceExhausted
 
 __all__ = [
+    "ANSWER_GRACE",
     "DROP_REASONS",
     "MAX_TYPING_PER_SEC",
     "REFUSAL_INTERVAL",
@@ -65,6 +69,9 @@ MAX_TYPING_PER_SEC = 10.0
 TYPING_BURST = 10
 # A stream hears of its refused notes at most once per this many seconds.
 REFUSAL_INTERVAL = 1.0
+# A note this soon after the typist's message in the conversation is the
+# one that preceded the message (it took a slower path): not shown.
+ANSWER_GRACE = 1.0
 
 # Why a chat server did not forward a note (metric labels: a fixed set).
 FORWARDED = "forwarded"
@@ -198,28 +205,41 @@ class Typist:
 class TypingBoard:
     """Who is typing where, as a receiving client shows it."""
 
-    def __init__(self, show_for: float = SHOW_FOR, *, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        show_for: float = SHOW_FOR,
+        *,
+        answer_grace: float = ANSWER_GRACE,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.show_for = show_for
-        self._clock = clock
+        self.answer_grace = answer_grace
+        self.clock = clock
         self._typists: dict[tuple[str, int], Typist] = {}
+        # (conversation, user) -> when their last message there was shown.
+        self._answered: dict[tuple[str, int], float] = {}
 
     def note(self, conversation_id: str, user_id: int, user_name: str, stopped: bool) -> bool:
         """Records a note; True when it starts showing someone who was not
         shown (a renewal or a stop is not a start)."""
         key = (conversation_id, user_id)
         self._expire()
-        if stopped:
+        if stopped or key in self._answered:
             self._typists.pop(key, None)
             return False
         new = key not in self._typists
-        until = self._clock() + self.show_for
+        until = self.clock() + self.show_for
         self._typists[key] = Typist(conversation_id, user_id, user_name, until)
         return new
 
     def clear(self, conversation_id: str, user_id: int) -> bool:
-        """Their message arrived: they are no longer shown typing there.
-        True when they were shown."""
-        return self._typists.pop((conversation_id, user_id), None) is not None
+        """Their message arrived: they are no longer shown typing there (nor
+        for a note that comes within ``answer_grace``). True when they were
+        shown."""
+        key = (conversation_id, user_id)
+        self._expire()
+        self._answered[key] = self.clock()
+        return self._typists.pop(key, None) is not None
 
     def typing(self) -> list[Typist]:
         """Everyone shown now, the longest-shown first."""
@@ -232,6 +252,9 @@ class TypingBoard:
         return min((typist.until for typist in self._typists.values()), default=None)
 
     def _expire(self) -> None:
-        now = self._clock()
+        now = self.clock()
         for key in [key for key, typist in self._typists.items() if typist.until <= now]:
             del self._typists[key]
+        grace = self.answer_grace
+        for key in [key for key, at in self._answered.items() if now - at >= grace]:
+            del self._answered[key]

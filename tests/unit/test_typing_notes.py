@@ -118,3 +118,15 @@ def test_the_board_shows_a_typist_until_the_note_expires_stops_or_is_answered() 
     board.note("g:5", 3, "cat", stopped=False)
     clock.now += 6
     assert board.typing() == [] and board.next_change() is None
+
+
+def test_a_note_just_after_the_typists_message_is_taken_for_the_one_before_it() -> None:
+    clock = Clock()
+    board = TypingBoard(6.0, answer_grace=1.0, clock=clock)
+    board.note("p:1:2", 2, "bob", stopped=False)
+    assert board.clear("p:1:2", 2)
+    clock.now += 0.5
+    assert not board.note("p:1:2", 2, "bob", stopped=False)  # it overtook its note
+    assert board.note("g:5", 2, "bob", stopped=False)  # elsewhere: shown
+    clock.now += 0.5
+    assert board.note("p:1:2", 2, "bob", stopped=False)  # a new note
