@@ -102,7 +102,7 @@ async def test_a_note_reaches_the_online_peer_and_not_the_sender(rr):
     assert metric(routes, "cim_typing_receivers_total") == 2
 
 
-async def test_an_offline_peer_gets_nothing_now_or_by_replay(rr, raw):
+async def test_an_offline_peer_gets_nothing_now_or_by_replay(rr, raw, eventually):
     ann = await rr.client("ann")
     bob_login = await raw.login(rr, "bob")
     stream, _ = await raw.connect(bob_login)
@@ -115,9 +115,7 @@ async def test_an_offline_peer_gets_nothing_now_or_by_replay(rr, raw):
     async def counted() -> bool:
         return metric(routes, "cim_typing_notes_total", outcome="nobody_online") == 1
 
-    async with asyncio.timeout(5):
-        while not await counted():
-            await asyncio.sleep(0.02)
+    await eventually(counted)
     # Never stored: bob's next login replays nothing, and nothing follows.
     again = await raw.login(rr, "bob", register=False)
     stream, _ = await raw.connect(again)
@@ -226,7 +224,9 @@ async def test_a_group_over_the_typing_limit_gets_no_notes():
                 ann.user_id, "ann", "team", [bob.user_id, cat.user_id]
             )
         ).group.group_id
-        pair = (await c.embedded.route.groups.create(ann.user_id, "ann", "pair", [bob.user_id])).group
+        pair = (
+            await c.embedded.route.groups.create(ann.user_id, "ann", "pair", [bob.user_id])
+        ).group
         heard_by_bob, heard_by_cat = Watch(bob), Watch(cat)
         assert await ann.typing(gid)
         await heard_by_bob.nothing()
@@ -274,9 +274,7 @@ async def ann_message(stream, receiver_id: int, text: str) -> chat_pb2.SendResul
             return frame.send_result
 
 
-async def test_a_flood_gets_one_resource_exhausted_notice_a_second_and_the_stream_goes_on(
-    rr, raw
-):
+async def test_a_flood_gets_one_resource_exhausted_notice_a_second_and_the_stream_goes_on(rr, raw):
     bob = await rr.client("bob")
     heard_by_bob = Watch(bob)
     ann_login = await raw.login(rr, "ann")
