@@ -239,7 +239,7 @@ def test_dev_limits_can_be_lifted() -> None:
     flags = {
         "host": "127.0.0.1",
         "advertise_host": None,
-        "routing": RoutingFlags("round-robin", "kick-old", "off", 50),
+        "routing": RoutingFlags("round-robin", "kick-old", "off", 50, 7),
         "max_text_bytes": 100,
         "message_limits": MessageLimits(0.0, 1),
         "login_limits": LoginLimits(0.0, 1),
@@ -260,6 +260,7 @@ def test_dev_limits_can_be_lifted() -> None:
     assert (route.history_max_messages, route.history_max_age) == (20, 120)
     assert route.retention.history_max_messages == 20
     assert (route.broadcast, route.group_limits.max_members) == ("off", 50)
+    assert route.typing_max_members == 7
     assert (server.heartbeat.ping_interval, server.heartbeat.idle_timeout) == (2, 6)
     assert server.max_text_bytes == 100 and route.tls is None and server.tls is None
 
@@ -364,3 +365,8 @@ def test_bench_checks_its_options(tmp_path: Path) -> None:
     )
     assert_fails(invoke("bench", "--group-sizes", "100,100"), 2, "group size 100 is given twice")
     assert_fails(invoke("bench", "--history-messages", "1"), 2, "--history-messages")
+
+
+@pytest.mark.parametrize("value", ["-1", "10001", "many"])
+def test_typing_max_members_out_of_range_is_refused(value: str) -> None:
+    assert_fails(invoke("route", "--typing-max-members", value), 2, "--typing-max-members")

@@ -37,6 +37,7 @@ ADDED: dict[str, set[str]] = {
         "--history-max-age",
         "--broadcast",
         "--group-max-members",
+        "--typing-max-members",
         "--heartbeat-interval",
         "--idle-timeout",
         "--tls-cert",
@@ -60,6 +61,8 @@ ADDED: dict[str, set[str]] = {
         "--history-max-age",
         "--broadcast",
         "--group-max-members",
+        # Which groups get typing notes (issue 13).
+        "--typing-max-members",
         "--log-format",
         "--metrics-port",
         "--metrics-host",

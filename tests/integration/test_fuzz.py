@@ -88,6 +88,7 @@ VICTIM = "frank"
 ADMIN_KEYS = {"fuzz": "fuzz-admin-secret-0123456789"}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 BEHIND = chat_pb2.Notice.KIND_BEHIND
+REFUSED = chat_pb2.Notice.KIND_REFUSED
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Generating overly large repr"),
@@ -736,6 +737,13 @@ group_id = st.one_of(
     hostile_text,
 )
 user_ids = st.lists(int64, max_size=5)
+# What typing notes name: real-looking conversations (of the pool's small ids,
+# forged, malformed) or anything at all.
+conversation_id = st.one_of(
+    group_id,
+    st.builds(lambda a, b: f"p:{a}:{b}", st.integers(0, 12), st.integers(0, 12)),
+    st.sampled_from(["p:1:1", "p:0:1", "p:01:2", "p:1:2:3", "p:", "g:", "p:1:x"]),
+)
 uint32 = st.one_of(
     st.sampled_from([0, 1, 50, 51, 100, 101, 1000, 1001, 2**32 - 1]), st.integers(0, 2**32 - 1)
 )
@@ -902,6 +910,14 @@ submitted_group = st.builds(
     sender_name=hostile_text,
     group=group_request,
 )
+submitted_typing = st.builds(
+    route_internal_pb2.SubmittedTyping,
+    user_id=int64,
+    session_id=hostile_text,
+    user_name=hostile_text,
+    conversation_id=conversation_id,
+    stopped=st.booleans(),
+)
 batch_request = st.builds(
     route_internal_pb2.SubmitBatchRequest,
     server_id=server_id,
@@ -958,6 +974,15 @@ internal_op = st.one_of(
             session_id=hostile_text,
             after_seq=seq_value,
             limit=int32,
+        ),
+        secret_mode,
+    ),
+    st.tuples(
+        st.just("Typing"),
+        st.builds(
+            route_internal_pb2.TypingRequest,
+            server_id=server_id,
+            notes=st.lists(submitted_typing, max_size=10),
         ),
         secret_mode,
     ),
@@ -1019,6 +1044,11 @@ async def run_internal_op(f: Fuzz, op: tuple[Any, ...]) -> None:
     assert mode == "right", f"{what}: accepted without the secret"
     if name == "Replay":
         check_page(request.after_seq, request.limit, reply, what)
+    if name == "Typing":
+        assert len(reply.results) == len(request.notes), what
+        for result in reply.results:
+            if result.HasField("refused"):
+                check_item_error(result.refused, what)
 
 
 def check_batch_reply(
@@ -1182,6 +1212,20 @@ deliver_request = st.builds(
         ),
         max_size=4,
     ),
+    typings=st.lists(
+        st.builds(
+            chat_internal_pb2.TypingNote,
+            receiver_ids=st.lists(int64, max_size=6),
+            typing=st.builds(
+                chat_pb2.Typing,
+                conversation_id=conversation_id,
+                user_id=int64,
+                user_name=hostile_text,
+                stopped=st.booleans(),
+            ),
+        ),
+        max_size=4,
+    ),
 )
 chat_op = st.one_of(
     st.tuples(st.just("DeliverStream"), st.lists(deliver_request, max_size=3), secret_mode),
@@ -1247,6 +1291,14 @@ send_frame = st.builds(
     correlation_id=uint64,
     private=st.one_of(st.none(), private_request),
 ) | st.builds(chat_pb2.SendFrame, correlation_id=uint64, group=group_request)
+typing_frame = st.builds(
+    chat_pb2.ClientFrame,
+    typing=st.builds(
+        chat_pb2.TypingFrame,
+        conversation_id=st.one_of(conversation_id, hostile_text),
+        stopped=st.booleans(),
+    ),
+)
 login_frame = st.builds(
     chat_pb2.LoginFrame,
     user_id=int64,
@@ -1265,6 +1317,8 @@ client_frame = st.one_of(
     ),
     st.builds(chat_pb2.ClientFrame, sync=st.builds(chat_pb2.SyncFrame, after_seq=seq_value)),
     st.just(chat_pb2.ClientFrame()),
+    typing_frame,
+    typing_frame,
 )
 # First frame: a real login of a pool user (fresh from Route.Login), a login
 # with a mismatched id or tampered token, or any frame at all.
@@ -1335,8 +1389,10 @@ async def run_stream(f: Fuzz, plan: tuple[Any, ...]) -> None:
         kind = frame.WhichOneof("frame")
         if kind == "notice":
             assert frame.notice.text, f"{what} -> notice without text"
-        if kind == "notice" and frame.notice.kind == chat_pb2.Notice.KIND_ERROR:
+        if kind == "notice" and frame.notice.kind in (chat_pb2.Notice.KIND_ERROR, REFUSED):
             assert frame.notice.code in EXPECTED_NUMBERS, f"{what} -> notice {frame.notice}"
+        if kind == "typing":  # another pool user's note (this stream's own never comes back)
+            assert frame.typing.user_id in f.ids.values(), f"{what} -> {frame.typing}"
         if kind == "send_result" and frame.send_result.WhichOneof("outcome") == "error":
             check_item_error(frame.send_result.error, what)
     if opening_kind == "real":

@@ -358,6 +358,7 @@ INTERNAL_RPCS = {
     "RefreshSessions": route_internal_pb2.RefreshSessionsRequest(server_id="server-1"),
     "Replay": route_internal_pb2.ReplayRequest(server_id="server-1", user_id=1),
     "Ack": route_internal_pb2.AckRequest(server_id="server-1"),
+    "Typing": route_internal_pb2.TypingRequest(server_id="server-1"),
 }
 
 CHAT_INTERNAL_RPCS = {
@@ -488,6 +489,41 @@ async def test_route_internal_with_the_secret_works(rr, raw):
         "alice",
         alice.session_id,
     )
+
+
+async def test_route_internal_typing_checks_membership_itself(rr, raw):
+    """The route does not rely on the chat server's checks: a note for a
+    conversation its sender is not in is refused and reaches nobody."""
+    alice = await raw.login(rr, "alice")
+    bob = await raw.login(rr, "bob")
+    carol = await raw.login(rr, "carol")
+    bob_stream, _ = await raw.connect(bob)
+    group = await rr.embedded.route.groups.create(bob.user_id, "bob", "team", [])
+    low, high = sorted((bob.user_id, carol.user_id))
+    notes = [
+        # Alice "types" into bob and carol's conversation, and into bob's group.
+        route_internal_pb2.SubmittedTyping(
+            user_id=alice.user_id, user_name="alice", conversation_id=f"p:{low}:{high}"
+        ),
+        route_internal_pb2.SubmittedTyping(
+            user_id=alice.user_id, user_name="alice", conversation_id=group.group.group_id
+        ),
+        route_internal_pb2.SubmittedTyping(user_id=0, conversation_id=f"p:{low}:{high}"),
+    ]
+    reply = await raw.route_internal(rr).Typing(
+        route_internal_pb2.TypingRequest(server_id=alice.server.server_id, notes=notes),
+        metadata=raw.secret(rr),
+    )
+    assert [r.refused.code for r in reply.results] == [
+        grpc.StatusCode.PERMISSION_DENIED.value[0],
+        grpc.StatusCode.PERMISSION_DENIED.value[0],
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+    ]
+    await bob_stream.ping(7)
+    kinds = []
+    while (frame := await bob_stream.read()).WhichOneof("frame") != "pong":
+        kinds.append(frame.WhichOneof("frame"))
+    assert "typing" not in kinds  # (the group's "created" event is a message)
 
 
 async def test_session_connected_with_the_secret_still_checks_the_token(rr, raw, fails):
