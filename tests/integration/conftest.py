@@ -43,6 +43,7 @@ SINGLE_BACKEND_MODULES = {
     "test_upgrade",  # loads an older cim's keys into Redis itself
     "test_tracing",  # spans of the route's and server's own code: the backends change nothing
     "test_measure_conversations",  # the design's measurements on Redis itself
+    "test_measure_typing",  # the typing path's measurements on Redis itself
 }
 BACKENDS = ["memory", "redis-zk"]
 
