@@ -564,15 +564,16 @@ class CimClient:
         if frame.WhichOneof("target") == "private":
             request: common_pb2.SendPrivateRequest | common_pb2.SendGroupRequest = frame.private
             conversation = ("private", frame.private.receiver_id)
-            if self.user_id > 0 and frame.private.receiver_id > 0:
-                # The message ends a typing note there: the next one goes out at once.
+            # The message ends a typing note there: the next one goes out at once.
+            if len(self._typing_sent) and self.user_id > 0 and frame.private.receiver_id > 0:
                 self._typing_sent.reset(
                     conversations.private_id(self.user_id, frame.private.receiver_id)
                 )
         else:
             request = frame.group
             conversation = ("group", frame.group.group_id)
-            self._typing_sent.reset(frame.group.group_id)
+            if len(self._typing_sent):
+                self._typing_sent.reset(frame.group.group_id)
         if not request.client_msg_id:
             request.client_msg_id = uuid.uuid4().hex
         lock = self._conversations.setdefault(conversation, asyncio.Lock())

@@ -177,6 +177,8 @@ MAX_OUTSTANDING_SENDS = 256
 REPLAY_PAGE = 200
 # How many recently pushed seqs a session remembers to drop repeated pushes.
 RECENT_SEQS = 256
+# Conversations a session remembers having typed in (until a message there).
+MAX_TYPING_IN = 64
 
 KICKED = chat_pb2.Notice.KIND_KICKED
 DRAINING = chat_pb2.Notice.KIND_DRAINING
@@ -529,6 +531,9 @@ class ChatSession:
         self._typing = typing if typing is not None else TypingGate(clock=clock)
         # When the client was last told of a refused typing note (None: never).
         self._refused_at: float | None = None
+        # Conversations this stream's notes went to since its last message
+        # there: a send checks nothing more when it is empty.
+        self._typing_in: set[str] = set()
         self._clock = clock
         self._wall_clock = wall_clock
         self.state = State.AWAITING_LOGIN
@@ -743,8 +748,11 @@ class ChatSession:
         if refusal is not None:
             return [_send_error(correlation_id, refusal)]
         self.outstanding_sends += 1
-        if len(self._typing.throttle):  # someone typed lately: a message ends the note
-            self._typing.message_sent(self.user_id, _conversation_of(self.user_id, item))
+        if self._typing_in:  # a message ends the note: the next one goes out at once
+            cid = _conversation_of(self.user_id, item)
+            if cid in self._typing_in:
+                self._typing_in.discard(cid)
+                self._typing.message_sent(self.user_id, cid)
         return [Submit(correlation_id, item)]
 
     def _check_send(self, text: str) -> CimError | None:
@@ -790,6 +798,9 @@ class ChatSession:
             return self._refuse_note(exc)
         if not gate.allow(self.user_id, cid, note.stopped):
             return []
+        if len(self._typing_in) >= MAX_TYPING_IN:  # bounded; a lost entry costs a 3 s wait
+            self._typing_in.clear()
+        self._typing_in.add(cid)
         forward = route_internal_pb2.SubmittedTyping(
             user_id=self.user_id,
             session_id=self.session_id,
