@@ -129,6 +129,18 @@ class Proc:
     def expect_exact(self, text: str, timeout: float = EXPECT_TIMEOUT) -> re.Match[str]:
         return self.expect(re.escape(text), timeout)
 
+    def expect_all(self, *patterns: str, timeout: float = EXPECT_TIMEOUT) -> list[re.Match[str]]:
+        """Waits for every pattern after the last match, in any order (a push
+        and the answer to a command race each other), and moves past them all."""
+        start = self.pos
+        found: list[re.Match[str]] = []
+        deadline = time.monotonic() + timeout
+        for pattern in patterns:
+            self.pos = start
+            found.append(self.expect(pattern, max(0.0, deadline - time.monotonic())))
+        self.pos = max(match.end() for match in found)
+        return found
+
     def sendline(self, line: str) -> None:
         self.child.sendline(line)
 
