@@ -4,8 +4,11 @@ Nine users on three `cim server` processes, two `cim route` processes, real
 Redis and ZooKeeper. Every user keeps sending private messages to random
 others while, one after the other, a chat server is killed with SIGKILL, a
 route is killed and started again, and a client "crashes" and restarts from
-its cursor file. Afterwards every message a sender was told was accepted
-has been shown exactly once to its receiver, in the order each sender sent.
+its cursor file. Four of them are also in a group with a fifth user who is
+offline through all of it and logs in afterwards; the four keep sending to
+the group too. Afterwards every message a sender was told was accepted has
+been shown exactly once to its receiver, in the order each sender sent; every
+group message to every other member, the late one by replay.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ KILL_SERVER_AT = 1.5
 RESTART_ROUTE_AT = 4.0
 RESTART_CLIENT_AT = 6.5
 LOAD_FOR = 9.0
+GROUP_SEND_PAUSE = 0.1  # per group sender: about 40 group messages/s in all
 
 
 @dataclass
@@ -53,9 +57,13 @@ class Ledger:
     send_errors: int = 0
     reconnects: list[float] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)
+    group: GroupLedger = field(default_factory=lambda: GroupLedger())
 
     def record_shown(self, receiver_id: int, message: common_pb2.ChatMessage) -> None:
-        self.shown[(message.sender_id, receiver_id)].append(int(message.text))
+        if message.conversation_id.startswith("g:"):
+            self.group.record_shown(receiver_id, message)
+        else:
+            self.shown[(message.sender_id, receiver_id)].append(int(message.text))
 
     def missing(self) -> int:
         return sum(
@@ -73,6 +81,76 @@ class Ledger:
             sum(1 for a, b in itertools.pairwise(numbers) if b <= a)
             for numbers in self.shown.values()
         )
+
+
+@dataclass
+class GroupLedger:
+    """The group's side: what each member sent to it (in send order) and what
+    each member's application was handed, with the position it came at."""
+
+    group_id: str = ""
+    members: list[int] = field(default_factory=list)
+    confirmed: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    # (sender, member) -> (number, position) in the order shown.
+    shown: dict[tuple[int, int], list[tuple[int, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    # member -> the membership events shown to them (texts).
+    events: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    strays: list[str] = field(default_factory=list)
+    conversations: set[str] = field(default_factory=set)
+
+    def record_shown(self, receiver_id: int, message: common_pb2.ChatMessage) -> None:
+        # The "created" event may come before create_group returns the id:
+        # which group each came from is checked at the end.
+        self.conversations.add(message.conversation_id)
+        if receiver_id not in self.members:
+            self.strays.append(f"{receiver_id}: {message}")
+        elif message.kind == common_pb2.MESSAGE_KIND_MEMBERSHIP:
+            self.events[receiver_id].append(message.text)
+        else:
+            pair = (message.sender_id, receiver_id)
+            self.shown[pair].append((int(message.text), message.position))
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """Every (sender, member) pair that should have messages."""
+        return [(s, m) for s in self.confirmed for m in self.members if m != s]
+
+    def numbers(self, pair: tuple[int, int]) -> list[int]:
+        return [number for number, _ in self.shown.get(pair, [])]
+
+    def missing(self) -> int:
+        return sum(
+            len(set(self.confirmed[sender]) - set(self.numbers((sender, member))))
+            for sender, member in self.pairs()
+        )
+
+    def duplicates(self) -> int:
+        return sum(
+            count - 1 for pair in self.shown for count in Counter(self.numbers(pair)).values()
+        )
+
+    def out_of_order(self) -> int:
+        return sum(
+            sum(1 for a, b in itertools.pairwise(self.numbers(pair)) if b <= a)
+            for pair in self.shown
+        )
+
+    def unexpected(self) -> int:
+        """Shown but never accepted, or shown to its own sender."""
+        return sum(
+            len(set(self.numbers((sender, member))) - set(self.confirmed.get(sender, [])))
+            + (len(self.shown[(sender, member)]) if sender == member else 0)
+            for sender, member in self.shown
+        )
+
+    def positions(self) -> dict[tuple[int, int], set[int]]:
+        """(sender, number) -> the positions members were shown it at."""
+        found: dict[tuple[int, int], set[int]] = defaultdict(set)
+        for (sender, _), shown in self.shown.items():
+            for number, position in shown:
+                found[(sender, number)].add(position)
+        return found
 
 
 def _config(c: Cluster) -> ClientConfig:
@@ -140,6 +218,41 @@ async def _send_forever(
         await asyncio.sleep(SEND_PAUSE)
 
 
+async def _send_to_group_forever(user: User, ledger: Ledger, stop: asyncio.Event) -> None:
+    group = ledger.group
+    number = 0
+    while not stop.is_set():
+        number += 1
+        client_msg_id = f"{user.name}-g{number}"
+        while True:  # the same id until accepted, as for private messages
+            try:
+                await user.client.send_group(str(number), client_msg_id, group.group_id)
+                break
+            except CimError as exc:
+                ledger.send_errors += 1
+                ledger.events.append((user.name, "group send failed", exc.message))
+                await asyncio.sleep(0.2)
+        group.confirmed[user.client.user_id].append(number)
+        await asyncio.sleep(GROUP_SEND_PAUSE)
+
+
+async def _create_group(owner: User, others: list[User], ledger: Ledger) -> None:
+    ledger.group.members = [owner.client.user_id] + [u.client.user_id for u in others]
+    made = await owner.client.create_group("chaos", [u.client.user_id for u in others])
+    ledger.group.group_id = made.group.group_id
+
+
+def _group_members(
+    users: list[User], by_server: dict[str, list[User]], victim_id: str
+) -> list[User]:
+    """Four online members: the client that will crash and two users of the
+    server that will be killed among them."""
+    restarted = next(u for u in users if u not in by_server[victim_id])
+    victims = by_server[victim_id][:2]
+    rest = [u for u in users if u is not restarted and u not in victims]
+    return [restarted, *victims, *rest[: 4 - 1 - len(victims)]]
+
+
 async def test_kill_a_server_restart_a_route_and_a_client_under_load(
     redis_server: Any, zookeeper: Any, zk_root: str, key_prefix: str, tmp_path: Path
 ) -> None:
@@ -155,6 +268,12 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
         for user in users:
             by_server[user.client.server.server_id].append(user)  # type: ignore[union-attr]
         assert len(by_server) >= 2, "users should be spread over several servers"
+        victim_id, _ = max(by_server.items(), key=lambda item: len(item[1]))
+        # The fifth member has an account but no session until the load is over.
+        late = User(c, f"chaoslate{secrets.token_hex(2)}", ledger, tmp_path)
+        await late.client.register()
+        in_group = _group_members(users, by_server, victim_id)
+        await _create_group(in_group[0], [*in_group[1:], late], ledger)
         ids = [user.client.user_id for user in users]
         stop = asyncio.Event()
         senders = [
@@ -162,11 +281,10 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
                 _send_forever(user, [i for i in ids if i != user.client.user_id], ledger, stop, rng)
             )
             for user in users
-        ]
+        ] + [asyncio.create_task(_send_to_group_forever(user, ledger, stop)) for user in in_group]
         started = time.monotonic()
 
         await asyncio.sleep(KILL_SERVER_AT)
-        victim_id, _ = max(by_server.items(), key=lambda item: len(item[1]))
         victim = c.server(victim_id)
         victim.proc.kill()
         await victim.proc.wait()
@@ -178,7 +296,7 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
         await _respawn(route)
 
         await asyncio.sleep(RESTART_CLIENT_AT - RESTART_ROUTE_AT)
-        restarted = next(u for u in users if u.client.server.server_id != victim_id)  # type: ignore[union-attr]
+        restarted = in_group[0]
         client_restart = await restarted.crash_and_restart()
 
         await asyncio.sleep(max(0.0, LOAD_FOR - (time.monotonic() - started)))
@@ -188,13 +306,20 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
         assert not stuck, ledger.events
         load_seconds = time.monotonic() - started
         await _wait_for_members(zookeeper.hosts, zk_root, servers=2, routes=2)
+        # The late member logs in: its replay brings the whole group conversation.
+        late_started = time.monotonic()
+        await late.client.start(register=False)
+        await late.client.wait_live(30)
+        late_replay = time.monotonic() - late_started
 
         # Everything accepted arrives, however late (replays, syncs).
+        group = ledger.group
         deadline = time.monotonic() + 30
-        while ledger.missing() and time.monotonic() < deadline:  # noqa: ASYNC110
+        while (ledger.missing() or group.missing()) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
         sent = sum(len(v) for v in ledger.confirmed.values())
         shown = sum(len(v) for v in ledger.shown.values())
+        positions = group.positions()
         report = {
             "users": USERS,
             "seconds": round(load_seconds, 1),
@@ -203,6 +328,18 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
             "lost": ledger.missing(),
             "duplicates": ledger.duplicates(),
             "out_of_order": ledger.out_of_order(),
+            "group_sent": sum(len(v) for v in group.confirmed.values()),
+            "group_shown": sum(len(v) for v in group.shown.values()),
+            "group_lost": group.missing(),
+            "group_duplicates": group.duplicates(),
+            "group_out_of_order": group.out_of_order(),
+            "group_unexpected": group.unexpected(),
+            "group_strays": len(group.strays),
+            "group_positions_differ": sum(1 for p in positions.values() if len(p) != 1),
+            "late_member_replayed": sum(
+                len(group.shown[(s, late.client.user_id)]) for s in group.confirmed
+            ),
+            "late_replay_s": round(late_replay, 2),
             "send_retries": ledger.send_errors,
             "server_victims": len(by_server[victim_id]),
             "reconnect_s": sorted(round(r, 2) for r in ledger.reconnects),
@@ -210,7 +347,7 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
         }
         print("chaos:", json.dumps(report))
         (tmp_path / "chaos.json").write_text(json.dumps(report))
-        for user in users:
+        for user in [*users, late]:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(user.client.close(), 10)
 
@@ -219,3 +356,25 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
     assert report["out_of_order"] == 0, report
     assert sent > 200, report
     assert len(ledger.reconnects) >= len(by_server[victim_id]), report
+    # The group: for every (sender, member) pair, exactly what the sender was
+    # told was accepted, in send order; each message at one position, the
+    # positions in send order too.
+    assert group.strays == [], group.strays[:5]
+    assert group.conversations == {group.group_id}, group.conversations
+    for key in ("group_lost", "group_duplicates", "group_out_of_order", "group_unexpected"):
+        assert report[key] == 0, report
+    for sender, member in group.pairs():
+        assert group.numbers((sender, member)) == group.confirmed[sender], (sender, member)
+    assert report["group_positions_differ"] == 0, report
+    for sender, numbers in group.confirmed.items():
+        at = [min(positions[(sender, n)]) for n in numbers]
+        assert at == sorted(set(at)), f"positions of {sender}'s messages: {at}"
+    group_sent = sum(len(v) for v in group.confirmed.values())
+    assert group_sent > 50, report
+    late_id = late.client.user_id
+    assert sum(len(group.shown[(s, late_id)]) for s in group.confirmed) == group_sent, report
+    # Each member saw the group's creation once (the late one by replay).
+    created = [group.events[m] for m in group.members]
+    assert all(len(texts) == 1 and "created group 'chaos'" in texts[0] for texts in created), (
+        created
+    )
