@@ -172,14 +172,17 @@ class User:
         self.lost_at: float | None = None
 
     def _new_client(self) -> CimClient:
-        return CimClient(
+        # Bound to this client, not to self.client: a crashed client may still
+        # hand over a message after its successor (not logged in yet) took its place.
+        client = CimClient(
             self.name,
             "pw",
             _config(self.cluster),
-            on_message=lambda m: self.ledger.record_shown(self.client.user_id, m),
+            on_message=lambda m: self.ledger.record_shown(client.user_id, m),
             on_event=self._on_event,
             cursor=FileCursor(self.cursor),
         )
+        return client
 
     def _on_event(self, event: ClientEvent) -> None:
         self.ledger.events.append((self.name, event.kind.value, event.text))
@@ -202,6 +205,9 @@ class User:
 async def _send_forever(
     user: User, others: list[int], ledger: Ledger, stop: asyncio.Event, rng: random.Random
 ) -> None:
+    # Read once: a send may finish on a crashed client after its successor,
+    # whose user_id is 0 until it has logged in, took its place.
+    sender_id = user.client.user_id
     number = 0
     while not stop.is_set():
         number += 1
@@ -214,12 +220,13 @@ async def _send_forever(
             except CimError:
                 ledger.send_errors += 1
                 await asyncio.sleep(0.2)
-        ledger.confirmed[(user.client.user_id, receiver)].append(number)
+        ledger.confirmed[(sender_id, receiver)].append(number)
         await asyncio.sleep(SEND_PAUSE)
 
 
 async def _send_to_group_forever(user: User, ledger: Ledger, stop: asyncio.Event) -> None:
     group = ledger.group
+    sender_id = user.client.user_id  # read once, as in _send_forever
     number = 0
     while not stop.is_set():
         number += 1
@@ -232,7 +239,7 @@ async def _send_to_group_forever(user: User, ledger: Ledger, stop: asyncio.Event
                 ledger.send_errors += 1
                 ledger.events.append((user.name, "group send failed", exc.message))
                 await asyncio.sleep(0.2)
-        group.confirmed[user.client.user_id].append(number)
+        group.confirmed[sender_id].append(number)
         await asyncio.sleep(GROUP_SEND_PAUSE)
 
 
