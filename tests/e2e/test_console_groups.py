@@ -110,3 +110,75 @@ def test_a_group_chat_a_newcomer_and_a_removed_member(start_client: StartClient)
     assert "see you at the crag" not in ben.output
     for console in (ann, ben, cat):
         assert "Traceback" not in console.output, console.output
+
+
+def history_lines(console: Client, header: str, count: int) -> list[str]:
+    """Reads the answer of ``:his``: its header, then ``count`` lines, each
+    "position date time" and what was said or done; returns
+    "position what" for each, oldest first."""
+    console.expect_exact(f"* {header}:\n")
+    lines = []
+    for _ in range(count):
+        line = console.expect(r"^ +(\d+) \d{4}-\d\d-\d\d \d\d:\d\d (.*)\n")
+        lines.append(f"{line.group(1)} {line.group(2)}")
+    return lines
+
+
+def test_a_member_added_later_pages_back_through_the_group_history(
+    start_client: StartClient,
+) -> None:
+    ann = start_client("ann")
+    ben = start_client("ben")
+    cat = start_client("cat")
+    group_id = create_group(ann, "climbers", ben)
+    ann.sendline(f"{group_id};;rope check at nine")
+    ben.expect(group_line(ann, group_id, "rope check at nine"))
+    ben.sendline(f"{group_id};;bringing the quickdraws")
+    ann.expect(group_line(ben, group_id, "bringing the quickdraws"))
+    ann.sendline(f":gadd {group_id} {cat.user_id}")
+    expect_change(ann, group_id, "ann added cat", ben, cat)
+
+    # cat joined last but reads what was said before, in order, then the
+    # event that added them.
+    cat.sendline(f":his {group_id}")
+    assert history_lines(cat, f"group {group_id}, messages 1-4 of 4", 4) == [
+        "1 * ann created group 'climbers' with ben",
+        "2 ann: rope check at nine",
+        "3 ben: bringing the quickdraws",
+        "4 * ann added cat",
+    ]
+    cat.expect_exact("* that is the beginning of the conversation\n")
+    # Paging back from a position shows only what came before it.
+    cat.sendline(f":his {group_id} 3")
+    assert history_lines(cat, f"group {group_id}, messages 1-2 of 4", 2) == [
+        "1 * ann created group 'climbers' with ben",
+        "2 ann: rope check at nine",
+    ]
+    cat.expect_exact("* that is the beginning of the conversation\n")
+
+    # Their own messages show as "me"; a removed member reads up to their
+    # removal and nothing said after it, not even how much was.
+    cat.sendline(f"{group_id};;hi all")
+    ben.expect(group_line(cat, group_id, "hi all"))
+    ann.sendline(f":gremove {group_id} {ben.user_id}")
+    expect_change(ann, group_id, "ann removed ben", ben, cat)
+    ann.sendline(f"{group_id};;just us now")
+    cat.expect(group_line(ann, group_id, "just us now"))
+    cat.sendline(f":his {group_id}")
+    assert history_lines(cat, f"group {group_id}, messages 1-7 of 7", 7)[4:] == [
+        "5 me: hi all",
+        "6 * ann removed ben",
+        "7 ann: just us now",
+    ]
+    ben.sendline(f":his {group_id}")
+    assert history_lines(ben, f"group {group_id}, messages 1-6 of 6", 6)[2:] == [
+        "3 me: bringing the quickdraws",
+        "4 * ann added cat",
+        "5 cat: hi all",
+        "6 * ann removed ben",
+    ]
+    ben.expect_exact("* that is the beginning of the conversation\n")
+    for console in (ann, ben, cat):
+        console.sendline(":q!")
+        assert console.wait_exit() == 0
+        assert "Traceback" not in console.output, console.output
