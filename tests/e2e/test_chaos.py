@@ -8,7 +8,8 @@ its cursor file. Four of them are also in a group with a fifth user who is
 offline through all of it and logs in afterwards; the four keep sending to
 the group too. Afterwards every message a sender was told was accepted has
 been shown exactly once to its receiver, in the order each sender sent; every
-group message to every other member, the late one by replay.
+group message to every other member, the late one by replay, and each
+member's history of the group lists each of them once, by position.
 """
 
 from __future__ import annotations
@@ -243,6 +244,44 @@ async def _send_to_group_forever(user: User, ledger: Ledger, stop: asyncio.Event
         await asyncio.sleep(GROUP_SEND_PAUSE)
 
 
+async def _read_history(client: CimClient, group_id: str) -> list[common_pb2.ChatMessage]:
+    """The group's whole history as ``client`` pages back through it, oldest first."""
+    messages: list[common_pb2.ChatMessage] = []
+    before = 0
+    while True:
+        page = await client.history(group_id, before, 100)
+        messages += page.messages
+        if not page.more or not page.messages:
+            return messages[::-1]
+        before = page.messages[-1].position
+
+
+def _history_faults(group: GroupLedger, history: list[common_pb2.ChatMessage]) -> list[str]:
+    """How one member's history differs from what was accepted: every
+    accepted message once, in send order by position, at the position its
+    pushes carried, after the "created" event at position 1."""
+    faults = []
+    positions = [m.position for m in history]
+    if positions != sorted(set(positions)):
+        faults.append(f"positions not increasing and unique: {positions}")
+    events = [(m.position, m.text) for m in history if m.kind == common_pb2.MESSAGE_KIND_MEMBERSHIP]
+    if len(events) != 1 or events[0][0] != 1 or "created group" not in events[0][1]:
+        faults.append(f"membership events: {events}")
+    by_sender: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for m in history:
+        if m.kind == common_pb2.MESSAGE_KIND_GROUP:
+            by_sender[m.sender_id].append((int(m.text), m.position))
+    pushed = group.positions()
+    for sender in set(by_sender) | set(group.confirmed):
+        listed = by_sender.get(sender, [])
+        if [number for number, _ in listed] != group.confirmed.get(sender, []):
+            faults.append(f"sender {sender}: {len(listed)} listed, not the accepted ones in order")
+        moved = [n for n, at in listed if pushed.get((sender, n), {at}) != {at}]
+        if moved:
+            faults.append(f"sender {sender}: pushed at other positions: {moved[:10]}")
+    return faults
+
+
 async def _create_group(owner: User, others: list[User], ledger: Ledger) -> None:
     ledger.group.members = [owner.client.user_id] + [u.client.user_id for u in others]
     made = await owner.client.create_group("chaos", [u.client.user_id for u in others])
@@ -327,6 +366,15 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
         sent = sum(len(v) for v in ledger.confirmed.values())
         shown = sum(len(v) for v in ledger.shown.values())
         positions = group.positions()
+        members = [*in_group, late]
+        histories = await asyncio.gather(
+            *(_read_history(u.client, group.group_id) for u in members)
+        )
+        history_faults = {
+            u.name: faults
+            for u, history in zip(members, histories, strict=True)
+            if (faults := _history_faults(group, history))
+        }
         report = {
             "users": USERS,
             "seconds": round(load_seconds, 1),
@@ -343,6 +391,7 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
             "group_unexpected": group.unexpected(),
             "group_strays": len(group.strays),
             "group_positions_differ": sum(1 for p in positions.values() if len(p) != 1),
+            "group_history_faults": len(history_faults),
             "late_member_replayed": sum(
                 len(group.shown[(s, late.client.user_id)]) for s in group.confirmed
             ),
@@ -380,6 +429,8 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
     assert group_sent > 50, report
     late_id = late.client.user_id
     assert sum(len(group.shown[(s, late_id)]) for s in group.confirmed) == group_sent, report
+    # Each member's history lists every accepted message once, by position.
+    assert history_faults == {}, history_faults
     # Each member saw the group's creation once (the late one by replay).
     created = [group.events[m] for m in group.members]
     assert all(len(texts) == 1 and "created group 'chaos'" in texts[0] for texts in created), (
