@@ -83,6 +83,15 @@ class Ledger:
             for numbers in self.shown.values()
         )
 
+    def differences(self) -> dict[str, list[int]]:
+        """(sender, receiver) -> what is missing (-n) or was shown unasked (+n)."""
+        found = {}
+        for pair in set(self.confirmed) | set(self.shown):
+            sent, shown = set(self.confirmed.get(pair, [])), set(self.shown.get(pair, []))
+            if sent != shown:
+                found[str(pair)] = sorted([-n for n in sent - shown] + list(shown - sent))
+        return found
+
 
 @dataclass
 class GroupLedger:
@@ -352,6 +361,7 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
         assert not stuck, ledger.events
         load_seconds = time.monotonic() - started
         await _wait_for_members(zookeeper.hosts, zk_root, servers=2, routes=2)
+        members_wait = time.monotonic() - started - load_seconds
         # The late member logs in: its replay brings the whole group conversation.
         late_started = time.monotonic()
         await late.client.start(register=False)
@@ -361,15 +371,19 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
         # Everything accepted arrives, however late (replays, syncs).
         group = ledger.group
         deadline = time.monotonic() + 30
+        settle_started = time.monotonic()
         while (ledger.missing() or group.missing()) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
+        settle = time.monotonic() - settle_started
         sent = sum(len(v) for v in ledger.confirmed.values())
         shown = sum(len(v) for v in ledger.shown.values())
         positions = group.positions()
         members = [*in_group, late]
+        history_started = time.monotonic()
         histories = await asyncio.gather(
             *(_read_history(u.client, group.group_id) for u in members)
         )
+        history_read = time.monotonic() - history_started
         history_faults = {
             u.name: faults
             for u, history in zip(members, histories, strict=True)
@@ -396,10 +410,15 @@ async def test_kill_a_server_restart_a_route_and_a_client_under_load(
                 len(group.shown[(s, late.client.user_id)]) for s in group.confirmed
             ),
             "late_replay_s": round(late_replay, 2),
+            "history_read_s": round(history_read, 2),
+            "members_wait_s": round(members_wait, 2),
+            "settle_s": round(settle, 2),
+            "differences": ledger.differences(),
             "send_retries": ledger.send_errors,
             "server_victims": len(by_server[victim_id]),
             "reconnect_s": sorted(round(r, 2) for r in ledger.reconnects),
             "client_restart_s": round(client_restart, 2),
+            "restarted": restarted.client.user_id,
         }
         print("chaos:", json.dumps(report))
         (tmp_path / "chaos.json").write_text(json.dumps(report))
