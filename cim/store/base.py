@@ -169,12 +169,26 @@ class PointerItem:
 
 
 @dataclass(frozen=True)
+class OwnSend:
+    """The sender's side of a send (in round trip 2, beside the pointers):
+    the conversation to the top of the sender's list, and their read cursor
+    raised to the message's position (never lowered): their own messages
+    are never unread."""
+
+    user_id: int
+    conversation_id: str
+    position: int
+
+
+@dataclass(frozen=True)
 class PointedItem:
     """A private message: into its conversation's log, then, under the
-    position it gets there, a pointer into its receiver's sequence."""
+    position it gets there, a pointer into its receiver's sequence (and,
+    with ``sender_id``, the sender's side: see OwnSend)."""
 
     conversation: ConversationItem
     receiver_id: int
+    sender_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -204,7 +218,12 @@ async def append_then_point(
         for i, (item, done) in enumerate(zip(items, stored, strict=True))
         if done.position > 0
     ]
-    pointers = await store.append_pointers([pointer for _, pointer in placed], retention)
+    senders = [
+        OwnSend(items[i].sender_id, pointer.conversation_id, pointer.position)
+        for i, pointer in placed
+        if items[i].sender_id > 0
+    ]
+    pointers = await store.append_pointers([pointer for _, pointer in placed], retention, senders)
     found: list[Appended | None] = [None] * len(items)
     for (i, _), appended in zip(placed, pointers, strict=True):
         found[i] = appended
@@ -250,6 +269,79 @@ class InboxPage:
     dropped_through: int
     # More entries follow the page.
     more: bool
+
+
+@dataclass(frozen=True)
+class ReadMark:
+    """A user has read a conversation up to ``position``."""
+
+    user_id: int
+    conversation_id: str
+    position: int
+    # A group's: refused unless ``user_id`` is a member, checked in the same
+    # atomic step (a private conversation's members are its id: the caller's check).
+    group: bool = False
+    # A user whose session to read back (the other user of a private
+    # conversation, to push them a receipt); 0: nobody.
+    notify_id: int = 0
+
+
+@dataclass(frozen=True)
+class ReadMarked:
+    # The user's read cursor after the mark (an earlier, higher one stays).
+    position: int = 0
+    # The conversation's last position.
+    head: int = 0
+    # The receipt's new position (the mark, capped at the head) when it
+    # moved the user's receipt in the conversation; 0 when it did not.
+    receipt: int = 0
+    # A group's member: the position they joined at.
+    joined: int = 0
+    # Not a member of the group: nothing was written.
+    refused: bool = False
+    # ``notify_id``'s session, read in the same round trip.
+    session: SessionRecord | None = None
+
+
+@dataclass(frozen=True)
+class ConversationLine:
+    """One line of a user's conversation list, as the store holds it."""
+
+    conversation_id: str
+    # When the conversation last moved for the user (ms since the epoch).
+    activity_ms: int
+    # The user's read cursor.
+    read: int
+    # The conversation's last position (its newest message's).
+    head: int
+    # The newest message (ChatMessage bytes); None when there is none or
+    # retention dropped it.
+    last: bytes | None = None
+    # A private conversation: the other user's name and read position.
+    peer_name: str = ""
+    peer_read: int = 0
+    # A group: its name, and the position the user joined at.
+    group_name: str = ""
+    joined: int = 0
+
+
+@dataclass(frozen=True)
+class ConversationPage:
+    # Most recent first.
+    lines: list[ConversationLine]
+    # Older conversations follow.
+    more: bool
+
+
+@dataclass(frozen=True)
+class ReceiptPage:
+    # (user id, read position), in no particular order.
+    readers: list[tuple[int, int]]
+    # 0: the scan is complete.
+    next_cursor: int
+    head: int
+    # The caller is not a member of the group: nothing was read.
+    refused: bool = False
 
 
 @dataclass(frozen=True)
@@ -385,12 +477,17 @@ class Store(Protocol):
         pointers)."""
 
     async def append_pointers(
-        self, items: Sequence[PointerItem], retention: Retention
+        self,
+        items: Sequence[PointerItem],
+        retention: Retention,
+        senders: Sequence[OwnSend] = (),
     ) -> list[Appended]:
         """Appends each pointer to its user's sequence under the user's next
-        seq (a message id already there gets its seq back) and returns it
-        with the user's session read after the append, as ``append_inbox``.
-        One round trip for the batch."""
+        seq (a message id already there gets its seq back), moves the
+        conversation to the top of the user's list, and returns the seq with
+        the user's session read after the append, as ``append_inbox``. Each
+        of ``senders`` gets its own side of a send (see OwnSend). One round
+        trip for the batch, senders included."""
 
     async def append_pointed(
         self, items: Sequence[PointedItem], retention: Retention
@@ -399,6 +496,38 @@ class Store(Protocol):
         position, ``append_pointers`` to its receiver, with the same results
         and guarantees: one round trip for the batch where the store can
         (a standalone Redis), else two (see ``append_then_point``)."""
+
+    async def list_conversations(
+        self, user_id: int, before_ms: int, before_id: str, limit: int
+    ) -> ConversationPage:
+        """Up to ``limit`` lines of the user's conversation list, most recent
+        activity first (ties: the higher id first), those after the line
+        (``before_ms``, ``before_id``) (``before_ms`` <= 0: from the top).
+        A group the user is not a member of (any more) is left out, and
+        dropped from the list. Two round trips: the page with its read
+        cursors, then each conversation's line."""
+
+    async def mark_read(self, marks: Sequence[ReadMark]) -> list[ReadMarked]:
+        """For each mark: caps the position at the conversation's head,
+        raises the user's receipt in the conversation and then their read
+        cursor to it (never lowers either), and reads ``notify_id``'s
+        session. A group's mark by a non-member writes nothing (``refused``).
+        One round trip for the batch where the store can (a standalone
+        Redis), else two."""
+
+    async def read_receipts(
+        self,
+        conversation_id: str,
+        user_id: int,
+        group: bool,
+        cursor: int,
+        min_position: int,
+        count: int,
+    ) -> ReceiptPage:
+        """About ``count`` of the conversation's read positions of at least
+        ``min_position`` from ``cursor`` on (a scan: pass the page's
+        ``next_cursor`` for the next one). For a group, ``user_id`` must be
+        a member (else ``refused``) and only members are listed."""
 
     async def read_history(
         self, conversation_id: str, before: int, limit: int, retention: Retention

@@ -46,6 +46,14 @@ as a per-user key.
                                               (an index; the group's members are the truth)
     {prefix}{u:<id>}:groups_made      string  group creations in the current minute
                                               (INCR, PEXPIRE 60 s from the first)
+    {prefix}{u:<id>}:convs            zset    conversation id -> last activity (ms): the
+                                              conversation list, most recent first; raised
+                                              by every pointer to the user and every send
+                                              of theirs
+    {prefix}{u:<id>}:read             hash    conversation id -> read position: the user's
+                                              read cursors (all devices share them), never
+                                              lowered, capped at the head; a send raises
+                                              its sender's to the message
     {prefix}group_ids                 string  last group number handed out (INCR)
     {prefix}conversations_since       string  ms since the epoch the store was first
                                               served with conversations (SET NX); 0
@@ -66,6 +74,10 @@ Per-conversation keys carry the hash tag ``{c:<conversation id>}``
                                               + ChatMessage bytes
     {prefix}{c:<cid>}:pending         zset    message id, score append time (ms): fan-outs
                                               not confirmed yet (repaired after 5 s)
+
+
+    {prefix}{c:<cid>}:reads           hash    user id -> read position, as marked (read
+                                              receipts: who has read up to where)
     {prefix}{c:<cid>}:send:<sender id>:<client id>
                                       string  a send's claim, then result, as above
 """
@@ -246,6 +258,18 @@ class KeyLayout:
 
     def groups_made(self, user_id: int) -> str:
         return f"{self.prefix}{self.user_tag(user_id)}:groups_made"
+
+    def conversation_list(self, user_id: int) -> str:
+        """The user's conversations by last activity."""
+        return f"{self.prefix}{self.user_tag(user_id)}:convs"
+
+    def read_cursors(self, user_id: int) -> str:
+        """The user's read position in each conversation."""
+        return f"{self.prefix}{self.user_tag(user_id)}:read"
+
+    def conversation_reads(self, conversation_id: str) -> str:
+        """Each member's read position (receipts)."""
+        return f"{self.prefix}{self.conversation_tag(conversation_id)}:reads"
 
     def conversation_sent(self, conversation_id: str, sender_id: int, client_msg_id: str) -> str:
         """The claim, then the result, of one send to a conversation."""

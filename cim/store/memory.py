@@ -16,14 +16,20 @@ from cim.store.base import (
     Appended,
     ConversationAppended,
     ConversationItem,
+    ConversationLine,
+    ConversationPage,
     HistoryEntry,
     HistoryPage,
     InboxEntry,
     InboxItem,
     InboxPage,
+    OwnSend,
     PointedAppended,
     PointedItem,
     PointerItem,
+    ReadMark,
+    ReadMarked,
+    ReceiptPage,
     Retention,
     SendClaim,
     SendKey,
@@ -149,6 +155,12 @@ class MemoryStore:
         self._creations: dict[int, tuple[int, float]] = {}
         # user id -> {group number: group id}
         self._user_groups: dict[int, dict[int, str]] = {}
+        # user id -> {conversation id: last activity (ms)}: the conversation lists.
+        self._lists: dict[int, dict[str, int]] = {}
+        # user id -> {conversation id: read position}
+        self._read: dict[int, dict[str, int]] = {}
+        # conversation id -> {user id: read position} (receipts)
+        self._receipts: dict[str, dict[int, int]] = {}
 
     async def create_account(
         self, user_name: str, password_hash: str, name_keys: Collection[str] = ()
@@ -398,11 +410,26 @@ class MemoryStore:
                 )
         return appended
 
+    def _touch(self, user_id: int, conversation_id: str) -> None:
+        """The conversation to the top of the user's list."""
+        self._lists.setdefault(user_id, {})[conversation_id] = time.time_ns() // 1_000_000
+
+    def _raise_read(self, user_id: int, conversation_id: str, position: int) -> int:
+        cursors = self._read.setdefault(user_id, {})
+        cursors[conversation_id] = max(cursors.get(conversation_id, 0), position)
+        return cursors[conversation_id]
+
     async def append_pointers(
-        self, items: Sequence[PointerItem], retention: Retention
+        self,
+        items: Sequence[PointerItem],
+        retention: Retention,
+        senders: Sequence[OwnSend] = (),
     ) -> list[Appended]:
         now = self._clock()
         appended = []
+        for own in senders:
+            self._touch(own.user_id, own.conversation_id)
+            self._raise_read(own.user_id, own.conversation_id, own.position)
         for item in items:
             inbox = self._inboxes.setdefault(item.user_id, _Inbox())
             seq = inbox.pointer_ids.get(item.message_id)
@@ -417,6 +444,7 @@ class MemoryStore:
                 inbox.entries[seq] = (item.message_id, b"", now, where)
                 inbox.pointer_ids[item.message_id] = seq
             inbox.trim(retention, now)
+            self._touch(item.user_id, item.conversation_id)
             appended.append(Appended(seq, self._live_session(item.user_id)))
         return appended
 
@@ -424,6 +452,102 @@ class MemoryStore:
         self, items: Sequence[PointedItem], retention: Retention
     ) -> list[PointedAppended]:
         return await append_then_point(self, items, retention)
+
+    # --- conversation lists, read cursors, receipts ---------------------------
+    async def list_conversations(
+        self, user_id: int, before_ms: int, before_id: str, limit: int
+    ) -> ConversationPage:
+        mine = self._lists.get(user_id, {})
+        # As a Redis zset read backwards: by activity, ties by id (bytes), both descending.
+        order = sorted(mine.items(), key=lambda e: (e[1], e[0].encode()), reverse=True)
+        if before_ms > 0:
+            bound = (before_ms, before_id.encode())
+            order = [e for e in order if (e[1], e[0].encode()) < bound]
+        taken = order[: max(limit, 0)]
+        lines = []
+        for cid, activity in taken:
+            line = self._line(user_id, cid, activity)
+            if line is None:
+                del mine[cid]  # a group they left or were removed from
+                continue
+            lines.append(line)
+        return ConversationPage(lines, more=len(order) > len(taken))
+
+    def _line(self, user_id: int, cid: str, activity: int) -> ConversationLine | None:
+        conversation = self._conversations.get(cid, _Conversation())
+        last = conversation.log.get(conversation.head)
+        line = ConversationLine(
+            cid,
+            activity,
+            self._read.get(user_id, {}).get(cid, 0),
+            conversation.head,
+            last[1] if last is not None else None,
+        )
+        if cid.startswith("g:"):
+            group = self._groups.get(cid)
+            member = group.members.get(user_id) if group is not None else None
+            if group is None or member is None:
+                return None
+            return replace(line, group_name=group.name, joined=member.joined)
+        low, high = (int(part) for part in cid[2:].split(":"))
+        peer = high if user_id == low else low
+        account = self._accounts.get(peer)
+        return replace(
+            line,
+            peer_name=account.user_name if account is not None else "",
+            peer_read=self._receipts.get(cid, {}).get(peer, 0),
+        )
+
+    async def mark_read(self, marks: Sequence[ReadMark]) -> list[ReadMarked]:
+        done = []
+        for mark in marks:
+            joined = 0
+            if mark.group:
+                group = self._groups.get(mark.conversation_id)
+                member = group.members.get(mark.user_id) if group is not None else None
+                if member is None:
+                    done.append(ReadMarked(refused=True))
+                    continue
+                joined = member.joined
+            conversation = self._conversations.get(mark.conversation_id)
+            head = conversation.head if conversation is not None else 0
+            position = min(mark.position, head)
+            receipts = self._receipts.setdefault(mark.conversation_id, {})
+            receipt = 0
+            if position > receipts.get(mark.user_id, 0):
+                receipts[mark.user_id] = receipt = position
+            cursor = self._raise_read(mark.user_id, mark.conversation_id, position)
+            session = self._live_session(mark.notify_id) if mark.notify_id else None
+            done.append(ReadMarked(cursor, head, receipt, joined, session=session))
+        return done
+
+    async def read_receipts(
+        self,
+        conversation_id: str,
+        user_id: int,
+        group: bool,
+        cursor: int,
+        min_position: int,
+        count: int,
+    ) -> ReceiptPage:
+        conversation = self._conversations.get(conversation_id)
+        head = conversation.head if conversation is not None else 0
+        members: Collection[int] | None = None
+        if group:
+            record = self._groups.get(conversation_id)
+            if record is None or user_id not in record.members:
+                return ReceiptPage([], 0, head, refused=True)
+            members = record.members
+        # The cursor is an index into the readers by user id.
+        readers = sorted(self._receipts.get(conversation_id, {}).items())
+        page = readers[cursor : cursor + max(count, 1)]
+        end = cursor + len(page)
+        found = [
+            (uid, position)
+            for uid, position in page
+            if position >= min_position and (members is None or uid in members)
+        ]
+        return ReceiptPage(found, end if end < len(readers) else 0, head)
 
     async def read_history(
         self, conversation_id: str, before: int, limit: int, retention: Retention

@@ -17,6 +17,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Sequence
+from dataclasses import replace
 from string import Template
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,14 +48,20 @@ from cim.store.base import (
     Appended,
     ConversationAppended,
     ConversationItem,
+    ConversationLine,
+    ConversationPage,
     HistoryEntry,
     HistoryPage,
     InboxEntry,
     InboxItem,
     InboxPage,
+    OwnSend,
     PointedAppended,
     PointedItem,
     PointerItem,
+    ReadMark,
+    ReadMarked,
+    ReceiptPage,
     Retention,
     SendClaim,
     SendKey,
@@ -509,14 +516,16 @@ end
 """
 
 # Round trip 2 of a send, as a function: a pointer into one member's
-# sequence. k: inbox meta, inbox, bodies, ids, id seqs, session. The message
-# id, the entry (time + pointer), now_ms, max_messages, max_age_ms,
-# id_window_ms. A message id the sequence holds gets its seq back (acked
-# pointers stay for the id window); so does one a full-copy append of the
-# code before conversations remembered (ids, id seqs: a retry that crossed
-# the upgrade). Returns the seq, then the session's fields as HMGET reads them.
+# sequence. k: inbox meta, inbox, bodies, ids, id seqs, session, conversation
+# list. The message id, the entry (time + pointer), now_ms, max_messages,
+# max_age_ms, id_window_ms, the conversation id. A message id the sequence
+# holds gets its seq back (acked pointers stay for the id window); so does
+# one a full-copy append of the code before conversations remembered (ids,
+# id seqs: a retry that crossed the upgrade). The conversation goes to the
+# top of the member's list. Returns the seq, then the session's fields as
+# HMGET reads them.
 _POINT_FN = """
-local function point(k, id, entry, now, max_n, max_age, window)
+local function point(k, id, entry, now, max_n, max_age, window, cid)
   local seq = redis.call('ZSCORE', k[2], id)
   if not seq then
     seq = redis.call('HGET', k[5], id)
@@ -536,8 +545,21 @@ local function point(k, id, entry, now, max_n, max_age, window)
   end
   trim(k[1], k[2], k[3], max_n, now - max_age)
   trim_acked(k[1], k[2], k[3], now - window)
+  redis.call('ZADD', k[7], now, cid)
   local s = redis.call('HMGET', k[6], '$sid', '$server', '$device', '$connected', '$exp')
   return {seq, s[1], s[2], s[3], s[4], s[5]}
+end
+"""
+
+# The sender's side of a send, as a function (see OwnSend): the conversation
+# to the top of their list, their read cursor raised to the message's
+# position, never lowered (a retry may carry an older position).
+_SENT_FN = """
+local function sent(list, read, cid, now, position)
+  redis.call('ZADD', list, now, cid)
+  if position > (tonumber(redis.call('HGET', read, cid)) or 0) then
+    redis.call('HSET', read, cid, position)
+  end
 end
 """
 
@@ -551,45 +573,212 @@ _CONV_APPEND = _lua(
 )
 
 # Round trip 2 of a send. KEYS: as point's k. ARGV: message id, entry (time +
-# pointer), now_ms, max_messages, max_age_ms, id_window_ms.
+# pointer), now_ms, max_messages, max_age_ms, id_window_ms, conversation id.
 _POINTERS = _lua(
     _TRIM
     + _TRIM_ACKED
     + _POINT_FN
     + """
 return point(KEYS, ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
-             tonumber(ARGV[6]))
+             tonumber(ARGV[6]), ARGV[7])
 """
 )
 
+# The sender's side of a send, queued beside the pointers in round trip 2.
+# KEYS: the sender's conversation list, read cursors. ARGV: conversation id,
+# now_ms, position.
+_SENDER = _lua(_SENT_FN + "sent(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]))")
+
 # Both round trips of a private send in one script, for a standalone Redis
-# (every key on one node; a cluster runs the two scripts above instead).
-# KEYS: the receiver's six (as point's k), then meta, log, bodies, members,
-# pending[, send claim] of the conversation. ARGV: conv_append's ten, then the
-# receiver's max_messages and max_age_ms, then the pointer entry's start
-# (time + pointer tag + conversation id + '|'). Returns conv_append's answer
-# when it is not a position (nothing appended: the send was claimed before),
-# else {position, overdue, seq, session fields...}.
+# (every key on one node; a cluster runs the scripts above instead).
+# KEYS: the receiver's seven (as point's k), then meta, log, bodies, members,
+# pending of the conversation, the sender's conversation list and read
+# cursors[, send claim]. ARGV: conv_append's ten, then the receiver's
+# max_messages and max_age_ms, the pointer entry's start (time + pointer tag +
+# conversation id + '|'), the conversation id, and '1' for the sender's side
+# ('0': none). Returns conv_append's answer when it is not a position
+# (nothing appended: the send was claimed before), else {position, overdue,
+# seq, session fields...}.
 _CONV_POINT = _lua(
     _TRIM
     + _TRIM_ACKED
     + _OVERDUE
     + _CONV_APPEND_FN
     + _POINT_FN
+    + _SENT_FN
     + """
-local stored = conv_append({KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]}, ARGV)
+local stored = conv_append({KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[15]}, ARGV)
 local position = stored[1]
 if position < 0 then
   return stored
 end
+local now = tonumber(ARGV[3])
 local entry = ARGV[13] .. position .. '|' .. ARGV[1]
-local pointed = point(KEYS, ARGV[1], entry, tonumber(ARGV[3]), tonumber(ARGV[11]),
-                      tonumber(ARGV[12]), tonumber(ARGV[6]))
+local pointed = point(KEYS, ARGV[1], entry, now, tonumber(ARGV[11]), tonumber(ARGV[12]),
+                      tonumber(ARGV[6]), ARGV[14])
+if ARGV[15] == '1' then
+  sent(KEYS[13], KEYS[14], ARGV[14], now, position)
+end
 table.insert(pointed, 1, stored[2])
 table.insert(pointed, 1, position)
 return pointed
 """
 )
+
+# --- conversation lists, read cursors, receipts --------------------------------------
+# A mark's conversation side, as a function. k: meta, members, reads. A
+# group's mark by a non-member is refused ({-2}); else the position is
+# capped at the head and raises the user's receipt (never lowered). Returns
+# {capped position, head, 1 if the receipt moved else 0, joined position}.
+_READ_CONV_FN = """
+local function read_conv(k, uid, position, group)
+  local joined = 0
+  if group == '1' then
+    local member = redis.call('HGET', k[2], uid)
+    if not member then
+      return {-2}
+    end
+    joined = tonumber(string.match(member, '|(%d+)$$')) or 0
+  end
+  local head = tonumber(redis.call('HGET', k[1], '$head')) or 0
+  if position > head then
+    position = head
+  end
+  local moved = 0
+  if position > 0 and position > (tonumber(redis.call('HGET', k[3], uid)) or 0) then
+    redis.call('HSET', k[3], uid, position)
+    moved = 1
+  end
+  return {position, head, moved, joined}
+end
+"""
+
+# A mark's user side, as a function: the read cursor raised (never lowered);
+# returns the cursor after it.
+_READ_USER_FN = """
+local function read_user(read, cid, position)
+  local cursor = tonumber(redis.call('HGET', read, cid)) or 0
+  if position > cursor then
+    redis.call('HSET', read, cid, position)
+    return position
+  end
+  return cursor
+end
+"""
+
+# A mark's first round trip on a cluster. KEYS: meta, members, reads. ARGV:
+# user id, position, '1' for a group.
+_READ_CONV = _lua(_READ_CONV_FN + "return read_conv(KEYS, ARGV[1], tonumber(ARGV[2]), ARGV[3])")
+
+# A mark's second round trip on a cluster. KEYS: read cursors. ARGV:
+# conversation id, the capped position. Returns the cursor after it.
+_READ_USER = _READ_USER_FN + "return read_user(KEYS[1], ARGV[1], tonumber(ARGV[2]))"
+
+# Both sides of a mark in one script, on a standalone Redis. KEYS: meta,
+# members, reads, the user's read cursors. ARGV: user id, position, '1' for
+# a group, conversation id. Returns read_conv's answer with the cursor after
+# the mark in place of the capped position ({-2} when refused).
+_MARK_READ = _lua(
+    _READ_CONV_FN
+    + _READ_USER_FN
+    + """
+local done = read_conv(KEYS, ARGV[1], tonumber(ARGV[2]), ARGV[3])
+if done[1] < 0 then
+  return done
+end
+local capped = done[1]
+done[1] = read_user(KEYS[4], ARGV[4], capped)
+done[5] = capped
+return done
+"""
+)
+
+# A page of a user's conversation list. KEYS: list, read cursors. ARGV:
+# before_ms (<= 0: from the top), before id, limit. Lines with before_ms's
+# score come back in reverse byte order of their ids: those not below
+# before id are skipped. Returns how many lines were found (up to limit +
+# 1), then id, activity, read cursor for the first `limit`.
+_LIST_PAGE = """
+local limit = tonumber(ARGV[3])
+local found
+local before = tonumber(ARGV[1])
+if before <= 0 then
+  found = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '-inf', 'WITHSCORES',
+                     'LIMIT', 0, limit + 1)
+else
+  local ties = redis.call('ZCOUNT', KEYS[1], ARGV[1], ARGV[1])
+  local all = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES',
+                         'LIMIT', 0, limit + 1 + ties)
+  found = {}
+  for i = 1, #all, 2 do
+    if tonumber(all[i + 1]) < before or all[i] < ARGV[2] then
+      found[#found + 1] = all[i]
+      found[#found + 1] = all[i + 1]
+    end
+  end
+end
+local count = math.min(#found / 2, limit + 1)
+local out = {count}
+local n = math.min(count, limit)
+if n == 0 then
+  return out
+end
+local cids = {}
+for i = 1, n do
+  cids[i] = found[2 * i - 1]
+end
+local reads = redis.call('HMGET', KEYS[2], unpack(cids))
+for i = 1, n do
+  out[#out + 1] = cids[i]
+  out[#out + 1] = found[2 * i]
+  out[#out + 1] = reads[i] or '0'
+end
+return out
+"""
+
+# One conversation's line. KEYS: meta, bodies, members, reads. ARGV: the
+# user id, the other user's id ('0' for a group). Returns head, the newest
+# message's body (false if gone), the group's name, the user's membership
+# (false: not a member), the other user's read position.
+_SUMMARY = _lua("""
+local meta = redis.call('HMGET', KEYS[1], '$head', '$last', '$name')
+local body = false
+if meta[2] then
+  body = redis.call('HGET', KEYS[2], meta[2])
+end
+local member = false
+local peer_read = false
+if ARGV[2] == '0' then
+  member = redis.call('HGET', KEYS[3], ARGV[1])
+else
+  peer_read = redis.call('HGET', KEYS[4], ARGV[2])
+end
+return {tonumber(meta[1]) or 0, body, meta[3] or '', member, tonumber(peer_read) or 0}
+""")
+
+# A page of a conversation's read receipts. KEYS: meta, members, reads.
+# ARGV: the caller, '1' for a group, cursor, min position, count. A group's
+# caller must be a member ({-2}) and only members are listed. Returns the
+# next cursor, head, then user id, position pairs.
+_RECEIPTS = _lua("""
+local group = ARGV[2] == '1'
+if group and not redis.call('HGET', KEYS[2], ARGV[1]) then
+  return {-2}
+end
+local head = tonumber(redis.call('HGET', KEYS[1], '$head')) or 0
+local scan = redis.call('HSCAN', KEYS[3], ARGV[3], 'COUNT', ARGV[5])
+local out = {scan[1], head}
+local least = tonumber(ARGV[4])
+local found = scan[2]
+for i = 1, #found, 2 do
+  local position = tonumber(found[i + 1])
+  if position >= least and (not group or redis.call('HEXISTS', KEYS[2], found[i]) == 1) then
+    out[#out + 1] = found[i]
+    out[#out + 1] = position
+  end
+end
+return out
+""")
 
 # One change of a group's record with its event (see Store.apply_group).
 # KEYS: meta, log, bodies, members, left, pending (the event's fan-out is
@@ -848,6 +1037,14 @@ def _history_page(flat: Sequence[Any], limit: int) -> HistoryPage:
     return HistoryPage(entries, int(flat[0]), int(flat[1]), more=int(flat[2]) > max(limit, 0))
 
 
+def _peer(conversation_id: str, user_id: int) -> int:
+    """The other user of a private conversation (0 for a group)."""
+    if not conversation_id.startswith("p:"):
+        return 0
+    low, high = (int(part) for part in conversation_id[2:].split(":"))
+    return high if user_id == low else low
+
+
 def _session(user_id: int, fields: Sequence[Any] | None) -> SessionRecord | None:
     if not fields or fields[0] is None:
         return None
@@ -919,6 +1116,13 @@ class RedisStore:
         self._conv_append = client.register_script(_CONV_APPEND)
         self._pointers = client.register_script(_POINTERS)
         self._conv_point = client.register_script(_CONV_POINT)
+        self._sender = client.register_script(_SENDER)
+        self._read_conv = client.register_script(_READ_CONV)
+        self._read_user = client.register_script(_READ_USER)
+        self._mark_read = client.register_script(_MARK_READ)
+        self._list_page = client.register_script(_LIST_PAGE)
+        self._summary = client.register_script(_SUMMARY)
+        self._receipts = client.register_script(_RECEIPTS)
         self._history = client.register_script(_HISTORY)
         self._group_apply = client.register_script(_GROUP_APPLY)
         # Scripts queued in pipelines: redis-py loads them only for direct calls.
@@ -931,6 +1135,11 @@ class RedisStore:
             self._conv_append,
             self._pointers,
             self._conv_point,
+            self._sender,
+            self._read_conv,
+            self._read_user,
+            self._mark_read,
+            self._summary,
         )
         # The store's conversations mark (see conversations_since), once read.
         self._since: float | None = None
@@ -1581,7 +1790,11 @@ class RedisStore:
             self._keys.inbox_ids(user_id),
             self._keys.inbox_id_seqs(user_id),
             self._keys.session(user_id),
+            self._keys.conversation_list(user_id),
         ]
+
+    def _sender_keys(self, user_id: int) -> list[str]:
+        return [self._keys.conversation_list(user_id), self._keys.read_cursors(user_id)]
 
     async def append_conversations(
         self, items: Sequence[ConversationItem], retention: Retention
@@ -1607,9 +1820,12 @@ class RedisStore:
         ]
 
     async def append_pointers(
-        self, items: Sequence[PointerItem], retention: Retention
+        self,
+        items: Sequence[PointerItem],
+        retention: Retention,
+        senders: Sequence[OwnSend] = (),
     ) -> list[Appended]:
-        if not items:
+        if not items and not senders:
             return []
         now = _now_ms()
         stamp = b"%0*d" % (keys.INBOX_TIME_DIGITS, now)
@@ -1626,14 +1842,22 @@ class RedisStore:
                     pipe,
                     self._pointers,
                     self._pointer_keys(item.user_id),
-                    [item.message_id, stamp + entry, now, *bounds],
+                    [item.message_id, stamp + entry, now, *bounds, item.conversation_id],
+                )
+            # The senders' sides ride in the same round trip (their own slots).
+            for own in senders:
+                self._queue(
+                    pipe,
+                    self._sender,
+                    self._sender_keys(own.user_id),
+                    [own.conversation_id, now, own.position],
                 )
 
         async with self._guard():
             rows = await self._pipeline(build)  # idempotent by message id: safe to rerun
         return [
             Appended(int(row[0]), _session(item.user_id, row[1:]))
-            for item, row in zip(items, rows, strict=True)
+            for item, row in zip(items, rows[: len(items)], strict=True)
         ]
 
     async def append_pointed(
@@ -1653,18 +1877,20 @@ class RedisStore:
             # One script per item, both steps, in one round trip: on one node
             # a script may touch the conversation's and the receiver's keys.
             for item in items:
-                conversation = item.conversation
-                names, args = self._conversation_call(conversation, now, stamp, retention)
-                start = b"%s%s%s|" % (
-                    stamp,
-                    keys.POINTER_TAG,
-                    conversation.conversation_id.encode(),
-                )
+                cid = item.conversation.conversation_id
+                names, args = self._conversation_call(item.conversation, now, stamp, retention)
+                start = b"%s%s%s|" % (stamp, keys.POINTER_TAG, cid.encode())
+                sender = item.sender_id or item.receiver_id  # keys either way; '0': unused
                 self._queue(
                     pipe,
                     self._conv_point,
-                    [*self._pointer_keys(item.receiver_id), *names],
-                    [*args, *bounds, start],
+                    [
+                        *self._pointer_keys(item.receiver_id),
+                        *names[:5],
+                        *self._sender_keys(sender),
+                        *names[5:],  # the send claim, if any
+                    ],
+                    [*args, *bounds, start, cid, "1" if item.sender_id else "0"],
                 )
 
         async with self._guard():
@@ -1678,6 +1904,175 @@ class RedisStore:
             pointer = Appended(int(row[2]), _session(item.receiver_id, row[3:]))
             out.append(PointedAppended(stored, pointer))
         return out
+
+    # --- conversation lists, read cursors, receipts ---------------------------
+    async def list_conversations(
+        self, user_id: int, before_ms: int, before_id: str, limit: int
+    ) -> ConversationPage:
+        limit = max(limit, 0)
+        names = [self._keys.conversation_list(user_id), self._keys.read_cursors(user_id)]
+        async with self._guard():
+            flat = await self._list_page(keys=names, args=[before_ms, before_id, limit])
+        found = int(flat[0])
+        page = [
+            (_text(flat[i]), int(float(flat[i + 1])), int(flat[i + 2]))
+            for i in range(1, len(flat), 3)
+        ]
+        if not page:
+            return ConversationPage([], more=found > limit)
+        peers = [_peer(cid, user_id) for cid, _, _ in page]
+
+        def build(pipe: _Pipe) -> None:
+            # Each line on its conversation's node, a private one's peer name
+            # on the peer's: all in one round trip.
+            for (cid, _, _), peer in zip(page, peers, strict=True):
+                self._queue(
+                    pipe,
+                    self._summary,
+                    [
+                        *self._conversation_keys(cid)[:1],
+                        self._keys.conversation_bodies(cid),
+                        self._keys.conversation_members(cid),
+                        self._keys.conversation_reads(cid),
+                    ],
+                    [user_id, peer],
+                )
+            for peer in peers:
+                if peer:
+                    pipe.hget(self._keys.account(peer), keys.ACCOUNT_NAME)
+
+        async with self._guard():
+            rows = await self._pipeline(build)
+        peer_names = iter(rows[len(page) :])
+        lines, stale = [], []
+        skip = keys.INBOX_TIME_DIGITS
+        for (cid, activity, read), peer, row in zip(page, peers, rows, strict=False):
+            head, body = int(row[0]), row[1]
+            line = ConversationLine(
+                cid, activity, read, head, None if body is None else bytes(body)[skip:]
+            )
+            if peer:
+                name = next(peer_names)
+                lines.append(replace(line, peer_name=_text(name), peer_read=int(row[4])))
+            elif row[3] is None:
+                stale.append(cid)  # a group they left or were removed from
+            else:
+                joined = int(_text(row[3]).rsplit("|", 1)[1])
+                lines.append(replace(line, group_name=_text(row[2]), joined=joined))
+        if stale:
+            async with self._guard():
+                await self._client.zrem(self._keys.conversation_list(user_id), *stale)
+        return ConversationPage(lines, more=found > limit)
+
+    async def mark_read(self, marks: Sequence[ReadMark]) -> list[ReadMarked]:
+        if not marks:
+            return []
+        if isinstance(self._client, RedisCluster):
+            return await self._mark_read_in_two(marks)
+
+        def build(pipe: _Pipe) -> None:
+            # One script per mark (the conversation's keys and the user's on
+            # one node), the sessions to notify beside them.
+            for mark in marks:
+                self._queue(
+                    pipe,
+                    self._mark_read,
+                    [*self._read_conv_keys(mark), self._keys.read_cursors(mark.user_id)],
+                    [mark.user_id, mark.position, "1" if mark.group else "0", mark.conversation_id],
+                )
+            for mark in marks:
+                if mark.notify_id:
+                    pipe.hmget(self._keys.session(mark.notify_id), keys.SESSION_FIELDS)
+
+        async with self._guard():
+            rows = await self._pipeline(build)  # raising twice is raising once: safe to rerun
+        sessions = iter(rows[len(marks) :])
+        done = []
+        for mark, row in zip(marks, rows, strict=False):
+            session = _session(mark.notify_id, next(sessions)) if mark.notify_id else None
+            if int(row[0]) < 0:
+                done.append(ReadMarked(refused=True))
+                continue
+            cursor, head, moved, joined, capped = (int(v) for v in row)
+            done.append(ReadMarked(cursor, head, capped if moved else 0, joined, session=session))
+        return done
+
+    def _read_conv_keys(self, mark: ReadMark) -> list[str]:
+        cid = mark.conversation_id
+        return [
+            self._keys.conversation_meta(cid),
+            self._keys.conversation_members(cid),
+            self._keys.conversation_reads(cid),
+        ]
+
+    async def _mark_read_in_two(self, marks: Sequence[ReadMark]) -> list[ReadMarked]:
+        """On a cluster: the conversations' side (membership, cap, receipt),
+        then the users' cursors with the sessions to notify."""
+
+        def conversations(pipe: _Pipe) -> None:
+            for mark in marks:
+                self._queue(
+                    pipe,
+                    self._read_conv,
+                    self._read_conv_keys(mark),
+                    [mark.user_id, mark.position, "1" if mark.group else "0"],
+                )
+
+        async with self._guard():
+            sides = await self._pipeline(conversations)
+        accepted = [
+            (mark, side) for mark, side in zip(marks, sides, strict=True) if int(side[0]) >= 0
+        ]
+
+        def users(pipe: _Pipe) -> None:
+            for mark, side in accepted:
+                self._queue(
+                    pipe,
+                    self._read_user,
+                    [self._keys.read_cursors(mark.user_id)],
+                    [mark.conversation_id, int(side[0])],
+                )
+            for mark, _ in accepted:
+                if mark.notify_id:
+                    pipe.hmget(self._keys.session(mark.notify_id), keys.SESSION_FIELDS)
+
+        rows: list[Any] = []
+        if accepted:
+            async with self._guard():
+                rows = await self._pipeline(users)
+        cursors = iter(rows[: len(accepted)])
+        sessions = iter(rows[len(accepted) :])
+        done = []
+        for mark, side in zip(marks, sides, strict=True):
+            if int(side[0]) < 0:
+                done.append(ReadMarked(refused=True))
+                continue
+            capped, head, moved, joined = (int(v) for v in side)
+            session = _session(mark.notify_id, next(sessions)) if mark.notify_id else None
+            done.append(
+                ReadMarked(
+                    int(next(cursors)), head, capped if moved else 0, joined, session=session
+                )
+            )
+        return done
+
+    async def read_receipts(
+        self,
+        conversation_id: str,
+        user_id: int,
+        group: bool,
+        cursor: int,
+        min_position: int,
+        count: int,
+    ) -> ReceiptPage:
+        names = self._read_conv_keys(ReadMark(user_id, conversation_id, 0))
+        args = [user_id, "1" if group else "0", cursor, min_position, max(count, 1)]
+        async with self._guard():
+            flat = await self._receipts(keys=names, args=args)
+        if int(flat[0]) < 0:
+            return ReceiptPage([], 0, 0, refused=True)
+        readers = [(int(flat[i]), int(flat[i + 1])) for i in range(2, len(flat), 2)]
+        return ReceiptPage(readers, int(flat[0]), int(flat[1]))
 
     async def read_history(
         self, conversation_id: str, before: int, limit: int, retention: Retention

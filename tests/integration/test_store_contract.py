@@ -19,6 +19,7 @@ from cim.store.base import (
     NOT_A_MEMBER,
     ConversationAppended,
     ConversationItem,
+    ConversationPage,
     HistoryPage,
     InboxItem,
     PointedItem,
@@ -1104,3 +1105,182 @@ async def test_group_versions_follow_every_change(store: Store) -> None:
     await store.apply_group(groups.remove(group, 10, [11]), "e3", b"removed", retention)
     assert await store.group_versions(["g:2", "g:1", "g:3"]) == [1, 2, 0]
     assert await store.group_versions([]) == []
+
+
+# --- conversation lists, read cursors, receipts (issue 13) ---------------------------------
+
+
+async def _send(store: Store, cid: str, mid: str, sender: int, receiver: int) -> int:
+    """A private send as the route makes it: its position."""
+    item = ConversationItem(cid, mid, f"body-{mid}".encode())
+    (done,) = await store.append_pointed([PointedItem(item, receiver, sender)], KEEP_ALL)
+    return done.conversation.position
+
+
+async def test_sends_keep_both_sides_lists_in_order_with_unread_counts(store: Store) -> None:
+    ann, _ = await store.create_account("ann", "h")
+    bob, _ = await store.create_account("bob", "h")
+    cat, _ = await store.create_account("cat", "h")
+    a, b, c = ann.user_id, bob.user_id, cat.user_id
+    ab, ac = f"p:{a}:{b}", f"p:{a}:{c}"
+    await _send(store, ab, "m1", a, b)
+    await asyncio.sleep(0.005)
+    await _send(store, ac, "m2", a, c)
+    await asyncio.sleep(0.005)
+    await _send(store, ab, "m3", b, a)
+    await _send(store, ab, "m4", b, a)
+
+    page = await store.list_conversations(a, 0, "", 10)
+    assert [line.conversation_id for line in page.lines] == [ab, ac] and not page.more
+    first, second = page.lines
+    # Ann sent m1 (her cursor rose to 1), then bob sent two: 2 unread.
+    assert (first.head, first.read, first.last, first.peer_name) == (3, 1, b"body-m4", "bob")
+    assert (second.head, second.read, second.peer_name, second.last) == (1, 1, "cat", b"body-m2")
+    assert first.activity_ms >= second.activity_ms and first.activity_ms > 1.6e12
+    # Bob's side: m3 and m4 are his own (read 3), m1 came to him.
+    (bob_line,) = (await store.list_conversations(b, 0, "", 10)).lines
+    assert (bob_line.conversation_id, bob_line.head, bob_line.read) == (ab, 3, 3)
+    assert (bob_line.peer_name, bob_line.peer_read) == ("ann", 0)
+    (cat_line,) = (await store.list_conversations(c, 0, "", 10)).lines
+    assert (cat_line.read, cat_line.head, cat_line.peer_name) == (0, 1, "ann")
+    assert (await store.list_conversations(999, 0, "", 10)) == ConversationPage([], more=False)
+
+
+async def test_a_list_pages_back_through_every_conversation_once(store: Store) -> None:
+    # One batch: on Redis every line gets the same activity (ties by id).
+    await store.append_pointers(
+        [PointerItem(1, f"p:1:{n}", 1, f"m{n}") for n in range(2, 27)], KEEP_ALL
+    )
+    await asyncio.sleep(0.005)
+    await store.append_pointers([PointerItem(1, "p:1:40", 1, "late")], KEEP_ALL)
+    seen: list[str] = []
+    before_ms, before_id = 0, ""
+    for _ in range(10):
+        page = await store.list_conversations(1, before_ms, before_id, 10)
+        seen += [line.conversation_id for line in page.lines]
+        if not page.more:
+            break
+        before_ms, before_id = page.lines[-1].activity_ms, page.lines[-1].conversation_id
+    assert len(seen) == 26 and set(seen) == {f"p:1:{n}" for n in (*range(2, 27), 40)}
+    assert seen[0] == "p:1:40"  # the latest activity first
+
+
+async def test_a_retried_send_never_lowers_the_senders_cursor(store: Store) -> None:
+    await _send(store, "p:1:2", "m1", 1, 2)
+    await _send(store, "p:1:2", "m2", 1, 2)
+    assert await _send(store, "p:1:2", "m1", 1, 2) == 1  # the retry: its first position
+    (line,) = (await store.list_conversations(1, 0, "", 10)).lines
+    assert (line.read, line.head) == (2, 2)
+
+
+async def test_the_two_step_path_keeps_the_senders_side_too(store: Store) -> None:
+    from cim.store.base import append_then_point
+
+    item = ConversationItem("p:1:2", "m1", b"body-m1")
+    await append_then_point(store, [PointedItem(item, 2, 1)], KEEP_ALL)
+    (line,) = (await store.list_conversations(1, 0, "", 10)).lines
+    assert (line.conversation_id, line.read, line.head) == ("p:1:2", 1, 1)
+    (line,) = (await store.list_conversations(2, 0, "", 10)).lines
+    assert (line.read, line.head) == (0, 1)
+
+
+async def test_read_cursors_rise_never_fall_and_stop_at_the_head(store: Store) -> None:
+    from cim.store.base import ReadMark
+
+    for n in range(1, 6):
+        await _send(store, "p:1:2", f"m{n}", 1, 2)
+    await store.claim_session(SessionRecord(1, "s1", "srv", connected=True), ttl=10)
+    (marked,) = await store.mark_read([ReadMark(2, "p:1:2", 3, notify_id=1)])
+    assert (marked.position, marked.head, marked.receipt, marked.refused) == (3, 5, 3, False)
+    assert marked.session == SessionRecord(1, "s1", "srv", connected=True)
+    (lower,) = await store.mark_read([ReadMark(2, "p:1:2", 2)])
+    assert (lower.position, lower.receipt, lower.session) == (3, 0, None)  # not lowered
+    (past,) = await store.mark_read([ReadMark(2, "p:1:2", 99)])
+    assert (past.position, past.receipt) == (5, 5)  # capped at the head
+    (again,) = await store.mark_read([ReadMark(2, "p:1:2", 5)])
+    assert again.receipt == 0  # the receipt did not move: nobody to tell
+    (line,) = (await store.list_conversations(2, 0, "", 10)).lines
+    assert (line.read, line.head) == (5, 5)
+    (ann_line,) = (await store.list_conversations(1, 0, "", 10)).lines
+    assert ann_line.peer_read == 5  # the other side's read position
+    # The sender's own cursor (raised by sends) does not count as a receipt.
+    page = await store.read_receipts("p:1:2", 1, False, 0, 0, 100)
+    assert (page.readers, page.head, page.refused) == ([(2, 5)], 5, False)
+    # A mark in an empty conversation changes nothing.
+    (empty,) = await store.mark_read([ReadMark(3, "p:3:4", 4)])
+    assert (empty.position, empty.head, empty.receipt) == (0, 0, 0)
+
+
+async def test_group_marks_and_receipts_are_for_members_only(store: Store) -> None:
+    from cim.store.base import ReadMark
+
+    retention = Retention()
+    await store.apply_group(_created(7, 1, 2, 3), "e1", b"created", retention)
+    group = await store.read_group("g:7")
+    assert group is not None
+    for n in range(2, 5):  # messages at 2, 3, 4
+        await store.append_conversations([ConversationItem("g:7", f"m{n}", b"x")], retention)
+    marks = await store.mark_read(
+        [ReadMark(2, "g:7", 3, group=True), ReadMark(3, "g:7", 4, group=True)]
+    )
+    assert [(m.position, m.receipt, m.joined, m.refused) for m in marks] == [
+        (3, 3, 1, False),
+        (4, 4, 1, False),
+    ]
+    (outsider,) = await store.mark_read([ReadMark(9, "g:7", 4, group=True)])
+    assert outsider.refused and outsider.position == 0
+    (nothing,) = await store.mark_read([ReadMark(2, "g:404", 1, group=True)])
+    assert nothing.refused
+    page = await store.read_receipts("g:7", 1, True, 0, 0, 100)
+    assert sorted(page.readers) == [(2, 3), (3, 4)] and page.head == 4
+    assert (await store.read_receipts("g:7", 1, True, 0, 4, 100)).readers == [(3, 4)]
+    assert (await store.read_receipts("g:7", 9, True, 0, 0, 100)).refused
+    # Removed: refused, and no longer among the readers.
+    await store.apply_group(groups.remove(group, 1, [3]), "e5", b"removed", retention)
+    (removed,) = await store.mark_read([ReadMark(3, "g:7", 5, group=True)])
+    assert removed.refused
+    assert (await store.read_receipts("g:7", 3, True, 0, 0, 100)).refused
+    assert (await store.read_receipts("g:7", 1, True, 0, 0, 100)).readers == [(2, 3)]
+
+
+async def test_receipts_page_through_a_big_group(store: Store) -> None:
+    from cim.store.base import ReadMark
+
+    retention = Retention()
+    members = list(range(2, 302))
+    await store.apply_group(_created(8, 1, *members), "e1", b"created", retention)
+    await store.mark_read([ReadMark(uid, "g:8", 1, group=True) for uid in members])
+    seen: list[int] = []
+    cursor = 0
+    for _ in range(100):
+        page = await store.read_receipts("g:8", 1, True, cursor, 0, 50)
+        seen += [uid for uid, _ in page.readers]
+        cursor = page.next_cursor
+        if cursor == 0:
+            break
+    assert sorted(set(seen)) == members
+
+
+async def test_a_list_shows_groups_while_a_member_and_forgets_them_after(store: Store) -> None:
+    from cim.store.base import OwnSend, ReadMark
+
+    retention = Retention()
+    await store.apply_group(_created(9, 1, 2), "e1", b"created", retention)
+    await store.append_pointers([PointerItem(2, "g:9", 1, "e1")], retention, [OwnSend(1, "g:9", 1)])
+    (a,) = await store.append_conversations([ConversationItem("g:9", "m2", b"hi")], retention)
+    await store.append_pointers(
+        [PointerItem(2, "g:9", a.position, "m2")], retention, [OwnSend(1, "g:9", a.position)]
+    )
+    (line,) = (await store.list_conversations(2, 0, "", 10)).lines
+    assert (line.conversation_id, line.group_name, line.joined) == ("g:9", "group 9", 1)
+    assert (line.head, line.read, line.last, line.peer_name) == (2, 0, b"hi", "")
+    (owner_line,) = (await store.list_conversations(1, 0, "", 10)).lines
+    assert (owner_line.read, owner_line.head) == (2, 2)
+    await store.mark_read([ReadMark(2, "g:9", 2, group=True)])
+    group = await store.read_group("g:9")
+    assert group is not None
+    position = await store.apply_group(groups.leave(group, 2), "e3", b"left", retention)
+    assert position is not None
+    await store.append_pointers([PointerItem(2, "g:9", position, "e3")], retention)
+    assert (await store.list_conversations(2, 0, "", 10)).lines == []
+    assert (await store.list_conversations(2, 0, "", 10)).lines == []  # and dropped

@@ -29,6 +29,7 @@ from cim.store.base import (
     ConversationAppended,
     ConversationItem,
     InboxItem,
+    OwnSend,
     PointedAppended,
     PointerItem,
     Retention,
@@ -270,11 +271,11 @@ class CountingStore(MemoryStore):
         return await super().append_conversations(items, retention)
 
     async def append_pointers(
-        self, items: Sequence[PointerItem], retention: Retention
+        self, items: Sequence[PointerItem], retention: Retention, senders: Sequence[OwnSend] = ()
     ) -> list[Appended]:
         self.pointer_appends.append(list(items))
         self._maybe_fail()
-        return await super().append_pointers(items, retention)
+        return await super().append_pointers(items, retention, senders)
 
     async def read_sends(self, sends: Sequence[SendKey]) -> list[SendClaim | None]:
         self.sends_read.append(list(sends))
