@@ -87,6 +87,13 @@ class RouteMetrics(AppMetrics):
             "Pushes to a chat server that failed (it then counts as suspect).",
             registry=registry,
         )
+        self._read_marks = Counter(
+            "cim_read_marks_total",
+            "Read marks (Route.MarkRead and clients' read frames), by result: ok, or "
+            "why one was refused (permission_denied: not a member).",
+            ["result"],
+            registry=registry,
+        )
         self.replay_pages = Counter(
             "cim_replay_pages_total",
             "Inbox pages read for replays (chat servers) and FetchOffline.",
@@ -129,6 +136,9 @@ class RouteMetrics(AppMetrics):
 
     def refused(self, kind: str, error: CimError) -> None:
         self._refused.labels(kind=kind, result=result_label(error)).inc()
+
+    def read_marks(self, error: CimError | None) -> None:
+        self._read_marks.labels(result=result_label(error)).inc()
 
     def count_rate_limits(self, read: Callable[[], dict[str, int]]) -> None:
         """``read``: refusals so far by limit (``{"messages": 3, "logins": 0}``)."""

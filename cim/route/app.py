@@ -19,6 +19,7 @@ from cim.proto.internal.v1 import route_internal_pb2
 from cim.proto.v1 import groups_pb2, route_pb2
 from cim.registry.base import Registry
 from cim.route.admin import Administration, AdminKeys
+from cim.route.conversation_list import ConversationList
 from cim.route.groups import GroupManager
 from cim.route.groups_service import GroupsService
 from cim.route.member_cache import GroupMemberCache
@@ -82,6 +83,7 @@ class RouteApp:
         )
         self.typing = TypingRouter(config, measured_store, self.servers, members, metrics)
         self.groups = GroupManager(config, measured_store, self.servers)
+        self.conversations = ConversationList(measured_store, self.servers, metrics)
         self.limits = RouteLimits(config)
         metrics.count_rate_limits(self.limits.refusals)
         metrics.count_registry_errors(lambda: registry.errors)
@@ -108,10 +110,22 @@ class RouteApp:
     async def start(self) -> None:
         listener = self.listener
         listener.add(
-            RouteService(self.sessions, self.router, self.limits, self.metrics), ROUTE, public=True
+            RouteService(
+                self.sessions,
+                self.router,
+                self.limits,
+                self.metrics,
+                conversations=self.conversations,
+            ),
+            ROUTE,
+            public=True,
         )
         internal = RouteInternalService(
-            self.sessions, self.router, SecretCheck(self.config.cluster_secrets), self.typing
+            self.sessions,
+            self.router,
+            SecretCheck(self.config.cluster_secrets),
+            self.typing,
+            conversations=self.conversations,
         )
         listener.add(internal, ROUTE_INTERNAL, public=False)
         listener.add(GroupsService(self.sessions, self.groups), GROUPS, public=True)

@@ -30,7 +30,7 @@ from cim.errors import (
 from cim.proto.internal.v1 import chat_internal_pb2
 from cim.proto.v1 import common_pb2
 from cim.route.servers import Parcel, ServerDirectory
-from cim.store.base import Appended, PointerItem, Store
+from cim.store.base import Appended, OwnSend, PointerItem, Store
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,8 @@ class GroupManager:
                 for uid in recipients
             ],
             self._retention,
+            # The actor's own event is not unread for them.
+            [OwnSend(event.sender_id, event.conversation_id, event.position)],
         )
         try:
             await self._store.finish_sends(

@@ -63,6 +63,7 @@ from cim.store.base import (
     HistoryPage,
     InboxItem,
     InboxPage,
+    OwnSend,
     PointedAppended,
     PointedItem,
     PointerItem,
@@ -200,7 +201,7 @@ class PrivateSend:
         item = ConversationItem(
             message.conversation_id, message.message_id, message.SerializeToString(), send
         )
-        return PointedItem(item, message.receiver_id)
+        return PointedItem(item, message.receiver_id, message.sender_id)
 
     def pointed(self, stored: PointedAppended) -> None:
         if stored.pointer is None:
@@ -231,6 +232,7 @@ class PrivateSend:
             status=DELIVERED if delivered else STORED,
             recipients=1 if delivered else 0,
             server_time_ms=self.message.server_time_ms,
+            position=self.message.position,
         )
 
     @property
@@ -396,7 +398,7 @@ class MessageRouter:
             [Sequence[ConversationItem], Retention], Awaitable[list[ConversationAppended]]
         ] = store.append_conversations
         self._append_pointers: Callable[
-            [Sequence[PointerItem], Retention], Awaitable[list[Appended]]
+            [Sequence[PointerItem], Retention, Sequence[OwnSend]], Awaitable[list[Appended]]
         ] = store.append_pointers
         self._append_pointed: Callable[
             [Sequence[PointedItem], Retention], Awaitable[list[PointedAppended]]
@@ -597,11 +599,12 @@ class MessageRouter:
         pointer into its receiver's sequence, reading their session: one
         round trip on a standalone Redis, two on a cluster (see
         ``Store.append_pointed``). The retries of unfinished sends go again,
-        under their earlier message ids, without a claim. The fan-outs a
-        crashed route left undone that the appends found are done next (one
-        more round trip, only then): in their receivers' sequences after this
-        batch's messages. Returns the repairs' pushes. The sender's own side
-        (their conversation list, read cursor) comes with issue 13."""
+        under their earlier message ids, without a claim. The sender's own
+        side (their conversation list, their read cursor raised to the
+        message) comes in the same round trip. The fan-outs a crashed route
+        left undone that the appends found are done next (one more round
+        trip, only then): in their receivers' sequences after this batch's
+        messages. Returns the repairs' pushes."""
         await self._legacy_claims(sends)
         sends = [send for send in sends if send.in_flight]
         if not sends:
@@ -625,7 +628,7 @@ class MessageRouter:
         if repairs:
             repaired = [pointer for repair in repairs for pointer in repair.pointers()]
             parcels = repair_parcels(
-                repairs, await self._append_pointers(repaired, self._retention)
+                repairs, await self._append_pointers(repaired, self._retention, ())
             )
         self._finish_later(
             [(repair.message.conversation_id, repair.message.message_id) for repair in repairs]
@@ -1016,6 +1019,7 @@ class MessageRouter:
                 ),
             ],
             self._retention,
+            [OwnSend(message.sender_id, message.conversation_id, message.position)],
         )
         self._finish_later(
             [(repair.message.conversation_id, repair.message.message_id) for repair in repairs]
@@ -1037,6 +1041,7 @@ class MessageRouter:
             status=status,
             recipients=len(receivers),
             server_time_ms=message.server_time_ms,
+            position=message.position,
         )
 
     async def _send_group(self, message: common_pb2.ChatMessage) -> common_pb2.SendResponse:

@@ -68,11 +68,22 @@ class ServerLink:
             f"Deliver to {member.member_id}",
         )
         self._deliveries: Coalescer[Shipment, list[bool]] = Coalescer(self._send_parcels)
+        # Read receipts: batched on their own (nothing to answer), same stream.
+        self._reads: Coalescer[list[chat_internal_pb2.ReadNote], None] = Coalescer(self._send_reads)
 
     def enqueue(self, parcel: Shipment) -> asyncio.Future[list[bool]]:
         """Queues a parcel of pushes (its future: a flag per push) or of
         typing notes (its future: no flags)."""
         return self._deliveries.enqueue(parcel)
+
+    def enqueue_reads(self, notes: list[chat_internal_pb2.ReadNote]) -> asyncio.Future[None]:
+        return self._reads.enqueue(notes)
+
+    async def _send_reads(self, batches: list[list[chat_internal_pb2.ReadNote]]) -> list[None]:
+        await self._stream.call(
+            chat_internal_pb2.DeliverRequest(reads=[note for notes in batches for note in notes])
+        )
+        return [None] * len(batches)
 
     async def _send_parcels(self, parcels: list[Shipment]) -> list[list[bool]]:
         pushes = [parcel for parcel in parcels if not isinstance(parcel, TypingParcel)]
@@ -116,6 +127,7 @@ class ServerLink:
 
     async def aclose(self) -> None:
         await self._deliveries.aclose()
+        await self._reads.aclose()
         await self._stream.aclose()
         await self._channel.close()
 
@@ -242,6 +254,24 @@ class ServerDirectory:
                 self._suspect.discard(server_id)
                 reached += receivers
         return reached
+
+    async def push_reads(
+        self, requests: Sequence[tuple[str, list[chat_internal_pb2.ReadNote]]]
+    ) -> None:
+        """Pushes read receipts, (server id, notes) each, all queued at once.
+        Receipts are advice (the conversation list has the positions): a
+        server that cannot be reached is marked suspect, nothing is retried."""
+        queued = []
+        for server_id, notes in requests:
+            link = self.link(server_id)
+            if link is not None:
+                queued.append((server_id, link.enqueue_reads(notes)))
+        for server_id, future in queued:
+            try:
+                await future
+            except (grpc.aio.AioRpcError, Unavailable) as exc:
+                self._metrics.push_failures.inc()
+                self.mark_suspect(server_id, f"Deliver (read receipts) failed: {_describe(exc)}")
 
     async def kick(self, server_id: str, user_id: int, session_id: str, reason: str) -> None:
         link = self.link(server_id)

@@ -21,6 +21,7 @@ from cim.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from cim.proto.internal.v1 import route_internal_pb2, route_internal_pb2_grpc
 from cim.proto.v1 import common_pb2, route_pb2, route_pb2_grpc
 from cim.route.admin import Administration, AdminKeys, UserView, user_ref
+from cim.route.conversation_list import ConversationList
 from cim.route.messages import MessageRouter, Outcome
 from cim.route.sessions import SessionManager
 from cim.route.typing_notes import TypingRouter
@@ -69,6 +70,8 @@ class RouteService(route_pb2_grpc.RouteServicer):
         router: MessageRouter,
         limits: RouteLimits | None = None,
         metrics: RouteMetrics | None = None,
+        *,
+        conversations: ConversationList,
     ) -> None:
         self._sessions = sessions
         self._router = router
@@ -76,6 +79,7 @@ class RouteService(route_pb2_grpc.RouteServicer):
         metrics = metrics or RouteMetrics()
         self._registrations = metrics.registrations
         self._logins = metrics.logins
+        self._conversations = conversations
 
     async def _caller(self, context: Context) -> TokenClaims:
         """Who calls: a valid token whose session still stands (not logged
@@ -205,6 +209,40 @@ class RouteService(route_pb2_grpc.RouteServicer):
         await self._router.ack([(caller.user_id, request.seq)])
         return route_pb2.AckMessagesResponse()
 
+    @unary_edge
+    async def ListConversations(
+        self, request: route_pb2.ListConversationsRequest, context: Context
+    ) -> route_pb2.ListConversationsResponse:
+        caller = await self._caller(context)
+        return await self._conversations.page(
+            caller.user_id,
+            request.before_activity_ms,
+            request.before_conversation_id,
+            request.limit,
+        )
+
+    @unary_edge
+    async def MarkRead(
+        self, request: route_pb2.MarkReadRequest, context: Context
+    ) -> route_pb2.MarkReadResponse:
+        caller = await self._caller(context)
+        return await self._conversations.mark(
+            caller.user_id, request.conversation_id, request.position
+        )
+
+    @unary_edge
+    async def GetReadReceipts(
+        self, request: route_pb2.GetReadReceiptsRequest, context: Context
+    ) -> route_pb2.GetReadReceiptsResponse:
+        caller = await self._caller(context)
+        return await self._conversations.receipts(
+            caller.user_id,
+            request.conversation_id,
+            request.cursor,
+            request.min_position,
+            request.limit,
+        )
+
 
 def submit_result(outcome: Outcome) -> route_internal_pb2.SubmitResult:
     """One send's result in a SubmitBatchResponse: its response or its error."""
@@ -220,11 +258,14 @@ class RouteInternalService(route_internal_pb2_grpc.RouteInternalServicer):
         router: MessageRouter,
         secret: SecretCheck,
         typing: TypingRouter,
+        *,
+        conversations: ConversationList,
     ) -> None:
         self._sessions = sessions
         self._router = router
         self._secret = secret
         self._typing = typing
+        self._conversations = conversations
 
     async def SubmitStream(
         self,
@@ -322,6 +363,17 @@ class RouteInternalService(route_internal_pb2_grpc.RouteInternalServicer):
                 for refusal in refusals
             ]
         )
+
+    async def MarkRead(
+        self, request: route_internal_pb2.MarkReadBatchRequest, context: Context
+    ) -> route_internal_pb2.MarkReadBatchResponse:
+        self._secret.require(context)
+        reads = [
+            (validation.check_user_id(read.user_id), read.conversation_id, read.position)
+            for read in request.reads
+        ]
+        await self._conversations.mark_batch(reads)
+        return route_internal_pb2.MarkReadBatchResponse()
 
 
 # --- Admin --------------------------------------------------------------------------
