@@ -20,13 +20,13 @@ Events in (frozen dataclasses, below): ``FrameReceived``, ``ClientClosed``,
 ``ReadFailed``, ``LoginTimedOut``, ``LoginAccepted``, ``LoginRefused``,
 ``ReplayPageReceived``, ``ReplayPageQueued``, ``ReplayFailed``,
 ``SendSettled``, ``Deliver``, ``TypingReceived``, ``TypingRefused``,
-``OutboundOverflow``, ``Tick``, ``Kick``, ``Replaced``, ``SessionInvalid``,
-``Drain``, ``Stop``, ``Ended``.
+``ReceiptArrived``, ``OutboundOverflow``, ``Tick``, ``Kick``, ``Replaced``,
+``SessionInvalid``, ``Drain``, ``Stop``, ``Ended``.
 
 Actions out: ``Push`` (a frame for the client; ``paced`` ones wait for room in
 the outbound queue, ``expendable`` ones are dropped when it is half full),
 ``CheckLogin`` (ask a route whether the token stands), ``FetchReplayPage``,
-``Submit`` (hand a send to a route), ``ForwardAck``, ``ForwardTyping``,
+``Submit`` (hand a send to a route), ``ForwardAck``, ``ForwardRead``, ``ForwardTyping``,
 ``Close`` (end the stream after what is queued, with an optional final frame
 past the queue's bound and an optional error for the call's status), and
 ``ReportDisconnected``.
@@ -61,6 +61,13 @@ Rules:
   refused send gets an error result and the stream goes on; an accepted one
   becomes ``Submit`` and its ``SendSettled`` becomes its result frame.
 * Acks are forwarded for the session's own user, never one a frame names.
+  So are read marks (``ForwardRead``), once checked: a well-formed
+  conversation id, a position of at least 1, and for a private conversation
+  one the user is in (else the stream ends: INVALID_ARGUMENT,
+  PERMISSION_DENIED); a group's membership is the route's check.
+* Read receipts from a route (``ReceiptArrived``) are pushed as they come
+  once the login is accepted: they carry no seq, are never held back by a
+  replay, and are dropped when the session is closed.
 * Typing notes (``cim.core.typing_notes``) never end the stream. Each counts
   against the user's flood bucket (the server's ``TypingGate``); over it, or
   with a malformed conversation id, or a private one that is not the user's,
@@ -92,6 +99,8 @@ message) for generic clients (grpcurl):
     login refused by the route (bad or ended token, a lost race)  the route's code
     login on a draining server                                 UNAVAILABLE
     unexpected or empty frame, a second login                  INVALID_ARGUMENT
+    a read mark with a bad id or position                      INVALID_ARGUMENT
+    a read mark of someone else's private conversation         PERMISSION_DENIED
     a frame that does not decode (ReadFailed)                  its error's code
     silent past the idle timeout                               DEADLINE_EXCEEDED
     outbound queue full ("too slow")                           RESOURCE_EXHAUSTED
@@ -143,6 +152,7 @@ __all__ = [
     "Event",
     "FetchReplayPage",
     "ForwardAck",
+    "ForwardRead",
     "ForwardTyping",
     "FrameReceived",
     "Kick",
@@ -153,6 +163,7 @@ __all__ = [
     "OutboundOverflow",
     "Push",
     "ReadFailed",
+    "ReceiptArrived",
     "Replaced",
     "ReplayFailed",
     "ReplayPageQueued",
@@ -293,6 +304,13 @@ class TypingRefused:
 
 
 @dataclass(frozen=True)
+class ReceiptArrived:
+    """A read receipt for this session's user, from a route."""
+
+    receipt: chat_pb2.ReadReceipt
+
+
+@dataclass(frozen=True)
 class OutboundOverflow:
     """A push did not fit in the driver's bounded outbound queue."""
 
@@ -351,6 +369,7 @@ Event = (
     | Deliver
     | TypingReceived
     | TypingRefused
+    | ReceiptArrived
     | OutboundOverflow
     | Tick
     | Kick
@@ -414,6 +433,16 @@ class ForwardTyping:
 
 
 @dataclass(frozen=True)
+class ForwardRead:
+    """The user read a conversation up to ``position`` (checked)."""
+
+    user_id: int
+    session_id: str
+    conversation_id: str
+    position: int
+
+
+@dataclass(frozen=True)
 class Close:
     """End the stream after what is queued, then ``final`` (past the bound).
     ``error`` set: the call ends with its status; None: it ends normally."""
@@ -437,6 +466,7 @@ Action = (
     | Submit
     | ForwardAck
     | ForwardTyping
+    | ForwardRead
     | Close
     | ReportDisconnected
 )
@@ -574,6 +604,10 @@ class ChatSession:
                 return self._frame(frame)
             case Deliver(message):
                 return self._deliver(message)
+            case ReceiptArrived(receipt):
+                if self.state not in (State.REPLAYING, State.LIVE):
+                    return []
+                return [Push(chat_pb2.ServerFrame(read=receipt))]
             case SendSettled(correlation_id, outcome):
                 return self._settled(correlation_id, outcome)
             case TypingReceived(typing):
@@ -661,6 +695,12 @@ class ChatSession:
         if self.state is State.CLOSED:
             if kind == "ack" and self._accepted:
                 return [ForwardAck(self.user_id, self.session_id, frame.ack.seq)]
+            if (
+                kind == "read"
+                and self._accepted
+                and _read_refusal(frame.read, self.user_id) is None
+            ):
+                return [self._forward_read(frame.read)]
             return []
         oversized = _over_a_limit(frame, kind)
         if oversized is not None:
@@ -692,6 +732,11 @@ class ChatSession:
             if self.state is not State.LIVE:
                 return []  # a replay is running (or the login is being checked)
             return self._begin_replay(frame.sync.after_seq)
+        if kind == "read":
+            refusal = _read_refusal(frame.read, self.user_id)
+            if refusal is not None:
+                return self._close("protocol error", refusal)
+            return [self._forward_read(frame.read)]
         return self._close("protocol error", InvalidArgument(f"unexpected {kind or 'empty'} frame"))
 
     def _login(self, frame: chat_pb2.ClientFrame) -> list[Action]:
@@ -728,6 +773,10 @@ class ChatSession:
         if self.state not in (State.AWAITING_LOGIN, State.CHECKING_LOGIN):
             return []
         return self._close("login refused", error)
+
+    def _forward_read(self, read: chat_pb2.ReadFrame) -> ForwardRead:
+        # The user is the session's, never one named in the frame.
+        return ForwardRead(self.user_id, self.session_id, read.conversation_id, read.position)
 
     # --- sends -------------------------------------------------------------------
     def _send(self, send: chat_pb2.SendFrame) -> list[Action]:
@@ -914,6 +963,20 @@ def _over_a_limit(frame: chat_pb2.ClientFrame, kind: str | None) -> InvalidArgum
     try:
         limits.check(frame.send if kind == "send" else frame)
     except InvalidArgument as exc:
+        return exc
+    return None
+
+
+def _read_refusal(read: chat_pb2.ReadFrame, user_id: int) -> CimError | None:
+    """Why a read mark is refused here (None: forward it): a malformed id,
+    position 0, or a private conversation the user is not in."""
+    try:
+        conversation = conversations.parse(read.conversation_id)
+        if read.position <= 0:
+            raise InvalidArgument("a read frame's position must be at least 1")
+        if conversation.private:
+            conversations.peer(conversation, user_id)
+    except CimError as exc:
         return exc
     return None
 

@@ -15,6 +15,7 @@ from cim.proto.internal.v1 import chat_internal_pb2
 from cim.proto.v1 import chat_pb2
 from cim.registry.base import Registry
 from cim.server.acks import AckForwarder
+from cim.server.reads import ReadForwarder
 from cim.server.routes import RouteLinks
 from cim.server.service import ChatInternalService, ChatService
 from cim.server.streams import StreamTable
@@ -46,8 +47,11 @@ class ChatServerApp:
             registry, config.server_id, config.cluster_secret, config.route_timeout, self.tls
         )
         self.acks = AckForwarder(self.routes)
+        self.reads = ReadForwarder(self.routes)
         self.metrics = metrics = ServerMetrics()
-        self.service = ChatService(config, self.streams, self.routes, self.acks, metrics)
+        self.service = ChatService(
+            config, self.streams, self.routes, self.acks, metrics, reads=self.reads
+        )
         self.tracer: MessageTracer | None = None
         if config.tracing.enabled:  # else OpenTelemetry is never imported
             from cim.tracing import SERVER_SERVICE, MessageTracer
@@ -74,7 +78,12 @@ class ChatServerApp:
             metrics_host=config.metrics_host,
         )
         self.upkeep = Upkeep(
-            config, self.streams, self.routes, self.acks, self.listener.report_load
+            config,
+            self.streams,
+            self.routes,
+            self.acks,
+            self.listener.report_load,
+            reads=self.reads,
         )
 
     @property
@@ -111,6 +120,7 @@ class ChatServerApp:
         await self.listener.stop(grace)
         await self.service.wait_background()
         await self.acks.flush()  # what clients acked last still trims their inbox
+        await self.reads.flush()
         await self.routes.aclose()
         if self.tracer is not None:
             await self.tracer.shutdown()

@@ -124,6 +124,14 @@ class RouteLinks:
             "Ack", lambda stub: stub.Ack(request, metadata=self._metadata, timeout=self._timeout)
         )
 
+    async def mark_read(self, reads: Sequence[route_internal_pb2.SessionRead]) -> None:
+        """Read marks of many sessions in one call."""
+        request = route_internal_pb2.MarkReadBatchRequest(server_id=self._server_id, reads=reads)
+        await self._call(
+            "MarkRead",
+            lambda stub: stub.MarkRead(request, metadata=self._metadata, timeout=self._timeout),
+        )
+
     async def refresh(
         self, sessions: Sequence[common_pb2.SessionRef]
     ) -> route_internal_pb2.RefreshSessionsResponse:

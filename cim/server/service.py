@@ -29,6 +29,7 @@ from cim.core.chat_session import (
     Ended,
     FetchReplayPage,
     ForwardAck,
+    ForwardRead,
     ForwardTyping,
     FrameReceived,
     Kick,
@@ -37,6 +38,7 @@ from cim.core.chat_session import (
     LoginTimedOut,
     Push,
     ReadFailed,
+    ReceiptArrived,
     Replaced,
     ReplayFailed,
     ReplayPageQueued,
@@ -55,6 +57,7 @@ from cim.metrics.server import ServerMetrics
 from cim.proto.internal.v1 import chat_internal_pb2, chat_internal_pb2_grpc, route_internal_pb2
 from cim.proto.v1 import chat_pb2, chat_pb2_grpc
 from cim.server.acks import AckForwarder
+from cim.server.reads import ReadForwarder
 from cim.server.routes import RouteLinks
 from cim.server.streams import ClientStream, StreamTable
 
@@ -87,6 +90,8 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         routes: RouteLinks,
         acks: AckForwarder,
         metrics: ServerMetrics | None = None,
+        *,
+        reads: ReadForwarder | None = None,
     ) -> None:
         self._metrics = metrics or ServerMetrics()
         self._config = config
@@ -94,6 +99,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         self._streams = streams
         self._routes = routes
         self._acks = acks
+        self._reads = reads or ReadForwarder(routes)
         self._background: set[asyncio.Task[None]] = set()
         self.accepting = True
         # This server holds the user's one stream, so it sees all its stream sends.
@@ -218,6 +224,10 @@ class ChatService(chat_pb2_grpc.ChatServicer):
             elif isinstance(action, ForwardTyping):
                 answer = self._routes.typing(action.note)
                 answer.add_done_callback(functools.partial(self._typing_settled, stream))
+            elif isinstance(action, ForwardRead):
+                self._reads.note(
+                    action.user_id, action.session_id, action.conversation_id, action.position
+                )
             elif isinstance(action, FetchReplayPage):
                 stream.replay_task = asyncio.create_task(self._replay(stream, action))
             else:
@@ -264,6 +274,7 @@ class ChatService(chat_pb2_grpc.ChatServicer):
         # Its last acks first: a login that follows the end of this session
         # then replays nothing the client already had.
         await self._acks.flush()
+        await self._reads.flush()
         try:
             await self._routes.disconnected(report.user_id, report.session_id, report.reason)
         except CimError as exc:
@@ -337,6 +348,11 @@ class ChatInternalService(chat_internal_pb2_grpc.ChatInternalServicer):
         if request.typings:
             # Before the messages: a message of the typist then ends the note it follows.
             self._hand_over_typings(request.typings)
+        for note in request.reads:
+            # Advice, never stored: a receiver not connected here misses it.
+            stream = self._streams.get(note.receiver_id)
+            if stream is not None:
+                stream.handle(ReceiptArrived(note.receipt))
         if self._tracer is None:
             delivered = await self._hand_over(request.deliveries)
         else:

@@ -1,4 +1,4 @@
-"""A chat server's periodic work: idle sweeps, session refreshes, ack flushes.
+"""A chat server's periodic work: idle sweeps, session refreshes, ack and read flushes.
 
 The idle sweep sleeps until just after the earliest idle deadline of the
 streams held here (at most a sweep interval, so streams that appear meanwhile
@@ -20,6 +20,7 @@ from cim.core.liveness import next_sweep_at
 from cim.errors import CimError
 from cim.proto.v1 import common_pb2
 from cim.server.acks import AckForwarder
+from cim.server.reads import ReadForwarder
 from cim.server.routes import RouteLinks
 from cim.server.streams import StreamTable
 
@@ -48,11 +49,14 @@ class Upkeep:
         routes: RouteLinks,
         acks: AckForwarder,
         report_load: LoadReport,
+        *,
+        reads: ReadForwarder | None = None,
     ) -> None:
         self._config = config
         self._streams = streams
         self._routes = routes
         self._acks = acks
+        self._reads = reads
         self._report_load = report_load
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -66,6 +70,10 @@ class Upkeep:
             asyncio.create_task(_every(lambda: self.refresh_interval, self.refresh)),
             asyncio.create_task(_every(lambda: self._config.ack_interval, self._acks.flush)),
         ]
+        if self._reads is not None:  # read marks go at the pace of acks
+            self._tasks.append(
+                asyncio.create_task(_every(lambda: self._config.ack_interval, self._reads.flush))
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
