@@ -61,6 +61,7 @@ from cim.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     Unauthenticated,
@@ -113,6 +114,7 @@ GROUP_CHANGES: dict[str, type[Message]] = {
 MessageCallback = Callable[[common_pb2.ChatMessage], None]
 EventCallback = Callable[[ClientEvent], None]
 TypingCallback = Callable[[chat_pb2.Typing], None]
+ReceiptCallback = Callable[[chat_pb2.ReadReceipt], None]
 
 
 class _Connection:
@@ -175,6 +177,7 @@ class CimClient:
         on_typing: TypingCallback | None = None,
         rng: random.Random | None = None,
         cursor: SeqCursor | None = None,
+        on_receipt: ReceiptCallback | None = None,
     ) -> None:
         self.config = config or ClientConfig()
         self.user_name = user_name
@@ -187,6 +190,8 @@ class CimClient:
         self.on_typing = on_typing
         # Our own notes: no more than the chat server forwards.
         self._typing_sent: TypingThrottle[str] = TypingThrottle()
+        # Read receipts pushed by the other user of a private conversation.
+        self.on_receipt = on_receipt
         self._rng = rng or random.Random()
         self.user_id = 0
         self.server: route_pb2.ServerAddress | None = None
@@ -208,6 +213,8 @@ class CimClient:
             self._cursor.load()
         )
         self._acked = self.sequence.through
+        # Read marks not yet sent: conversation id -> the highest position.
+        self._unsent_reads: dict[str, int] = {}
         self._gap_since: float | None = None
         self._synced_at = 0.0
         # One send at a time per conversation keeps each sender's order.
@@ -359,6 +366,7 @@ class CimClient:
                     # the session ends, so the next login replays none of it.
                     await self.route.ack(self.sequence.through)
                     self._acked = self.sequence.through
+                await self._send_reads_directly()
                 await self.route.logout()
         conn, self._conn = self._conn, None
         self._connected.clear()
@@ -548,6 +556,76 @@ class CimClient:
             return False  # the reader notices the broken stream
         return True
 
+    # --- conversation list, read cursors, receipts ----------------------------
+    async def list_conversations(
+        self, before_activity_ms: int = 0, before_conversation_id: str = "", limit: int = 0
+    ) -> route_pb2.ListConversationsResponse:
+        """A page of this user's conversations, most recent activity first
+        (0: 20 lines; at most 100), each with its title, last message, unread
+        count and (private) how far the other user has read. Page on with
+        the last line's ``last_activity_ms`` and ``conversation_id``.
+
+        Raises Unauthenticated, InvalidArgument (a limit out of range),
+        Unavailable, DeadlineExceeded, FailedPrecondition (the client is
+        closed).
+        """
+        return await self.route.list_conversations(
+            before_activity_ms, before_conversation_id, limit
+        )
+
+    def mark_read(self, conversation_id: str, position: int) -> None:
+        """Marks a conversation read up to ``position`` (a message's
+        ``position``), on the stream: marks are gathered and sent with the
+        next ack (at most a second later; the highest per conversation
+        counts), across reconnects. The other user of a private conversation
+        sees a read receipt.
+
+        Raises InvalidArgument (a malformed conversation id, position 0) and
+        PermissionDenied (a private conversation this user is not in) at
+        once: such a frame would end the stream. A group this user is not a
+        member of is ignored by the route (use :meth:`mark_read_now` to be told).
+        """
+        conversation = conversations.parse(conversation_id)
+        if position <= 0:
+            raise InvalidArgument(f"position must be at least 1 (got {position})")
+        if conversation.private and self.user_id:
+            conversations.peer(conversation, self.user_id)
+        if position > self._unsent_reads.get(conversation.cid, 0):
+            self._unsent_reads[conversation.cid] = position
+
+    async def _send_reads_directly(self) -> None:
+        """At close: the marks the stream did not carry yet, as unary calls
+        (one a conversation; a refused one is dropped)."""
+        reads, self._unsent_reads = self._unsent_reads, {}
+        for cid, position in reads.items():
+            with contextlib.suppress(InvalidArgument, PermissionDenied):
+                await self.route.mark_read(cid, position)
+
+    async def mark_read_now(
+        self, conversation_id: str, position: int
+    ) -> route_pb2.MarkReadResponse:
+        """Marks a conversation read up to ``position`` with a unary call
+        (no stream needed); the reply has the read cursor after it and the
+        unread count.
+
+        Raises Unauthenticated, InvalidArgument (a malformed id, position 0),
+        PermissionDenied (not a member), Unavailable, DeadlineExceeded,
+        FailedPrecondition (the client is closed).
+        """
+        return await self.route.mark_read(conversation_id, position)
+
+    async def read_receipts(
+        self, conversation_id: str, cursor: int = 0, min_position: int = 0, limit: int = 0
+    ) -> route_pb2.GetReadReceiptsResponse:
+        """A page of who has read the conversation up to where (members
+        only): readers at or past ``min_position``; pass ``next_cursor``
+        back for the next page (0: done).
+
+        Raises Unauthenticated, InvalidArgument, PermissionDenied (not a
+        member), Unavailable, DeadlineExceeded, FailedPrecondition.
+        """
+        return await self.route.read_receipts(conversation_id, cursor, min_position, limit)
+
     async def messages(self) -> AsyncIterator[common_pb2.ChatMessage]:
         """Pushed messages in arrival order; ends when the client closes or
         gives up. Raises nothing."""
@@ -647,6 +725,9 @@ class CimClient:
             elif kind == "typing":
                 if self.on_typing is not None:
                     self.on_typing(frame.typing)
+            elif kind == "read":
+                if self.on_receipt is not None:
+                    self.on_receipt(frame.read)
             elif kind == "notice":
                 if frame.notice.kind == chat_pb2.Notice.KIND_BEHIND:
                     self._event(EventKind.BEHIND, frame.notice.text)
@@ -721,12 +802,20 @@ class CimClient:
                 log.info("seqs after %d are missing: asking for a replay", through)
                 frames.append(chat_pb2.ClientFrame(sync=chat_pb2.SyncFrame(after_seq=through)))
                 self._synced_at = now
+            acked = bool(frames) and frames[0].WhichOneof("frame") == "ack"
+            reads, self._unsent_reads = self._unsent_reads, {}
+            frames.extend(
+                chat_pb2.ClientFrame(read=chat_pb2.ReadFrame(conversation_id=cid, position=at))
+                for cid, at in reads.items()
+            )
             try:
                 for frame in frames:
                     await conn.write(frame)
             except CimError:
+                for cid, at in reads.items():  # sent again on the next stream
+                    self._unsent_reads[cid] = max(at, self._unsent_reads.get(cid, 0))
                 return  # the reader notices the broken stream
-            if frames and frames[0].WhichOneof("frame") == "ack":
+            if acked:
                 self._acked = through
 
     def _on_result(self, result: chat_pb2.SendResultFrame) -> None:

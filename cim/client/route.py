@@ -274,6 +274,61 @@ class RouteClient:
             lambda stub: stub.History(request, metadata=self._auth(), timeout=self._timeout),
         )
 
+    async def list_conversations(
+        self, before_activity_ms: int = 0, before_conversation_id: str = "", limit: int = 0
+    ) -> route_pb2.ListConversationsResponse:
+        """A page of the caller's conversations, most recent first. Raises
+        Unauthenticated, InvalidArgument (a limit out of range, a malformed
+        cursor id)."""
+        request = build_request(
+            route_pb2.ListConversationsRequest,
+            "conversation list page",
+            before_activity_ms=before_activity_ms,
+            before_conversation_id=before_conversation_id,
+            limit=limit,
+        )
+        return await self._call(
+            "list conversations",
+            lambda stub: stub.ListConversations(
+                request, metadata=self._auth(), timeout=self._timeout
+            ),
+        )
+
+    async def mark_read(self, conversation_id: str, position: int) -> route_pb2.MarkReadResponse:
+        """Marks a conversation read up to ``position``. Raises
+        Unauthenticated, InvalidArgument (a malformed id, position 0),
+        PermissionDenied (not a member)."""
+        request = build_request(
+            route_pb2.MarkReadRequest,
+            "read mark",
+            conversation_id=conversation_id,
+            position=position,
+        )
+        return await self._call(
+            "mark read",
+            lambda stub: stub.MarkRead(request, metadata=self._auth(), timeout=self._timeout),
+        )
+
+    async def read_receipts(
+        self, conversation_id: str, cursor: int = 0, min_position: int = 0, limit: int = 0
+    ) -> route_pb2.GetReadReceiptsResponse:
+        """A page of who has read the conversation up to where. Raises
+        Unauthenticated, InvalidArgument, PermissionDenied (not a member)."""
+        request = build_request(
+            route_pb2.GetReadReceiptsRequest,
+            "read receipts request",
+            conversation_id=conversation_id,
+            cursor=cursor,
+            min_position=min_position,
+            limit=limit,
+        )
+        return await self._call(
+            "read receipts",
+            lambda stub: stub.GetReadReceipts(
+                request, metadata=self._auth(), timeout=self._timeout
+            ),
+        )
+
     async def ack(self, seq: int) -> None:
         """Trims the caller's inbox up to ``seq`` (for clients without a stream).
         Raises Unauthenticated."""
