@@ -671,8 +671,45 @@ history_op = st.tuples(
     ),
     auth,
 )
+list_op = st.tuples(
+    st.just("ListConversations"),
+    st.builds(
+        route_pb2.ListConversationsRequest,
+        before_activity_ms=int64,
+        before_conversation_id=st.one_of(st.just(""), conversation_id),
+        limit=st.one_of(st.sampled_from([0, 1, 100, 101]), st.integers(0, 2**32 - 1)),
+    ),
+    auth,
+)
+mark_read_op = st.tuples(
+    st.just("MarkRead"),
+    st.builds(route_pb2.MarkReadRequest, conversation_id=conversation_id, position=uint64),
+    auth,
+)
+receipts_op = st.tuples(
+    st.just("GetReadReceipts"),
+    st.builds(
+        route_pb2.GetReadReceiptsRequest,
+        conversation_id=conversation_id,
+        cursor=uint64,
+        min_position=uint64,
+        limit=st.one_of(st.sampled_from([0, 1, 1000, 1001]), st.integers(0, 2**32 - 1)),
+    ),
+    auth,
+)
 route_op = st.one_of(
-    register_op, login_op, logout_op, online_op, private_op, group_op, fetch_op, ack_op, history_op
+    register_op,
+    login_op,
+    logout_op,
+    online_op,
+    private_op,
+    group_op,
+    fetch_op,
+    ack_op,
+    history_op,
+    list_op,
+    mark_read_op,
+    receipts_op,
 )
 
 
@@ -686,6 +723,34 @@ def check_history(request: route_pb2.HistoryRequest, reply: route_pb2.HistoryRes
     if request.before_position:
         assert all(p < request.before_position for p in positions), what
     assert all(m.conversation_id == request.conversation_id for m in reply.messages), what
+
+
+def check_list(
+    request: route_pb2.ListConversationsRequest, reply: route_pb2.ListConversationsResponse
+) -> None:
+    """A list page: within the limit, most recent first (ties: higher id
+    first), after the asked line, every count within its conversation's head."""
+    what = f"Route.ListConversations({short(request)})"
+    lines = list(reply.conversations)
+    assert len(lines) <= (request.limit or 20), what
+    order = [(c.last_activity_ms, c.conversation_id.encode()) for c in lines]
+    assert order == sorted(order, reverse=True), what
+    if request.before_activity_ms > 0:
+        bound = (request.before_activity_ms, request.before_conversation_id.encode())
+        assert all(key < bound for key in order), what
+    for line in lines:
+        assert line.read_position <= line.head_position, what
+        assert line.unread <= line.head_position, what
+        assert line.peer_read_position <= line.head_position, what
+
+
+def check_receipts(
+    request: route_pb2.GetReadReceiptsRequest, reply: route_pb2.GetReadReceiptsResponse
+) -> None:
+    what = f"Route.GetReadReceipts({short(request)})"
+    for reader in reply.readers:
+        assert request.min_position <= reader.position <= reply.head_position, what
+        assert reader.user_id > 0, what
 
 
 async def run_route_op(f: Fuzz, op: tuple[Any, ...]) -> None:
@@ -716,6 +781,14 @@ async def run_route_op(f: Fuzz, op: tuple[Any, ...]) -> None:
         check_page(request.after_seq, request.limit, reply, f"Route.FetchOffline({request})")
     if name == "History":
         check_history(request, reply)
+    if name == "ListConversations":
+        check_list(request, reply)
+    if name == "MarkRead":
+        what = f"Route.MarkRead({short(request)})"
+        assert reply.read_position <= reply.head_position, what
+        assert reply.unread <= reply.head_position, what
+    if name == "GetReadReceipts":
+        check_receipts(request, reply)
     if name == "Register":
         f.registered[request.user_name] = reply.user_id
     if name == "Login" and reply.user_name in POOL:
@@ -987,6 +1060,24 @@ internal_op = st.one_of(
         secret_mode,
     ),
     st.tuples(
+        st.just("MarkRead"),
+        st.builds(
+            route_internal_pb2.MarkReadBatchRequest,
+            server_id=server_id,
+            reads=st.lists(
+                st.builds(
+                    route_internal_pb2.SessionRead,
+                    user_id=int64,
+                    session_id=hostile_text,
+                    conversation_id=conversation_id,
+                    position=uint64,
+                ),
+                max_size=10,
+            ),
+        ),
+        secret_mode,
+    ),
+    st.tuples(
         st.just("Ack"),
         st.builds(
             route_internal_pb2.AckRequest,
@@ -1226,6 +1317,16 @@ deliver_request = st.builds(
         ),
         max_size=4,
     ),
+    reads=st.lists(
+        st.builds(
+            chat_internal_pb2.ReadNote,
+            receiver_id=int64,
+            receipt=st.builds(
+                chat_pb2.ReadReceipt, conversation_id=_small, user_id=int64, position=uint64
+            ),
+        ),
+        max_size=4,
+    ),
 )
 chat_op = st.one_of(
     st.tuples(st.just("DeliverStream"), st.lists(deliver_request, max_size=3), secret_mode),
@@ -1254,6 +1355,7 @@ async def run_chat_op(f: Fuzz, op: tuple[Any, ...]) -> None:
     for deliver in request if name == "DeliverStream" else ():
         _spare(deliver.deliveries, lambda d: d.receiver_id == f.erin_id)
         _spare(deliver.kicks, lambda k: k.user_id == f.erin_id)
+        _spare(deliver.reads, lambda r: r.receiver_id == f.erin_id)
     COUNTS[f"ChatInternal.{name}"] += 1
     what = f"ChatInternal.{name}({short(request)}) secret={mode}"
     try:
@@ -1316,6 +1418,10 @@ client_frame = st.one_of(
         ack=st.builds(chat_pb2.AckFrame, seq=seq_value, device_id=hostile_text),
     ),
     st.builds(chat_pb2.ClientFrame, sync=st.builds(chat_pb2.SyncFrame, after_seq=seq_value)),
+    st.builds(
+        chat_pb2.ClientFrame,
+        read=st.builds(chat_pb2.ReadFrame, conversation_id=conversation_id, position=uint64),
+    ),
     st.just(chat_pb2.ClientFrame()),
     typing_frame,
     typing_frame,

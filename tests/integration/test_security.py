@@ -55,7 +55,19 @@ AUTHENTICATED_RPCS = {
     "History": lambda ids: route_pb2.HistoryRequest(
         conversation_id=conversations.private_id(ids["alice"], ids["bob"])
     ),
+    "ListConversations": lambda ids: route_pb2.ListConversationsRequest(),
+    "MarkRead": lambda ids: route_pb2.MarkReadRequest(
+        conversation_id=conversations.private_id(ids["alice"], ids["bob"]), position=1
+    ),
+    "GetReadReceipts": lambda ids: route_pb2.GetReadReceiptsRequest(
+        conversation_id=conversations.private_id(ids["alice"], ids["bob"])
+    ),
 }
+
+
+def test_every_route_rpc_but_register_and_login_needs_a_token() -> None:
+    methods = {m.name for m in route_pb2.DESCRIPTOR.services_by_name["Route"].methods}
+    assert methods - {"Register", "Login"} == set(AUTHENTICATED_RPCS)
 
 
 def _b64(raw: bytes) -> str:
@@ -359,7 +371,14 @@ INTERNAL_RPCS = {
     "Replay": route_internal_pb2.ReplayRequest(server_id="server-1", user_id=1),
     "Ack": route_internal_pb2.AckRequest(server_id="server-1"),
     "Typing": route_internal_pb2.TypingRequest(server_id="server-1"),
+    "MarkRead": route_internal_pb2.MarkReadBatchRequest(server_id="server-1"),
 }
+
+
+def test_every_route_internal_rpc_is_covered() -> None:
+    service = route_internal_pb2.DESCRIPTOR.services_by_name["RouteInternal"]
+    assert {m.name for m in service.methods} == set(INTERNAL_RPCS)
+
 
 CHAT_INTERNAL_RPCS = {
     "DeliverStream": chat_internal_pb2.DeliverRequest(),

@@ -16,6 +16,7 @@ from cim.core.chat_session import (
     Ended,
     FetchReplayPage,
     ForwardAck,
+    ForwardRead,
     FrameReceived,
     Kick,
     LiveGate,
@@ -25,6 +26,7 @@ from cim.core.chat_session import (
     OutboundOverflow,
     Push,
     ReadFailed,
+    ReceiptArrived,
     Replaced,
     ReplayFailed,
     ReplayPageQueued,
@@ -46,6 +48,7 @@ from cim.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
@@ -417,6 +420,83 @@ def test_an_ack_is_forwarded_for_the_sessions_own_user() -> None:
     assert session.handle(frame(ack=chat_pb2.AckFrame(seq=12, device_id="x"))) == [
         ForwardAck(USER, SESSION, 12)
     ]
+
+
+# --- read marks and receipts -----------------------------------------------------
+
+
+def read(conversation_id: str, position: int) -> FrameReceived:
+    return frame(read=chat_pb2.ReadFrame(conversation_id=conversation_id, position=position))
+
+
+@pytest.mark.parametrize(
+    "conversation_id", [f"p:{USER}:9", f"p:3:{USER}", f"p:{USER}:{USER}", "g:4"]
+)
+def test_a_read_mark_is_forwarded_for_the_sessions_own_user(conversation_id: str) -> None:
+    session = live()
+    assert session.handle(read(conversation_id, 5)) == [
+        ForwardRead(USER, SESSION, conversation_id, 5)
+    ]
+
+
+def test_a_read_mark_is_forwarded_during_a_replay_too() -> None:
+    session = replying(new_session())
+    assert session.handle(read("g:1", 2)) == [ForwardRead(USER, SESSION, "g:1", 2)]
+
+
+@pytest.mark.parametrize(
+    ("conversation_id", "position", "error", "text"),
+    [
+        ("p:1:2", 3, PermissionDenied, "you are not a member of conversation p:1:2"),
+        (f"p:{USER}:9", 0, InvalidArgument, "a read frame's position must be at least 1"),
+        ("", 1, InvalidArgument, "conversation id is required"),
+        (
+            f"p:9:{USER}",
+            1,
+            InvalidArgument,
+            f"conversation id 'p:9:{USER}': the lower user id comes first (p:{USER}:9)",
+        ),
+        (
+            "all",
+            1,
+            InvalidArgument,
+            "conversation id 'all': must start with 'p:' (private) or 'g:' (group)",
+        ),
+    ],
+)
+def test_a_read_mark_the_user_may_not_make_ends_the_stream(
+    conversation_id: str, position: int, error: type[CimError], text: str
+) -> None:
+    session = live()
+    close = assert_error_close(session.handle(read(conversation_id, position)), error, text)
+    assert close.reason == "protocol error"
+
+
+def test_a_closed_session_still_forwards_good_read_marks_only() -> None:
+    session = live()
+    session.handle(Drain())
+    assert session.handle(read("g:2", 4)) == [ForwardRead(USER, SESSION, "g:2", 4)]
+    assert session.handle(read("p:1:2", 4)) == []
+
+
+def test_a_read_mark_before_the_login_is_refused_as_any_first_frame() -> None:
+    session = new_session()
+    assert_error_close(
+        session.handle(read("g:1", 1)), Unauthenticated, "the first frame must be a login"
+    )
+
+
+def test_receipts_are_pushed_once_logged_in_never_held_by_a_replay() -> None:
+    receipt = chat_pb2.ReadReceipt(conversation_id="p:7:9", user_id=9, position=3)
+    assert new_session().handle(ReceiptArrived(receipt)) == []
+    replaying = replying(new_session())
+    (out,) = pushed(replaying.handle(ReceiptArrived(receipt)))
+    assert out.read == receipt
+    session = live()
+    (out,) = pushed(session.handle(ReceiptArrived(receipt)))
+    assert out.read == receipt
+    session.handle(Drain())
+    assert session.handle(ReceiptArrived(receipt)) == []
 
 
 @pytest.mark.parametrize(
