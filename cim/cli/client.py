@@ -75,17 +75,19 @@ async def chat(user_name: str, password: str, config: ClientConfig, log_dir: Pat
     # only what it missed.
     cursor = FileCursor(chatlog.user_dir / "last_seq")
     cim_client = CimClient(user_name, password, config, cursor=cursor)
+    console = Console(cim_client, chatlog, interactive=sys.stdin.isatty())
     try:
         created = await cim_client.register()
         if created:
             click.echo(f"* registered {user_name} as user {cim_client.user_id}")
         await cim_client.login()
         logcontext.user_id_var.set(cim_client.user_id)
+        # Before the stream: its replay marks what it shows read.
+        await console.show_unread()
         await cim_client.connect()
     except CimError as exc:
         await cim_client.close()
         runtime.fail(explain(exc) + tls_hint(exc, config.tls))
-    console = Console(cim_client, chatlog, interactive=sys.stdin.isatty())
     await console.run()
 
 

@@ -122,6 +122,23 @@ class ShowHistory:
 
 
 @dataclass(frozen=True)
+class ListConversations:
+    """This user's conversations, most recent first, with unread counts:
+    the first page, or (``more``) the page after the last one shown."""
+
+    more: bool = False
+
+
+@dataclass(frozen=True)
+class ShowReaders:
+    """Who has read a conversation (a group ``g:N``, or the one with a user)
+    up to a position (0: its newest message)."""
+
+    conversation: str
+    position: int = 0
+
+
+@dataclass(frozen=True)
 class Quit:
     """Leave the console (``:q!``)."""
 
@@ -141,6 +158,8 @@ Command = (
     | ShowEmoji
     | DelayedMessage
     | ShowHistory
+    | ListConversations
+    | ShowReaders
     | Quit
 )
 
@@ -166,6 +185,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     (":emoji [page]", "show a page of emoji aliases; write :alias: in a message"),
     (":delay <text> <seconds>", "send text (or userId;;text) after a delay"),
     (":his <userId|g:N> [before]", "page back through a conversation with a user or a group"),
+    (":convs [more]", "your conversations, latest first, with unread counts"),
+    (":reads <g:N|userId> [position]", "who has read a conversation up to its newest message"),
     (":q!", "quit"),
 )
 
@@ -227,6 +248,12 @@ def parse(line: str) -> Command | None:
         return _parse_delay(rest)
     if name == ":his":
         return _parse_history(rest)
+    if name == ":convs":
+        if rest not in ("", "more"):
+            raise CommandError("usage: :convs [more]")
+        return ListConversations(more=rest == "more")
+    if name == ":reads":
+        return _parse_readers(rest)
     if name in _GROUP_COMMANDS:
         return _parse_group_command(name, rest)
     raise CommandError(f"unknown command {head!r}; type :all for the list of commands")
@@ -300,6 +327,24 @@ def _parse_history(rest: str) -> ShowHistory:
     if peer_id >= 2**63 or before >= 2**64:
         raise CommandError(f"{usage} (a number is too large)")
     return ShowHistory(peer_id, before, group_id)
+
+
+def _parse_readers(rest: str) -> ShowReaders:
+    usage = "usage: :reads <g:N|userId> [position]"
+    parts = rest.split()
+    if not 1 <= len(parts) <= 2:
+        raise CommandError(usage)
+    target = parts[0]
+    if target.startswith("g:"):
+        target = _group_id(target)
+    elif not (target.isascii() and target.isdigit()) or not 0 < int(target) < 2**63:
+        raise CommandError(f"{usage} (a group id g:N or a user id)")
+    position = 0
+    if len(parts) == 2:
+        if not (parts[1].isascii() and parts[1].isdigit()) or not 0 < int(parts[1]) < 2**64:
+            raise CommandError(f"{usage} (the position is a number from 1)")
+        position = int(parts[1])
+    return ShowReaders(target, position)
 
 
 _GROUP_COMMANDS = {

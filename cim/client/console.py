@@ -26,10 +26,17 @@ from cim.client.client import CimClient, ClientEvent, EventKind
 from cim.client.typing_display import TypingDisplay
 from cim.core import conversations
 from cim.errors import CimError
-from cim.proto.v1 import common_pb2
+from cim.proto.v1 import chat_pb2, common_pb2, route_pb2
 
 # Lines of history one :his shows.
 HISTORY_LINES = 20
+# Lines one :convs shows, and conversations the unread summary at login reads.
+CONVERSATION_LINES = 20
+UNREAD_SUMMARY_LINES = 50
+# My messages per conversation remembered for "read" lines.
+RECEIPT_MEMORY = 200
+# Characters of a message shown in a list line or a "read" line.
+CLIP_CHARS = 40
 STYLE = Style.from_dict(
     {
         "time": "#888888",
@@ -42,10 +49,15 @@ STYLE = Style.from_dict(
         "prompt": "bold",
         "typing": "italic #888888",
         "bottom-toolbar": "noreverse",
+        "read": "#00aa88",
     }
 )
 
 Fragments = list[tuple[str, str]]
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= CLIP_CHARS else text[: CLIP_CHARS - 1] + "\u2026"
 
 
 class Console:
@@ -63,6 +75,14 @@ class Console:
             client, self._print, toolbar=interactive and not is_dumb_terminal()
         )
         client.on_typing = self.typing.note
+        client.on_receipt = self.show_receipt
+        # Names seen (senders, list titles), for receipts: user id -> name.
+        self._names: dict[int, str] = {}
+        # My private messages not yet read by the other side:
+        # conversation id -> {position: text}.
+        self._unread_by_peer: dict[str, dict[int, str]] = {}
+        # Where :convs more goes on: the last line shown (activity, id).
+        self._convs_after: tuple[int, str] | None = None
 
     # --- output ---------------------------------------------------------------
     def _print(self, fragments: Fragments) -> None:
@@ -84,10 +104,12 @@ class Console:
             self._show_notice(stamp, message)
             return
         if message.kind == common_pb2.MESSAGE_KIND_MEMBERSHIP:
+            self._mark_shown(message)
             line = f"[{message.group_id}] {message.text}"
             self._print([("class:time", f"[{stamp}] "), ("class:system", f"* {line}")])
             self.chatlog.append(f"* {line}")
             return
+        self._mark_shown(message)
         private = message.kind == common_pb2.MESSAGE_KIND_PRIVATE
         in_group = message.group_id.startswith("g:")
         tags = (
@@ -120,6 +142,138 @@ class Console:
             ]
         )
         self.chatlog.append(f"*** {label}: {message.text}")
+
+    # --- read marks and receipts ---------------------------------------------
+    def _mark_shown(self, message: common_pb2.ChatMessage) -> None:
+        """What is shown is read: marked on the stream (batched by the client)."""
+        if message.sender_name:
+            self._names[message.sender_id] = message.sender_name
+        if message.conversation_id and message.position:
+            try:
+                self.client.mark_read(message.conversation_id, message.position)
+            except CimError as exc:  # a message not meant for us: never marked
+                self.error(f"cannot mark {message.conversation_id} read: {exc.message}")
+
+    def _sent(self, conversation_id: str, position: int, text: str) -> None:
+        """Remembers a private message of mine until the other side reads it."""
+        if position:
+            mine = self._unread_by_peer.setdefault(conversation_id, {})
+            mine[position] = text
+            while len(mine) > RECEIPT_MEMORY:
+                del mine[min(mine)]
+
+    def show_receipt(self, receipt: chat_pb2.ReadReceipt) -> None:
+        """The other side read up to a position: a "read" line for my newest
+        message it covers (and how many before it), once each."""
+        mine = self._unread_by_peer.get(receipt.conversation_id, {})
+        covered = sorted(p for p in mine if p <= receipt.position)
+        if not covered:
+            return
+        newest = mine[covered[-1]]
+        for position in covered:
+            del mine[position]
+        who = f"{self._names.get(receipt.user_id, '')}#{receipt.user_id}"
+        earlier = f" (and {len(covered) - 1} before it)" if len(covered) > 1 else ""
+        stamp = time.strftime("%H:%M:%S")
+        self._print(
+            [
+                ("class:time", f"[{stamp}] "),
+                ("class:read", f"\u2713 read by {who}: "),
+                ("", f"{_clip(newest)}{earlier}"),
+            ]
+        )
+
+    async def show_unread(self) -> None:
+        """At login, before the replay marks anything read: where unread
+        messages wait (best effort: a failed list is skipped)."""
+        try:
+            page = await self.client.list_conversations(limit=UNREAD_SUMMARY_LINES)
+        except CimError:
+            return
+        waiting = [line for line in page.conversations if line.unread]
+        for line in page.conversations:
+            self._learn_name(line)
+        if not waiting:
+            self.system("no unread messages")
+            return
+        total = sum(line.unread for line in waiting)
+        self.system(f"{total} unread message(s) in {len(waiting)} conversation(s):")
+        for line in waiting:
+            self._print([("", f"  {line.unread} unread in "), *self._title(line)])
+
+    async def list_conversations(self, more: bool) -> None:
+        before_ms, before_id = self._convs_after if more and self._convs_after else (0, "")
+        if more and self._convs_after is None:
+            self.system("no more conversations: :convs lists from the latest")
+            return
+        page = await self.client.list_conversations(before_ms, before_id, CONVERSATION_LINES)
+        lines = list(page.conversations)
+        self._convs_after = (
+            (lines[-1].last_activity_ms, lines[-1].conversation_id) if page.more else None
+        )
+        if not lines:
+            self.system("no conversations yet" if not more else "no more conversations")
+            return
+        self.system(f"{len(lines)} conversation(s), latest first:")
+        for line in lines:
+            self._learn_name(line)
+            self._print(self._conversation_line(line))
+        if page.more:
+            self.system("older: :convs more")
+
+    def _learn_name(self, line: route_pb2.ConversationSummary) -> None:
+        if line.peer_id and line.title:
+            self._names[line.peer_id] = line.title
+
+    @staticmethod
+    def _title(line: route_pb2.ConversationSummary) -> Fragments:
+        if line.peer_id:
+            return [
+                ("class:private", f"{line.title}#{line.peer_id}"),
+                ("", f" ({line.conversation_id})"),
+            ]
+        return [("class:sender", line.title), ("", f" ({line.conversation_id})")]
+
+    def _conversation_line(self, line: route_pb2.ConversationSummary) -> Fragments:
+        unread = f"{line.unread} unread" if line.unread else "read"
+        fragments: Fragments = [
+            ("", "  "),
+            *self._title(line),
+            ("class:notice" if line.unread else "", f"  {unread}"),
+        ]
+        last = line.last_message
+        if line.HasField("last_message"):
+            stamp = time.strftime("%m-%d %H:%M", time.localtime(last.server_time_ms / 1000))
+            who = "me" if last.sender_id == self.client.user_id else last.sender_name or "*"
+            fragments += [("class:time", f"  [{stamp}] "), ("", f"{who}: {_clip(last.preview)}")]
+        if line.peer_id and line.peer_read_position:
+            fragments.append(("class:read", f"  (read by them up to #{line.peer_read_position})"))
+        return fragments
+
+    async def show_readers(self, conversation: str, position: int) -> None:
+        """Who has read a group (or the conversation with a user) up to a
+        position: a page of readers."""
+        cid = (
+            conversation
+            if conversation.startswith("g:")
+            else conversations.private_id(self.client.user_id, int(conversation))
+        )
+        page = await self.client.read_receipts(cid, min_position=position or 1)
+        target = position or page.head_position
+        readers = [
+            r for r in page.readers if r.position >= target and r.user_id != self.client.user_id
+        ]
+        if not target:
+            self.system(f"{cid} has no messages yet")
+            return
+        names = ", ".join(
+            f"{self._names.get(r.user_id, '')}#{r.user_id}"
+            for r in sorted(readers, key=lambda r: r.user_id)
+        )
+        more = " (more: the list is partial)" if page.next_cursor else ""
+        self.system(
+            f"{cid}: {len(readers)} read up to #{target}{more}" + (f": {names}" if names else "")
+        )
 
     def show_event(self, event: ClientEvent) -> None:
         self.system(event.text)
@@ -258,6 +412,10 @@ class Console:
                     self._print([("", f"  {char}  :{alias}:")])
             case commands.ShowHistory(peer_id=peer_id, before=before, group_id=group_id):
                 await self.show_history(peer_id, before, group_id)
+            case commands.ListConversations(more=more):
+                await self.list_conversations(more)
+            case commands.ShowReaders(conversation=conversation, position=position):
+                await self.show_readers(conversation, position)
             case commands.DelayedMessage(message=message, seconds=seconds):
                 task = asyncio.create_task(self._send_later(message, seconds))
                 self._delayed.add(task)
@@ -311,6 +469,8 @@ class Console:
             self.system(f"to {message.group_id}: stored for {result.recipients} member(s)")
         elif isinstance(message, commands.PrivateMessage):
             result = await self.client.send_private(message.receiver_id, text)
+            cid = conversations.private_id(self.client.user_id, message.receiver_id)
+            self._sent(cid, result.position, text)
             outcome = (
                 "delivered"
                 if result.status == common_pb2.DELIVERY_STATUS_DELIVERED

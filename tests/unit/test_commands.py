@@ -7,6 +7,7 @@ from cim.client.commands import (
     CommandError,
     DelayedMessage,
     GroupMessage,
+    ListConversations,
     ListOnline,
     PrivateMessage,
     Quit,
@@ -15,6 +16,7 @@ from cim.client.commands import (
     ShowHelp,
     ShowHistory,
     ShowInfo,
+    ShowReaders,
     parse,
 )
 
@@ -286,3 +288,41 @@ def test_every_group_command_is_listed() -> None:
         "g:N;;",
     ):
         assert name in listed
+
+
+# --- conversations and receipts ---------------------------------------------------
+
+
+def test_the_conversation_list_and_its_next_page() -> None:
+    assert parse(":convs") == ListConversations()
+    assert parse(":CONVS more") == ListConversations(more=True)
+    with pytest.raises(CommandError, match=r"usage: :convs \[more\]"):
+        parse(":convs 3")
+
+
+def test_who_read_a_group_or_a_private_conversation() -> None:
+    assert parse(":reads g:4") == ShowReaders("g:4")
+    assert parse(":reads g:4 17") == ShowReaders("g:4", 17)
+    assert parse(":reads 42") == ShowReaders("42")
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (":reads", "usage: :reads"),
+        (":reads g:4 1 2", "usage: :reads"),
+        (":reads bob", "a group id g:N or a user id"),
+        (":reads 0", "a group id g:N or a user id"),
+        (":reads g:0", "is not a group id"),
+        (":reads g:4 0", "the position is a number from 1"),
+        (":reads g:4 x", "the position is a number from 1"),
+    ],
+)
+def test_who_read_refuses_bad_input(line: str, why: str) -> None:
+    with pytest.raises(CommandError, match=why):
+        parse(line)
+
+
+def test_the_new_commands_are_listed() -> None:
+    listed = " ".join(syntax for syntax, _ in COMMANDS)
+    assert ":convs" in listed and ":reads" in listed
