@@ -23,8 +23,8 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @click.option(
     "--scenarios",
     envvar="CIM_BENCH_SCENARIOS",
-    default="ceiling,private,group,connections,login,groups,history",
-    help="Comma list from ceiling, private, group, connections, login, groups, history.",
+    default="ceiling,private,group,connections,login,convlist,groups,history",
+    help="Comma list from ceiling, private, group, connections, login, convlist, groups, history.",
 )
 @click.option(
     "--users",
@@ -86,6 +86,13 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
     help="Messages in the conversation whose history pages are read.",
 )
 @click.option(
+    "--list-conversations",
+    envvar="CIM_BENCH_LIST_CONVERSATIONS",
+    default=200,
+    type=click.IntRange(min=1),
+    help="Conversations of the user whose list the convlist scenario reads.",
+)
+@click.option(
     "--output",
     envvar="CIM_BENCH_OUTPUT",
     default="bench-results.json",
@@ -115,6 +122,7 @@ def bench(
     logins: int,
     group_sizes: tuple[int, ...],
     history_messages: int,
+    list_conversations: int,
     output: Path,
     no_uvloop: bool,
     redis_fsync: str,
@@ -143,6 +151,7 @@ def bench(
             logins=logins,
             group_sizes=group_sizes,
             history_messages=history_messages,
+            list_conversations=list_conversations,
             use_uvloop=not no_uvloop,
             redis_fsync=redis_fsync,
             metrics=metrics,

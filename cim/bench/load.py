@@ -1,6 +1,6 @@
 """The load generator: one scenario against a running cluster, in its own process.
 
-    python -m cim.bench.load private|group|connections|login|groups|history --params JSON
+    python -m cim.bench.load private|group|connections|login|convlist|groups|history --params JSON
 
 It talks to the cluster with raw stubs: one channel to the route shared by all
 users (Login, and the unary send path), and for each user its own channel (its
@@ -60,7 +60,7 @@ from cim.proto.v1 import chat_pb2, chat_pb2_grpc, common_pb2, route_pb2, route_p
 
 log = logging.getLogger("cim.bench.load")
 
-SCENARIOS = ("private", "group", "connections", "login", "groups", "history")
+SCENARIOS = ("private", "group", "connections", "login", "convlist", "groups", "history")
 PASSWORD = "bench-password"
 # How long one message may take before it counts as lost.
 MESSAGE_TIMEOUT = 5.0
@@ -734,11 +734,18 @@ class Bench(Protocol):
     async def run(self) -> LoadRun: ...
 
 
+def _convlist(params: Params, reporter: Reporter) -> Bench:
+    from cim.bench.convlist import ConvListBench  # it imports this module's helpers
+
+    return ConvListBench(params, reporter)
+
+
 BENCHES: dict[str, Callable[[Params, Reporter], Bench]] = {
     "private": PrivateBench,
     "group": GroupBench,
     "connections": ConnectionsBench,
     "login": LoginBench,
+    "convlist": _convlist,
 }
 
 

@@ -10,7 +10,8 @@ back with :func:`decode`; the runner puts them together in a
     ├── options: BenchOptions       what was asked for
     ├── scrypt: ScryptCost          what one password hash costs here
     ├── ceilings: Ceilings          bare gRPC: unary, streaming, relay, relay_fixed, stream_memory
-    ├── scenarios: Scenarios        cim: private, group, connections, login, groups, history
+    ├── scenarios: Scenarios        cim: private, group, connections, login, convlist,
+    │                               groups, history
     └── errors                      what failed (that part is None, named in *.failed)
 
 Every scenario record carries the CPU and memory of every process of the
@@ -30,7 +31,16 @@ from cim.bench.procstats import ProcStats
 
 T = TypeVar("T")
 
-ALL_SCENARIOS = ("ceiling", "private", "group", "connections", "login", "groups", "history")
+ALL_SCENARIOS = (
+    "ceiling",
+    "private",
+    "group",
+    "connections",
+    "login",
+    "convlist",
+    "groups",
+    "history",
+)
 REDIS_FSYNC = ("off", "everysec", "always")
 # Smallest group of the groups scenario: a sender and a receiver online, two
 # members offline; the largest a route allows (--group-max-members).
@@ -76,6 +86,8 @@ class BenchOptions:
     connections: int = 2000
     logins: int = 1000
     login_concurrency: int = 64
+    # Conversations of the user whose list the convlist scenario reads.
+    list_conversations: int = 200
     payload_bytes: int = 64
     use_uvloop: bool = True
     # Seconds each ceiling runs (default: min(duration, 5)).
@@ -479,6 +491,23 @@ class GroupSize:
 
 
 @dataclass(kw_only=True)
+class ConvListResult(LoadRun, Measured):
+    """One user's conversation list (cim.bench.convlist): the first page read
+    ``calls`` times, one in flight, then every page once."""
+
+    conversations: int
+    listed: int
+    page: int
+    calls: int
+    latency_ms: Latency
+    walk_pages: int
+    walk_page_latency_ms: Latency
+    errors: int
+    error_kinds: dict[str, int]
+    load_cpu_s: float
+
+
+@dataclass(kw_only=True)
 class GroupsResult(LoadRun, Measured):
     sizes: list[GroupSize]
 
@@ -529,6 +558,7 @@ class Scenarios:
     login: LoginResult | None = None
     groups: GroupsResult | None = None
     history: HistoryResult | None = None
+    convlist: ConvListResult | None = None
     failed: dict[str, str] = field(default_factory=dict)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from cim.bench.records import (
     BenchResults,
     ConnectionsResult,
+    ConvListResult,
     GroupResult,
     GroupSize,
     HistoryConversation,
@@ -313,6 +314,17 @@ LOGIN_ROWS: tuple[Row[LoginResult], ...] = (
 )  # fmt: skip
 
 
+CONVLIST_ROWS: tuple[Row[ConvListResult], ...] = (
+    Row("conversation list p50 ({conversations} conversations, page of {page})", "ms",
+        lambda r, _: r.latency_ms.p50),
+    Row("conversation list p99 ({conversations} conversations, page of {page})", "ms",
+        lambda r, _: r.latency_ms.p99),
+    Row("conversation list, every page once: p99 of {pages}", "ms",
+        lambda r, _: r.walk_page_latency_ms.p99),
+    Row("errors", "", lambda r, _: r.errors, target=NO_ERRORS),
+)  # fmt: skip
+
+
 def _log2(n: int | None) -> str:
     return f"{math.log2(n):g}" if n else "?"
 
@@ -388,6 +400,13 @@ def figures(results: BenchResults) -> list[Figure]:
                 "concurrency": conversation.concurrency,
             }
             rows += _rows("history", conversation, HISTORY_ROWS, bounds, labels)
+    if runs.convlist is not None:
+        labels = {
+            "conversations": runs.convlist.conversations,
+            "page": runs.convlist.page,
+            "pages": runs.convlist.walk_pages,
+        }
+        rows += _rows("convlist", runs.convlist, CONVLIST_ROWS, bounds, labels)
     rows += [Figure(name, "FAILED (see errors)", None, passed=False) for name in runs.failed]
     return rows
 
@@ -478,6 +497,7 @@ def _cpu_lines(results: BenchResults) -> list[str]:
         "connections": runs.connections,
         "groups": runs.groups,
         "history": runs.history,
+        "convlist": runs.convlist,
     }
     lines = []
     for scenario, outcome in measured.items():

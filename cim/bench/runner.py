@@ -156,7 +156,7 @@ def run(options: BenchOptions, progress: Progress | None = None) -> BenchResults
         results.errors += [f"ceiling {key}: {why}" for key, why in results.ceilings.failed.items()]
 
     cluster_scenarios = [
-        s for s in ("private", "group", "login", "groups", "history") if s in wanted
+        s for s in ("private", "group", "login", "convlist", "groups", "history") if s in wanted
     ]
     with contextlib.ExitStack() as stack:
         if options.workdir is not None:
@@ -226,6 +226,8 @@ def _run_one(ctx: scenarios.Context, name: str, options: BenchOptions) -> Measur
             options.history_kinds,
             _phase_seconds(None, options.duration, 2.0),
         )
+    if name == "convlist":
+        return scenarios.convlist(ctx, options.list_conversations)
     raise ValueError(f"unknown scenario {name}")
 
 

@@ -23,6 +23,7 @@ from cim.bench.cluster import BenchCluster, Deployment
 from cim.bench.records import (
     ConnectionsPart,
     ConnectionsResult,
+    ConvListResult,
     GroupResult,
     GroupsResult,
     HistoryResult,
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 # The parameters of a load process (JSON on its command line: see cim.bench.load).
 Params = dict[str, Any]
-R = TypeVar("R", PrivateResult, GroupResult, LoginResult, GroupsResult, HistoryResult)
+R = TypeVar(
+    "R", PrivateResult, GroupResult, LoginResult, ConvListResult, GroupsResult, HistoryResult
+)
 
 # Connections one load process holds at most (each is a socket of its own).
 CONNECTIONS_PER_LOAD = 2500
@@ -273,6 +276,13 @@ def history(
     fill = messages / 150
     timeout = 60.0 + len(kinds) * (fill + reads * 0.1 + load_s + 30)
     return run_load(ctx, "history", params, timeout, HistoryResult)
+
+
+def convlist(ctx: Context, conversations: int) -> ConvListResult:
+    """One user with K conversations (made by K senders through the route)
+    reads their conversation list (cim.bench.convlist)."""
+    params = {**ctx.base_params(), "conversations": conversations}
+    return run_load(ctx, "convlist", params, 60.0 + conversations * 0.1, ConvListResult)
 
 
 def connections(ctx: Context, count: int, in_flight: int = 200) -> ConnectionsResult:

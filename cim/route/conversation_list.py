@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cim.core import conversations
@@ -36,6 +36,8 @@ RECEIPTS_PAGE = 100
 RECEIPTS_MAX_PAGE = 1_000
 # A list line's preview of the last message, in characters.
 PREVIEW_CHARS = 100
+# User names a route keeps (accounts are never renamed): then it starts over.
+NAMES_CACHED = 100_000
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,11 @@ def unread(head: int, read: int, joined: int) -> int:
     return max(0, head - max(read, joined - 1 if joined else 0))
 
 
-def summary(user_id: int, line: ConversationLine) -> route_pb2.ConversationSummary:
-    """One line of ListConversations."""
+def summary(
+    user_id: int, line: ConversationLine, names: Mapping[int, str]
+) -> route_pb2.ConversationSummary:
+    """One line of ListConversations (``names``: user id -> name, for the
+    title of a private conversation)."""
     out = route_pb2.ConversationSummary(
         conversation_id=line.conversation_id,
         head_position=line.head,
@@ -96,7 +101,7 @@ def summary(user_id: int, line: ConversationLine) -> route_pb2.ConversationSumma
     )
     if line.conversation_id.startswith(conversations.PRIVATE_PREFIX):
         out.peer_id = conversations.peer(conversations.parse(line.conversation_id), user_id)
-        out.title = line.peer_name
+        out.title = names.get(out.peer_id, "")
         out.peer_read_position = line.peer_read
     else:
         out.title = line.group_name
@@ -129,6 +134,8 @@ class ConversationList:
         self._store = store
         self._servers = servers
         self._metrics = metrics or RouteMetrics()
+        # user id -> name: names never change, so a page reads only the new ones.
+        self._names: dict[int, str] = {}
 
     async def page(
         self, user_id: int, before_ms: int, before_id: str, limit: int
@@ -138,9 +145,26 @@ class ConversationList:
         if before_id:
             conversations.parse(before_id)  # a cursor is a line's id: refused precisely
         found = await self._store.list_conversations(user_id, before_ms, before_id, limit)
+        peers = [
+            conversations.peer(conversations.parse(line.conversation_id), user_id)
+            for line in found.lines
+            if line.conversation_id.startswith(conversations.PRIVATE_PREFIX)
+        ]
+        names = await self._names_of(peers)
         return route_pb2.ListConversationsResponse(
-            conversations=[summary(user_id, line) for line in found.lines], more=found.more
+            conversations=[summary(user_id, line, names) for line in found.lines],
+            more=found.more,
         )
+
+    async def _names_of(self, user_ids: Sequence[int]) -> Mapping[int, str]:
+        """Their names, from the cache or (those it lacks) one store read."""
+        missing = [uid for uid in dict.fromkeys(user_ids) if uid not in self._names]
+        if missing:
+            accounts = await self._store.get_accounts(missing)
+            if len(self._names) + len(accounts) > NAMES_CACHED:
+                self._names.clear()
+            self._names.update({uid: account.user_name for uid, account in accounts.items()})
+        return self._names
 
     async def mark(
         self, user_id: int, conversation_id: str, position: int

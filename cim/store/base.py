@@ -317,8 +317,8 @@ class ConversationLine:
     # The newest message (ChatMessage bytes); None when there is none or
     # retention dropped it.
     last: bytes | None = None
-    # A private conversation: the other user's name and read position.
-    peer_name: str = ""
+    # A private conversation: how far the other user has read (their name
+    # is the caller's to find: names never change, a route caches them).
     peer_read: int = 0
     # A group: its name, and the position the user joined at.
     group_name: str = ""
@@ -505,7 +505,7 @@ class Store(Protocol):
         (``before_ms``, ``before_id``) (``before_ms`` <= 0: from the top).
         A group the user is not a member of (any more) is left out, and
         dropped from the list. Two round trips: the page with its read
-        cursors, then each conversation's line."""
+        cursors, then each conversation's line (one script on its keys)."""
 
     async def mark_read(self, marks: Sequence[ReadMark]) -> list[ReadMarked]:
         """For each mark: caps the position at the conversation's head,

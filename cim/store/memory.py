@@ -491,12 +491,7 @@ class MemoryStore:
             return replace(line, group_name=group.name, joined=member.joined)
         low, high = (int(part) for part in cid[2:].split(":"))
         peer = high if user_id == low else low
-        account = self._accounts.get(peer)
-        return replace(
-            line,
-            peer_name=account.user_name if account is not None else "",
-            peer_read=self._receipts.get(cid, {}).get(peer, 0),
-        )
+        return replace(line, peer_read=self._receipts.get(cid, {}).get(peer, 0))
 
     async def mark_read(self, marks: Sequence[ReadMark]) -> list[ReadMarked]:
         done = []

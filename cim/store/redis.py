@@ -1923,8 +1923,7 @@ class RedisStore:
         peers = [_peer(cid, user_id) for cid, _, _ in page]
 
         def build(pipe: _Pipe) -> None:
-            # Each line on its conversation's node, a private one's peer name
-            # on the peer's: all in one round trip.
+            # Each line on its conversation's node, all in one round trip.
             for (cid, _, _), peer in zip(page, peers, strict=True):
                 self._queue(
                     pipe,
@@ -1937,23 +1936,18 @@ class RedisStore:
                     ],
                     [user_id, peer],
                 )
-            for peer in peers:
-                if peer:
-                    pipe.hget(self._keys.account(peer), keys.ACCOUNT_NAME)
 
         async with self._guard():
             rows = await self._pipeline(build)
-        peer_names = iter(rows[len(page) :])
         lines, stale = [], []
         skip = keys.INBOX_TIME_DIGITS
-        for (cid, activity, read), peer, row in zip(page, peers, rows, strict=False):
+        for (cid, activity, read), peer, row in zip(page, peers, rows, strict=True):
             head, body = int(row[0]), row[1]
             line = ConversationLine(
                 cid, activity, read, head, None if body is None else bytes(body)[skip:]
             )
             if peer:
-                name = next(peer_names)
-                lines.append(replace(line, peer_name=_text(name), peer_read=int(row[4])))
+                lines.append(replace(line, peer_read=int(row[4])))
             elif row[3] is None:
                 stale.append(cid)  # a group they left or were removed from
             else:

@@ -80,6 +80,8 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
             "6,12",
             "--history-messages",
             "120",
+            "--list-conversations",
+            "30",
             "--output",
             str(output),
         ],
@@ -113,6 +115,7 @@ def test_every_scenario_has_positive_figures(bench_run: BenchRun) -> None:
         "group",
         "connections",
         "login",
+        "convlist",
         "groups",
         "history",
     }
@@ -176,12 +179,17 @@ def test_every_scenario_has_positive_figures(bench_run: BenchRun) -> None:
         assert history["reads"] == 200 and history["page_ms"]["p50"] > 0
         assert history["load_reads_per_s"] > 0 and history["load_ms"]["p99"] > 0
 
+    convlist = scenarios["convlist"]
+    assert (convlist["conversations"], convlist["listed"], convlist["errors"]) == (30, 30, 0)
+    assert convlist["calls"] == 500 and convlist["latency_ms"]["p50"] > 0
+    assert convlist["walk_pages"] == 2 and convlist["walk_page_latency_ms"]["p99"] > 0
+
     # CPU and memory of every process, per phase and per scenario.
     everyone = {"route", "server-1", "server-2", "redis", "zookeeper", "load"}
     phase = private["phases"]["stream-max"]["processes"]
     assert everyone <= set(phase)
     assert phase["load"]["peak_rss_kb"] > 0
-    for name in ("private", "group", "login", "groups", "history"):
+    for name in ("private", "group", "login", "convlist", "groups", "history"):
         totals = scenarios[name]["processes"]["processes"]
         assert everyone <= set(totals), name
         assert totals["route"]["cpu_s"] > 0 and totals["route"]["peak_rss_kb"] > 0, name
@@ -194,6 +202,7 @@ def test_every_scenario_has_positive_figures(bench_run: BenchRun) -> None:
         "group",
         "connections",
         "login",
+        "convlist",
         "groups",
         "history",
     }
@@ -204,7 +213,7 @@ def test_every_scenario_has_positive_figures(bench_run: BenchRun) -> None:
 def test_table_is_printed(bench_run: BenchRun) -> None:
     out = bench_run.completed.stdout
     assert "scenario" in out and "ceiling" in out and "targets met:" in out
-    for scenario in ("private", "group", "connections", "login", "groups", "history"):
+    for scenario in ("private", "group", "connections", "login", "convlist", "groups", "history"):
         assert f"\n{scenario} " in out
     # Progress went to stderr, one line per step (stderr is not a terminal here).
     assert "private: stream-max" in bench_run.completed.stderr

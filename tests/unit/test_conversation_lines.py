@@ -40,10 +40,8 @@ def test_a_private_line_names_the_peer_and_their_read_position() -> None:
     last = common_pb2.ChatMessage(
         message_id="m9", sender_id=3, sender_name="cat", text="hey", server_time_ms=77
     )
-    line = ConversationLine(
-        "p:3:8", 1234, 2, 5, last.SerializeToString(), peer_name="cat", peer_read=4
-    )
-    out = summary(8, line)
+    line = ConversationLine("p:3:8", 1234, 2, 5, last.SerializeToString(), peer_read=4)
+    out = summary(8, line, {3: "cat"})
     assert (out.conversation_id, out.title, out.peer_id) == ("p:3:8", "cat", 3)
     assert (out.head_position, out.read_position, out.unread) == (5, 2, 3)
     assert (out.peer_read_position, out.last_activity_ms) == (4, 1234)
@@ -52,7 +50,7 @@ def test_a_private_line_names_the_peer_and_their_read_position() -> None:
 
 
 def test_a_group_line_has_its_name_and_no_last_message_once_dropped() -> None:
-    out = summary(8, ConversationLine("g:4", 1, 0, 9, None, group_name="team", joined=7))
+    out = summary(8, ConversationLine("g:4", 1, 0, 9, None, group_name="team", joined=7), {})
     assert (out.title, out.peer_id, out.unread) == ("team", 0, 3)
     assert not out.HasField("last_message")
 
