@@ -183,7 +183,8 @@ async def sends(store: RedisStore, port: int, runs: int) -> list[Row]:
         sender, receiver = 1 + n % 100, 101 + n % 100
         cid = private_id(sender, receiver)
         mid, body = message(sender, receiver, cid)
-        await store.append_pointed([pointed(ConversationItem(cid, mid, body), receiver, sender)], KEEP)
+        item = pointed(ConversationItem(cid, mid, body), receiver, sender)
+        await store.append_pointed([item], KEEP)
 
     rows.append(await measure(port, "private send (batch of 1)", "", runs, private))
 
@@ -221,18 +222,9 @@ async def lists(store: RedisStore, port: int, runs: int, sizes: list[int]) -> li
 
         rows.append(await measure(port, "list page (20 lines)", f"K = {size:,}", runs, page))
         names = [store.keys.conversation_list(user), store.keys.read_cursors(user)]  # type: ignore[attr-defined]
-        memory = sum(
-            int(
-                subprocess.run(
-                    ["redis-cli", "-p", str(port), "MEMORY", "USAGE", name, "SAMPLES", "0"],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout.strip()
-                or 0
-            )
-            for name in names
-        )
+        memory = 0
+        for name in names:
+            memory += int(await store.client.memory_usage(name, samples=0) or 0)
         print(f"list and read cursors of a user with {size:,} conversations: {memory:,} bytes")
     return rows
 
@@ -273,7 +265,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def main() -> None:
+async def measure_all(port: int, runs: int, sends_only: bool, quick: bool) -> list[Row]:
+    store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0", "m:")
+    try:
+        rows = await sends(store, port, runs)
+        if not sends_only and has("ReadMark"):
+            rows += await lists(store, port, runs // 4, [200] if quick else [200, 10_000])
+            rows += await marks(store, port, runs // 4)
+    finally:
+        await store.aclose()
+    return rows
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few runs (a smoke run)")
     parser.add_argument("--sends-only", action="store_true", help="only the send rows")
@@ -295,14 +299,7 @@ async def main() -> None:
                 break
             time.sleep(0.05)
         version = _info(port, "server")["redis_version"]
-        store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0", "m:")
-        try:
-            rows = await sends(store, port, runs)
-            if not args.sends_only and has("ReadMark"):
-                rows += await lists(store, port, runs // 4, [200] if args.quick else [200, 10_000])
-                rows += await marks(store, port, runs // 4)
-        finally:
-            await store.aclose()
+        rows = asyncio.run(measure_all(port, runs, args.sends_only, args.quick))
     finally:
         redis.terminate()
         redis.wait()
@@ -324,4 +321,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
