@@ -37,6 +37,8 @@ UNREAD_SUMMARY_LINES = 50
 RECEIPT_MEMORY = 200
 # Characters of a message shown in a list line or a "read" line.
 CLIP_CHARS = 40
+# Pages of receipts one :reads scans at most (about 100 readers each).
+READER_PAGES = 20
 STYLE = Style.from_dict(
     {
         "time": "#888888",
@@ -251,28 +253,32 @@ class Console:
         return fragments
 
     async def show_readers(self, conversation: str, position: int) -> None:
-        """Who has read a group (or the conversation with a user) up to a
-        position: a page of readers."""
+        """Who (but me) has read a group, or the conversation with a user, up
+        to a position (0: its newest message), a few pages of receipts at most."""
         cid = (
             conversation
             if conversation.startswith("g:")
             else conversations.private_id(self.client.user_id, int(conversation))
         )
-        page = await self.client.read_receipts(cid, min_position=position or 1)
-        target = position or page.head_position
-        readers = [
-            r for r in page.readers if r.position >= target and r.user_id != self.client.user_id
-        ]
+        found: list[route_pb2.ReadPosition] = []
+        cursor, head = 0, 0
+        for _ in range(READER_PAGES):
+            page = await self.client.read_receipts(cid, cursor, min_position=position or 1)
+            found += page.readers
+            cursor, head = page.next_cursor, page.head_position
+            if not cursor:
+                break
+        target = position or head
         if not target:
             self.system(f"{cid} has no messages yet")
             return
-        names = ", ".join(
-            f"{self._names.get(r.user_id, '')}#{r.user_id}"
-            for r in sorted(readers, key=lambda r: r.user_id)
+        readers = sorted(
+            {r.user_id for r in found if r.position >= target and r.user_id != self.client.user_id}
         )
-        more = " (more: the list is partial)" if page.next_cursor else ""
+        names = ", ".join(f"{self._names.get(uid, '')}#{uid}" for uid in readers)
+        partial = " (and maybe more: the scan stopped)" if cursor else ""
         self.system(
-            f"{cid}: {len(readers)} read up to #{target}{more}" + (f": {names}" if names else "")
+            f"{cid}: {len(readers)} read up to #{target}{partial}" + (f": {names}" if names else "")
         )
 
     def show_event(self, event: ClientEvent) -> None:

@@ -164,3 +164,31 @@ async def test_the_conversation_list_shows_unread_counts_and_receipts(console, c
         "* 2 unread message(s) in 1 conversation(s):",
         "  2 unread in bob#2 (p:1:2)",
     ]
+
+
+async def test_who_read_a_group_scans_the_receipt_pages(console, capsys):
+    console.client.user_id = 1
+    console._names.update({2: "bob", 3: "cat"})
+    pages = {
+        0: route_pb2.GetReadReceiptsResponse(
+            readers=[route_pb2.ReadPosition(user_id=3, position=7)],
+            next_cursor=5,
+            head_position=7,
+        ),
+        5: route_pb2.GetReadReceiptsResponse(
+            readers=[
+                route_pb2.ReadPosition(user_id=2, position=7),
+                route_pb2.ReadPosition(user_id=1, position=7),  # me: not listed
+                route_pb2.ReadPosition(user_id=4, position=6),  # not up to the newest
+            ],
+            head_position=7,
+        ),
+    }
+
+    async def receipts(cid: str, cursor: int = 0, min_position: int = 0, limit: int = 0):  # type: ignore[no-untyped-def]
+        assert (cid, min_position) == ("g:9", 1)
+        return pages[cursor]
+
+    console.client.read_receipts = receipts  # type: ignore[method-assign]
+    await console.show_readers("g:9", 0)
+    assert capsys.readouterr().out.strip() == "* g:9: 2 read up to #7: bob#2, cat#3"
