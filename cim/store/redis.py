@@ -736,25 +736,51 @@ end
 return out
 """
 
-# One conversation's line. KEYS: meta, bodies, members, reads. ARGV: the
-# user id, the other user's id ('0' for a group). Returns head, the newest
-# message's body (false if gone), the group's name, the user's membership
-# (false: not a member), the other user's read position.
-_SUMMARY = _lua("""
-local meta = redis.call('HMGET', KEYS[1], '$head', '$last', '$name')
-local body = false
-if meta[2] then
-  body = redis.call('HGET', KEYS[2], meta[2])
+# One conversation's line, as a function. k: meta, bodies, members, reads;
+# the user id, the other user's id ('0' for a group). Appends to `out` head,
+# the newest message's body (false if gone), the group's name, the user's
+# membership (false: not a member), the other user's read position.
+_SUMMARY_FN = """
+local function summary(out, k, uid, peer)
+  local meta = redis.call('HMGET', k[1], '$head', '$last', '$name')
+  local body = false
+  if meta[2] then
+    body = redis.call('HGET', k[2], meta[2])
+  end
+  local member = false
+  local peer_read = false
+  if peer == '0' then
+    member = redis.call('HGET', k[3], uid)
+  else
+    peer_read = redis.call('HGET', k[4], peer)
+  end
+  out[#out + 1] = tonumber(meta[1]) or 0
+  out[#out + 1] = body
+  out[#out + 1] = meta[3] or ''
+  out[#out + 1] = member
+  out[#out + 1] = tonumber(peer_read) or 0
 end
-local member = false
-local peer_read = false
-if ARGV[2] == '0' then
-  member = redis.call('HGET', KEYS[3], ARGV[1])
-else
-  peer_read = redis.call('HGET', KEYS[4], ARGV[2])
+"""
+
+# One line, on a cluster (one script per line, pipelined). KEYS: as
+# summary's k. ARGV: the user id, the other user's id.
+_SUMMARY = _lua(_SUMMARY_FN + "local out = {}\nsummary(out, KEYS, ARGV[1], ARGV[2])\nreturn out")
+
+# Every line of a page in one script, on a standalone Redis (one command
+# instead of one per line: the route packs and parses a twentieth). KEYS:
+# summary's k of each line. ARGV: the user id, then the other user's id of
+# each line.
+_SUMMARIES = _lua(
+    _SUMMARY_FN
+    + """
+local out = {}
+for i = 2, #ARGV do
+  local base = (i - 2) * 4
+  summary(out, {KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4]}, ARGV[1], ARGV[i])
 end
-return {tonumber(meta[1]) or 0, body, meta[3] or '', member, tonumber(peer_read) or 0}
-""")
+return out
+"""
+)
 
 # A page of a conversation's read receipts. KEYS: meta, members, reads.
 # ARGV: the caller, '1' for a group, cursor, min position, count. A group's
@@ -1122,6 +1148,7 @@ class RedisStore:
         self._mark_read = client.register_script(_MARK_READ)
         self._list_page = client.register_script(_LIST_PAGE)
         self._summary = client.register_script(_SUMMARY)
+        self._summaries = client.register_script(_SUMMARIES)
         self._receipts = client.register_script(_RECEIPTS)
         self._history = client.register_script(_HISTORY)
         self._group_apply = client.register_script(_GROUP_APPLY)
@@ -1140,6 +1167,7 @@ class RedisStore:
             self._read_user,
             self._mark_read,
             self._summary,
+            self._summaries,
         )
         # The store's conversations mark (see conversations_since), once read.
         self._since: float | None = None
@@ -1921,24 +1949,29 @@ class RedisStore:
         if not page:
             return ConversationPage([], more=found > limit)
         peers = [_peer(cid, user_id) for cid, _, _ in page]
+        line_keys = [
+            [
+                self._keys.conversation_meta(cid),
+                self._keys.conversation_bodies(cid),
+                self._keys.conversation_members(cid),
+                self._keys.conversation_reads(cid),
+            ]
+            for cid, _, _ in page
+        ]
+        cluster = isinstance(self._client, RedisCluster)
 
         def build(pipe: _Pipe) -> None:
-            # Each line on its conversation's node, all in one round trip.
-            for (cid, _, _), peer in zip(page, peers, strict=True):
-                self._queue(
-                    pipe,
-                    self._summary,
-                    [
-                        *self._conversation_keys(cid)[:1],
-                        self._keys.conversation_bodies(cid),
-                        self._keys.conversation_members(cid),
-                        self._keys.conversation_reads(cid),
-                    ],
-                    [user_id, peer],
-                )
+            if cluster:  # each line on its conversation's node, all in one round trip
+                for names, peer in zip(line_keys, peers, strict=True):
+                    self._queue(pipe, self._summary, names, [user_id, peer])
+            else:  # one node: one script for the page
+                every = [name for names in line_keys for name in names]
+                self._queue(pipe, self._summaries, every, [user_id, *peers])
 
         async with self._guard():
-            rows = await self._pipeline(build)
+            replies = await self._pipeline(build)
+        flat = [value for reply in replies for value in reply]
+        rows = [flat[i : i + 5] for i in range(0, len(flat), 5)]
         lines, stale = [], []
         skip = keys.INBOX_TIME_DIGITS
         for (cid, activity, read), peer, row in zip(page, peers, rows, strict=True):
