@@ -364,6 +364,7 @@ class RouteInternalService(route_internal_pb2_grpc.RouteInternalServicer):
             ]
         )
 
+    @unary_edge
     async def MarkRead(
         self, request: route_internal_pb2.MarkReadBatchRequest, context: Context
     ) -> route_internal_pb2.MarkReadBatchResponse:
