@@ -140,6 +140,8 @@ class PrivateSend:
     # MESSAGE_KIND_SYSTEM for an administrator's notice (sender id 0): stored
     # and pushed exactly as a private message, shown as a notice.
     kind: common_pb2.MessageKind.ValueType = common_pb2.MESSAGE_KIND_PRIVATE
+    # Its fan-out was done in the append's own atomic step: nothing to confirm.
+    settled: bool = False
 
     @property
     def in_flight(self) -> bool:
@@ -208,6 +210,7 @@ class PrivateSend:
             raise RuntimeError("an append without a claim came back without a pointer")
         self.message.position = stored.conversation.position
         self.appended(stored.pointer)
+        self.settled = stored.settled
 
     def inbox_item(self, *, claim: bool) -> InboxItem:
         """The message for its receiver's inbox; with ``claim``, the append
@@ -632,7 +635,11 @@ class MessageRouter:
             )
         self._finish_later(
             [(repair.message.conversation_id, repair.message.message_id) for repair in repairs]
-            + [(send.message.conversation_id, send.message.message_id) for send in sends]
+            + [
+                (send.message.conversation_id, send.message.message_id)
+                for send in sends
+                if not send.settled
+            ]
         )
         return parcels
 

@@ -197,6 +197,9 @@ class PointedAppended:
     # The receiver's pointer; None when nothing was appended (the send was
     # claimed before: ``conversation.earlier`` says by what).
     pointer: Appended | None
+    # True when the fan-out was done in the append's own atomic step (one
+    # script on a standalone Redis): never marked pending, nothing to confirm.
+    settled: bool = False
 
 
 async def append_then_point(

@@ -469,7 +469,7 @@ end
 # {position, overdue, version, member ids...}, the ids only when the version
 # is not the known one.
 _CONV_APPEND_FN = """
-local function conv_append(k, a)
+local function conv_append(k, a, mark)
   local group_sender = a[8]
   local version = 0
   if group_sender ~= '0' then
@@ -498,7 +498,9 @@ local function conv_append(k, a)
     redis.call('ZADD', k[2], position, a[1])
     redis.call('HSET', k[3], a[1], a[2])
     redis.call('HSET', k[1], '$last', a[1])
-    redis.call('ZADD', k[5], a[3], a[1])  -- pending: see overdue
+    if mark then
+      redis.call('ZADD', k[5], a[3], a[1])  -- pending: see overdue
+    end
   end
   trim(k[1], k[2], k[3], tonumber(a[4]), now - tonumber(a[5]))
   local repairs = overdue(k[5], k[2], k[3], a[1], now, tonumber(a[10]), tonumber(a[6]))
@@ -569,7 +571,7 @@ _CONV_APPEND = _lua(
     _TRIM
     + _OVERDUE
     + _CONV_APPEND_FN
-    + "return conv_append({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, ARGV)"
+    + "return conv_append({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, ARGV, true)"
 )
 
 # Round trip 2 of a send. KEYS: as point's k. ARGV: message id, entry (time +
@@ -607,7 +609,8 @@ _CONV_POINT = _lua(
     + _POINT_FN
     + _SENT_FN
     + """
-local stored = conv_append({KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[15]}, ARGV)
+-- Not marked pending: its one pointer is written in this same atomic step.
+local stored = conv_append({KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[15]}, ARGV, false)
 local position = stored[1]
 if position < 0 then
   return stored
@@ -1888,12 +1891,17 @@ class RedisStore:
             for item, row in zip(items, rows[: len(items)], strict=True)
         ]
 
+    @property
+    def clustered(self) -> bool:
+        """On a Redis Cluster (keys of different hash tags on different nodes)."""
+        return isinstance(self._client, RedisCluster)
+
     async def append_pointed(
         self, items: Sequence[PointedItem], retention: Retention
     ) -> list[PointedAppended]:
         if not items:
             return []
-        if isinstance(self._client, RedisCluster):
+        if self.clustered:
             # The conversation's and the receiver's keys live on different
             # nodes: the two round trips, each one pipeline per node.
             return await append_then_point(self, items, retention)
@@ -1930,7 +1938,7 @@ class RedisStore:
                 out.append(PointedAppended(stored, None))
                 continue
             pointer = Appended(int(row[2]), _session(item.receiver_id, row[3:]))
-            out.append(PointedAppended(stored, pointer))
+            out.append(PointedAppended(stored, pointer, settled=True))
         return out
 
     # --- conversation lists, read cursors, receipts ---------------------------

@@ -802,6 +802,19 @@ async def test_a_new_message_is_pending_until_its_fan_out_is_confirmed(store: St
     assert m5.unfinished == ()
 
 
+async def test_a_pointed_append_is_pending_only_where_its_pointer_is_a_second_step(
+    store: Store,
+) -> None:
+    """One script on a standalone Redis writes the pointer with the append:
+    nothing is left to repair or confirm (``settled``). Where the pointer is a
+    second step (memory, a cluster), the message is pending until confirmed."""
+    (done,) = await store.append_pointed([PointedItem(conv("p:1:2", "m1")[0], 2)], PATIENT)
+    one_step = isinstance(store, RedisStore) and not store.clustered
+    assert done.settled == one_step and done.pointer is not None
+    (later,) = await store.append_conversations(conv("p:1:2", "m2"), AT_ONCE)
+    assert _overdue(later) == ([] if one_step else [("m1", 1, b"body-m1")])
+
+
 async def test_an_append_does_not_hand_back_its_own_message_or_another_conversations(
     store: Store,
 ) -> None:
