@@ -100,6 +100,11 @@ def _is_outage(exc: Exception) -> bool:
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
+# An append checks its log's or sequence's age bound on every AGE_EVERY-th
+# entry only (see _TRIM): two Redis calls fewer on the others, for an aged
+# entry kept at most that many appends longer (reads always check).
+AGE_EVERY = 16
+
 # Field names come from cim.store.keys, so the scripts and the module agree.
 _FIELDS = {
     "sid": keys.SESSION_ID,
@@ -118,6 +123,7 @@ _FIELDS = {
     "name": keys.ACCOUNT_NAME,
     "ver": keys.GROUP_VERSION,
     "deleted": keys.GROUP_DELETED,
+    "age_every": str(AGE_EVERY),
 }
 
 
@@ -266,9 +272,16 @@ return added
 # Retention, shared by the append and read scripts: drops the oldest entries
 # while there are more than max_n or the oldest was appended before cutoff (ms),
 # at most 100 per call (later calls go on), and records the highest seq dropped.
+# An append passes its new seq or position as `at`: the count is checked on
+# every append, the age (two more calls: the oldest entry and its body) only
+# on every AGE_EVERY-th, so an aged entry may outlive its bound by that many
+# appends; reads pass nil and check both.
 _TRIM = """
-local function trim(meta, inbox, bodies, max_n, cutoff)
+local function trim(meta, inbox, bodies, max_n, cutoff, at)
   local n = redis.call('ZCARD', inbox)
+  if at and n <= max_n and at % $age_every ~= 0 then
+    return
+  end
   local dropped = false
   for _ = 1, 100 do
     if n == 0 then
@@ -464,48 +477,57 @@ end
 # is a member ({-2}) and the group not deleted ({-3}). With a claim key the
 # send is claimed next (SET NX GET): if an earlier attempt holds it, returns
 # {-1, its value} and appends nothing. A message id already in the log gets
-# its position back; a new one is marked pending (see overdue). Trims the log
-# to the history bounds. Returns {position, overdue}; for a group's message
-# {position, overdue, version, member ids...}, the ids only when the version
-# is not the known one.
+# its position back (a claim just taken is a first attempt, whose id is new:
+# not looked up). With `fanned` false, a new message is marked pending and
+# the overdue are handed back (see overdue); true: its fan-out is written in
+# the caller's own atomic step, so nothing of this conversation is ever
+# pending. Trims the log to the history bounds. Returns {position, overdue}
+# (a group's message: {position, overdue, version, member ids...}, the ids
+# only when the version is not the known one), then whether it is new.
 _CONV_APPEND_FN = """
-local function conv_append(k, a, mark)
+local function conv_append(k, a, fanned)
   local group_sender = a[8]
   local version = 0
   if group_sender ~= '0' then
     if not redis.call('HGET', k[4], group_sender) then
-      return {-2}
+      return {-2}, false
     end
     local meta = redis.call('HMGET', k[1], '$ver', '$deleted')
     if meta[2] == '1' then
-      return {-3}
+      return {-3}, false
     end
     version = tonumber(meta[1]) or 0
   end
+  local position = false
   if k[6] then
     local earlier = redis.call('SET', k[6], a[7], 'NX', 'GET', 'PX',
                                math.max(1, tonumber(a[6])))
     if earlier then
-      return {-1, earlier}
+      return {-1, earlier}, false
     end
+  else
+    position = redis.call('ZSCORE', k[2], a[1])
   end
   local now = tonumber(a[3])
-  local position = redis.call('ZSCORE', k[2], a[1])
-  if position then
-    position = tonumber(position)
-  else
+  local new = not position
+  if new then
     position = redis.call('HINCRBY', k[1], '$head', 1)
     redis.call('ZADD', k[2], position, a[1])
     redis.call('HSET', k[3], a[1], a[2])
     redis.call('HSET', k[1], '$last', a[1])
-    if mark then
+    if not fanned then
       redis.call('ZADD', k[5], a[3], a[1])  -- pending: see overdue
     end
+  else
+    position = tonumber(position)
   end
-  trim(k[1], k[2], k[3], tonumber(a[4]), now - tonumber(a[5]))
-  local repairs = overdue(k[5], k[2], k[3], a[1], now, tonumber(a[10]), tonumber(a[6]))
+  trim(k[1], k[2], k[3], tonumber(a[4]), now - tonumber(a[5]), position)
+  local repairs = {}
+  if not fanned then
+    repairs = overdue(k[5], k[2], k[3], a[1], now, tonumber(a[10]), tonumber(a[6]))
+  end
   if group_sender == '0' then
-    return {position, repairs}
+    return {position, repairs}, new
   end
   local out = {position, repairs, version}
   if version ~= tonumber(a[9]) then
@@ -513,28 +535,32 @@ local function conv_append(k, a, mark)
       out[#out + 1] = tonumber(uid)
     end
   end
-  return out
+  return out, new
 end
 """
 
 # Round trip 2 of a send, as a function: a pointer into one member's
 # sequence. k: inbox meta, inbox, bodies, ids, id seqs, session, conversation
 # list. The message id, the entry (time + pointer), now_ms, max_messages,
-# max_age_ms, id_window_ms, the conversation id. A message id the sequence
-# holds gets its seq back (acked pointers stay for the id window); so does
-# one a full-copy append of the code before conversations remembered (ids,
-# id seqs: a retry that crossed the upgrade). The conversation goes to the
-# top of the member's list. Returns the seq, then the session's fields as
-# HMGET reads them.
+# max_age_ms, id_window_ms, the conversation id, and whether the id is known
+# to be new here (written in this same atomic step as its first append). A
+# message id the sequence holds gets its seq back (acked pointers stay for
+# the id window; acks trim them after it); so does one a full-copy append of
+# the code before conversations remembered (ids, id seqs: a retry that
+# crossed the upgrade). The conversation goes to the top of the member's
+# list. Returns the seq, then the session's fields as HMGET reads them.
 _POINT_FN = """
-local function point(k, id, entry, now, max_n, max_age, window, cid)
-  local seq = redis.call('ZSCORE', k[2], id)
-  if not seq then
-    seq = redis.call('HGET', k[5], id)
-    if seq then
-      local at = redis.call('ZSCORE', k[4], id)
-      if not at or tonumber(at) < now - window then
-        seq = false
+local function point(k, id, entry, now, max_n, max_age, window, cid, new)
+  local seq = false
+  if not new then
+    seq = redis.call('ZSCORE', k[2], id)
+    if not seq then
+      seq = redis.call('HGET', k[5], id)
+      if seq then
+        local at = redis.call('ZSCORE', k[4], id)
+        if not at or tonumber(at) < now - window then
+          seq = false
+        end
       end
     end
   end
@@ -545,8 +571,7 @@ local function point(k, id, entry, now, max_n, max_age, window, cid)
     redis.call('ZADD', k[2], seq, id)
     redis.call('HSET', k[3], id, entry)
   end
-  trim(k[1], k[2], k[3], max_n, now - max_age)
-  trim_acked(k[1], k[2], k[3], now - window)
+  trim(k[1], k[2], k[3], max_n, now - max_age, seq)
   redis.call('ZADD', k[7], now, cid)
   local s = redis.call('HMGET', k[6], '$sid', '$server', '$device', '$connected', '$exp')
   return {seq, s[1], s[2], s[3], s[4], s[5]}
@@ -555,11 +580,12 @@ end
 
 # The sender's side of a send, as a function (see OwnSend): the conversation
 # to the top of their list, their read cursor raised to the message's
-# position, never lowered (a retry may carry an older position).
+# position, never lowered (a retry may carry an older position; a new
+# message's position is the head, above any cursor: not read first).
 _SENT_FN = """
-local function sent(list, read, cid, now, position)
+local function sent(list, read, cid, now, position, new)
   redis.call('ZADD', list, now, cid)
-  if position > (tonumber(redis.call('HGET', read, cid)) or 0) then
+  if new or position > (tonumber(redis.call('HGET', read, cid)) or 0) then
     redis.call('HSET', read, cid, position)
   end
 end
@@ -571,25 +597,27 @@ _CONV_APPEND = _lua(
     _TRIM
     + _OVERDUE
     + _CONV_APPEND_FN
-    + "return conv_append({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, ARGV, true)"
+    + """
+local stored = conv_append({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, ARGV, false)
+return stored
+"""
 )
 
 # Round trip 2 of a send. KEYS: as point's k. ARGV: message id, entry (time +
 # pointer), now_ms, max_messages, max_age_ms, id_window_ms, conversation id.
 _POINTERS = _lua(
     _TRIM
-    + _TRIM_ACKED
     + _POINT_FN
     + """
 return point(KEYS, ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
-             tonumber(ARGV[6]), ARGV[7])
+             tonumber(ARGV[6]), ARGV[7], false)
 """
 )
 
 # The sender's side of a send, queued beside the pointers in round trip 2.
 # KEYS: the sender's conversation list, read cursors. ARGV: conversation id,
 # now_ms, position.
-_SENDER = _lua(_SENT_FN + "sent(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]))")
+_SENDER = _lua(_SENT_FN + "sent(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), false)")
 
 # Both round trips of a private send in one script, for a standalone Redis
 # (every key on one node; a cluster runs the scripts above instead).
@@ -603,24 +631,27 @@ _SENDER = _lua(_SENT_FN + "sent(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARG
 # seq, session fields...}.
 _CONV_POINT = _lua(
     _TRIM
-    + _TRIM_ACKED
     + _OVERDUE
     + _CONV_APPEND_FN
     + _POINT_FN
     + _SENT_FN
     + """
--- Not marked pending: its one pointer is written in this same atomic step.
-local stored = conv_append({KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[15]}, ARGV, false)
+-- Fanned out here: its one pointer is written in this same atomic step.
+local claimed = KEYS[15] ~= nil
+local stored, new = conv_append({KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[15]},
+                                 ARGV, true)
 local position = stored[1]
 if position < 0 then
   return stored
 end
 local now = tonumber(ARGV[3])
 local entry = ARGV[13] .. position .. '|' .. ARGV[1]
+-- A first attempt's new id (claimed just now) is in no sequence yet; a
+-- retry's may be, as may a legacy one (see point).
 local pointed = point(KEYS, ARGV[1], entry, now, tonumber(ARGV[11]), tonumber(ARGV[12]),
-                      tonumber(ARGV[6]), ARGV[14])
+                      tonumber(ARGV[6]), ARGV[14], new and claimed)
 if ARGV[15] == '1' then
-  sent(KEYS[13], KEYS[14], ARGV[14], now, position)
+  sent(KEYS[13], KEYS[14], ARGV[14], now, position, new)
 end
 table.insert(pointed, 1, stored[2])
 table.insert(pointed, 1, position)
