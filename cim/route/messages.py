@@ -142,6 +142,8 @@ class PrivateSend:
     kind: common_pb2.MessageKind.ValueType = common_pb2.MESSAGE_KIND_PRIVATE
     # Its fan-out was done in the append's own atomic step: nothing to confirm.
     settled: bool = False
+    # Its message id is this attempt's own, not an earlier attempt's (reuse).
+    fresh: bool = True
 
     @property
     def in_flight(self) -> bool:
@@ -160,6 +162,7 @@ class PrivateSend:
         appended again, it gets that attempt's seq, never a second message."""
         self.message.message_id = message_id
         self.message.server_time_ms = message_time_ms(message_id)
+        self.fresh = False
 
     def appended(self, stored: Appended) -> None:
         self.message.seq = stored.seq
@@ -203,7 +206,7 @@ class PrivateSend:
         item = ConversationItem(
             message.conversation_id, message.message_id, message.SerializeToString(), send
         )
-        return PointedItem(item, message.receiver_id, message.sender_id)
+        return PointedItem(item, message.receiver_id, message.sender_id, fresh=self.fresh)
 
     def pointed(self, stored: PointedAppended) -> None:
         if stored.pointer is None:

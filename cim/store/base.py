@@ -189,6 +189,9 @@ class PointedItem:
     conversation: ConversationItem
     receiver_id: int
     sender_id: int = 0
+    # Its message id was made for this attempt (not an earlier attempt's):
+    # no log or sequence can hold it yet, so a store may skip looking.
+    fresh: bool = False
 
 
 @dataclass(frozen=True)

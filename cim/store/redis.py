@@ -100,6 +100,13 @@ def _is_outage(exc: Exception) -> bool:
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
+# The private send script's flags per send (see _CONV_POINT): the sender's
+# side, a fresh message id.
+_FLAGS = {(a, b): f"{int(a)}{int(b)}" for a in (False, True) for b in (False, True)}
+
+# A standalone Redis takes at most this many private sends in one script call.
+_POINTED_PER_CALL = 64
+
 # An append checks its log's or sequence's age bound on every AGE_EVERY-th
 # entry only (see _TRIM): two Redis calls fewer on the others, for an aged
 # entry kept at most that many appends longer (reads always check).
@@ -477,15 +484,16 @@ end
 # is a member ({-2}) and the group not deleted ({-3}). With a claim key the
 # send is claimed next (SET NX GET): if an earlier attempt holds it, returns
 # {-1, its value} and appends nothing. A message id already in the log gets
-# its position back (a claim just taken is a first attempt, whose id is new:
-# not looked up). With `fanned` false, a new message is marked pending and
-# the overdue are handed back (see overdue); true: its fan-out is written in
-# the caller's own atomic step, so nothing of this conversation is ever
-# pending. Trims the log to the history bounds. Returns {position, overdue}
+# its position back (a `fresh` one, made for this attempt, is not looked
+# up). A new message is marked pending (see overdue) unless
+# `fanned`: its fan-out is written in the caller's own atomic step. Hands
+# back the conversation's overdue either way (one left by a two-step append,
+# such as a group's or a cluster's, must not wait for ever). Trims the log to
+# the history bounds. Returns {position, overdue}
 # (a group's message: {position, overdue, version, member ids...}, the ids
 # only when the version is not the known one), then whether it is new.
 _CONV_APPEND_FN = """
-local function conv_append(k, a, fanned)
+local function conv_append(k, a, fanned, fresh)
   local group_sender = a[8]
   local version = 0
   if group_sender ~= '0' then
@@ -498,16 +506,14 @@ local function conv_append(k, a, fanned)
     end
     version = tonumber(meta[1]) or 0
   end
-  local position = false
   if k[6] then
     local earlier = redis.call('SET', k[6], a[7], 'NX', 'GET', 'PX',
                                math.max(1, tonumber(a[6])))
     if earlier then
       return {-1, earlier}, false
     end
-  else
-    position = redis.call('ZSCORE', k[2], a[1])
   end
+  local position = not fresh and redis.call('ZSCORE', k[2], a[1])
   local now = tonumber(a[3])
   local new = not position
   if new then
@@ -522,10 +528,7 @@ local function conv_append(k, a, fanned)
     position = tonumber(position)
   end
   trim(k[1], k[2], k[3], tonumber(a[4]), now - tonumber(a[5]), position)
-  local repairs = {}
-  if not fanned then
-    repairs = overdue(k[5], k[2], k[3], a[1], now, tonumber(a[10]), tonumber(a[6]))
-  end
+  local repairs = overdue(k[5], k[2], k[3], a[1], now, tonumber(a[10]), tonumber(a[6]))
   if group_sender == '0' then
     return {position, repairs}, new
   end
@@ -542,17 +545,17 @@ end
 # Round trip 2 of a send, as a function: a pointer into one member's
 # sequence. k: inbox meta, inbox, bodies, ids, id seqs, session, conversation
 # list. The message id, the entry (time + pointer), now_ms, max_messages,
-# max_age_ms, id_window_ms, the conversation id, and whether the id is known
-# to be new here (written in this same atomic step as its first append). A
-# message id the sequence holds gets its seq back (acked pointers stay for
+# max_age_ms, id_window_ms, the conversation id, and whether the id is fresh
+# (made for this attempt: see PointedItem; not looked up). A message id the
+# sequence holds gets its seq back (acked pointers stay for
 # the id window; acks trim them after it); so does one a full-copy append of
 # the code before conversations remembered (ids, id seqs: a retry that
 # crossed the upgrade). The conversation goes to the top of the member's
 # list. Returns the seq, then the session's fields as HMGET reads them.
 _POINT_FN = """
-local function point(k, id, entry, now, max_n, max_age, window, cid, new)
+local function point(k, id, entry, now, max_n, max_age, window, cid, fresh)
   local seq = false
-  if not new then
+  if not fresh then
     seq = redis.call('ZSCORE', k[2], id)
     if not seq then
       seq = redis.call('HGET', k[5], id)
@@ -598,7 +601,8 @@ _CONV_APPEND = _lua(
     + _OVERDUE
     + _CONV_APPEND_FN
     + """
-local stored = conv_append({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, ARGV, false)
+local stored = conv_append({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, ARGV, false,
+                           false)
 return stored
 """
 )
@@ -619,16 +623,21 @@ return point(KEYS, ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonum
 # now_ms, position.
 _SENDER = _lua(_SENT_FN + "sent(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), false)")
 
-# Both round trips of a private send in one script, for a standalone Redis
-# (every key on one node; a cluster runs the scripts above instead).
-# KEYS: the receiver's seven (as point's k), then meta, log, bodies, members,
-# pending of the conversation, the sender's conversation list and read
-# cursors[, send claim]. ARGV: conv_append's ten, then the receiver's
-# max_messages and max_age_ms, the pointer entry's start (time + pointer tag +
-# conversation id + '|'), the conversation id, and '1' for the sender's side
-# ('0': none). Returns conv_append's answer when it is not a position
-# (nothing appended: the send was claimed before), else {position, overdue,
-# seq, session fields...}.
+# Both round trips of a batch's private sends in one script, for a standalone
+# Redis (every key on one node; a cluster runs the scripts above instead):
+# one script call for many sends spares Redis the per-call set-up and the
+# route a pipelined command each. The sends are appended in turn, as one
+# script each would be. KEYS, per send: the receiver's seven (as point's k),
+# then meta, log, bodies, members, pending of the conversation, the sender's
+# conversation list and read cursors[, send claim]. ARGV: now_ms, the history
+# max_messages and max_age_ms, id_window_ms, the receivers' max_messages and
+# max_age_ms, repair_after_ms, the entry stamp (time), then per send its key
+# count (14, or 15 with a claim), message id, body (time + payload), the
+# claim's value, conversation id, and two flags: '1' for the sender's side
+# ('0': none), then '1' for a fresh message id (see PointedItem; '0': look
+# it up in the log and the receiver's sequence). Returns per
+# send conv_append's answer when it is not a position (nothing appended: the
+# send was claimed before), else {position, overdue, seq, session fields...}.
 _CONV_POINT = _lua(
     _TRIM
     + _OVERDUE
@@ -636,28 +645,51 @@ _CONV_POINT = _lua(
     + _POINT_FN
     + _SENT_FN
     + """
--- Fanned out here: its one pointer is written in this same atomic step.
-local claimed = KEYS[15] ~= nil
-local stored, new = conv_append({KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[15]},
-                                 ARGV, true)
-local position = stored[1]
-if position < 0 then
-  return stored
+local now = tonumber(ARGV[1])
+local max_n, max_age, window = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[4])
+local out = {}
+local k = 0
+for a = 9, #ARGV, 6 do
+  local n, id, cid = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 4]
+  local fresh = string.sub(ARGV[a + 5], 2, 2) == '1'
+  local claim = nil
+  if n == 15 then
+    claim = KEYS[k + 15]
+  end
+  -- Fanned out here: its one pointer is written in this same atomic step.
+  local stored, new = conv_append(
+    {KEYS[k + 8], KEYS[k + 9], KEYS[k + 10], KEYS[k + 11], KEYS[k + 12], claim},
+    {id, ARGV[a + 2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[a + 3], '0', '-1', ARGV[7]},
+    true, fresh)
+  local position = stored[1]
+  if position < 0 then
+    out[#out + 1] = stored
+  else
+    local entry = ARGV[8] .. '$pointer' .. cid .. '|' .. position .. '|' .. id
+    local pointed = point({KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
+                           KEYS[k + 6], KEYS[k + 7]},
+                          id, entry, now, max_n, max_age, window, cid, fresh)
+    if string.sub(ARGV[a + 5], 1, 1) == '1' then
+      sent(KEYS[k + 13], KEYS[k + 14], cid, now, position, new)
+    end
+    table.insert(pointed, 1, stored[2])
+    table.insert(pointed, 1, position)
+    out[#out + 1] = pointed
+  end
+  k = k + n
 end
-local now = tonumber(ARGV[3])
-local entry = ARGV[13] .. position .. '|' .. ARGV[1]
--- A first attempt's new id (claimed just now) is in no sequence yet; a
--- retry's may be, as may a legacy one (see point).
-local pointed = point(KEYS, ARGV[1], entry, now, tonumber(ARGV[11]), tonumber(ARGV[12]),
-                      tonumber(ARGV[6]), ARGV[14], new and claimed)
-if ARGV[15] == '1' then
-  sent(KEYS[13], KEYS[14], ARGV[14], now, position, new)
-end
-table.insert(pointed, 1, stored[2])
-table.insert(pointed, 1, position)
-return pointed
+return out
 """
 )
+
+# KEYS: any number. ARGV: px, then a value per key. Sets each key to its
+# value for px ms: a batch's send results in one call on a standalone Redis
+# (a pipelined SET each costs the route far more).
+_SET_ALL = """
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+end
+"""
 
 # --- conversation lists, read cursors, receipts --------------------------------------
 # A mark's conversation side, as a function. k: meta, members, reads. A
@@ -1186,6 +1218,7 @@ class RedisStore:
         self._receipts = client.register_script(_RECEIPTS)
         self._history = client.register_script(_HISTORY)
         self._group_apply = client.register_script(_GROUP_APPLY)
+        self._set_all = client.register_script(_SET_ALL)
         # Scripts queued in pipelines: redis-py loads them only for direct calls.
         self._pipelined = (
             self._claim,
@@ -1202,6 +1235,7 @@ class RedisStore:
             self._mark_read,
             self._summary,
             self._summaries,
+            self._set_all,
         )
         # The store's conversations mark (see conversations_since), once read.
         self._since: float | None = None
@@ -1938,30 +1972,59 @@ class RedisStore:
             return await append_then_point(self, items, retention)
         now = _now_ms()
         stamp = b"%0*d" % (keys.INBOX_TIME_DIGITS, now)
-        bounds = [retention.max_messages, _bound_ms(retention.max_age)]
+        shared = [
+            now,
+            retention.history_max_messages,
+            _bound_ms(retention.history_max_age),
+            _bound_ms(retention.id_window),
+            retention.max_messages,
+            _bound_ms(retention.max_age),
+            _bound_ms(retention.repair_after),
+            stamp,
+        ]
+        calls = []
+        for first in range(0, len(items), _POINTED_PER_CALL):
+            names: list[str] = []
+            args: list[Any] = list(shared)
+            for item in items[first : first + _POINTED_PER_CALL]:
+                conversation = item.conversation
+                cid = conversation.conversation_id
+                sender = item.sender_id or item.receiver_id  # keys either way; '0': unused
+                names += self._pointer_keys(item.receiver_id)
+                names += self._conversation_keys(cid)
+                names += (
+                    self._keys.conversation_members(cid),
+                    self._keys.conversation_pending(cid),
+                    *self._sender_keys(sender),
+                )
+                claim = b""
+                if conversation.send is not None:
+                    if conversation.send.conversation != cid:
+                        raise ValueError("an append claims only its own conversation's sends")
+                    names.append(self._sent_key(conversation.send))
+                    claim = _claim_value(
+                        keys.SEND_RUNNING, conversation.send, conversation.message_id.encode()
+                    )
+                args += (
+                    15 if claim else 14,
+                    conversation.message_id,
+                    stamp + conversation.payload,
+                    claim,
+                    cid,
+                    _FLAGS[bool(item.sender_id), item.fresh],
+                )
+            calls.append((names, args))
 
         def build(pipe: _Pipe) -> None:
-            # One script per item, both steps, in one round trip: on one node
-            # a script may touch the conversation's and the receiver's keys.
-            for item in items:
-                cid = item.conversation.conversation_id
-                names, args = self._conversation_call(item.conversation, now, stamp, retention)
-                start = b"%s%s%s|" % (stamp, keys.POINTER_TAG, cid.encode())
-                sender = item.sender_id or item.receiver_id  # keys either way; '0': unused
-                self._queue(
-                    pipe,
-                    self._conv_point,
-                    [
-                        *self._pointer_keys(item.receiver_id),
-                        *names[:5],
-                        *self._sender_keys(sender),
-                        *names[5:],  # the send claim, if any
-                    ],
-                    [*args, *bounds, start, cid, "1" if item.sender_id else "0"],
-                )
+            # One script per chunk of items, both steps, in one round trip:
+            # on one node a script may touch the conversations' and the
+            # receivers' keys.
+            for names, args in calls:
+                self._queue(pipe, self._conv_point, names, args)
 
         async with self._guard():
-            rows = await self._pipeline(build)  # both steps idempotent by message id
+            replies = await self._pipeline(build)  # both steps idempotent by message id
+        rows = [row for reply in replies for row in reply]
         out = []
         for item, row in zip(items, rows, strict=True):
             stored = self._conversation_appended(item.conversation, row)
@@ -2372,10 +2435,16 @@ class RedisStore:
         for conversation_id, message_id in fanned_out:
             confirmed[conversation_id].append(message_id)
 
+        names = [self._sent_key(send) for send, _ in results]
+        values = [_claim_value(keys.SEND_FINISHED, send, result) for send, result in results]
+        cluster = self.clustered
+
         def build(pipe: _Pipe) -> None:
-            for send, result in results:
-                value = _claim_value(keys.SEND_FINISHED, send, result)
-                pipe.set(self._sent_key(send), value, px=px)
+            if cluster:  # each key on its own node
+                for name, value in zip(names, values, strict=True):
+                    pipe.set(name, value, px=px)
+            elif names:
+                self._queue(pipe, self._set_all, names, [px, *values])
             for conversation_id, message_ids in confirmed.items():
                 pipe.zrem(self._keys.conversation_pending(conversation_id), *message_ids)
 
