@@ -31,20 +31,22 @@ Parcel = list[chat_internal_pb2.Delivery]
 
 
 @dataclass(frozen=True)
-class TypingParcel:
-    """Typing notes for one chat server: they ride in the same DeliverStream
-    batches as the pushes, and get no result (expendable)."""
+class NoteParcel:
+    """Expendable notes for one chat server, typing notes and read
+    receipts: they ride in the same DeliverStream batches as the pushes
+    and get no result (nothing is retried: a lost one is only advice)."""
 
-    notes: list[chat_internal_pb2.TypingNote]
+    typings: Sequence[chat_internal_pb2.TypingNote] = ()
+    reads: Sequence[chat_internal_pb2.ReadNote] = ()
 
 
 # What one item of a server's delivery batches carries.
-Shipment = Parcel | TypingParcel
+Shipment = Parcel | NoteParcel
 
 
 class ServerLink:
     """One chat server: its channel, and a coalescer that merges concurrent
-    deliveries into one Deliver call while another is in flight."""
+    deliveries (and notes) into one Deliver call while another is in flight."""
 
     def __init__(
         self,
@@ -68,36 +70,21 @@ class ServerLink:
             f"Deliver to {member.member_id}",
         )
         self._deliveries: Coalescer[Shipment, list[bool]] = Coalescer(self._send_parcels)
-        # Read receipts: batched on their own (nothing to answer), same stream.
-        self._reads: Coalescer[list[chat_internal_pb2.ReadNote], None] = Coalescer(self._send_reads)
 
     def enqueue(self, parcel: Shipment) -> asyncio.Future[list[bool]]:
         """Queues a parcel of pushes (its future: a flag per push) or of
-        typing notes (its future: no flags)."""
+        notes (its future: no flags)."""
         return self._deliveries.enqueue(parcel)
 
-    def enqueue_reads(self, notes: list[chat_internal_pb2.ReadNote]) -> asyncio.Future[None]:
-        return self._reads.enqueue(notes)
-
-    async def _send_reads(self, batches: list[list[chat_internal_pb2.ReadNote]]) -> list[None]:
-        await self._stream.call(
-            chat_internal_pb2.DeliverRequest(reads=[note for notes in batches for note in notes])
-        )
-        return [None] * len(batches)
-
     async def _send_parcels(self, parcels: list[Shipment]) -> list[list[bool]]:
-        pushes = [parcel for parcel in parcels if not isinstance(parcel, TypingParcel)]
-        request = chat_internal_pb2.DeliverRequest(
-            deliveries=[delivery for parcel in pushes for delivery in parcel]
-        )
-        if len(pushes) != len(parcels):
-            request.typings.extend(
-                note
-                for parcel in parcels
-                if isinstance(parcel, TypingParcel)
-                for note in parcel.notes
-            )
-        if request.deliveries or not request.typings:
+        request = chat_internal_pb2.DeliverRequest()
+        for parcel in parcels:
+            if isinstance(parcel, NoteParcel):
+                request.typings.extend(parcel.typings)
+                request.reads.extend(parcel.reads)
+            else:
+                request.deliveries.extend(parcel)
+        if request.deliveries or not (request.typings or request.reads):
             self._batch_sizes.observe(len(request.deliveries))
         reply = await self._stream.call(request)
         flags = list(reply.delivered)
@@ -106,7 +93,7 @@ class ServerLink:
         results: list[list[bool]] = []
         start = 0
         for parcel in parcels:
-            if isinstance(parcel, TypingParcel):
+            if isinstance(parcel, NoteParcel):
                 results.append([])
                 continue
             results.append(flags[start : start + len(parcel)])
@@ -127,7 +114,6 @@ class ServerLink:
 
     async def aclose(self) -> None:
         await self._deliveries.aclose()
-        await self._reads.aclose()
         await self._stream.aclose()
         await self._channel.close()
 
@@ -235,43 +221,46 @@ class ServerDirectory:
         self, requests: Sequence[tuple[str, list[chat_internal_pb2.TypingNote]]]
     ) -> int:
         """Sends each (server id, typing notes) in that server's next delivery
-        batch; how many receivers' notes the servers took. A server that
-        cannot be reached is marked suspect, as for pushes."""
+        batch; how many receivers' notes the servers took."""
+        return await self._push_notes(
+            [
+                (server_id, NoteParcel(typings=notes), sum(len(n.receiver_ids) for n in notes))
+                for server_id, notes in requests
+            ],
+            "typing notes",
+        )
+
+    async def push_reads(
+        self, requests: Sequence[tuple[str, list[chat_internal_pb2.ReadNote]]]
+    ) -> None:
+        """Pushes read receipts, (server id, notes) each, in each server's
+        next delivery batch. Receipts are advice (the conversation list has
+        the positions)."""
+        await self._push_notes(
+            [(server_id, NoteParcel(reads=notes), len(notes)) for server_id, notes in requests],
+            "read receipts",
+        )
+
+    async def _push_notes(self, requests: Sequence[tuple[str, NoteParcel, int]], what: str) -> int:
+        """Queues each (server id, notes, receivers) at once; how many
+        receivers the reached servers took. A server that cannot be reached
+        is marked suspect, as for pushes; nothing is retried."""
         queued = []
-        for server_id, notes in requests:
+        for server_id, parcel, receivers in requests:
             link = self.link(server_id)
             if link is not None:
-                receivers = sum(len(note.receiver_ids) for note in notes)
-                queued.append((server_id, link.enqueue(TypingParcel(notes)), receivers))
+                queued.append((server_id, link.enqueue(parcel), receivers))
         reached = 0
         for server_id, future, receivers in queued:
             try:
                 await future
             except (grpc.aio.AioRpcError, Unavailable) as exc:
                 self._metrics.push_failures.inc()
-                self.mark_suspect(server_id, f"Deliver failed: {_describe(exc)}")
+                self.mark_suspect(server_id, f"Deliver ({what}) failed: {_describe(exc)}")
             else:
                 self._suspect.discard(server_id)
                 reached += receivers
         return reached
-
-    async def push_reads(
-        self, requests: Sequence[tuple[str, list[chat_internal_pb2.ReadNote]]]
-    ) -> None:
-        """Pushes read receipts, (server id, notes) each, all queued at once.
-        Receipts are advice (the conversation list has the positions): a
-        server that cannot be reached is marked suspect, nothing is retried."""
-        queued = []
-        for server_id, notes in requests:
-            link = self.link(server_id)
-            if link is not None:
-                queued.append((server_id, link.enqueue_reads(notes)))
-        for server_id, future in queued:
-            try:
-                await future
-            except (grpc.aio.AioRpcError, Unavailable) as exc:
-                self._metrics.push_failures.inc()
-                self.mark_suspect(server_id, f"Deliver (read receipts) failed: {_describe(exc)}")
 
     async def kick(self, server_id: str, user_id: int, session_id: str, reason: str) -> None:
         link = self.link(server_id)

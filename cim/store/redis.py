@@ -485,13 +485,13 @@ end
 # send is claimed next (SET NX GET): if an earlier attempt holds it, returns
 # {-1, its value} and appends nothing. A message id already in the log gets
 # its position back (a `fresh` one, made for this attempt, is not looked
-# up). A new message is marked pending (see overdue) unless
-# `fanned`: its fan-out is written in the caller's own atomic step. Hands
-# back the conversation's overdue either way (one left by a two-step append,
-# such as a group's or a cluster's, must not wait for ever). Trims the log to
-# the history bounds. Returns {position, overdue}
-# (a group's message: {position, overdue, version, member ids...}, the ids
-# only when the version is not the known one), then whether it is new.
+# up). A new message is marked pending (see overdue) unless `fanned`: its
+# fan-out is written in the caller's own atomic step. Hands back the
+# conversation's overdue either way (one a two-step append left, a group's or
+# a cluster's, must not wait for ever). Trims the log to the history bounds.
+# Returns {position, overdue} (a group's message: {position, overdue,
+# version, member ids...}, the ids only when the version is not the known
+# one), then whether the message is new.
 _CONV_APPEND_FN = """
 local function conv_append(k, a, fanned, fresh)
   local group_sender = a[8]
@@ -547,11 +547,11 @@ end
 # list. The message id, the entry (time + pointer), now_ms, max_messages,
 # max_age_ms, id_window_ms, the conversation id, and whether the id is fresh
 # (made for this attempt: see PointedItem; not looked up). A message id the
-# sequence holds gets its seq back (acked pointers stay for
-# the id window; acks trim them after it); so does one a full-copy append of
-# the code before conversations remembered (ids, id seqs: a retry that
-# crossed the upgrade). The conversation goes to the top of the member's
-# list. Returns the seq, then the session's fields as HMGET reads them.
+# sequence holds gets its seq back (acked pointers stay for the id window;
+# acks trim them after it); so does one a full-copy append of the code
+# before conversations remembered (ids, id seqs: a retry that crossed the
+# upgrade). The conversation goes to the top of the member's list. Returns
+# the seq, then the session's fields as HMGET reads them.
 _POINT_FN = """
 local function point(k, id, entry, now, max_n, max_age, window, cid, fresh)
   local seq = false
@@ -635,9 +635,9 @@ _SENDER = _lua(_SENT_FN + "sent(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARG
 # count (14, or 15 with a claim), message id, body (time + payload), the
 # claim's value, conversation id, and two flags: '1' for the sender's side
 # ('0': none), then '1' for a fresh message id (see PointedItem; '0': look
-# it up in the log and the receiver's sequence). Returns per
-# send conv_append's answer when it is not a position (nothing appended: the
-# send was claimed before), else {position, overdue, seq, session fields...}.
+# it up in the log and the receiver's sequence). Returns per send
+# conv_append's answer when it is not a position (nothing appended: the send
+# was claimed before), else {position, overdue, seq, session fields...}.
 _CONV_POINT = _lua(
     _TRIM
     + _OVERDUE
@@ -1084,6 +1084,13 @@ def _unfinished(flat: Sequence[Any]) -> tuple[Unfinished, ...]:
         Unfinished(_text(flat[i]), int(flat[i + 1]), bytes(flat[i + 2])[skip:])
         for i in range(0, len(flat), 3)
     )
+
+
+def _stamped() -> tuple[int, bytes]:
+    """Now in ms, and as the zero-padded time that starts every stored body
+    and pointer entry (retention reads it back)."""
+    now = _now_ms()
+    return now, b"%0*d" % (keys.INBOX_TIME_DIGITS, now)
 
 
 def _claim_value(tag: bytes, send: SendKey, body: bytes) -> bytes:
@@ -1702,8 +1709,7 @@ class RedisStore:
     ) -> list[Appended]:
         if not items:
             return []
-        now = _now_ms()
-        stamp = b"%0*d" % (keys.INBOX_TIME_DIGITS, now)
+        now, stamp = _stamped()
         bounds = [
             retention.max_messages,
             _bound_ms(retention.max_age),
@@ -1897,8 +1903,7 @@ class RedisStore:
     ) -> list[ConversationAppended]:
         if not items:
             return []
-        now = _now_ms()
-        stamp = b"%0*d" % (keys.INBOX_TIME_DIGITS, now)
+        now, stamp = _stamped()
 
         def build(pipe: _Pipe) -> None:
             # One script per item in one round trip (per node): the items of
@@ -1923,8 +1928,7 @@ class RedisStore:
     ) -> list[Appended]:
         if not items and not senders:
             return []
-        now = _now_ms()
-        stamp = b"%0*d" % (keys.INBOX_TIME_DIGITS, now)
+        now, stamp = _stamped()
         bounds = [
             retention.max_messages,
             _bound_ms(retention.max_age),
@@ -1970,8 +1974,7 @@ class RedisStore:
             # The conversation's and the receiver's keys live on different
             # nodes: the two round trips, each one pipeline per node.
             return await append_then_point(self, items, retention)
-        now = _now_ms()
-        stamp = b"%0*d" % (keys.INBOX_TIME_DIGITS, now)
+        now, stamp = _stamped()
         shared = [
             now,
             retention.history_max_messages,

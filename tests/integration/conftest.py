@@ -44,6 +44,7 @@ SINGLE_BACKEND_MODULES = {
     "test_tracing",  # spans of the route's and server's own code: the backends change nothing
     "test_measure_conversations",  # the design's measurements on Redis itself
     "test_measure_typing",  # the typing path's measurements on Redis itself
+    "test_measure_sends",  # a private send's Redis calls on Redis itself
 }
 BACKENDS = ["memory", "redis-zk"]
 

@@ -17,11 +17,19 @@ from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
 from cim.errors import Unavailable
-from cim.store.base import InboxItem, Retention, SendClaim, SendKey, SessionRecord
+from cim.store.base import (
+    ConversationItem,
+    InboxItem,
+    PointedItem,
+    Retention,
+    SendClaim,
+    SendKey,
+    SessionRecord,
+)
 from cim.store.factory import open_store
 from cim.store.keys import KeyLayout
 from cim.store.memory import MemoryStore
-from cim.store.redis import RedisStore
+from cim.store.redis import AGE_EVERY, RedisStore
 from tests.fixtures.redis_server import RedisClusterServers, RedisServer, free_port
 
 # The standalone tests that list every key use a database nobody else uses.
@@ -268,6 +276,46 @@ async def test_scripts_are_reloaded_after_redis_forgets_them(target: Target) -> 
     assert (await store.read_inbox(1, 0, 5, Retention())).entries == []
     await target.raw.script_flush()
     assert await store.release_session(1, "s1", server_id="b")
+
+
+async def test_an_append_checks_the_age_bound_every_few_entries_and_a_read_always(
+    target: Target,
+) -> None:
+    """The age bound costs an append two more calls, so an append checks it
+    on every AGE_EVERY-th position only (the count on every one); a read
+    checks both, so nobody reads an entry past its bound."""
+    store, log = target.store, KeyLayout(target.prefix).conversation_log("p:1:2")
+    short = Retention(history_max_age=0.3)
+
+    async def append(*ids: str) -> None:
+        await store.append_conversations([ConversationItem("p:1:2", i, b"x") for i in ids], short)
+
+    await append("old")
+    await asyncio.sleep(0.5)
+    await append("m2")  # position 2: the age is not checked
+    assert await target.raw.zcard(log) == 2
+    page = await store.read_history("p:1:2", 0, 10, short)
+    assert ([e.position for e in page.entries], page.dropped_through) == ([2], 1)
+    assert await target.raw.zcard(log) == 1
+    await append(*(f"m{n}" for n in range(3, AGE_EVERY)))
+    await asyncio.sleep(0.5)
+    await append("last")  # position AGE_EVERY: everything older goes
+    assert await target.raw.zcard(log) == 1
+    count = Retention(history_max_messages=1)
+    await store.append_conversations([ConversationItem("p:1:2", "c", b"x")], count)
+    assert await target.raw.zcard(log) == 1  # the count is checked on every append
+
+
+async def test_the_private_send_scripts_are_reloaded_too(target: Target) -> None:
+    store = target.store
+    await target.raw.script_flush()
+    send = SendKey(2, 1, "c-1", b"d", conversation="p:1:2")
+    item = PointedItem(ConversationItem("p:1:2", "m1", b"x", send), 2, 1, fresh=True)
+    (done,) = await store.append_pointed([item], Retention())
+    assert done.pointer is not None and done.pointer.seq == 1
+    await target.raw.script_flush()
+    await store.finish_sends([(send, b"result")], ttl=10)
+    assert await store.read_sends([send]) == [SendClaim("", b"result", b"d")]
 
 
 async def test_the_online_index_is_cleaned_up(target: Target) -> None:

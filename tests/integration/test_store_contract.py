@@ -517,6 +517,51 @@ async def test_a_pointed_append_is_the_conversation_append_then_the_pointer(stor
     assert await store.append_pointed([], KEEP_ALL) == []
 
 
+async def test_a_fresh_pointed_append_answers_as_a_looked_up_one(store: Store) -> None:
+    """``fresh`` (the id was made for this attempt) only spares the store a
+    look-up: positions, seqs, the sender's side and the claim are the same."""
+    await store.append_pointers([PointerItem(2, "p:2:5", 1, "older")], KEEP_ALL)  # seq 1
+    fresh = [PointedItem(i, 2, 1, fresh=True) for i in conv("p:1:2", "m1", "m2", sender=1)]
+    done = await store.append_pointed(fresh, KEEP_ALL)
+    assert [(d.conversation.position, d.pointer.seq if d.pointer else 0) for d in done] == [
+        (1, 2),
+        (2, 3),
+    ]
+    # The claim still holds: another attempt of m1's send appends nothing.
+    retry = ConversationItem("p:1:2", "m9", b"x", fresh[0].conversation.send)
+    (again,) = await store.append_pointed([PointedItem(retry, 2, 1, fresh=True)], KEEP_ALL)
+    assert again.pointer is None and again.conversation.earlier == SendClaim("m1", None, b"d")
+    (line,) = (await store.list_conversations(1, 0, "", 10)).lines
+    assert (line.conversation_id, line.read, line.head) == ("p:1:2", 2, 2)  # the sender's side
+    page = await store.read_inbox(2, 0, 10, KEEP_ALL)  # (seq 1's body was never stored)
+    assert [(e.seq, e.conversation_id, e.position) for e in page.entries] == [
+        (2, "p:1:2", 1),
+        (3, "p:1:2", 2),
+    ]
+
+
+async def test_a_large_batch_of_pointed_appends_keeps_each_conversations_order(
+    store: Store,
+) -> None:
+    """More sends than one script call takes (a standalone Redis splits the
+    batch): each still gets the next position and the next seq, in order."""
+    batch = []
+    for n in range(150):
+        receiver = 2 + n % 3
+        cid = f"p:1:{receiver}"
+        (item,) = conv(cid, f"m{n}", sender=1)
+        batch.append(PointedItem(item, receiver, 1, fresh=n % 2 == 0))
+    done = await store.append_pointed(batch, KEEP_ALL)
+    for receiver in (2, 3, 4):
+        mine = [d for d, i in zip(done, batch, strict=True) if i.receiver_id == receiver]
+        assert [d.conversation.position for d in mine] == list(range(1, 51))
+        assert [d.pointer.seq if d.pointer else 0 for d in mine] == list(range(1, 51))
+        page = await store.read_inbox(receiver, 0, 100, KEEP_ALL)
+        assert [e.payload for e in page.entries] == [
+            i.conversation.payload for i in batch if i.receiver_id == receiver
+        ]
+
+
 async def test_read_sends_reads_without_claiming(store: Store) -> None:
     key = SendKey(7, 1, "c1", b"d")
     assert await store.read_sends([key]) == [None]
