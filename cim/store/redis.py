@@ -1844,12 +1844,7 @@ class RedisStore:
             self._keys.conversation_members(cid),
             self._keys.conversation_pending(cid),
         ]
-        claim = b""
-        if item.send is not None:
-            if item.send.conversation != cid:
-                raise ValueError("an append claims only its own conversation's sends")
-            names.append(self._sent_key(item.send))
-            claim = _claim_value(keys.SEND_RUNNING, item.send, item.message_id.encode())
+        claim = self._conversation_claim(item, names)
         args = [
             item.message_id,
             stamp + item.payload,
@@ -1863,6 +1858,16 @@ class RedisStore:
             _bound_ms(retention.repair_after),
         ]
         return names, args
+
+    def _conversation_claim(self, item: ConversationItem, names: list[str]) -> bytes:
+        """The claim value of the send an append carries (b"": none), its key
+        added to ``names``."""
+        if item.send is None:
+            return b""
+        if item.send.conversation != item.conversation_id:
+            raise ValueError("an append claims only its own conversation's sends")
+        names.append(self._sent_key(item.send))
+        return _claim_value(keys.SEND_RUNNING, item.send, item.message_id.encode())
 
     @staticmethod
     def _conversation_appended(item: ConversationItem, row: Sequence[Any]) -> ConversationAppended:
@@ -2000,14 +2005,7 @@ class RedisStore:
                     self._keys.conversation_pending(cid),
                     *self._sender_keys(sender),
                 )
-                claim = b""
-                if conversation.send is not None:
-                    if conversation.send.conversation != cid:
-                        raise ValueError("an append claims only its own conversation's sends")
-                    names.append(self._sent_key(conversation.send))
-                    claim = _claim_value(
-                        keys.SEND_RUNNING, conversation.send, conversation.message_id.encode()
-                    )
+                claim = self._conversation_claim(conversation, names)
                 args += (
                     15 if claim else 14,
                     conversation.message_id,
